@@ -1,0 +1,20 @@
+//! o365-connector: collects the Office 365 Management Activity API audit log for one or
+//! many Microsoft 365 tenants and forwards every record to the UTMStack engine over gRPC.
+//!
+//! The library holds every component so that integration tests and benchmarks drive the
+//! same code as the binary. Modules are named for the concern they own (see DESIGN.md):
+//!
+//! - [`clock`]: the one time source of the whole library (system or controllable).
+//! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
+//!   `proto/plugins.proto`, and the Unix-socket transport to it.
+//! - [`server`]: TLS configuration and development certificates.
+//! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
+//!   tests, benchmarks and the demo.
+//! - [`cli`]: the command-line interface of the `o365-connector` binary.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod clock;
+pub mod emulator;
+pub mod proto;
+pub mod server;
