@@ -4,5 +4,7 @@
 //! prove that nothing was lost.
 //!
 //! - [`engine`]: the UTMStack engine's `plugins.Engine` gRPC service on a Unix socket.
+//! - [`api`]: Microsoft's Management Activity API and its login endpoints.
 
+pub mod api;
 pub mod engine;

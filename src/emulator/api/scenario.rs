@@ -1,0 +1,327 @@
+//! The emulated world's fixed description: tenants, their app registrations, what they
+//! publish and which faults they inject. Read from a TOML scenario file
+//! (`emulate api --scenario FILE.toml`) or built from the single-tenant command-line
+//! flags. Faults can later be changed at run time through `POST /_emulator/control`;
+//! the scenario is the starting point.
+//!
+//! ```toml
+//! page_size = 100                       # items per /content page before NextPageUri
+//!
+//! [throttle]                            # per tenant
+//! requests_per_window = 2000
+//! window_secs = 60
+//! response = "af429"                    # "af429" (HTTP 403) or "http429" (with Retry-After)
+//!
+//! [[tenants]]
+//! tenant_id = "41463f53-8812-40f4-890f-865bf6e35190"
+//! domain = "contoso.onmicrosoft.com"    # resolvable through OpenID discovery
+//! client_id = "a1b2…"
+//! client_secret = "…"                   # optional when a certificate is given
+//! secret_expired = false
+//! certificate = "certs/app.pem"         # PEM certificate for client assertions (optional)
+//! roles = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]
+//! audit_enabled = true
+//!
+//! [tenants.publication]
+//! content_types = ["Audit.Exchange"]    # default: all five
+//! records = "fixtures/events/04-sharepoint.ndjson"   # default: synthetic records
+//! records_per_blob = 10
+//! blobs_per_second = 1.0                # 0 publishes nothing until told to
+//!
+//! [tenants.faults]
+//! server_error_rate = 0.1               # share of API requests answered 5xx
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The five content types of the Management Activity API, in the API's spelling.
+pub const CONTENT_TYPES: [&str; 5] = [
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+];
+
+/// Role required for every feed operation.
+pub const ROLE_READ: &str = "ActivityFeed.Read";
+/// Role required for `DLP.All` (our choice where Microsoft documents nothing).
+pub const ROLE_READ_DLP: &str = "ActivityFeed.ReadDlp";
+
+/// A whole emulated world.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Items per `/subscriptions/content` (and `/notifications`) page; default 100.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// Per-tenant request budget.
+    #[serde(default)]
+    pub throttle: ThrottleScenario,
+    /// The tenants; at least one.
+    pub tenants: Vec<TenantScenario>,
+}
+
+/// The per-tenant request budget and how excess requests are answered.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleScenario {
+    /// Requests per window per tenant; default 2,000. Zero turns throttling off.
+    #[serde(default = "default_requests_per_window")]
+    pub requests_per_window: u32,
+    /// Window length in seconds of real time; default 60. Tests shorten it to compress time.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: f64,
+    /// How an excess request is answered.
+    #[serde(default)]
+    pub response: ThrottleResponse,
+}
+
+/// How a throttled request is answered.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleResponse {
+    /// HTTP 403 with `{"error":{"code":"AF429",…}}`, as Microsoft's troubleshooting page shows.
+    #[default]
+    Af429,
+    /// HTTP 429 with a `Retry-After` header (seconds).
+    Http429,
+}
+
+/// One Microsoft 365 tenant and the one app registered in it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantScenario {
+    /// Tenant GUID.
+    pub tenant_id: String,
+    /// Tenant domain (e.g. `contoso.onmicrosoft.com`), resolvable through OpenID discovery.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The app registration's client id.
+    pub client_id: String,
+    /// The app's client secret, when it has one.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// The secret exists but has expired (AADSTS7000222).
+    #[serde(default)]
+    pub secret_expired: bool,
+    /// PEM certificate whose key signs client assertions, when the app has one.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// Application roles granted (admin-consented) on the Office 365 Management APIs.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Unified audit logging is on. When off, feed calls fail as §5 of the API spec says.
+    #[serde(default = "default_true")]
+    pub audit_enabled: bool,
+    /// What the tenant publishes.
+    #[serde(default)]
+    pub publication: PublicationScenario,
+    /// Faults injected for this tenant from the start.
+    #[serde(default)]
+    pub faults: FaultScenario,
+}
+
+/// What a tenant publishes: blobs of `records_per_blob` records at `blobs_per_second`,
+/// for each content type with an enabled subscription.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicationScenario {
+    /// Content types that publish; default all five.
+    #[serde(default = "default_content_types")]
+    pub content_types: Vec<String>,
+    /// NDJSON file of records served byte-exact, cycling; default synthetic records with
+    /// unique `Id`s.
+    #[serde(default)]
+    pub records: Option<PathBuf>,
+    /// Records per blob; default 10.
+    #[serde(default = "default_records_per_blob")]
+    pub records_per_blob: usize,
+    /// Blobs per second per (tenant, content type); default 0 (publish only on demand).
+    #[serde(default)]
+    pub blobs_per_second: f64,
+}
+
+/// Faults a tenant injects. All off by default.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultScenario {
+    /// Share (0..=1) of feed and blob requests answered HTTP 500 AF50000.
+    pub server_error_rate: f64,
+    /// Added latency per feed and blob response, in milliseconds.
+    pub latency_ms: u64,
+    /// Share (0..=1) of blob responses cut short: the connection closes before the
+    /// declared length or the last chunk (a transport error, never a short complete body).
+    pub truncate_rate: f64,
+    /// Post every notification twice.
+    pub duplicate_notifications: bool,
+    /// New blobs get a `contentCreated` this many hours in the past (late content).
+    pub late_content_hours: u64,
+    /// Do not deliver notifications to webhooks (they are neither sent nor retried).
+    pub webhook_delivery_off: bool,
+    /// The token endpoints answer HTTP 503 for this tenant.
+    pub token_endpoint_down: bool,
+    /// `NextPageUri` headers point at this foreign base URL instead of the emulator.
+    pub foreign_next_page_base: Option<String>,
+    /// contentUris (in listings and notifications) point at this foreign base URL.
+    pub foreign_content_uri_base: Option<String>,
+}
+
+impl Default for ThrottleScenario {
+    fn default() -> Self {
+        Self {
+            requests_per_window: default_requests_per_window(),
+            window_secs: default_window_secs(),
+            response: ThrottleResponse::default(),
+        }
+    }
+}
+
+impl Default for PublicationScenario {
+    fn default() -> Self {
+        Self {
+            content_types: default_content_types(),
+            records: None,
+            records_per_blob: default_records_per_blob(),
+            blobs_per_second: 0.0,
+        }
+    }
+}
+
+fn default_page_size() -> usize {
+    100
+}
+fn default_requests_per_window() -> u32 {
+    2000
+}
+fn default_window_secs() -> f64 {
+    60.0
+}
+fn default_roles() -> Vec<String> {
+    vec![ROLE_READ.to_string(), ROLE_READ_DLP.to_string()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_content_types() -> Vec<String> {
+    CONTENT_TYPES.iter().map(|ct| ct.to_string()).collect()
+}
+fn default_records_per_blob() -> usize {
+    10
+}
+
+/// A scenario file that cannot be used; the message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The scenario file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("invalid scenario {path}: {message}")]
+    Parse {
+        /// The scenario file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    /// A scenario with the one given tenant and default settings.
+    pub fn single_tenant(tenant: TenantScenario) -> Self {
+        Self {
+            page_size: default_page_size(),
+            throttle: ThrottleScenario::default(),
+            tenants: vec![tenant],
+        }
+    }
+
+    /// Reads and validates a scenario file. Relative paths inside it (records,
+    /// certificates) are resolved against the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut scenario: Scenario =
+            toml::from_str(&text).map_err(|error| ScenarioError::Parse {
+                path: path.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for tenant in &mut scenario.tenants {
+            for file in [&mut tenant.certificate, &mut tenant.publication.records]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let invalid = |message: String| Err(ScenarioError::Invalid(message));
+        if self.tenants.is_empty() {
+            return invalid("at least one [[tenants]] entry is required".into());
+        }
+        if self.page_size == 0 {
+            return invalid("page_size must be at least 1".into());
+        }
+        if self.throttle.window_secs <= 0.0 {
+            return invalid("throttle.window_secs must be positive".into());
+        }
+        for tenant in &self.tenants {
+            let name = &tenant.tenant_id;
+            if tenant.client_secret.is_none() && tenant.certificate.is_none() {
+                return invalid(format!(
+                    "tenant {name}: give client_secret, certificate or both"
+                ));
+            }
+            if tenant.publication.records_per_blob == 0 {
+                return invalid(format!(
+                    "tenant {name}: publication.records_per_blob must be at least 1"
+                ));
+            }
+            if !(tenant.publication.blobs_per_second >= 0.0) {
+                return invalid(format!(
+                    "tenant {name}: publication.blobs_per_second must be 0 or more"
+                ));
+            }
+            for content_type in &tenant.publication.content_types {
+                if !CONTENT_TYPES.contains(&content_type.as_str()) {
+                    return invalid(format!(
+                        "tenant {name}: unknown content type {content_type:?} (one of {CONTENT_TYPES:?})"
+                    ));
+                }
+            }
+            for rate in [tenant.faults.server_error_rate, tenant.faults.truncate_rate] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return invalid(format!("tenant {name}: fault rates are between 0 and 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant with this GUID.
+    pub fn tenant(&self, tenant_id: &str) -> Option<&TenantScenario> {
+        self.tenants
+            .iter()
+            .find(|tenant| tenant.tenant_id.eq_ignore_ascii_case(tenant_id))
+    }
+}
