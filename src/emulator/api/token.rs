@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use super::error::AfError;
 use super::scenario::Scenario;
 use super::{ApiEmulatorError, ApiState};
+use crate::clock::Clock;
 
 /// Keys and certificates used to issue and verify tokens.
 pub struct TokenState {}
@@ -21,6 +22,31 @@ impl TokenState {
 
     /// Sets the lifetime of tokens issued from now on (default 3,599 s).
     pub fn set_lifetime_secs(&self, _seconds: u64) {}
+
+    /// Issues an access token as the token endpoints do (JWT-shaped: `tid`, `aud`, `appid`,
+    /// `roles`, `exp` by `clock`). Used by the endpoints and by tests of the feed.
+    pub fn issue_access_token(
+        &self,
+        _clock: &Clock,
+        _tenant_id: &str,
+        _client_id: &str,
+        _audience: &str,
+        _roles: &[String],
+    ) -> IssuedToken {
+        IssuedToken {
+            access_token: String::new(),
+            expires_in_secs: 0,
+        }
+    }
+}
+
+/// A freshly issued access token.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    /// The bearer token (a JWT).
+    pub access_token: String,
+    /// Seconds until it expires.
+    pub expires_in_secs: u64,
 }
 
 /// The claims of a verified access token.
