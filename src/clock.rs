@@ -81,7 +81,9 @@ impl Clock {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
         // The state is plain data with no invariant a panicking writer could break.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

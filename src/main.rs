@@ -1,6 +1,8 @@
 //! The `o365-connector` binary: parses the command line, sets up logging on stderr, turns
 //! SIGINT and SIGTERM into one cancellation token, and runs the command.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use o365_connector::cli::{self, Cli};
 use tokio_util::sync::CancellationToken;
@@ -11,6 +13,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -29,11 +29,12 @@ pub const INPUT_METHOD: &str = "/plugins.Engine/Input";
 /// authority in the URI is a placeholder that the Unix transport ignores.
 pub fn unix_channel(path: impl AsRef<Path>) -> Channel {
     let path: PathBuf = path.as_ref().to_path_buf();
-    Endpoint::from_static("http://engine.invalid")
-        .connect_with_connector_lazy(tower::service_fn(move |_| {
+    Endpoint::from_static("http://engine.invalid").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
             let path = path.clone();
             async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -200,7 +200,9 @@ impl Recorder {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running engine emulator. Dropping it does not stop it; call [`EngineEmulator::shutdown`].
@@ -302,6 +304,11 @@ impl EngineEmulator {
     /// Closes every new connection at once for `period`; connections already open go on.
     pub fn refuse_connections_for(&self, period: Duration) {
         *lock(&self.shared.refuse_until) = Some(Instant::now() + period);
+    }
+
+    /// Accepts new connections again, ending a [`EngineEmulator::refuse_connections_for`].
+    pub fn accept_connections(&self) {
+        *lock(&self.shared.refuse_until) = None;
     }
 
     /// Waits until `condition` holds over the counters, or `deadline` passes.
