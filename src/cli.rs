@@ -11,6 +11,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
+use crate::emulator::api::scenario::{Scenario, TenantScenario};
+use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
 use crate::server::dev_certs::{self, DevCertOutcome};
 
@@ -39,6 +42,54 @@ pub enum Command {
 pub enum EmulateCommand {
     /// Emulate the UTMStack engine: plugins.Engine/Input and Notify on a Unix socket.
     Engine(EngineArgs),
+    /// Emulate Microsoft's Office 365 Management Activity API and its login endpoints.
+    Api(ApiArgs),
+}
+
+/// `emulate api` options: one tenant from the flags, more from a scenario file.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on (port 0 picks a free port; the bound one is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Tenant GUID of the single tenant given by flags.
+    #[arg(long, requires_all = ["client_id", "client_secret"])]
+    pub tenant_id: Option<String>,
+    /// Client id of that tenant's app.
+    #[arg(long, requires = "tenant_id")]
+    pub client_id: Option<String>,
+    /// Client secret of that tenant's app.
+    #[arg(
+        long,
+        requires = "tenant_id",
+        env = "O365_EMULATOR_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub client_secret: Option<String>,
+    /// NDJSON records to publish byte-exact, cycling (default: synthetic records).
+    #[arg(long, requires = "tenant_id")]
+    pub records: Option<PathBuf>,
+    /// Records per published blob.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub records_per_blob: u64,
+    /// Blobs published per second per subscribed content type (0: only on demand).
+    #[arg(long, default_value_t = 0.0)]
+    pub blobs_per_second: f64,
+    /// Items per content listing page before a NextPageUri.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub page_size: Option<u64>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra CA (PEM) trusted when POSTing to webhooks, e.g. certs/dev/ca.pem.
+    #[arg(long)]
+    pub webhook_ca: Option<PathBuf>,
+    /// Scenario file (TOML) with tenants, publication, throttling and faults.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
 }
 
 /// `emulate engine` options.
@@ -83,6 +134,7 @@ pub struct DevCertsArgs {
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::Emulate(EmulateCommand::Engine(args)) => emulate_engine(args, shutdown).await,
+        Command::Emulate(EmulateCommand::Api(args)) => emulate_api(args, shutdown).await,
         Command::Certs(CertsCommand::Dev(args)) => certs_dev(args),
     }
 }
@@ -113,6 +165,62 @@ async fn emulate_engine(args: EngineArgs, shutdown: CancellationToken) -> anyhow
         "engine emulator stopped"
     );
     Ok(())
+}
+
+async fn emulate_api(args: ApiArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let scenario = api_scenario(&args)?;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let config = ApiEmulatorConfig {
+        listen: args.listen,
+        scenario,
+        tls,
+        webhook_ca: args.webhook_ca,
+        clock: Clock::system(),
+    };
+    let emulator = ApiEmulator::start(config)
+        .await
+        .context("cannot start the API emulator")?;
+    println!("listening {}", emulator.base_url());
+    tracing::info!(url = %emulator.base_url(), "API emulator ready");
+    shutdown.cancelled().await;
+    emulator.shutdown().await;
+    tracing::info!("API emulator stopped");
+    Ok(())
+}
+
+/// The scenario file, if any, plus the tenant given by flags, if any.
+fn api_scenario(args: &ApiArgs) -> anyhow::Result<Scenario> {
+    let mut tenants = Vec::new();
+    let mut scenario = match &args.scenario {
+        Some(path) => Scenario::from_file(path)?,
+        None => Scenario::single_tenant(TenantScenario::with_secret("", "", "")),
+    };
+    if args.scenario.is_some() {
+        tenants.append(&mut scenario.tenants);
+    }
+    if let (Some(tenant_id), Some(client_id), Some(secret)) =
+        (&args.tenant_id, &args.client_id, &args.client_secret)
+    {
+        let mut tenant = TenantScenario::with_secret(tenant_id, client_id, secret);
+        tenant.publication.records = args.records.clone();
+        tenant.publication.records_per_blob = args.records_per_blob as usize;
+        tenant.publication.blobs_per_second = args.blobs_per_second;
+        tenants.push(tenant);
+    }
+    if tenants.is_empty() {
+        anyhow::bail!(
+            "give a tenant with --tenant-id, --client-id and --client-secret, or a --scenario file"
+        );
+    }
+    scenario.tenants = tenants;
+    if let Some(page_size) = args.page_size {
+        scenario.page_size = page_size as usize;
+    }
+    scenario.validate()?;
+    Ok(scenario)
 }
 
 fn certs_dev(args: DevCertsArgs) -> anyhow::Result<()> {

@@ -74,6 +74,12 @@ impl IntoResponse for AfError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: a rejected bearer token is challenged.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response.extensions_mut().insert(Rejection {
             code: self.code,
             rule: self.rule,

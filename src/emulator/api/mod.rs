@@ -197,6 +197,8 @@ impl ApiEmulator {
             inspection: Mutex::new(Inspection::default()),
             shutdown: shutdown.clone(),
         });
+        // An unreadable or empty records file fails the start, not the first publication.
+        state.publisher.load_records(&state.scenario)?;
         let app = router(state.clone());
         let handle = axum_server::Handle::new();
         let service = app.into_make_service();
@@ -289,7 +291,10 @@ async fn inspect(State(state): State<Arc<ApiState>>, request: Request, next: Nex
     if let Some(rejection) = response.extensions().get::<Rejection>() {
         let counts = &mut inspection.rejections;
         *counts.by_code.entry(rejection.code.clone()).or_default() += 1;
-        *counts.by_rule.entry(rejection.rule.to_string()).or_default() += 1;
+        *counts
+            .by_rule
+            .entry(rejection.rule.to_string())
+            .or_default() += 1;
     }
     inspection.requests.push(record);
     drop(inspection);

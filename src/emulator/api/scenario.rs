@@ -167,6 +167,11 @@ pub struct FaultScenario {
     pub foreign_next_page_base: Option<String>,
     /// contentUris (in listings and notifications) point at this foreign base URL.
     pub foreign_content_uri_base: Option<String>,
+    /// For this many seconds (emulator clock) after a `/start` with a webhook,
+    /// `/subscriptions/list` shows `webhook: null`, as Microsoft does until validation
+    /// settles; 0 (default) turns it off.
+    #[serde(default)]
+    pub webhook_pending_secs: u64,
 }
 
 impl Default for ThrottleScenario {
@@ -236,6 +241,25 @@ pub enum ScenarioError {
     Invalid(String),
 }
 
+impl TenantScenario {
+    /// A tenant whose app authenticates with a client secret; everything else default:
+    /// both roles, audit on, all five content types publishing on demand, no faults.
+    pub fn with_secret(tenant_id: &str, client_id: &str, client_secret: &str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_string(),
+            domain: None,
+            client_id: client_id.to_string(),
+            client_secret: Some(client_secret.to_string()),
+            secret_expired: false,
+            certificate: None,
+            roles: default_roles(),
+            audit_enabled: true,
+            publication: PublicationScenario::default(),
+            faults: FaultScenario::default(),
+        }
+    }
+}
+
 impl Scenario {
     /// A scenario with the one given tenant and default settings.
     pub fn single_tenant(tenant: TenantScenario) -> Self {
@@ -297,7 +321,9 @@ impl Scenario {
                     "tenant {name}: publication.records_per_blob must be at least 1"
                 ));
             }
-            if !(tenant.publication.blobs_per_second >= 0.0) {
+            if tenant.publication.blobs_per_second.is_nan()
+                || tenant.publication.blobs_per_second < 0.0
+            {
                 return invalid(format!(
                     "tenant {name}: publication.blobs_per_second must be 0 or more"
                 ));
