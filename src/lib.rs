@@ -4,9 +4,12 @@
 //! The library holds every component so that integration tests and benchmarks drive the
 //! same code as the binary. Modules are named for the concern they own (see DESIGN.md):
 //!
+//! - [`cloud`]: the four Microsoft 365 clouds' endpoints, and a tenant's resolved endpoints.
+//! - [`config`]: the TOML configuration with environment overrides, validated at start.
 //! - [`clock`]: the one time source of the whole library (system or controllable).
 //! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
+//! - [`secret`]: secrets by env var or file reference, masked in every `Debug` and error.
 //! - [`server`]: TLS configuration and development certificates.
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
 //!   tests, benchmarks and the demo.
@@ -15,6 +18,9 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cloud;
+pub mod config;
 pub mod emulator;
 pub mod proto;
+pub mod secret;
 pub mod server;

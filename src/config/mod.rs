@@ -1,0 +1,471 @@
+//! The connector's configuration: a TOML file, overridden from the environment, with
+//! secrets read from environment variables or files, validated at start.
+//!
+//! `deploy/config.example.toml` documents every key (it is parsed by a test, so it cannot
+//! rot). Loading ([`Config::load`]) is, in order:
+//!
+//! 1. read and parse the TOML file (a syntax error names the file, line and column);
+//! 2. apply the environment overrides (see below);
+//! 3. deserialize into these types, with `deny_unknown_fields` everywhere: a typo, a wrong
+//!    type or a bad value names the key, and the file's line (or the variable that set it);
+//! 4. read every secret reference (errors name the key and the variable or file);
+//! 5. [`Config::validate`]: the rules that span keys; every problem is reported, not only
+//!    the first.
+//!
+//! Then [`Config::warnings`] lists what start-up should log (plain-http overrides, literal
+//! secrets in the file, several tenants without a publisher id, poll-only mode).
+//!
+//! # Environment overrides
+//!
+//! Every key can be set as `O365_CONNECTOR__SECTION__KEY` (case-insensitive key segments;
+//! a number indexes a list: `O365_CONNECTOR__TENANTS__0__CLIENT_ID`, for a tenant the file
+//! defines). The value is read as a TOML value when it is one (`2000`, `true`,
+//! `["DLP.All"]`, `{ env = "X" }`) and as a string otherwise; a value that parses as another
+//! type where a string is expected is taken as a string. An empty value removes the key, so
+//! its default applies. `O365_CONNECTOR_LOGIN_URL` and
+//! `O365_CONNECTOR_API_URL` are short forms of `api.login_url` and `api.api_url` (which apply
+//! to every tenant); they are applied last, so they win. The outbound HTTP client also
+//! honours `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (reqwest reads them) unless
+//! `api.proxy` is set.
+//!
+//! Relative paths are relative to the working directory, not to the config file.
+
+mod load;
+mod types;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+pub use load::{ConfigError, ENV_API_URL, ENV_LOGIN_URL, ENV_PREFIX, Location};
+pub use types::{
+    ContentType, Guid, InvalidPublisherId, NotAGuid, PublisherId, TimestampSource,
+    UnknownContentType,
+};
+pub use validate::ValidationError;
+
+use crate::cloud::{Cloud, Endpoints};
+use crate::secret::{Secret, SecretSource};
+
+/// The whole configuration. A value returned by [`Config::load`] is validated and has every
+/// secret resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the webhook listener. Required.
+    pub server: ServerConfig,
+    /// `[store]`: where the durable state lives. Required.
+    pub store: StoreConfig,
+    /// `[engine]`: the UTMStack engine. Default: every key's default.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// `[api]`: settings shared by all tenants' API clients. Default: every key's default.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[workers]`: the content fetch workers. Default: every key's default.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// `[[tenants]]`: the Microsoft 365 tenants to collect. At least one.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// The environment overrides that were applied (for the start-up log and warnings).
+    #[serde(skip)]
+    applied_overrides: Vec<AppliedOverride>,
+}
+
+/// One environment variable that overrode a key. Holds no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedOverride {
+    /// The variable, e.g. `O365_CONNECTOR__API__API_URL`.
+    pub variable: String,
+    /// The key it set, e.g. `api.api_url` or `tenants[0].client_id`.
+    pub key: String,
+}
+
+/// `[server]`: the HTTPS (or plain HTTP) listener that receives Microsoft's notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on (e.g. `"0.0.0.0:8443"`; port 0 picks a free port).
+    /// Required.
+    #[serde(deserialize_with = "deserialize_socket_address")]
+    pub listen: SocketAddr,
+    /// The URL Microsoft calls; `/{tenant id}` is appended per tenant. Default: none, which
+    /// means poll only (no webhook subscriptions).
+    pub public_url: Option<Url>,
+    /// The local path served, when the proxy rewrites it. Default: the path of
+    /// `public_url` (`/` without one).
+    pub path: Option<String>,
+    /// PEM certificate chain for HTTPS. Default: none (plain HTTP behind a TLS-terminating
+    /// proxy). Set together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default: none. Set together with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The server secret the per-tenant authIds are derived from (`{ env = … }` or
+    /// `{ file = … }`). Default: none, which means generated once and kept in the store.
+    pub webhook_secret: Option<Secret>,
+    /// While rotating `webhook_secret`: the previous secret, whose authIds are still
+    /// accepted until every subscription was re-started with the new ones. Default: none.
+    #[serde(default)]
+    pub webhook_secret_previous: Option<Secret>,
+    /// Largest notification body accepted, in bytes; larger ones get 413. Default: 1048576
+    /// (1 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: NonZeroUsize,
+}
+
+/// `[store]`: the durable state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A directory: the store file and the admin socket live here. Required.
+    pub path: PathBuf,
+}
+
+/// `[engine]`: the UTMStack engine the records go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The engine's gRPC Unix socket. Default: `/workdir/sockets/engine_server.sock`.
+    #[serde(default = "default_engine_socket")]
+    pub socket: PathBuf,
+    /// UTMStack tenant id put on every `Log` (and into `Log.id`). Default:
+    /// `ce66672c-e36d-4761-a8c8-90058fee1a24` (UTMStack's default tenant).
+    #[serde(default = "default_utm_tenant_id")]
+    pub utm_tenant_id: String,
+    /// What `Log.timestamp` carries: `"event"` (the record's `CreationTime`) or
+    /// `"collection"` (when collected). Default: `"event"`.
+    #[serde(default)]
+    pub timestamp: TimestampSource,
+}
+
+/// `[api]`: settings of the Management Activity API clients, shared by all tenants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `PublisherIdentifier` sent on every call: the vendor's tenant GUID or domain.
+    /// Default: none, which means each tenant's own id.
+    pub publisher_id: Option<PublisherId>,
+    /// Login authority replacing the cloud preset for every tenant. Default: none (the
+    /// tenant's cloud). An `http://` URL is honoured with a start-up warning.
+    pub login_url: Option<Url>,
+    /// API base replacing the cloud preset for every tenant. Default: none (the tenant's
+    /// cloud). An `http://` URL is honoured with a start-up warning.
+    pub api_url: Option<Url>,
+    /// Extra PEM CA certificates trusted for outbound HTTPS, besides the built-in roots.
+    /// Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// Outbound proxy for all API and login calls (`http://` or `https://` URL). Default:
+    /// none, in which case `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` are honoured.
+    pub proxy: Option<Url>,
+    /// Request budget of each tenant, in requests per minute, shared by all its calls.
+    /// Default: 2000 (Microsoft's documented limit).
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: NonZeroU32,
+}
+
+/// `[workers]`: the pool that fetches content blobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Number of concurrent fetch workers. Default: 4.
+    #[serde(default = "default_worker_count")]
+    pub count: NonZeroUsize,
+    /// How long a worker holds a queue item before it returns to pending, in seconds.
+    /// Default: 300.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: NonZeroU64,
+}
+
+/// `[[tenants]]`: one Microsoft 365 tenant and the app registration that reads it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique, non-empty name; becomes `Log.dataSource`. Required.
+    pub name: String,
+    /// The tenant's directory (tenant) GUID. Required.
+    pub tenant_id: Guid,
+    /// The app registration's application (client) GUID. Required.
+    pub client_id: Guid,
+    /// The app's client secret. Exactly one of `client_secret` and `certificate`.
+    pub client_secret: Option<Secret>,
+    /// The app's certificate credential. Exactly one of `client_secret` and `certificate`.
+    pub certificate: Option<CertificateConfig>,
+    /// `"Commercial"`, `"GCC"`, `"GCCHigh"` or `"DoD"`. Default: `"Commercial"`.
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Content types to collect, without duplicates. Default: all five.
+    #[serde(default = "default_content_types")]
+    pub content_types: Vec<ContentType>,
+    /// Overrides `api.publisher_id` for this tenant. Default: none.
+    pub publisher_id: Option<PublisherId>,
+}
+
+/// A certificate credential: PEM files of the certificate and its RSA private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate registered on the app. Required.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8 or PKCS#1, at least 2048 bits). Required.
+    pub key: PathBuf,
+}
+
+/// How a tenant's app authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum TenantCredential<'a> {
+    /// A client secret.
+    Secret(&'a Secret),
+    /// A certificate and key.
+    Certificate(&'a CertificateConfig),
+}
+
+impl Config {
+    /// Loads, overrides from the process environment, resolves secrets and validates.
+    /// Variables whose name or value is not UTF-8 are ignored.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        Self::load_with_env(path, env)
+    }
+
+    /// As [`Config::load`], with the environment given (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let parsed = load::parse_file(path, &env)?;
+        Self::finish(path, parsed, &env)
+    }
+
+    /// As [`Config::load_with_env`], from TOML text (tests that build a configuration);
+    /// errors name the file as `<string>`.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let path = Path::new("<string>");
+        let parsed = load::parse_text(path, text, &env)?;
+        Self::finish(path, parsed, &env)
+    }
+
+    /// Resolves the secrets of a parsed configuration and validates it.
+    fn finish(
+        path: &Path,
+        (mut config, applied_overrides): (Config, Vec<AppliedOverride>),
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        config.applied_overrides = applied_overrides;
+        let mut problems = config.resolve_secrets(env);
+        if let Err(invalid) = config.validate() {
+            problems.extend(invalid);
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Checks the rules that span keys; every problem is returned, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// What start-up should log as warnings (each names its key).
+    pub fn warnings(&self) -> Vec<String> {
+        validate::warnings(self)
+    }
+
+    /// The environment variables that overrode keys of the file.
+    pub fn applied_overrides(&self) -> &[AppliedOverride] {
+        &self.applied_overrides
+    }
+
+    /// The tenant with this tenant id.
+    pub fn tenant(&self, tenant_id: Guid) -> Option<&TenantConfig> {
+        self.tenants
+            .iter()
+            .find(|tenant| tenant.tenant_id == tenant_id)
+    }
+
+    /// Reads every secret reference; one error per secret that cannot be read.
+    fn resolve_secrets(&mut self, env: &HashMap<String, String>) -> Vec<ValidationError> {
+        let mut secrets: Vec<(String, &mut Secret)> = Vec::new();
+        if let Some(secret) = self.server.webhook_secret.as_mut() {
+            secrets.push(("server.webhook_secret".into(), secret));
+        }
+        if let Some(secret) = self.server.webhook_secret_previous.as_mut() {
+            secrets.push(("server.webhook_secret_previous".into(), secret));
+        }
+        for (index, tenant) in self.tenants.iter_mut().enumerate() {
+            if let Some(secret) = tenant.client_secret.as_mut() {
+                secrets.push((format!("tenants[{index}].client_secret"), secret));
+            }
+        }
+        secrets
+            .into_iter()
+            .filter_map(|(key, secret)| secret.resolve(&key, env).err().map(|error| (key, error)))
+            .map(|(key, error)| ValidationError::from_secret_error(key, &error))
+            .collect()
+    }
+
+    /// True when an environment variable set this key (or a key inside it).
+    fn is_overridden(&self, key: &str) -> bool {
+        self.applied_overrides
+            .iter()
+            .any(|applied| applied.key == key || applied.key.starts_with(&format!("{key}.")))
+    }
+}
+
+impl ServerConfig {
+    /// The local path the webhook is served under, without a trailing slash (`""` for the
+    /// root): `path`, else the path of `public_url`.
+    pub fn local_path(&self) -> String {
+        let path = match (&self.path, &self.public_url) {
+            (Some(path), _) => path.as_str(),
+            (None, Some(url)) => url.path(),
+            (None, None) => "",
+        };
+        path.trim_end_matches('/').to_string()
+    }
+
+    /// The URL Microsoft is given for a tenant: `{public_url}/{tenant id}`; `None` when
+    /// polling only.
+    pub fn webhook_url(&self, tenant_id: Guid) -> Option<Url> {
+        let mut url = self.public_url.clone()?;
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push(&tenant_id.to_string());
+        }
+        Some(url)
+    }
+
+    /// True when HTTPS is served here (both `tls_cert` and `tls_key` set).
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+}
+
+impl TenantConfig {
+    /// The endpoints of this tenant: its cloud's preset, with `api.login_url` and
+    /// `api.api_url` applied.
+    pub fn endpoints(&self, api: &ApiConfig) -> Endpoints {
+        Endpoints::with_overrides(self.cloud, api.login_url.as_ref(), api.api_url.as_ref())
+    }
+
+    /// The publisher id to send for this tenant: its own override, else `api.publisher_id`,
+    /// else the tenant's own id.
+    pub fn publisher_id(&self, api: &ApiConfig) -> PublisherId {
+        self.publisher_id
+            .clone()
+            .or_else(|| api.publisher_id.clone())
+            .unwrap_or(PublisherId::Guid(self.tenant_id))
+    }
+
+    /// The credential; `None` only on a configuration that failed validation (neither or
+    /// both of `client_secret` and `certificate`).
+    pub fn credential(&self) -> Option<TenantCredential<'_>> {
+        match (&self.client_secret, &self.certificate) {
+            (Some(secret), None) => Some(TenantCredential::Secret(secret)),
+            (None, Some(certificate)) => Some(TenantCredential::Certificate(certificate)),
+            _ => None,
+        }
+    }
+
+    /// True when this content type is collected for this tenant.
+    pub fn collects(&self, content_type: ContentType) -> bool {
+        self.content_types.contains(&content_type)
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_engine_socket(),
+            utm_tenant_id: default_utm_tenant_id(),
+            timestamp: TimestampSource::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            publisher_id: None,
+            login_url: None,
+            api_url: None,
+            ca_file: None,
+            proxy: None,
+            requests_per_minute: default_requests_per_minute(),
+        }
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            count: default_worker_count(),
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+/// Where a secret of the file came from, for the literal-secret warning.
+fn is_literal(secret: &Secret) -> bool {
+    matches!(secret.source(), SecretSource::Literal)
+}
+
+/// A socket address, with an error that shows the expected form.
+fn deserialize_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address:port (like \"0.0.0.0:8443\" or \"[::1]:8443\")"
+        ))
+    })
+}
+
+fn default_max_body_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(1024 * 1024).expect("non-zero constant")
+}
+
+fn default_engine_socket() -> PathBuf {
+    PathBuf::from("/workdir/sockets/engine_server.sock")
+}
+
+fn default_utm_tenant_id() -> String {
+    "ce66672c-e36d-4761-a8c8-90058fee1a24".to_string()
+}
+
+fn default_requests_per_minute() -> NonZeroU32 {
+    NonZeroU32::new(2000).expect("non-zero constant")
+}
+
+fn default_worker_count() -> NonZeroUsize {
+    NonZeroUsize::new(4).expect("non-zero constant")
+}
+
+fn default_lease_secs() -> NonZeroU64 {
+    NonZeroU64::new(300).expect("non-zero constant")
+}
+
+fn default_content_types() -> Vec<ContentType> {
+    ContentType::ALL.to_vec()
+}
