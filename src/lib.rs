@@ -9,6 +9,8 @@
 //! - [`clock`]: the one time source of the whole library (system or controllable).
 //! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
+//! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
+//!   metadata store.
 //! - [`secret`]: secrets by env var or file reference, masked in every `Debug` and error.
 //! - [`server`]: TLS configuration and development certificates.
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
@@ -22,5 +24,6 @@ pub mod cloud;
 pub mod config;
 pub mod emulator;
 pub mod proto;
+pub mod queue;
 pub mod secret;
 pub mod server;

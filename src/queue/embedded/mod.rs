@@ -1,0 +1,760 @@
+//! The embedded queue backend: one redb file (`queue.redb`) in the store directory.
+//!
+//! redb is a pure-Rust, single-file, copy-on-write B-tree store with ACID transactions: a
+//! commit either happens entirely or not at all, and the file is consistent after any crash
+//! (on open after a crash, redb repairs its allocator state from the last committed root).
+//! The tables and encodings are documented in [`format`](mod@format); the group commit in [`writer`].
+//!
+//! Crash guarantees:
+//! - a write call that returned `Ok` is on disk (its batch was committed with
+//!   `Durability::Immediate`, i.e. fsynced, before any requester was answered);
+//! - a crash (kill -9, power loss) during a batch loses exactly the requests of that batch and
+//!   of later ones, none of which had been answered, so no caller was told "stored";
+//! - the store opens after a crash with every committed transaction and nothing else.
+//!
+//! Writes go through the writer thread; reads (`get`, `stats`, listings, metadata) use redb
+//! read transactions on tokio's blocking pool and see the last committed state.
+//!
+//! Item leases are exclusive within one process. The file is locked by the process that has it
+//! open (a second opener gets [`QueueError::AlreadyOpen`]); several replicas need the NATS
+//! backend.
+
+pub mod format;
+pub mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table,
+};
+
+use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
+use self::writer::{Tables, Writer};
+use crate::clock::Clock;
+use crate::queue::{
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
+    LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
+};
+
+/// The store file's name inside the store directory.
+pub const STORE_FILE_NAME: &str = "queue.redb";
+
+/// The embedded, single-file queue and metadata store.
+pub struct EmbeddedQueue {
+    database: Mutex<Option<Arc<Database>>>,
+    writer: Writer,
+    clock: Clock,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedQueue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EmbeddedQueue")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedQueue {
+    /// Opens `dir/queue.redb`, creating the directory and the file when missing, and starts the
+    /// writer thread. Times (lease expiry, `not_before`, tombstone purge) come from `clock`.
+    pub async fn open(dir: &Path, clock: Clock) -> Result<Self, QueueError> {
+        let dir = dir.to_path_buf();
+        let path = dir.join(STORE_FILE_NAME);
+        let open_path = path.clone();
+        let database = tokio::task::spawn_blocking(move || open_database(&dir, &open_path))
+            .await
+            .map_err(|error| QueueError::Io {
+                message: format!("opening the store stopped: {error}"),
+            })??;
+        let database = Arc::new(database);
+        let writer = Writer::spawn(Arc::clone(&database), clock.clone())?;
+        Ok(Self {
+            database: Mutex::new(Some(database)),
+            writer,
+            clock,
+            path,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<Output, Operation>(&self, operation: Operation) -> Result<Output, QueueError>
+    where
+        Output: Send + 'static,
+        Operation: FnOnce(&ReadTransaction) -> Result<Output, QueueError> + Send + 'static,
+    {
+        let database = lock(&self.database).clone().ok_or(QueueError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let txn = database.begin_read().map_err(storage_error)?;
+            operation(&txn)
+        })
+        .await
+        .map_err(|error| QueueError::Io {
+            message: format!("a store read stopped: {error}"),
+        })?
+    }
+
+    /// Applies a lease-guarded transition, then `edit`, as one write.
+    async fn transition(
+        &self,
+        key: &ContentKey,
+        transition: Transition,
+        edit: impl FnOnce(&mut QueueItem) + Send + 'static,
+    ) -> Result<QueueItem, QueueError> {
+        let key = key.clone();
+        self.writer
+            .write(move |tables, now| transition_item(tables, &key, transition, now, edit))
+            .await
+    }
+}
+
+fn open_database(dir: &Path, path: &Path) -> Result<Database, QueueError> {
+    std::fs::create_dir_all(dir).map_err(io_error)?;
+    let database = Database::create(path).map_err(|error| match error {
+        DatabaseError::DatabaseAlreadyOpen => QueueError::AlreadyOpen {
+            path: path.display().to_string(),
+        },
+        other => storage_error(other),
+    })?;
+    let txn = database.begin_write().map_err(storage_error)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        check_format_version(&mut tables.counters)?;
+    }
+    txn.commit().map_err(storage_error)?;
+    Ok(database)
+}
+
+fn check_format_version(counters: &mut Table<'_, &'static str, u64>) -> Result<(), QueueError> {
+    let found = counters
+        .get(format::COUNTER_FORMAT_VERSION)
+        .map_err(storage_error)?
+        .map(|value| value.value());
+    match found {
+        None => {
+            counters
+                .insert(format::COUNTER_FORMAT_VERSION, format::FORMAT_VERSION)
+                .map_err(storage_error)?;
+            Ok(())
+        }
+        Some(version) if version == format::FORMAT_VERSION => Ok(()),
+        Some(found) => Err(QueueError::UnsupportedFormat {
+            found,
+            supported: format::FORMAT_VERSION,
+        }),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded value is a plain handle with no invariant a panic could break.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Maps any redb error to the queue's error.
+pub(super) fn storage_error(error: impl Into<redb::Error>) -> QueueError {
+    match error.into() {
+        redb::Error::Io(error) => io_error(error),
+        redb::Error::Corrupted(message) => QueueError::Corrupt { message },
+        redb::Error::PreviousIo => QueueError::Io {
+            message: "an earlier write to the store failed; restart the service to reopen it"
+                .to_owned(),
+        },
+        other => QueueError::Io {
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Maps an i/o error, telling a full disk apart (the webhook answers 503 on both).
+pub(super) fn io_error(error: std::io::Error) -> QueueError {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => QueueError::Full,
+        _ => QueueError::Io {
+            message: error.to_string(),
+        },
+    }
+}
+
+fn pair(key: &ContentKey) -> (&str, &str) {
+    (key.tenant_id.as_str(), key.content_id.as_str())
+}
+
+fn lease_until(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    let duration = TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX);
+    now.checked_add_signed(duration)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+// ---- operations inside a write transaction -------------------------------------------------
+
+fn next_counter(
+    counters: &mut Table<'_, &'static str, u64>,
+    name: &str,
+) -> Result<u64, QueueError> {
+    let current = counters
+        .get(name)
+        .map_err(storage_error)?
+        .map_or(1, |value| value.value());
+    counters.insert(name, current + 1).map_err(storage_error)?;
+    Ok(current)
+}
+
+fn load_item(
+    items: &impl ReadableTable<KeyPair, &'static [u8]>,
+    key: &ContentKey,
+) -> Result<Option<(QueueItem, u64)>, QueueError> {
+    let Some(value) = items.get(pair(key)).map_err(storage_error)? else {
+        return Ok(None);
+    };
+    StoredItem::decode_item(key, value.value()).map(Some)
+}
+
+/// The one place an item is written: stores it and moves its index entries from those of
+/// `previous` (its state before, if it existed) to those of its current state.
+fn store_item(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    seq: u64,
+    previous: Option<&ItemState>,
+    item: &QueueItem,
+) -> Result<(), QueueError> {
+    let bytes = StoredItem::encode_item(item, seq)?;
+    if let Some(previous) = previous {
+        remove_index_entry(tables, IndexEntry::of(previous, seq), seq)?;
+    }
+    let new_entry = IndexEntry::of(&item.state, seq);
+    let key_pair = pair(key);
+    match new_entry {
+        IndexEntry::Pending(index_key) => tables.pending.insert(index_key, key_pair),
+        IndexEntry::Leased(index_key) => tables.leased.insert(index_key, key_pair),
+        IndexEntry::Done(index_key) => tables.done.insert(index_key, key_pair),
+        IndexEntry::Dead(index_key) => tables.dead.insert(index_key, key_pair),
+    }
+    .map_err(storage_error)?;
+    if new_entry.is_open() {
+        tables.open.insert(seq, key_pair).map_err(storage_error)?;
+    }
+    tables
+        .items
+        .insert(key_pair, bytes.as_slice())
+        .map_err(storage_error)?;
+    Ok(())
+}
+
+fn remove_index_entry(
+    tables: &mut Tables<'_>,
+    entry: IndexEntry,
+    seq: u64,
+) -> Result<(), QueueError> {
+    match entry {
+        IndexEntry::Pending(index_key) => tables.pending.remove(index_key).map(drop),
+        IndexEntry::Leased(index_key) => tables.leased.remove(index_key).map(drop),
+        IndexEntry::Done(index_key) => tables.done.remove(index_key).map(drop),
+        IndexEntry::Dead(index_key) => tables.dead.remove(index_key).map(drop),
+    }
+    .map_err(storage_error)?;
+    if entry.is_open() {
+        tables.open.remove(seq).map_err(storage_error)?;
+    }
+    Ok(())
+}
+
+fn enqueue_refs(
+    tables: &mut Tables<'_>,
+    refs: Vec<ContentRef>,
+    now: DateTime<Utc>,
+) -> Result<Vec<EnqueueOutcome>, QueueError> {
+    let mut outcomes = Vec::with_capacity(refs.len());
+    for content in refs {
+        let key = content.key();
+        if tables
+            .items
+            .get(pair(&key))
+            .map_err(storage_error)?
+            .is_some()
+        {
+            outcomes.push(EnqueueOutcome::Duplicate);
+            continue;
+        }
+        let seq = next_counter(&mut tables.counters, format::COUNTER_NEXT_SEQ)?;
+        let item = QueueItem {
+            content,
+            state: ItemState::Pending {
+                not_before: now,
+                attempts: 0,
+            },
+            acked_records: 0,
+            dead_records: 0,
+            last_retry_reason: None,
+            enqueued_at: now,
+        };
+        store_item(tables, &key, seq, None, &item)?;
+        outcomes.push(EnqueueOutcome::Enqueued);
+    }
+    Ok(outcomes)
+}
+
+/// Moves an item by `transition`; a refused transition writes nothing.
+fn transition_item(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    transition: Transition,
+    now: DateTime<Utc>,
+    edit: impl FnOnce(&mut QueueItem),
+) -> Result<QueueItem, QueueError> {
+    let (mut item, seq) =
+        load_item(&tables.items, key)?.ok_or_else(|| QueueError::NotFound { key: key.clone() })?;
+    let next = item
+        .state
+        .apply(transition, now)
+        .map_err(|_| QueueError::StaleLease { key: key.clone() })?;
+    let previous = std::mem::replace(&mut item.state, next);
+    edit(&mut item);
+    store_item(tables, key, seq, Some(&previous), &item)?;
+    Ok(item)
+}
+
+/// Loads an item the caller must hold under `lease`.
+fn load_leased(
+    tables: &Tables<'_>,
+    key: &ContentKey,
+    lease: LeaseId,
+) -> Result<(QueueItem, u64), QueueError> {
+    let (item, seq) =
+        load_item(&tables.items, key)?.ok_or_else(|| QueueError::NotFound { key: key.clone() })?;
+    if !item.state.is_leased_by(lease) {
+        return Err(QueueError::StaleLease { key: key.clone() });
+    }
+    Ok((item, seq))
+}
+
+fn lease_due(
+    tables: &mut Tables<'_>,
+    now: DateTime<Utc>,
+    max: usize,
+    duration: Duration,
+    skip_tenants: &HashSet<String>,
+) -> Result<Vec<LeasedItem>, QueueError> {
+    let due = (format::micros(now), u64::MAX);
+    let mut keys = Vec::new();
+    collect_due(&tables.leased, due, max, skip_tenants, &mut keys)?;
+    collect_due(&tables.pending, due, max, skip_tenants, &mut keys)?;
+    let until = lease_until(now, duration);
+    let mut leased = Vec::with_capacity(keys.len());
+    for key in keys {
+        let lease = LeaseId(next_counter(
+            &mut tables.counters,
+            format::COUNTER_NEXT_LEASE,
+        )?);
+        let item = match transition_item(
+            tables,
+            &key,
+            Transition::Lease { lease, until },
+            now,
+            |_| {},
+        ) {
+            Ok(item) => item,
+            // The index and the item always change together; an item that is not leasable
+            // after all is left where it is.
+            Err(QueueError::StaleLease { .. } | QueueError::NotFound { .. }) => continue,
+            Err(error) => return Err(error),
+        };
+        let ItemState::Leased { attempts, .. } = item.state else {
+            continue;
+        };
+        leased.push(LeasedItem {
+            content: item.content,
+            lease,
+            lease_until: until,
+            acked_records: item.acked_records,
+            attempts,
+        });
+    }
+    Ok(leased)
+}
+
+/// Appends to `keys` (up to `max` in all) the entries of a time index that are due. Entries
+/// of skipped tenants are stepped over, so the scan is linear in the due items of paused
+/// tenants ahead of the first `max` others: cheap while pauses are short, as throttling is.
+fn collect_due(
+    index: &Table<'_, (i64, u64), KeyPair>,
+    due: (i64, u64),
+    max: usize,
+    skip_tenants: &HashSet<String>,
+    keys: &mut Vec<ContentKey>,
+) -> Result<(), QueueError> {
+    for entry in index.range(..=due).map_err(storage_error)? {
+        if keys.len() >= max {
+            break;
+        }
+        let (_, value) = entry.map_err(storage_error)?;
+        let (tenant_id, content_id) = value.value();
+        if skip_tenants.contains(tenant_id) {
+            continue;
+        }
+        keys.push(ContentKey::new(tenant_id, content_id));
+    }
+    Ok(())
+}
+
+fn record_acked_count(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    lease: LeaseId,
+    acked_records: u64,
+) -> Result<(), QueueError> {
+    let (mut item, seq) = load_leased(tables, key, lease)?;
+    if acked_records <= item.acked_records {
+        return Ok(());
+    }
+    item.acked_records = acked_records;
+    let state = item.state.clone();
+    store_item(tables, key, seq, Some(&state), &item)
+}
+
+fn store_dead_record(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    lease: LeaseId,
+    record: &DeadRecord,
+) -> Result<(), QueueError> {
+    let (mut item, seq) = load_leased(tables, key, lease)?;
+    let bytes = StoredDeadRecord::encode_record(record)?;
+    let record_key = (
+        key.tenant_id.as_str(),
+        key.content_id.as_str(),
+        record.index,
+    );
+    let replaced = tables
+        .dead_records
+        .insert(record_key, bytes.as_slice())
+        .map_err(storage_error)?
+        .is_some();
+    if replaced {
+        return Ok(());
+    }
+    item.dead_records += 1;
+    let state = item.state.clone();
+    store_item(tables, key, seq, Some(&state), &item)
+}
+
+fn purge_tombstones(tables: &mut Tables<'_>, now: DateTime<Utc>) -> Result<u64, QueueError> {
+    let expired = (format::micros(now), u64::MAX);
+    let mut purged = Vec::new();
+    for entry in tables.done.range(..=expired).map_err(storage_error)? {
+        let (index_key, value) = entry.map_err(storage_error)?;
+        let (tenant_id, content_id) = value.value();
+        purged.push((index_key.value(), ContentKey::new(tenant_id, content_id)));
+    }
+    for (index_key, key) in &purged {
+        tables.done.remove(*index_key).map_err(storage_error)?;
+        tables.items.remove(pair(key)).map_err(storage_error)?;
+    }
+    Ok(purged.len() as u64)
+}
+
+fn put_meta_value(tables: &mut Tables<'_>, key: &str, value: &[u8]) -> Result<(), QueueError> {
+    tables.meta.insert(key, value).map_err(storage_error)?;
+    Ok(())
+}
+
+// ---- reads --------------------------------------------------------------------------------
+
+fn open_read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    definition: redb::TableDefinition<K, V>,
+) -> Result<redb::ReadOnlyTable<K, V>, QueueError> {
+    txn.open_table(definition).map_err(storage_error)
+}
+
+fn read_stats(txn: &ReadTransaction) -> Result<QueueStats, QueueError> {
+    let items = open_read_table(txn, format::ITEMS)?;
+    let open = open_read_table(txn, format::OPEN)?;
+    let oldest_open = match open.first().map_err(storage_error)? {
+        Some((_, value)) => {
+            let (tenant_id, content_id) = value.value();
+            load_item(&items, &ContentKey::new(tenant_id, content_id))?
+        }
+        None => None,
+    };
+    let length = |table: &dyn ReadableTableMetadata| table.len().map_err(storage_error);
+    Ok(QueueStats {
+        pending: length(&open_read_table(txn, format::PENDING)?)?,
+        leased: length(&open_read_table(txn, format::LEASED)?)?,
+        done: length(&open_read_table(txn, format::DONE)?)?,
+        dead: length(&open_read_table(txn, format::DEAD)?)?,
+        dead_records: length(&open_read_table(txn, format::DEAD_RECORDS)?)?,
+        oldest_open_enqueued: oldest_open.as_ref().map(|(item, _)| item.enqueued_at),
+        oldest_open_created: oldest_open
+            .as_ref()
+            .map(|(item, _)| item.content.content_created),
+        commits: 0,
+        write_requests: 0,
+    })
+}
+
+fn read_dead_items(txn: &ReadTransaction, limit: usize) -> Result<Vec<QueueItem>, QueueError> {
+    let items = open_read_table(txn, format::ITEMS)?;
+    let dead = open_read_table(txn, format::DEAD)?;
+    let mut listed = Vec::new();
+    for entry in dead.iter().map_err(storage_error)?.take(limit) {
+        let (_, value) = entry.map_err(storage_error)?;
+        let (tenant_id, content_id) = value.value();
+        if let Some((item, _)) = load_item(&items, &ContentKey::new(tenant_id, content_id))? {
+            listed.push(item);
+        }
+    }
+    Ok(listed)
+}
+
+fn read_dead_records(
+    txn: &ReadTransaction,
+    limit: usize,
+) -> Result<Vec<(ContentKey, DeadRecord)>, QueueError> {
+    let records = open_read_table(txn, format::DEAD_RECORDS)?;
+    let mut listed = Vec::new();
+    for entry in records.iter().map_err(storage_error)?.take(limit) {
+        let (record_key, value) = entry.map_err(storage_error)?;
+        let (tenant_id, content_id, index) = record_key.value();
+        let record = StoredDeadRecord::decode_record(index, value.value())?;
+        listed.push((ContentKey::new(tenant_id, content_id), record));
+    }
+    Ok(listed)
+}
+
+#[async_trait]
+impl ContentQueue for EmbeddedQueue {
+    async fn enqueue(&self, refs: Vec<ContentRef>) -> Result<Vec<EnqueueOutcome>, QueueError> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer
+            .write(move |tables, now| enqueue_refs(tables, refs, now))
+            .await
+    }
+
+    async fn lease(
+        &self,
+        max: usize,
+        duration: Duration,
+        skip_tenants: &HashSet<String>,
+    ) -> Result<Vec<LeasedItem>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let skip_tenants = skip_tenants.clone();
+        self.writer
+            .write(move |tables, now| lease_due(tables, now, max, duration, &skip_tenants))
+            .await
+    }
+
+    async fn extend_lease(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        duration: Duration,
+    ) -> Result<DateTime<Utc>, QueueError> {
+        let until = lease_until(self.clock.now(), duration);
+        let item = self
+            .transition(key, Transition::Extend { lease, until }, |_| {})
+            .await?;
+        match item.state {
+            ItemState::Leased { until, .. } => Ok(until),
+            _ => Err(QueueError::StaleLease { key: key.clone() }),
+        }
+    }
+
+    async fn record_acked(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        acked_records: u64,
+    ) -> Result<(), QueueError> {
+        let key = key.clone();
+        self.writer
+            .write(move |tables, _| record_acked_count(tables, &key, lease, acked_records))
+            .await
+    }
+
+    async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
+        let key = key.clone();
+        self.writer
+            .write(move |tables, now| {
+                let (item, _) = load_leased(tables, &key, lease)?;
+                let tombstone_until = item.content.content_expiration;
+                transition_item(
+                    tables,
+                    &key,
+                    Transition::Complete {
+                        lease,
+                        tombstone_until,
+                    },
+                    now,
+                    |_| {},
+                )
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn retry_later(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        not_before: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let reason = reason.to_owned();
+        let transition = Transition::RetryLater { lease, not_before };
+        self.transition(key, transition, move |item| {
+            item.last_retry_reason = Some(reason)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn release(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
+        let not_before = self.clock.now();
+        self.transition(key, Transition::Release { lease, not_before }, |_| {})
+            .await
+            .map(drop)
+    }
+
+    async fn dead_letter(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let reason = reason.to_owned();
+        self.transition(key, Transition::DeadLetter { lease, reason }, |_| {})
+            .await
+            .map(drop)
+    }
+
+    async fn add_dead_record(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        record: DeadRecord,
+    ) -> Result<(), QueueError> {
+        let key = key.clone();
+        self.writer
+            .write(move |tables, _| store_dead_record(tables, &key, lease, &record))
+            .await
+    }
+
+    async fn purge_expired_tombstones(&self) -> Result<u64, QueueError> {
+        self.writer.write(purge_tombstones).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut stats = self.read(read_stats).await?;
+        stats.commits = self.writer.counters.commits.load(Ordering::Relaxed);
+        stats.write_requests = self.writer.counters.requests.load(Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    async fn get(&self, key: &ContentKey) -> Result<Option<QueueItem>, QueueError> {
+        let key = key.clone();
+        self.read(move |txn| {
+            let items = open_read_table(txn, format::ITEMS)?;
+            Ok(load_item(&items, &key)?.map(|(item, _)| item))
+        })
+        .await
+    }
+
+    async fn dead_items(&self, limit: usize) -> Result<Vec<QueueItem>, QueueError> {
+        self.read(move |txn| read_dead_items(txn, limit)).await
+    }
+
+    async fn dead_records(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ContentKey, DeadRecord)>, QueueError> {
+        self.read(move |txn| read_dead_records(txn, limit)).await
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        self.writer.stop().await;
+        let Some(database) = lock(&self.database).take() else {
+            return Ok(());
+        };
+        // A read still running keeps its own handle; the file is released when it ends.
+        match Arc::try_unwrap(database) {
+            Ok(database) => {
+                tokio::task::spawn_blocking(move || database.close().map_err(storage_error))
+                    .await
+                    .map_err(|error| QueueError::Io {
+                        message: format!("closing the store stopped: {error}"),
+                    })?
+            }
+            Err(_still_reading) => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl MetaStore for EmbeddedQueue {
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            let meta = open_read_table(txn, format::META)?;
+            Ok(meta
+                .get(key.as_str())
+                .map_err(storage_error)?
+                .map(|value| value.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError> {
+        let key = key.to_owned();
+        self.writer
+            .write(move |tables, _| put_meta_value(tables, &key, &value))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disk_is_told_apart_and_retryable() {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        for code in [ENOSPC, EDQUOT] {
+            let error = storage_error(redb::StorageError::Io(std::io::Error::from_raw_os_error(
+                code,
+            )));
+            assert_eq!(error, QueueError::Full);
+            assert!(
+                error.is_retryable(),
+                "the webhook answers 503 and Microsoft retries"
+            );
+        }
+        let other = io_error(std::io::Error::from_raw_os_error(5));
+        assert!(matches!(other, QueueError::Io { .. }));
+        assert!(
+            !QueueError::StaleLease {
+                key: ContentKey::new("t", "c")
+            }
+            .is_retryable()
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Group commit: the one thread that writes the store.
+//!
+//! Every write request (enqueue, lease, complete, …) is sent over a bounded channel to a
+//! dedicated OS thread. The thread takes the first waiting request, then every other request
+//! already waiting (up to `MAX_BATCH`, 1024), applies them in order inside ONE redb write
+//! transaction committed with `Durability::Immediate` (one fsync for the whole batch), and only
+//! then answers each requester. So concurrent enqueues share an fsync, and no caller hears
+//! "done" before its write is on disk.
+//!
+//! A request whose operation fails for its own reasons (a stale lease, an unknown item) has
+//! written nothing — operations validate before they write — and gets its error while the
+//! others commit. A storage failure (i/o, full disk, corruption) aborts the whole transaction
+//! and every request of the batch gets that error: none of them was applied.
+//!
+//! The channel is bounded, so a writer slower than its producers pushes back on them (their
+//! `send` waits) instead of growing memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use redb::{Database, Durability, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::format::{self, KeyPair};
+use super::storage_error;
+use crate::clock::Clock;
+use crate::queue::QueueError;
+
+/// The most requests applied in one transaction: bounds the transaction's size and the
+/// latency of its first requester.
+pub(super) const MAX_BATCH: usize = 1024;
+
+/// Requests that may wait for the writer before senders are held back.
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// The tables of the store, open inside one write transaction.
+pub(super) struct Tables<'txn> {
+    pub(super) items: Table<'txn, KeyPair, &'static [u8]>,
+    pub(super) pending: Table<'txn, (i64, u64), KeyPair>,
+    pub(super) leased: Table<'txn, (i64, u64), KeyPair>,
+    pub(super) done: Table<'txn, (i64, u64), KeyPair>,
+    pub(super) dead: Table<'txn, u64, KeyPair>,
+    pub(super) open: Table<'txn, u64, KeyPair>,
+    pub(super) dead_records: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    pub(super) meta: Table<'txn, &'static str, &'static [u8]>,
+    pub(super) counters: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Opens (creating on first use) every table.
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, QueueError> {
+        Ok(Self {
+            items: txn.open_table(format::ITEMS).map_err(storage_error)?,
+            pending: txn.open_table(format::PENDING).map_err(storage_error)?,
+            leased: txn.open_table(format::LEASED).map_err(storage_error)?,
+            done: txn.open_table(format::DONE).map_err(storage_error)?,
+            dead: txn.open_table(format::DEAD).map_err(storage_error)?,
+            open: txn.open_table(format::OPEN).map_err(storage_error)?,
+            dead_records: txn
+                .open_table(format::DEAD_RECORDS)
+                .map_err(storage_error)?,
+            meta: txn.open_table(format::META).map_err(storage_error)?,
+            counters: txn.open_table(format::COUNTERS).map_err(storage_error)?,
+        })
+    }
+}
+
+/// One request waiting for the writer, with its reply channel.
+trait WriteRequest: Send {
+    /// Runs the operation in the batch's transaction; returns the error that must abort the
+    /// whole batch, if it hit one.
+    fn apply(&mut self, tables: &mut Tables<'_>, now: DateTime<Utc>) -> Option<QueueError>;
+
+    /// Answers the requester once the batch's outcome is known.
+    fn finish(self: Box<Self>, commit: Result<(), QueueError>);
+}
+
+struct Request<Output, Operation> {
+    operation: Option<Operation>,
+    outcome: Option<Result<Output, QueueError>>,
+    reply: oneshot::Sender<Result<Output, QueueError>>,
+}
+
+impl<Output, Operation> WriteRequest for Request<Output, Operation>
+where
+    Output: Send,
+    Operation: FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send,
+{
+    fn apply(&mut self, tables: &mut Tables<'_>, now: DateTime<Utc>) -> Option<QueueError> {
+        let operation = self.operation.take()?;
+        let outcome = operation(tables, now);
+        let spoils_batch = match &outcome {
+            Err(
+                error @ (QueueError::Io { .. } | QueueError::Full | QueueError::Corrupt { .. }),
+            ) => Some(error.clone()),
+            _ => None,
+        };
+        self.outcome = Some(outcome);
+        spoils_batch
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), QueueError>) {
+        let result = match (commit, self.outcome) {
+            (_, Some(Err(own_error))) => Err(own_error),
+            (Err(batch_error), _) => Err(batch_error),
+            (Ok(()), Some(Ok(output))) => Ok(output),
+            (Ok(()), None) => Err(QueueError::Io {
+                message: "the write request was not applied".to_owned(),
+            }),
+        };
+        // The requester may have gone away (its task was cancelled): nothing to tell then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Commit counters, shared with `stats`.
+#[derive(Default)]
+pub(super) struct WriteCounters {
+    pub(super) commits: AtomicU64,
+    pub(super) requests: AtomicU64,
+}
+
+/// The handle on the writer thread held by the queue.
+pub(super) struct Writer {
+    sender: Mutex<Option<mpsc::Sender<Box<dyn WriteRequest>>>>,
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    pub(super) counters: Arc<WriteCounters>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `database`.
+    pub(super) fn spawn(database: Arc<Database>, clock: Clock) -> Result<Self, QueueError> {
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stopped_sender, stopped) = oneshot::channel();
+        let counters = Arc::new(WriteCounters::default());
+        let thread_counters = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("queue-writer".to_owned())
+            .spawn(move || {
+                run(&database, receiver, &clock, &thread_counters);
+                drop(database);
+                let _ = stopped_sender.send(());
+            })
+            .map_err(|error| QueueError::Io {
+                message: format!("cannot start the queue writer thread: {error}"),
+            })?;
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            stopped: Mutex::new(Some(stopped)),
+            counters,
+        })
+    }
+
+    /// Runs `operation` in the next group commit; returns its output once committed.
+    pub(super) async fn write<Output, Operation>(
+        &self,
+        operation: Operation,
+    ) -> Result<Output, QueueError>
+    where
+        Output: Send + 'static,
+        Operation:
+            FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
+    {
+        let sender = lock(&self.sender).clone().ok_or(QueueError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            operation: Some(operation),
+            outcome: None,
+            reply,
+        };
+        sender
+            .send(Box::new(request))
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Stops taking requests, waits until those already sent are committed and the thread
+    /// released the database.
+    pub(super) async fn stop(&self) {
+        lock(&self.sender).take();
+        let stopped = lock(&self.stopped).take();
+        if let Some(stopped) = stopped {
+            let _ = stopped.await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain handles with no invariant a panic could break.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The writer thread: batch, commit, answer, until every sender is gone.
+fn run(
+    database: &Database,
+    mut receiver: mpsc::Receiver<Box<dyn WriteRequest>>,
+    clock: &Clock,
+    counters: &WriteCounters,
+) {
+    let mut batch: Vec<Box<dyn WriteRequest>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_batch(database, &mut batch, clock.now());
+        if outcome.is_ok() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counters
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for request in batch.drain(..) {
+            request.finish(outcome.clone());
+        }
+    }
+}
+
+fn commit_batch(
+    database: &Database,
+    batch: &mut [Box<dyn WriteRequest>],
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let mut txn = database.begin_write().map_err(storage_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|error| QueueError::Io {
+            message: format!("cannot make the commit durable: {error}"),
+        })?;
+    let spoiled = {
+        let mut tables = Tables::open(&txn)?;
+        let mut first_spoiling_error = None;
+        for request in batch.iter_mut() {
+            if let Some(error) = request.apply(&mut tables, now) {
+                first_spoiling_error.get_or_insert(error);
+            }
+        }
+        first_spoiling_error
+    };
+    if let Some(error) = spoiled {
+        // Nothing of this batch may reach the disk; the abort's own failure changes nothing.
+        let _ = txn.abort();
+        return Err(error);
+    }
+    txn.commit().map_err(storage_error)
+}

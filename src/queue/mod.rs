@@ -1,0 +1,365 @@
+//! The durable content queue: content references waiting to be fetched, keyed by
+//! (tenant id, contentId), between the intake (webhook, poller, backfill) and the workers.
+//!
+//! This module owns the contract ([`ContentQueue`], [`MetaStore`]), the item types and the
+//! item state machine ([`state`]); [`embedded`] is the single-file backend (redb) used by
+//! default. A NATS JetStream backend, for several replicas behind a load balancer, is meant to
+//! implement the same traits.
+//!
+//! What flows through it is a *reference* to a content blob, never the blob or its records:
+//! the store holds no record bodies at rest (DLP.All records carry the secrets they matched).
+//! Dead letters are references too: contentId, record index, byte range, SHA-256 and reason.
+//!
+//! The rule that makes the pipeline lossless is visible here: the webhook answers 200 and the
+//! poller advances its cursor only after [`ContentQueue::enqueue`] returned; a worker calls
+//! [`ContentQueue::complete`] only after the engine acked the blob's last record, and records
+//! its progress with [`ContentQueue::record_acked`] so that a restart resumes mid-blob.
+
+pub mod embedded;
+pub mod state;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use embedded::EmbeddedQueue;
+pub use state::{ItemState, LeaseId, Transition, TransitionError};
+
+/// The identity of a content blob in the queue: dedupe is on this pair.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentKey {
+    /// The Microsoft 365 tenant (directory) id the content belongs to.
+    pub tenant_id: String,
+    /// Microsoft's opaque contentId.
+    pub content_id: String,
+}
+
+impl ContentKey {
+    /// A key from its two parts.
+    pub fn new(tenant_id: impl Into<String>, content_id: impl Into<String>) -> Self {
+        Self {
+            tenant_id: tenant_id.into(),
+            content_id: content_id.into(),
+        }
+    }
+}
+
+impl fmt::Display for ContentKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "tenant {} content {}",
+            self.tenant_id, self.content_id
+        )
+    }
+}
+
+/// How a content reference reached the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A webhook notification from Microsoft.
+    Webhook,
+    /// The periodic content listing.
+    Poll,
+    /// An operator-requested backfill.
+    Backfill,
+}
+
+/// A reference to one content blob, as Microsoft describes it in a notification or listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentRef {
+    /// The tenant the content belongs to.
+    pub tenant_id: String,
+    /// The content type, e.g. `Audit.Exchange` or `DLP.All`.
+    pub content_type: String,
+    /// Microsoft's opaque contentId.
+    pub content_id: String,
+    /// The blob's URL (already checked to be on the tenant's API host by the intake).
+    pub content_uri: String,
+    /// When Microsoft made the content available.
+    pub content_created: DateTime<Utc>,
+    /// When retrieval stops working; also when the done tombstone may be purged.
+    pub content_expiration: DateTime<Utc>,
+    /// How it reached the queue.
+    pub source: Source,
+}
+
+impl ContentRef {
+    /// The dedupe key of this reference.
+    pub fn key(&self) -> ContentKey {
+        ContentKey::new(&self.tenant_id, &self.content_id)
+    }
+}
+
+/// The result of enqueuing one reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// New: stored as pending.
+    Enqueued,
+    /// The key was already pending, leased, done (tombstone) or dead: nothing changed.
+    Duplicate,
+}
+
+/// One item as stored: the reference, its state and its progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueItem {
+    /// The content reference.
+    pub content: ContentRef,
+    /// Where the item stands.
+    pub state: ItemState,
+    /// How many records of the blob (from its start) the engine has acked.
+    pub acked_records: u64,
+    /// How many records of the blob were dead-lettered.
+    pub dead_records: u64,
+    /// The reason given by the last `retry_later`, if any.
+    pub last_retry_reason: Option<String>,
+    /// When the reference was first enqueued.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// An item handed to a worker by [`ContentQueue::lease`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasedItem {
+    /// The content reference.
+    pub content: ContentRef,
+    /// The lease to name in every later call about this item.
+    pub lease: LeaseId,
+    /// When the lease expires unless extended.
+    pub lease_until: DateTime<Utc>,
+    /// Records already acked: the worker skips this many records of the blob.
+    pub acked_records: u64,
+    /// Failed attempts before this lease.
+    pub attempts: u32,
+}
+
+impl LeasedItem {
+    /// The dedupe key of the leased item.
+    pub fn key(&self) -> ContentKey {
+        self.content.key()
+    }
+}
+
+/// One record of a blob that could not be forwarded, kept by reference only: where it is
+/// and what it hashes to, never its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadRecord {
+    /// The record's index in the blob's JSON array (0-based).
+    pub index: u64,
+    /// Its byte range `[start, end)` in the blob.
+    pub byte_range: (u64, u64),
+    /// SHA-256 of those bytes, so an operator can match a refetched blob.
+    pub sha256: [u8; 32],
+    /// Why it was dead-lettered (must not quote the record).
+    pub reason: String,
+}
+
+/// Counts and ages for /status and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Items waiting for a worker.
+    pub pending: u64,
+    /// Items held by a worker (including expired leases not yet taken again).
+    pub leased: u64,
+    /// Done tombstones kept for dedupe.
+    pub done: u64,
+    /// Dead-lettered items.
+    pub dead: u64,
+    /// Dead-lettered records (of items dead or not).
+    pub dead_records: u64,
+    /// Enqueue time of the oldest item still pending or leased.
+    pub oldest_open_enqueued: Option<DateTime<Utc>>,
+    /// `contentCreated` of that same item.
+    pub oldest_open_created: Option<DateTime<Utc>>,
+    /// Write transactions committed since this process opened the store.
+    pub commits: u64,
+    /// Write requests served since this process opened the store (`commits` is lower when
+    /// concurrent requests shared a commit).
+    pub write_requests: u64,
+}
+
+/// Errors of the queue boundary. Messages name the item or say what the operator should fix;
+/// they never carry record content.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// Reading or writing the store failed.
+    #[error("queue store i/o failed: {message}; check the disk and the store directory")]
+    Io {
+        /// What failed.
+        message: String,
+    },
+    /// The disk holding the store is full (ENOSPC or quota).
+    #[error("the disk holding the queue store is full; free space in the store directory")]
+    Full,
+    /// The store file is damaged.
+    #[error(
+        "queue store is corrupt: {message}; move the store file aside and restart to start empty"
+    )]
+    Corrupt {
+        /// What is wrong.
+        message: String,
+    },
+    /// Another process has the store open.
+    #[error("queue store {path} is open in another process; stop it or use another store path")]
+    AlreadyOpen {
+        /// The store file.
+        path: String,
+    },
+    /// The store was written by an incompatible version of the connector.
+    #[error(
+        "queue store format version {found} is not supported (this build reads version {supported})"
+    )]
+    UnsupportedFormat {
+        /// The version found in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+    /// The caller's lease is no longer the item's current lease (it expired and another
+    /// worker leased the item, or the item moved on).
+    #[error("the lease on {key} is no longer held; another worker owns the item now")]
+    StaleLease {
+        /// The item.
+        key: ContentKey,
+    },
+    /// No such item.
+    #[error("no queue item for {key}")]
+    NotFound {
+        /// The item.
+        key: ContentKey,
+    },
+    /// The queue was closed (shutdown).
+    #[error("the queue is closed")]
+    Closed,
+}
+
+impl QueueError {
+    /// True when the same call may succeed later (transient i/o, a full disk being freed):
+    /// the webhook answers 503 so Microsoft retries; the poller retries its cycle.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, QueueError::Io { .. } | QueueError::Full)
+    }
+}
+
+/// The durable content queue.
+///
+/// Guarantees every backend gives:
+/// - **Durability**: when a write method returns `Ok`, its effect is on stable storage and
+///   survives a crash or power loss. A crash loses only calls that had not returned.
+///   In particular, an `Enqueued` or `Duplicate` outcome means the reference is stored: the
+///   webhook may answer 200 and the poller may advance its cursor.
+/// - **Dedupe**: at most one item per [`ContentKey`]. Enqueuing a key that is pending, leased,
+///   done (until its tombstone is purged, after `contentExpiration`) or dead is a no-op.
+/// - **Exclusive leases**: an item is held by at most one unexpired lease. A lease that
+///   expires makes the item leasable again (workers that crash lose nothing). Every call made
+///   under a lease names it; once another worker re-leased the item, calls under the old
+///   lease fail with [`QueueError::StaleLease`] and change nothing.
+/// - **Order**: `lease` hands out expired leases first, then pending items by `not_before`
+///   (for fresh items: enqueue order). Order is best effort across tenants: there is no
+///   ordering guarantee between items, and the pipeline never relies on one.
+/// - **Atomicity**: each call is all-or-nothing; a batch of references in one `enqueue` is
+///   stored in one transaction.
+///
+/// Items are leased at least once and may be processed more than once (a lease that expires
+/// while its worker still runs): `acked_records` lets the next holder skip what the engine
+/// already has.
+#[async_trait]
+pub trait ContentQueue: Send + Sync {
+    /// Stores each reference not already known, as pending and due now. Returns one outcome
+    /// per reference, in order. Durable when it returns.
+    async fn enqueue(&self, refs: Vec<ContentRef>) -> Result<Vec<EnqueueOutcome>, QueueError>;
+
+    /// Leases up to `max` items for `duration`: first items whose lease expired, then pending
+    /// items whose `not_before` passed, oldest first, skipping the tenants in `skip_tenants`
+    /// (paused or throttled ones).
+    async fn lease(
+        &self,
+        max: usize,
+        duration: Duration,
+        skip_tenants: &HashSet<String>,
+    ) -> Result<Vec<LeasedItem>, QueueError>;
+
+    /// Extends a lease to `now + duration`; returns the new expiry.
+    async fn extend_lease(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        duration: Duration,
+    ) -> Result<DateTime<Utc>, QueueError>;
+
+    /// Records that the engine acked the first `acked_records` records of the blob. Never
+    /// moves the count backwards.
+    async fn record_acked(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        acked_records: u64,
+    ) -> Result<(), QueueError>;
+
+    /// Every record is acked: the item becomes a done tombstone until its `contentExpiration`.
+    async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError>;
+
+    /// The attempt failed: the item is pending again from `not_before`, one attempt counted,
+    /// `reason` kept for status.
+    async fn retry_later(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        not_before: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), QueueError>;
+
+    /// Gives the item back unprocessed (shutdown): pending and due now, no attempt counted.
+    async fn release(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError>;
+
+    /// Gives up on the item: it becomes a dead letter with `reason` (never record content).
+    async fn dead_letter(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        reason: &str,
+    ) -> Result<(), QueueError>;
+
+    /// Records one record of the item as dead (by reference) while the item goes on.
+    /// Recording the same index twice keeps the last one.
+    async fn add_dead_record(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        record: DeadRecord,
+    ) -> Result<(), QueueError>;
+
+    /// Removes done tombstones whose content expired; returns how many were removed.
+    async fn purge_expired_tombstones(&self) -> Result<u64, QueueError>;
+
+    /// Counts and ages.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// One item, in whatever state.
+    async fn get(&self, key: &ContentKey) -> Result<Option<QueueItem>, QueueError>;
+
+    /// Up to `limit` dead items, oldest enqueued first.
+    async fn dead_items(&self, limit: usize) -> Result<Vec<QueueItem>, QueueError>;
+
+    /// Up to `limit` dead records, ordered by tenant, contentId and index.
+    async fn dead_records(&self, limit: usize)
+    -> Result<Vec<(ContentKey, DeadRecord)>, QueueError>;
+
+    /// Stops accepting calls, lets the writes already submitted finish, and releases the
+    /// store. Later calls fail with [`QueueError::Closed`].
+    async fn close(&self) -> Result<(), QueueError>;
+}
+
+/// A small durable key-value area for the service's own metadata (webhook secret, poll
+/// cursors, subscription start times), kept beside the queue. Values may be secret: backends
+/// never log them. A `put` is durable when it returns.
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// The value stored under `key`, if any.
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError>;
+
+    /// Stores `value` under `key`, replacing any previous value.
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError>;
+}
