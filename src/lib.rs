@@ -4,6 +4,9 @@
 //! The library holds every component so that integration tests and benchmarks drive the
 //! same code as the binary. Modules are named for the concern they own (see DESIGN.md):
 //!
+//! - [`api`]: the Management Activity API client of one tenant: origin checks, budget,
+//!   error classification.
+//! - [`auth`]: access tokens per tenant (client secret or certificate), cached and refreshed.
 //! - [`cloud`]: the four Microsoft 365 clouds' endpoints, and a tenant's resolved endpoints.
 //! - [`config`]: the TOML configuration with environment overrides, validated at start.
 //! - [`clock`]: the one time source of the whole library (system or controllable).
@@ -11,6 +14,7 @@
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
 //! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
 //!   metadata store.
+//! - [`retry`]: the one retry policy (exponential, jittered, capped) and its presets.
 //! - [`secret`]: secrets by env var or file reference, masked in every `Debug` and error.
 //! - [`server`]: TLS configuration and development certificates.
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
@@ -18,6 +22,8 @@
 //! - [`cli`]: the command-line interface of the `o365-connector` binary.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod cloud;
@@ -25,5 +31,6 @@ pub mod config;
 pub mod emulator;
 pub mod proto;
 pub mod queue;
+pub mod retry;
 pub mod secret;
 pub mod server;

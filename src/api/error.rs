@@ -1,0 +1,290 @@
+//! The one classification of the Management Activity API's errors: AF code first, HTTP
+//! status second (the spec's §4 table), into what the caller should do.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::auth::AuthError;
+
+/// What a failed API call means for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// AF429, HTTP 429, or 403 with AF429: pause the tenant, honour `Retry-After`.
+    Throttled,
+    /// 5xx, AF50000/AF50005/AF50006, 408: retry with backoff.
+    Transient,
+    /// 401 even after one token renewal.
+    Unauthorized,
+    /// AF20022: no subscription for the content type; start it, then retry.
+    SubscriptionMissing,
+    /// AF20023: the subscription was disabled; re-start it.
+    SubscriptionDisabled,
+    /// AF20024: already enabled, no property change; success for a start.
+    AlreadyEnabled,
+    /// AF20021: Microsoft could not validate the webhook.
+    WebhookNotValidated,
+    /// AF20030/AF20055: the listing window is invalid; re-clamp it.
+    InvalidWindow,
+    /// AF20031: the nextPage value is invalid; restart the window.
+    InvalidNextPage,
+    /// AF20050: the content does not exist (yet); retry, then count as missing.
+    ContentMissing,
+    /// AF20051: the content expired; a counted, logged loss.
+    ContentExpired,
+    /// AF10001: the app lacks a permission (DLP.All: ActivityFeed.ReadDlp).
+    PermissionMissing,
+    /// AF20010-AF20013: the tenant id, token tenant or tenant state is wrong.
+    TenantMisconfigured,
+    /// Unified audit logging is off in the tenant (`DataServiceException`).
+    AuditDisabled,
+    /// AF20001-AF20003, AF20020, AF20052-AF20054 and other 4xx: a request we should not
+    /// have made; not retried.
+    BadRequest,
+}
+
+impl ErrorKind {
+    /// True when the same call may succeed later without an operator's change.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Throttled | Self::Transient | Self::ContentMissing
+        )
+    }
+
+    /// What the operator should do, for errors that need one.
+    pub fn advice(self) -> Option<&'static str> {
+        Some(match self {
+            Self::PermissionMissing => {
+                "grant the app the Office 365 Management APIs application permissions ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All), then grant admin consent"
+            }
+            Self::TenantMisconfigured => {
+                "check tenant_id (a GUID) and that the app is consented in that tenant"
+            }
+            Self::AuditDisabled => {
+                "turn on audit logging in Microsoft Purview (Audit > Start recording user and admin activity); it takes up to 60 minutes to apply"
+            }
+            Self::WebhookNotValidated => {
+                "Microsoft could not reach the webhook: check that server.public_url is reachable from the internet over HTTPS and answers 200"
+            }
+            Self::Unauthorized => {
+                "the API refused the token: check the app's permissions and the cloud"
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// A failed API call. Messages name tenant, operation and code; never a token or secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The service answered with an error.
+    #[error("tenant {tenant_id}: {operation} failed with HTTP {status}{}: {message}", af_code.as_ref().map(|code| format!(" {code}")).unwrap_or_default())]
+    Service {
+        /// The tenant.
+        tenant_id: String,
+        /// What was being done (`subscriptions/start`, `content`, `blob`, …).
+        operation: &'static str,
+        /// The classification.
+        kind: ErrorKind,
+        /// HTTP status.
+        status: u16,
+        /// The AF code, when the body had one.
+        af_code: Option<String>,
+        /// The service's message (truncated).
+        message: String,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// No token could be had.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The request did not complete (connection, TLS, timeout, truncated body).
+    #[error("tenant {tenant_id}: {operation} failed: {reason}")]
+    Transport {
+        /// The tenant.
+        tenant_id: String,
+        /// What was being done.
+        operation: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A URL to be called with our token is not on the tenant's API base; refused unsent.
+    #[error(
+        "tenant {tenant_id}: refused to send a token to {origin}: not the tenant's API host {expected}"
+    )]
+    ForeignUrl {
+        /// The tenant.
+        tenant_id: String,
+        /// Scheme, host and port of the refused URL.
+        origin: String,
+        /// Scheme, host and port of the API base.
+        expected: String,
+    },
+    /// The answer was not the JSON the API documents.
+    #[error("tenant {tenant_id}: {operation} answered unexpected content: {reason}")]
+    Decode {
+        /// The tenant.
+        tenant_id: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+impl ApiError {
+    /// The classification of a service error; transport errors are [`ErrorKind::Transient`].
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Service { kind, .. } => Some(*kind),
+            Self::Transport { .. } => Some(ErrorKind::Transient),
+            Self::Auth(_) | Self::ForeignUrl { .. } | Self::Decode { .. } => None,
+        }
+    }
+
+    /// True when the same call may succeed later without an operator's change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Service { kind, .. } => kind.is_retryable(),
+            Self::Transport { .. } => true,
+            Self::Auth(error) => error.is_retryable(),
+            Self::ForeignUrl { .. } | Self::Decode { .. } => false,
+        }
+    }
+
+    /// `Retry-After` from the service, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Service { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The AF code, when the service sent one.
+    pub fn af_code(&self) -> Option<&str> {
+        match self {
+            Self::Service { af_code, .. } => af_code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// The AF code and message of an error body. Tolerates the single-quoted variant shown in
+/// Microsoft's troubleshooting page.
+pub fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
+    let parse = |bytes: &[u8]| serde_json::from_slice::<ErrorEnvelope>(bytes).ok();
+    let envelope =
+        parse(body).or_else(|| parse(String::from_utf8_lossy(body).replace('\'', "\"").as_bytes()));
+    match envelope {
+        Some(ErrorEnvelope { error }) => (error.code, truncate(error.message.unwrap_or_default())),
+        None => (None, truncate(String::from_utf8_lossy(body).into_owned())),
+    }
+}
+
+fn truncate(mut text: String) -> String {
+    const LIMIT: usize = 300;
+    if text.len() > LIMIT {
+        let mut cut = LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Classifies by AF code first, HTTP status second.
+pub fn classify(status: StatusCode, af_code: Option<&str>, message: &str) -> ErrorKind {
+    if let Some(kind) = af_code.and_then(classify_code) {
+        return kind;
+    }
+    if message.contains("DataServiceException") {
+        return ErrorKind::AuditDisabled;
+    }
+    match status.as_u16() {
+        429 => ErrorKind::Throttled,
+        401 => ErrorKind::Unauthorized,
+        408 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::BadRequest,
+    }
+}
+
+fn classify_code(code: &str) -> Option<ErrorKind> {
+    Some(match code {
+        "AF429" => ErrorKind::Throttled,
+        "AF50000" | "AF50005" | "AF50006" => ErrorKind::Transient,
+        "AF10001" => ErrorKind::PermissionMissing,
+        "AF20010" | "AF20011" | "AF20012" | "AF20013" => ErrorKind::TenantMisconfigured,
+        "AF20021" => ErrorKind::WebhookNotValidated,
+        "AF20022" => ErrorKind::SubscriptionMissing,
+        "AF20023" => ErrorKind::SubscriptionDisabled,
+        "AF20024" => ErrorKind::AlreadyEnabled,
+        "AF20030" | "AF20055" => ErrorKind::InvalidWindow,
+        "AF20031" => ErrorKind::InvalidNextPage,
+        "AF20050" => ErrorKind::ContentMissing,
+        "AF20051" => ErrorKind::ContentExpired,
+        code if code.starts_with("AF") => ErrorKind::BadRequest,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn af_code_wins_over_http_status() {
+        let forbidden = StatusCode::FORBIDDEN;
+        assert_eq!(classify(forbidden, Some("AF429"), ""), ErrorKind::Throttled);
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, Some("AF20024"), ""),
+            ErrorKind::AlreadyEnabled
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, Some("AF20051"), ""),
+            ErrorKind::ContentExpired
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, None, ""),
+            ErrorKind::Throttled
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_GATEWAY, None, ""),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            classify(
+                StatusCode::BAD_REQUEST,
+                None,
+                "Microsoft.Office.Compliance.Audit.DataServiceException: Tenant x does not exist."
+            ),
+            ErrorKind::AuditDisabled
+        );
+    }
+
+    #[test]
+    fn documented_error_bodies_parse_including_single_quotes() {
+        let documented = std::fs::read("tests/fixtures/ms-docs/ms_docs_error_body.json").unwrap();
+        let (code, message) = parse_error_body(&documented);
+        assert_eq!(code.as_deref(), Some("AF50000"));
+        assert!(message.contains("Retry"));
+        let quoted = br#"{'error':{'code':'AF429','message':'Too many requests. Method=GetBlob, PublisherId=00000000-0000-0000-0000-000000000000'}}"#;
+        assert_eq!(parse_error_body(quoted).0.as_deref(), Some("AF429"));
+    }
+}

@@ -1,0 +1,367 @@
+//! Client of the Office 365 Management Activity API for one tenant.
+//!
+//! Guarantees:
+//! - A token is only ever sent to the tenant's configured API base: before every request
+//!   that carries one (including a `NextPageUri` to follow and a contentUri to fetch) the
+//!   URL's scheme, host and port must equal the base's, or the call fails unsent with
+//!   [`ApiError::ForeignUrl`].
+//! - Every call of the tenant shares one request budget (default 2,000 per minute, the
+//!   documented baseline); a throttling answer pauses the whole tenant for its
+//!   `Retry-After` (or a default pause) before any further call.
+//! - A 401 renews the token once and retries once.
+//! - `PublisherIdentifier` is sent on every operation and blob fetch when configured.
+//! - Errors are classified once, here ([`error::classify`]); callers decide by
+//!   [`ErrorKind`], never by parsing messages.
+//!
+//! Single attempts otherwise: retry policies belong to the callers (workers, poller,
+//! subscription manager), which know what a retry costs.
+
+pub mod error;
+pub mod http;
+pub mod types;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
+use reqwest::{Method, Response, StatusCode, Url};
+use tokio::time::Instant;
+
+use crate::auth::TokenProvider;
+use crate::cloud::Endpoints;
+pub use error::{ApiError, ErrorKind};
+use types::{ContentItem, SubscriptionStatus, WebhookRegistration, format_api_time};
+
+/// Pause after a throttling answer that names no `Retry-After`.
+pub const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(30);
+
+/// Settings of one tenant's client.
+#[derive(Clone, Debug)]
+pub struct ApiClientConfig {
+    /// The tenant GUID.
+    pub tenant_id: String,
+    /// The tenant's login and API bases.
+    pub endpoints: Endpoints,
+    /// `PublisherIdentifier`: the vendor's tenant GUID.
+    pub publisher_id: Option<String>,
+    /// The tenant's request budget per minute.
+    pub requests_per_minute: NonZeroU32,
+}
+
+/// The outcome of a subscription start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Started or updated; the service's view of it.
+    Started(SubscriptionStatus),
+    /// AF20024: already enabled with these properties.
+    AlreadyEnabled,
+}
+
+/// The tenant's shared request budget and throttling pause.
+struct RequestBudget {
+    limiter: DefaultDirectRateLimiter,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl RequestBudget {
+    fn new(per_minute: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::direct(Quota::per_minute(per_minute)),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Waits out a throttling pause, then for a slot in the budget.
+    async fn acquire(&self) {
+        loop {
+            let paused_until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            match paused_until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => break,
+            }
+        }
+        self.limiter.until_ready().await;
+    }
+
+    fn pause_for(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        let mut paused_until = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused_until.is_none_or(|current| current < until) {
+            *paused_until = Some(until);
+        }
+    }
+
+    fn paused(&self) -> bool {
+        let paused_until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        paused_until.is_some_and(|until| until > Instant::now())
+    }
+}
+
+/// One tenant's API client. Cheap to share behind an `Arc`.
+pub struct ApiClient {
+    http: reqwest::Client,
+    config: ApiClientConfig,
+    tokens: Arc<TokenProvider>,
+    budget: RequestBudget,
+}
+
+impl ApiClient {
+    /// A client using `http` (proxy, CA, User-Agent set by the caller) and `tokens`.
+    pub fn new(http: reqwest::Client, config: ApiClientConfig, tokens: Arc<TokenProvider>) -> Self {
+        let budget = RequestBudget::new(config.requests_per_minute);
+        Self {
+            http,
+            config,
+            tokens,
+            budget,
+        }
+    }
+
+    /// The tenant GUID.
+    pub fn tenant_id(&self) -> &str {
+        &self.config.tenant_id
+    }
+
+    /// The token provider of this tenant.
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
+    /// True while the tenant is paused by a throttling answer.
+    pub fn is_throttled(&self) -> bool {
+        self.budget.paused()
+    }
+
+    /// `{api base}/api/v1.0/{tenant}/activity/feed/{operation}?{query}&PublisherIdentifier=…`.
+    fn feed_url(&self, operation: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.config.endpoints.feed_root(&self.config.tenant_id);
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(operation.split('/'));
+        }
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in query {
+                pairs.append_pair(key, value);
+            }
+            if let Some(publisher) = &self.config.publisher_id {
+                pairs.append_pair("PublisherIdentifier", publisher);
+            }
+        }
+        url
+    }
+
+    /// Fails unless `url` has the API base's scheme, host and port.
+    pub fn check_origin(&self, url: &Url) -> Result<(), ApiError> {
+        if self.config.endpoints.is_on_api_origin(url) {
+            return Ok(());
+        }
+        Err(ApiError::ForeignUrl {
+            tenant_id: self.config.tenant_id.clone(),
+            origin: url.origin().ascii_serialization(),
+            expected: self.config.endpoints.api.origin().ascii_serialization(),
+        })
+    }
+
+    /// Sends one request with the tenant's token, after the origin check and the budget;
+    /// renews the token once on 401. Returns the response if it is a success.
+    async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        json_body: Option<&serde_json::Value>,
+    ) -> Result<Response, ApiError> {
+        self.check_origin(&url)?;
+        let mut token = self.tokens.token().await?;
+        for attempt in 0..2 {
+            self.budget.acquire().await;
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, format!("Bearer {}", token.bearer()));
+            if let Some(body) = json_body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|error| self.transport(operation, error))?;
+            if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                token = self.tokens.renew_after_rejection(&token).await?;
+                continue;
+            }
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            return Err(self.service_error(operation, response).await);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    fn transport(&self, operation: &'static str, error: reqwest::Error) -> ApiError {
+        ApiError::Transport {
+            tenant_id: self.config.tenant_id.clone(),
+            operation,
+            reason: error.to_string(),
+        }
+    }
+
+    async fn service_error(&self, operation: &'static str, response: Response) -> ApiError {
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.unwrap_or_default();
+        let (af_code, message) = error::parse_error_body(&body);
+        let kind = error::classify(status, af_code.as_deref(), &message);
+        if kind == ErrorKind::Throttled {
+            self.budget
+                .pause_for(retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
+        }
+        ApiError::Service {
+            tenant_id: self.config.tenant_id.clone(),
+            operation,
+            kind,
+            status: status.as_u16(),
+            af_code,
+            message,
+            retry_after,
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        response: Response,
+    ) -> Result<T, ApiError> {
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(operation, error))?;
+        serde_json::from_slice(&body).map_err(|error| ApiError::Decode {
+            tenant_id: self.config.tenant_id.clone(),
+            operation,
+            reason: error.to_string(),
+        })
+    }
+
+    /// `POST subscriptions/start`; with a webhook, Microsoft validates it before answering.
+    pub async fn start_subscription(
+        &self,
+        content_type: &str,
+        webhook: Option<&WebhookRegistration>,
+    ) -> Result<StartOutcome, ApiError> {
+        const OPERATION: &str = "subscriptions/start";
+        let url = self.feed_url("subscriptions/start", &[("contentType", content_type)]);
+        let body = webhook.map(|webhook| serde_json::json!({ "webhook": webhook }));
+        match self.send(OPERATION, Method::POST, url, body.as_ref()).await {
+            Ok(response) => Ok(StartOutcome::Started(self.json(OPERATION, response).await?)),
+            Err(error) if error.kind() == Some(ErrorKind::AlreadyEnabled) => {
+                Ok(StartOutcome::AlreadyEnabled)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `POST subscriptions/stop` (loses the gap until a later start).
+    pub async fn stop_subscription(&self, content_type: &str) -> Result<(), ApiError> {
+        let url = self.feed_url("subscriptions/stop", &[("contentType", content_type)]);
+        self.send("subscriptions/stop", Method::POST, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET subscriptions/list`.
+    pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionStatus>, ApiError> {
+        const OPERATION: &str = "subscriptions/list";
+        let url = self.feed_url("subscriptions/list", &[]);
+        let response = self.send(OPERATION, Method::GET, url, None).await?;
+        self.json(OPERATION, response).await
+    }
+
+    /// The first page of `GET subscriptions/content` for `[start, end)`.
+    pub async fn list_content(
+        &self,
+        content_type: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<ContentPage, ApiError> {
+        let (start, end) = (format_api_time(start), format_api_time(end));
+        let url = self.feed_url(
+            "subscriptions/content",
+            &[
+                ("contentType", content_type),
+                ("startTime", &start),
+                ("endTime", &end),
+            ],
+        );
+        self.content_page(url).await
+    }
+
+    /// A further page, from a `NextPageUri` followed verbatim (after the origin check).
+    pub async fn content_page(&self, url: Url) -> Result<ContentPage, ApiError> {
+        const OPERATION: &str = "subscriptions/content";
+        let response = self.send(OPERATION, Method::GET, url, None).await?;
+        let next_page = next_page(response.headers());
+        let items = self.json(OPERATION, response).await?;
+        let next_page = match next_page {
+            Some(text) => Some(Url::parse(&text).map_err(|error| ApiError::Decode {
+                tenant_id: self.config.tenant_id.clone(),
+                operation: OPERATION,
+                reason: format!("NextPageUri is not a URL: {error}"),
+            })?),
+            None => None,
+        };
+        if let Some(url) = &next_page {
+            self.check_origin(url)?;
+        }
+        Ok(ContentPage { items, next_page })
+    }
+
+    /// `GET {contentUri}[?|&]PublisherIdentifier=…`: the blob response, body unread, so the
+    /// caller can stream it.
+    pub async fn fetch_blob(&self, content_uri: &str) -> Result<Response, ApiError> {
+        let mut url = Url::parse(content_uri).map_err(|error| ApiError::Decode {
+            tenant_id: self.config.tenant_id.clone(),
+            operation: "blob",
+            reason: format!("contentUri is not a URL: {error}"),
+        })?;
+        if let Some(publisher) = &self.config.publisher_id {
+            url.query_pairs_mut()
+                .append_pair("PublisherIdentifier", publisher);
+        }
+        self.send("blob", Method::GET, url, None).await
+    }
+}
+
+/// One page of a content listing.
+#[derive(Clone, Debug)]
+pub struct ContentPage {
+    /// The entries of this page.
+    pub items: Vec<ContentItem>,
+    /// The next page to follow, already checked to be on the API base.
+    pub next_page: Option<Url>,
+}
+
+/// `NextPageUri` or `NextPageUrl` (header names are case-insensitive).
+fn next_page(headers: &HeaderMap) -> Option<String> {
+    ["NextPageUri", "NextPageUrl"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by this API).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
