@@ -43,7 +43,7 @@ pub enum EmulateCommand {
     /// Emulate the UTMStack engine: plugins.Engine/Input and Notify on a Unix socket.
     Engine(EngineArgs),
     /// Emulate Microsoft's Office 365 Management Activity API and its login endpoints.
-    Api(ApiArgs),
+    Api(Box<ApiArgs>),
 }
 
 /// `emulate api` options: one tenant from the flags, more from a scenario file.
@@ -134,7 +134,7 @@ pub struct DevCertsArgs {
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::Emulate(EmulateCommand::Engine(args)) => emulate_engine(args, shutdown).await,
-        Command::Emulate(EmulateCommand::Api(args)) => emulate_api(args, shutdown).await,
+        Command::Emulate(EmulateCommand::Api(args)) => emulate_api(*args, shutdown).await,
         Command::Certs(CertsCommand::Dev(args)) => certs_dev(args),
     }
 }

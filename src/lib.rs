@@ -19,6 +19,7 @@
 //! - [`server`]: TLS configuration and development certificates.
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
 //!   tests, benchmarks and the demo.
+//! - [`webhook`]: the subscription webhook: authentication, validation, durable enqueue.
 //! - [`cli`]: the command-line interface of the `o365-connector` binary.
 #![warn(missing_docs)]
 
@@ -34,3 +35,4 @@ pub mod queue;
 pub mod retry;
 pub mod secret;
 pub mod server;
+pub mod webhook;
