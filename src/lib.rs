@@ -10,6 +10,8 @@
 //! - [`cloud`]: the four Microsoft 365 clouds' endpoints, and a tenant's resolved endpoints.
 //! - [`config`]: the TOML configuration with environment overrides, validated at start.
 //! - [`clock`]: the one time source of the whole library (system or controllable).
+//! - [`forward`]: the engine forwarder (Log stream, acks, window, reconnect and resend) and
+//!   the Log built from each audit record.
 //! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
 //! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
@@ -20,6 +22,8 @@
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
 //!   tests, benchmarks and the demo.
 //! - [`webhook`]: the subscription webhook: authentication, validation, durable enqueue.
+//! - [`worker`]: the workers that fetch content blobs, split them into records and forward
+//!   them.
 //! - [`cli`]: the command-line interface of the `o365-connector` binary.
 #![warn(missing_docs)]
 
@@ -30,9 +34,11 @@ pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod emulator;
+pub mod forward;
 pub mod proto;
 pub mod queue;
 pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod webhook;
+pub mod worker;

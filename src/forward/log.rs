@@ -1,0 +1,245 @@
+//! Building the engine's [`Log`] from one audit record.
+//!
+//! Owns the Log field rules of spec/utmstack-engine.md §2 and §4:
+//! - `id`: lowercase hex SHA-256 of `utmTenantId|groupKey|contentUri|recordId`, where
+//!   `groupKey` = `utmTenantId + "/" + groupName`, `contentUri` is the blob's URI without
+//!   its query string (everything from the first `?` dropped), and `recordId` is the
+//!   record's `Id` (its string value; its exact JSON text when it is not a string) or, when
+//!   the record has none, its zero-based index in the blob in decimal. UTMStack's own
+//!   collector uses the same formula, so both give the same id for the same record, and the
+//!   same record repeated inside one blob gets the same id.
+//! - `dataType` `"o365"`, `dataSource` the group name, `tenantId` the UTMStack tenant id.
+//! - `raw`: the record's bytes exactly as Microsoft sent them (never re-serialised).
+//! - `timestamp`: RFC 3339 in UTC, always ending in `Z`. With [`TimestampSource::Event`]
+//!   it is the record's `CreationTime` (no zone means UTC; `Z`, offsets and fractions are
+//!   accepted), falling back to the collection time when `CreationTime` is missing or
+//!   unparsable; with [`TimestampSource::Collection`] it is always the collection time.
+//!   Fractional seconds are kept when they are not zero, in 3, 6 or 9 digits
+//!   (`2015-06-29T20:03:19Z`, `2015-06-29T20:03:19.120Z`): no precision is invented or lost
+//!   beyond the nanosecond.
+//!
+//! `Id` and `CreationTime` are read in one serde pass over the record that skips every other
+//! field. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
+//! is treated as having neither (index as record id, collection time).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::api::types::parse_api_time;
+use crate::config::TimestampSource;
+use crate::proto::Log;
+
+/// `Log.dataType` of every Log this connector sends.
+pub const DATA_TYPE: &str = "o365";
+
+/// What every Log of one UTMStack group shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogContext {
+    /// The UTMStack tenant id (`Log.tenantId`, and part of `Log.id`).
+    pub utm_tenant_id: String,
+    /// The UTMStack group name, the tenant's configured `name` (`Log.dataSource`).
+    pub group_name: String,
+    /// Which time becomes `Log.timestamp`.
+    pub timestamp: TimestampSource,
+}
+
+/// The two fields of a record the Log needs, borrowed from the record's bytes.
+#[derive(Deserialize)]
+struct RecordHead<'a> {
+    #[serde(rename = "Id", borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "CreationTime", borrow, default)]
+    creation_time: Option<&'a RawValue>,
+}
+
+/// Builds the Log of the record at zero-based `index` of the blob at `content_uri`.
+///
+/// `record` is one top-level element of the blob, exact bytes, valid UTF-8 JSON (the
+/// splitter guarantees it; invalid UTF-8 would be replaced, never panic).
+/// `collected_at` is the collection time, used per [`LogContext::timestamp`].
+pub fn build_log(
+    context: &LogContext,
+    record: &[u8],
+    index: u64,
+    content_uri: &str,
+    collected_at: DateTime<Utc>,
+) -> Log {
+    let head = serde_json::from_slice::<RecordHead<'_>>(record).ok();
+    let record_id = head
+        .as_ref()
+        .and_then(|head| head.id)
+        .map(json_text_or_string)
+        .unwrap_or_else(|| index.to_string());
+    let event_time = match context.timestamp {
+        TimestampSource::Event => head
+            .as_ref()
+            .and_then(|head| head.creation_time)
+            .and_then(|raw| parse_api_time(&json_text_or_string(raw))),
+        TimestampSource::Collection => None,
+    };
+    let timestamp = event_time
+        .unwrap_or(collected_at)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    Log {
+        id: log_id(context, content_uri, &record_id),
+        data_type: DATA_TYPE.to_owned(),
+        data_source: context.group_name.clone(),
+        timestamp,
+        tenant_id: context.utm_tenant_id.clone(),
+        raw: String::from_utf8_lossy(record).into_owned(),
+    }
+}
+
+/// `Log.id` per spec §4: hex SHA-256 of `utmTenantId|utmTenantId/groupName|uri|recordId`,
+/// with the URI's query string dropped.
+pub fn log_id(context: &LogContext, content_uri: &str, record_id: &str) -> String {
+    let uri_without_query = content_uri.split('?').next().unwrap_or(content_uri);
+    let mut hasher = Sha256::new();
+    hasher.update(context.utm_tenant_id.as_bytes());
+    hasher.update(b"|");
+    hasher.update(context.utm_tenant_id.as_bytes());
+    hasher.update(b"/");
+    hasher.update(context.group_name.as_bytes());
+    hasher.update(b"|");
+    hasher.update(uri_without_query.as_bytes());
+    hasher.update(b"|");
+    hasher.update(record_id.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// A JSON string's value (escapes resolved), or any other value's exact JSON text.
+fn json_text_or_string(raw: &RawValue) -> String {
+    let text = raw.get();
+    if text.starts_with('"')
+        && let Ok(value) = serde_json::from_str::<String>(text)
+    {
+        return value;
+    }
+    text.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URI: &str = "https://manage.office.com/api/v1.0/t/activity/feed/audit/blob1";
+
+    fn context(timestamp: TimestampSource) -> LogContext {
+        LogContext {
+            utm_tenant_id: "a".into(),
+            group_name: "b".into(),
+            timestamp,
+        }
+    }
+
+    fn collected() -> DateTime<Utc> {
+        "2026-01-02T03:04:05Z".parse().unwrap()
+    }
+
+    fn timestamp_of(record: &str, source: TimestampSource) -> String {
+        build_log(&context(source), record.as_bytes(), 0, URI, collected()).timestamp
+    }
+
+    #[test]
+    fn id_is_the_sha256_of_the_utmstack_formula() {
+        // printf '%s' 'a|a/b|uri|id' | sha256sum
+        let expected = "c65a5f99bdfcd892f62d5b029673d17b5032ca60afd8042992f400badea286ef";
+        assert_eq!(
+            log_id(&context(TimestampSource::Event), "uri", "id"),
+            expected
+        );
+        let log = build_log(
+            &context(TimestampSource::Event),
+            br#"{"Operation":"x","Id":"id"}"#,
+            7,
+            "uri?PublisherIdentifier=p&x=1",
+            collected(),
+        );
+        assert_eq!(log.id, expected, "query dropped, Id used, index ignored");
+    }
+
+    #[test]
+    fn record_without_id_uses_its_zero_based_index() {
+        let log = build_log(
+            &context(TimestampSource::Event),
+            br#"{"Operation":"x"}"#,
+            3,
+            "uri",
+            collected(),
+        );
+        // printf '%s' 'a|a/b|uri|3' | sha256sum
+        assert_eq!(
+            log.id,
+            "cb8c567100df551b307b2dfe42a1d60fdd2d6888b3df3ea3d4a79f7ef70d5c8f"
+        );
+    }
+
+    #[test]
+    fn non_string_id_uses_its_json_text_and_escaped_string_its_value() {
+        let ctx = context(TimestampSource::Event);
+        let numeric = build_log(&ctx, br#"{"Id": 12.50}"#, 0, "uri", collected());
+        assert_eq!(numeric.id, log_id(&ctx, "uri", "12.50"));
+        let escaped = build_log(&ctx, br#"{"Id":"a\u0062"}"#, 0, "uri", collected());
+        assert_eq!(escaped.id, log_id(&ctx, "uri", "ab"));
+    }
+
+    #[test]
+    fn fields_are_set_and_raw_is_byte_identical() {
+        let record = r#"{ "Id" : "x", "Big": 12345678901234567890, "S":"<&>\u00e9" }"#;
+        let log = build_log(
+            &context(TimestampSource::Event),
+            record.as_bytes(),
+            0,
+            URI,
+            collected(),
+        );
+        assert_eq!(log.raw, record);
+        assert_eq!(log.data_type, "o365");
+        assert_eq!(log.data_source, "b");
+        assert_eq!(log.tenant_id, "a");
+    }
+
+    #[test]
+    fn event_timestamp_is_creation_time_in_utc_with_z() {
+        let event = TimestampSource::Event;
+        for (creation_time, expected) in [
+            ("2015-06-29T20:03:19", "2015-06-29T20:03:19Z"),
+            ("2015-06-29T20:03:19Z", "2015-06-29T20:03:19Z"),
+            ("2015-06-29T22:03:19+02:00", "2015-06-29T20:03:19Z"),
+            ("2015-06-29T20:03:19.0000000", "2015-06-29T20:03:19Z"),
+            ("2015-06-29T20:03:19.12Z", "2015-06-29T20:03:19.120Z"),
+        ] {
+            let record = format!(r#"{{"CreationTime":"{creation_time}"}}"#);
+            assert_eq!(timestamp_of(&record, event), expected, "{creation_time}");
+        }
+    }
+
+    #[test]
+    fn missing_or_unparsable_creation_time_falls_back_to_collection_time() {
+        let event = TimestampSource::Event;
+        for record in [
+            r#"{"Id":"x"}"#,
+            r#"{"CreationTime":"yesterday"}"#,
+            r#"{"CreationTime":20150629}"#,
+            r#"{"Id":"x","Id":"y"}"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(
+                timestamp_of(record, event),
+                "2026-01-02T03:04:05Z",
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn collection_source_ignores_creation_time() {
+        let record = r#"{"CreationTime":"2015-06-29T20:03:19"}"#;
+        assert_eq!(
+            timestamp_of(record, TimestampSource::Collection),
+            "2026-01-02T03:04:05Z"
+        );
+    }
+}

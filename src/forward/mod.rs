@@ -1,0 +1,397 @@
+//! The engine forwarder: every Log reaches the UTMStack engine and is acknowledged by it.
+//!
+//! Owns the bidi `plugins.Engine/Input` stream over the engine's Unix socket, the window of
+//! Logs sent but not yet acknowledged, reconnection, resending, and the best-effort
+//! `Engine/Notify` channel. Builds Logs from audit records in [`log`].
+//!
+//! # Guarantees
+//!
+//! - **Window and backpressure.** At most `max_in_flight` Logs are accepted and not yet
+//!   acknowledged. [`Forwarder::send`] waits for room in the window (first come, first
+//!   served), so a slow or absent engine slows the workers, then the queue, and never
+//!   grows memory.
+//! - **Acknowledgement.** A Log is done only when the engine acked it. An Ack for id X
+//!   confirms the earliest unacknowledged Log with id X on the current stream and every Log
+//!   sent before it (the same record repeated in one blob has the same id, so "earliest"
+//!   matters). An Ack naming no Log in the window is counted (`unmatched_acks`), logged at
+//!   most once a minute, and otherwise ignored.
+//! - **Order.** [`AckReceipt`]s resolve in the order the forwarder accepted the Logs; for
+//!   one caller that is the order of its `send` calls. A worker forwarding records
+//!   `0..n` of a blob therefore knows, when receipt `i` resolves, that records `0..=i` are
+//!   acked (`queue.record_acked(i + 1)`), and when the last one resolves, the blob is done.
+//! - **Nothing dropped.** When the stream fails (error status, end of stream, transport
+//!   error, refused connection) the forwarder reconnects with backoff and first resends
+//!   every unacknowledged Log in the original order, then goes on. It never gives up and
+//!   never exits the process. Logs in flight at a failure may reach the engine twice. A
+//!   stream that stays open but stops acknowledging is not abandoned (resending would only
+//!   duplicate): the window fills and backpressure holds the callers until acks resume or
+//!   the stream breaks.
+//! - **Shutdown.** [`Forwarder::shutdown`] stops accepting Logs, waits up to its deadline
+//!   for the window to be acknowledged, then closes the stream and reports how many Logs
+//!   were left unacknowledged; their receipts resolve to
+//!   [`ForwardError::NotAcknowledged`], so their content items are not completed and the
+//!   queue delivers them again. Dropping every handle without a shutdown stops at once the
+//!   same way.
+//!
+//! # Structure
+//!
+//! One task (`stream`) owns the stream and the window (no lock is held across an await);
+//! callers talk to it through a bounded channel and a semaphore whose permits are the
+//! window's slots. Notifications have their own task and stream (`notify`), so they
+//! never wait behind Logs. Outages are logged once (WARN when the engine becomes
+//! unreachable, INFO with the outage length on recovery), not per retry. Recovery is the
+//! first Ack after reconnecting (or a stream opening with nothing to resend), so an engine
+//! that accepts streams and drops them at once is one outage, retried ever more slowly.
+
+pub mod log;
+mod notify;
+mod stream;
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::log::{DATA_TYPE, LogContext, build_log, log_id};
+use crate::clock::Clock;
+use crate::proto::{EngineClient, Log, Message, unix_channel};
+use crate::retry::RetryPolicy;
+
+/// Default size of the window of unacknowledged Logs.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
+
+/// Notifications waiting for the notify task; more are dropped and counted.
+const NOTIFY_QUEUE: usize = 64;
+
+/// How to start a [`Forwarder`].
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    /// The engine's gRPC Unix socket.
+    pub socket: PathBuf,
+    /// Logs accepted and not yet acknowledged, at most. Default: [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: NonZeroUsize,
+    /// Delays between attempts to open a stream. Default: [`RetryPolicy::aggressive`];
+    /// a policy that gives up is treated as retrying at its longest delay.
+    pub reconnect: RetryPolicy,
+    /// Time source for notification timestamps.
+    pub clock: Clock,
+}
+
+impl ForwarderConfig {
+    /// Defaults for the engine at `socket`: a window of 2048, aggressive reconnects, the
+    /// system clock.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            max_in_flight: NonZeroUsize::new(DEFAULT_MAX_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN),
+            reconnect: RetryPolicy::aggressive(),
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// Why a Log was not (or not yet) confirmed by the engine. Messages never carry a Log's
+/// content: DLP records hold the secrets they matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The forwarder is shutting down and accepts no more Logs.
+    #[error("the engine forwarder is shutting down; leave the content item for redelivery")]
+    Closed,
+    /// The forwarder stopped before the engine acknowledged the Log.
+    #[error(
+        "the engine forwarder stopped before the engine acknowledged the log; leave the content item for redelivery"
+    )]
+    NotAcknowledged,
+}
+
+/// Resolves when the engine acknowledged one Log: `Ok(())`, or
+/// [`ForwardError::NotAcknowledged`] if the forwarder stopped first. Receipts resolve in
+/// the order their Logs were accepted.
+///
+/// Polling a receipt is exempt from tokio's cooperative budget, so checking many resolved
+/// receipts in a row (`now_or_never` in a loop) sees each one resolved.
+#[must_use = "a Log is only safe once its receipt resolves"]
+pub struct AckReceipt {
+    acked: tokio::task::Unconstrained<oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for AckReceipt {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("AckReceipt")
+    }
+}
+
+impl Future for AckReceipt {
+    type Output = Result<(), ForwardError>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.acked)
+            .poll(context)
+            .map(|result| result.map_err(|_| ForwardError::NotAcknowledged))
+    }
+}
+
+/// What a shutdown left undone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Logs accepted but not acknowledged when the forwarder stopped.
+    pub unacked: u64,
+}
+
+/// A snapshot of the forwarder's counters, for metrics and `/readyz` detail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwarderStats {
+    /// Logs put on an open stream for the first time.
+    pub logs_sent: u64,
+    /// Logs acknowledged by the engine.
+    pub logs_acked: u64,
+    /// Logs put on an open stream again after an earlier stream failed with them unacked.
+    pub resent: u64,
+    /// Streams opened after a failure (attempts, successful or not).
+    pub reconnects: u64,
+    /// Acks that named no Log in the window.
+    pub unmatched_acks: u64,
+    /// Logs in the window (accepted, not yet acknowledged).
+    pub in_flight: u64,
+    /// Whether a stream to the engine is open now.
+    pub engine_connected: bool,
+    /// Since when the engine has been unreachable, when it is (from start until the first
+    /// stream opens, too).
+    pub disconnected_for: Option<Duration>,
+    /// Notifications the engine acknowledged.
+    pub notifications_sent: u64,
+    /// Notifications given up after their attempts.
+    pub notifications_failed: u64,
+    /// Notifications dropped because the notify queue was full or shut down.
+    pub notifications_dropped: u64,
+}
+
+/// Counters shared by the handle and the tasks.
+#[derive(Debug, Default)]
+struct Counters {
+    logs_sent: AtomicU64,
+    logs_acked: AtomicU64,
+    resent: AtomicU64,
+    reconnects: AtomicU64,
+    unmatched_acks: AtomicU64,
+    in_flight: AtomicU64,
+    engine_connected: AtomicBool,
+    disconnected_since: Mutex<Option<Instant>>,
+    notifications_sent: AtomicU64,
+    notifications_failed: AtomicU64,
+    notifications_dropped: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.engine_connected.store(connected, Ordering::Relaxed);
+        let mut since = self
+            .disconnected_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match (connected, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    fn snapshot(&self) -> ForwarderStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let since = *self
+            .disconnected_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ForwarderStats {
+            logs_sent: read(&self.logs_sent),
+            logs_acked: read(&self.logs_acked),
+            resent: read(&self.resent),
+            reconnects: read(&self.reconnects),
+            unmatched_acks: read(&self.unmatched_acks),
+            in_flight: read(&self.in_flight),
+            engine_connected: self.engine_connected.load(Ordering::Relaxed),
+            disconnected_for: since.map(|since| since.elapsed()),
+            notifications_sent: read(&self.notifications_sent),
+            notifications_failed: read(&self.notifications_failed),
+            notifications_dropped: read(&self.notifications_dropped),
+        }
+    }
+}
+
+/// A Log on its way into the window, with its slot and the receipt's sender.
+struct Submission {
+    log: Log,
+    acked: oneshot::Sender<()>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Handle on the forwarder; cheap to clone, shared by all workers.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    window: Arc<Semaphore>,
+    submissions: mpsc::Sender<Submission>,
+    drain_by: watch::Sender<Option<tokio::time::Instant>>,
+    notifications: mpsc::Sender<Message>,
+    notify_stop: CancellationToken,
+    counters: Arc<Counters>,
+    clock: Clock,
+    stream_task: Mutex<Option<JoinHandle<ShutdownReport>>>,
+    notify_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Forwarder")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// Starts the stream and notify tasks; connects lazily. Call inside a Tokio runtime.
+    pub fn start(config: ForwarderConfig) -> Self {
+        let client = EngineClient::new(unix_channel(&config.socket));
+        let max_in_flight = config.max_in_flight.get();
+        let counters = Arc::new(Counters::default());
+        counters.set_connected(false);
+        let (submissions, submissions_rx) = mpsc::channel(max_in_flight);
+        let (drain_by, drain_by_rx) = watch::channel(None);
+        let stream_task = tokio::spawn(
+            stream::StreamTask::new(
+                client.clone(),
+                submissions_rx,
+                drain_by_rx,
+                counters.clone(),
+                config.reconnect,
+                max_in_flight,
+            )
+            .run(),
+        );
+        let (notifications, notifications_rx) = mpsc::channel(NOTIFY_QUEUE);
+        let notify_stop = CancellationToken::new();
+        let notify_task = tokio::spawn(notify::run(
+            client,
+            notifications_rx,
+            notify_stop.clone(),
+            counters.clone(),
+            config.reconnect,
+        ));
+        Self {
+            inner: Arc::new(Inner {
+                window: Arc::new(Semaphore::new(max_in_flight)),
+                submissions,
+                drain_by,
+                notifications,
+                notify_stop,
+                counters,
+                clock: config.clock,
+                stream_task: Mutex::new(Some(stream_task)),
+                notify_task: Mutex::new(Some(notify_task)),
+            }),
+        }
+    }
+
+    /// Accepts `log` into the window, waiting for room, and returns the receipt that
+    /// resolves when the engine acknowledged it. Fails with [`ForwardError::Closed`] once
+    /// a shutdown has begun.
+    pub async fn send(&self, log: Log) -> Result<AckReceipt, ForwardError> {
+        let slot = self
+            .inner
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ForwardError::Closed)?;
+        let (acked, receipt) = oneshot::channel();
+        let submission = Submission { log, acked, slot };
+        self.inner
+            .submissions
+            .send(submission)
+            .await
+            .map_err(|_| ForwardError::Closed)?;
+        Ok(AckReceipt {
+            acked: tokio::task::unconstrained(receipt),
+        })
+    }
+
+    /// Queues a notification for `Engine/Notify` (`message_json` is its JSON body).
+    /// Best effort: never waits; returns false when it was dropped (queue full or shut
+    /// down). Delivery is retried a few times, then given up and counted.
+    pub fn notify(&self, topic: &str, message_json: String) -> bool {
+        let message = Message {
+            id: notify::new_message_id(),
+            timestamp: self
+                .inner
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            topic: topic.to_owned(),
+            message: message_json,
+        };
+        let queued = self.inner.notifications.try_send(message).is_ok();
+        if !queued {
+            Counters::add(&self.inner.counters.notifications_dropped, 1);
+        }
+        queued
+    }
+
+    /// Reports an integration failure of `data_source` to the engine (topic
+    /// `integration_failure`, body `{"error", "dataType": "o365", "dataSource"}`).
+    /// `error` must not contain record content or secrets. Same contract as
+    /// [`Forwarder::notify`].
+    pub fn notify_integration_failure(&self, data_source: &str, error: &str) -> bool {
+        let body = serde_json::json!({
+            "error": error,
+            "dataType": DATA_TYPE,
+            "dataSource": data_source,
+        });
+        self.notify(notify::INTEGRATION_FAILURE, body.to_string())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ForwarderStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Stops accepting Logs, waits up to `deadline` for the window to be acknowledged,
+    /// then closes the streams. Returns what was left unacknowledged (those receipts
+    /// resolve to [`ForwardError::NotAcknowledged`]). A second call returns an empty report.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.inner.window.close();
+        let deadline_at = tokio::time::Instant::now() + deadline;
+        self.inner.drain_by.send_replace(Some(deadline_at));
+        self.inner.notify_stop.cancel();
+        let stream_task = take(&self.inner.stream_task);
+        let notify_task = take(&self.inner.notify_task);
+        if let Some(task) = notify_task {
+            let _ = task.await;
+        }
+        match stream_task {
+            Some(task) => task.await.unwrap_or_default(),
+            None => ShutdownReport::default(),
+        }
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+}

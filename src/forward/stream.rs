@@ -1,0 +1,507 @@
+//! The task that owns the `Engine/Input` stream and the window of unacknowledged Logs.
+//!
+//! State machine, one stream at a time:
+//! - **open**: every Log in the window is put on the new stream first, in window order
+//!   (resends), then each newly accepted Log as it arrives. Acks pop the window from the
+//!   front up to and including the earliest Log with the acked id.
+//! - **failed** (error status, end of stream, transport error, refused connection): the
+//!   window is kept whole; after a backoff delay a new stream opens. Logs accepted during
+//!   the delay join the window and go out on the next stream.
+//! - **draining** (shutdown requested): no new Logs arrive (the window is closed); the task
+//!   stops once the window is empty or the deadline passes, whichever comes first.
+//!
+//! Invariant: a Log's position on a stream equals its position in the window, so an Ack's
+//! "everything sent before" is exactly the window's prefix. To keep it, once a Log cannot be
+//! put on a stream, nothing later is put on that stream: it is abandoned and reopened.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant as TokioInstant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use super::{Counters, ShutdownReport, Submission};
+use crate::proto::{Ack, EngineClient, Log};
+use crate::retry::{Backoff, RetryPolicy};
+
+/// Unmatched acks are logged at most this often.
+const UNMATCHED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Queued Logs taken into the window per wake-up, at most.
+const BATCH: usize = 256;
+
+/// A Log in the window.
+struct InFlight {
+    log: Log,
+    acked: oneshot::Sender<()>,
+    /// Frees the window slot when the entry is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Whether this Log was put on a stream that opened (so it may have reached the
+    /// engine): putting it on a later stream counts as a resend.
+    on_opened_stream: bool,
+}
+
+/// Why a stream (or the wait before the next one) ended.
+enum StreamEnd {
+    /// The stream broke; reconnect after a delay.
+    Failed(String),
+    /// Drained, deadline passed, or every handle dropped: stop.
+    Stop,
+}
+
+pub(super) struct StreamTask {
+    client: EngineClient<Channel>,
+    submissions: mpsc::Receiver<Submission>,
+    /// Every handle dropped: no more Logs can come.
+    submissions_closed: bool,
+    drain_by: watch::Receiver<Option<TokioInstant>>,
+    deadline: Option<TokioInstant>,
+    window: VecDeque<InFlight>,
+    counters: Arc<Counters>,
+    reconnect: RetryPolicy,
+    max_in_flight: usize,
+    /// When the current outage began, if the engine is unreachable.
+    outage_since: Option<Instant>,
+    connected_once: bool,
+    /// Whether the current stream opened.
+    stream_open: bool,
+    /// Whether the current stream received any Ack.
+    stream_acked: bool,
+    /// Logs resent when the current stream opened.
+    resent_on_stream: u64,
+    unmatched_logged_at: Option<Instant>,
+}
+
+impl StreamTask {
+    pub(super) fn new(
+        client: EngineClient<Channel>,
+        submissions: mpsc::Receiver<Submission>,
+        drain_by: watch::Receiver<Option<TokioInstant>>,
+        counters: Arc<Counters>,
+        reconnect: RetryPolicy,
+        max_in_flight: usize,
+    ) -> Self {
+        Self {
+            client,
+            submissions,
+            submissions_closed: false,
+            drain_by,
+            deadline: None,
+            window: VecDeque::with_capacity(max_in_flight),
+            counters,
+            reconnect,
+            max_in_flight,
+            outage_since: None,
+            connected_once: false,
+            stream_open: false,
+            stream_acked: false,
+            resent_on_stream: 0,
+            unmatched_logged_at: None,
+        }
+    }
+
+    /// Runs streams until shutdown; returns what was left unacknowledged.
+    pub(super) async fn run(mut self) -> ShutdownReport {
+        let mut backoff: Option<Backoff> = None;
+        loop {
+            let end = self.run_stream().await;
+            // A stream that got acks ends a failure streak; one that opened and broke
+            // without any does not, so a flapping engine is retried ever more slowly.
+            if self.stream_acked {
+                backoff = None;
+            }
+            let StreamEnd::Failed(reason) = end else {
+                break;
+            };
+            self.note_failure(&reason);
+            let delay = backoff
+                .get_or_insert_with(|| self.reconnect.backoff())
+                .next_delay(None)
+                .unwrap_or(self.reconnect.max_delay);
+            if !self.wait_before_reconnect(delay).await {
+                break;
+            }
+            Counters::add(&self.counters.reconnects, 1);
+        }
+        self.finish()
+    }
+
+    /// One stream, from opening to its end.
+    async fn run_stream(&mut self) -> StreamEnd {
+        self.stream_open = false;
+        self.stream_acked = false;
+        let (outbound, outbound_rx) = mpsc::channel::<Log>(self.max_in_flight);
+        if let Err(reason) = self.resend_window(&outbound) {
+            return StreamEnd::Failed(reason);
+        }
+        let mut client = self.client.clone();
+        let opening = client.input(ReceiverStream::new(outbound_rx));
+        tokio::pin!(opening);
+        let mut acks: Option<Streaming<Ack>> = None;
+        loop {
+            if self.drained() {
+                return StreamEnd::Stop;
+            }
+            tokio::select! {
+                opened = &mut opening, if acks.is_none() => match opened {
+                    Ok(response) => {
+                        acks = Some(response.into_inner());
+                        self.note_connected();
+                    }
+                    Err(status) => return StreamEnd::Failed(describe(&status)),
+                },
+                next = next_ack(&mut acks) => {
+                    let broken = match acks.as_mut() {
+                        Some(acks) => self.handle_acks(next, acks),
+                        None => None,
+                    };
+                    if let Some(reason) = broken {
+                        return StreamEnd::Failed(reason);
+                    }
+                }
+                submission = self.submissions.recv(), if !self.submissions_closed => {
+                    let Some(submission) = submission else {
+                        self.submissions_closed = true;
+                        continue;
+                    };
+                    if let Err(reason) = self.accept_batch(submission, &outbound) {
+                        return StreamEnd::Failed(reason);
+                    }
+                }
+                changed = self.drain_by.changed(), if self.deadline.is_none() => {
+                    self.read_drain_request(changed.is_ok());
+                }
+                () = sleep_until(self.deadline) => return StreamEnd::Stop,
+            }
+        }
+    }
+
+    /// Waits `delay` before the next stream, still accepting Logs into the window. Returns
+    /// false when the task should stop instead.
+    async fn wait_before_reconnect(&mut self, delay: Duration) -> bool {
+        let retry_at = tokio::time::sleep(delay);
+        tokio::pin!(retry_at);
+        loop {
+            if self.drained() {
+                return false;
+            }
+            tokio::select! {
+                () = &mut retry_at => return true,
+                submission = self.submissions.recv(), if !self.submissions_closed => {
+                    match submission {
+                        // Cannot fail without a stream: it only joins the window.
+                        Some(submission) => { let _ = self.accept(submission, None); }
+                        None => self.submissions_closed = true,
+                    }
+                }
+                changed = self.drain_by.changed(), if self.deadline.is_none() => {
+                    self.read_drain_request(changed.is_ok());
+                }
+                () = sleep_until(self.deadline) => return false,
+            }
+        }
+    }
+
+    /// Puts the whole window on a new stream, in order.
+    fn resend_window(&mut self, outbound: &mpsc::Sender<Log>) -> Result<(), String> {
+        for entry in &mut self.window {
+            // Capacity is the window size, so only a closed stream refuses.
+            // Counted as sent or resent once the stream opens (`note_connected`).
+            outbound
+                .try_send(entry.log.clone())
+                .map_err(|_| "the request stream closed before the resend".to_owned())?;
+        }
+        Ok(())
+    }
+
+    /// Accepts `first` and whatever else is already queued (up to [`BATCH`]), so that a
+    /// busy stream costs one wake-up per batch rather than per Log.
+    fn accept_batch(
+        &mut self,
+        first: Submission,
+        outbound: &mpsc::Sender<Log>,
+    ) -> Result<(), String> {
+        self.accept(first, Some(outbound))?;
+        for _ in 1..BATCH {
+            let Ok(next) = self.submissions.try_recv() else {
+                break;
+            };
+            self.accept(next, Some(outbound))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a Log to the window and, with a stream, puts it on the stream.
+    fn accept(
+        &mut self,
+        submission: Submission,
+        outbound: Option<&mpsc::Sender<Log>>,
+    ) -> Result<(), String> {
+        let mut entry = InFlight {
+            log: submission.log,
+            acked: submission.acked,
+            _slot: submission.slot,
+            on_opened_stream: false,
+        };
+        let mut result = Ok(());
+        if let Some(outbound) = outbound {
+            match outbound.try_send(entry.log.clone()) {
+                Ok(()) if self.stream_open => {
+                    entry.on_opened_stream = true;
+                    Counters::add(&self.counters.logs_sent, 1);
+                }
+                Ok(()) => {}
+                Err(_) => result = Err("the request stream closed".to_owned()),
+            }
+        }
+        self.window.push_back(entry);
+        self.publish_window_size();
+        result
+    }
+
+    /// Handles `first` and every Ack already received (up to [`BATCH`]); returns why the
+    /// stream broke, if it did.
+    fn handle_acks(
+        &mut self,
+        first: Result<Option<Ack>, tonic::Status>,
+        acks: &mut Streaming<Ack>,
+    ) -> Option<String> {
+        let mut next = Some(first);
+        for _ in 0..BATCH {
+            // `message` is cancel safe: a pending poll dropped here loses nothing.
+            let received = next.take().or_else(|| acks.message().now_or_never())?;
+            match received {
+                Ok(Some(ack)) => self.handle_ack(&ack),
+                Ok(None) => return Some("the engine ended the stream".to_owned()),
+                Err(status) => return Some(describe(&status)),
+            }
+        }
+        None
+    }
+
+    fn handle_ack(&mut self, ack: &Ack) {
+        self.stream_acked = true;
+        self.note_recovered();
+        match acknowledge(&mut self.window, &ack.last_id) {
+            Some(confirmed) => {
+                Counters::add(&self.counters.logs_acked, confirmed as u64);
+                self.publish_window_size();
+            }
+            None => self.note_unmatched_ack(),
+        }
+    }
+
+    fn note_unmatched_ack(&mut self) {
+        Counters::add(&self.counters.unmatched_acks, 1);
+        let due = self
+            .unmatched_logged_at
+            .is_none_or(|at| at.elapsed() >= UNMATCHED_LOG_INTERVAL);
+        if due {
+            self.unmatched_logged_at = Some(Instant::now());
+            let total = self
+                .counters
+                .unmatched_acks
+                .load(std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                unmatched_acks_total = total,
+                "the engine acknowledged a log id that is not in flight; ignored"
+            );
+        }
+    }
+
+    /// The stream opened: every Log put on it so far counts as sent (or resent).
+    fn note_connected(&mut self) {
+        self.stream_open = true;
+        self.counters.set_connected(true);
+        let mut resent = 0u64;
+        for entry in &mut self.window {
+            if entry.on_opened_stream {
+                resent += 1;
+            }
+            entry.on_opened_stream = true;
+        }
+        let first_sends = self.window.len() as u64 - resent;
+        Counters::add(&self.counters.resent, resent);
+        Counters::add(&self.counters.logs_sent, first_sends);
+        self.resent_on_stream = resent;
+        if !self.connected_once {
+            self.connected_once = true;
+            tracing::info!("connected to the engine");
+        }
+        // With Logs to deliver, the outage ends at the first Ack, so an engine that opens
+        // streams and drops them at once stays one outage (one WARN, one INFO).
+        if self.window.is_empty() {
+            self.note_recovered();
+        }
+    }
+
+    fn note_recovered(&mut self) {
+        if let Some(since) = self.outage_since.take() {
+            tracing::info!(
+                outage_secs = since.elapsed().as_secs_f64(),
+                resent_logs = self.resent_on_stream,
+                "engine connection recovered"
+            );
+        }
+    }
+
+    fn note_failure(&mut self, reason: &str) {
+        self.counters.set_connected(false);
+        if self.outage_since.is_none() {
+            self.outage_since = Some(Instant::now());
+            tracing::warn!(
+                reason,
+                unacked_logs = self.window.len(),
+                "engine stream failed; reconnecting with backoff, unacknowledged logs will be resent"
+            );
+        } else {
+            tracing::debug!(reason, "engine still unreachable");
+        }
+    }
+
+    fn read_drain_request(&mut self, handle_alive: bool) {
+        // Every handle dropped without a shutdown: stop at once.
+        let deadline = if handle_alive {
+            *self.drain_by.borrow()
+        } else {
+            Some(TokioInstant::now())
+        };
+        self.deadline = deadline;
+    }
+
+    /// Draining and nothing left to wait for.
+    fn drained(&self) -> bool {
+        let no_more_logs =
+            self.submissions_closed || (self.deadline.is_some() && self.submissions.is_empty());
+        self.deadline.is_some() && self.window.is_empty() && no_more_logs
+    }
+
+    fn publish_window_size(&self) {
+        self.counters.in_flight.store(
+            self.window.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Ends the task: whatever is still in the window or queued is unacknowledged; dropping
+    /// it resolves those receipts to `NotAcknowledged`.
+    fn finish(mut self) -> ShutdownReport {
+        self.submissions.close();
+        let mut unacked = self.window.len() as u64;
+        while self.submissions.try_recv().is_ok() {
+            unacked += 1;
+        }
+        self.window.clear();
+        self.publish_window_size();
+        self.counters.set_connected(false);
+        if unacked > 0 {
+            tracing::warn!(
+                unacked_logs = unacked,
+                "engine forwarder stopped with unacknowledged logs; their content will be delivered again"
+            );
+        }
+        ShutdownReport { unacked }
+    }
+}
+
+/// The ack rule: an Ack for `id` confirms the earliest Log in the window with that id and
+/// every Log before it. Pops them, resolves their receipts, and returns how many; `None`
+/// (window untouched) when no Log in the window has that id.
+fn acknowledge(window: &mut VecDeque<InFlight>, id: &str) -> Option<usize> {
+    let position = window.iter().position(|entry| entry.log.id == id)?;
+    for entry in window.drain(..=position) {
+        // The caller may have stopped waiting; the Log is acked either way.
+        let _ = entry.acked.send(());
+    }
+    Some(position + 1)
+}
+
+async fn next_ack(acks: &mut Option<Streaming<Ack>>) -> Result<Option<Ack>, tonic::Status> {
+    match acks {
+        Some(acks) => acks.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stream failure in words, without any Log content.
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    fn window_of(ids: &[&str]) -> (VecDeque<InFlight>, Vec<oneshot::Receiver<()>>) {
+        let slots = Arc::new(Semaphore::new(ids.len()));
+        let mut receipts = Vec::new();
+        let window = ids
+            .iter()
+            .map(|id| {
+                let (acked, receipt) = oneshot::channel();
+                receipts.push(receipt);
+                InFlight {
+                    log: Log {
+                        id: (*id).to_owned(),
+                        ..Log::default()
+                    },
+                    acked,
+                    _slot: slots.clone().try_acquire_owned().unwrap(),
+                    on_opened_stream: true,
+                }
+            })
+            .collect();
+        (window, receipts)
+    }
+
+    fn ids(window: &VecDeque<InFlight>) -> Vec<&str> {
+        window.iter().map(|entry| entry.log.id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_ack_confirms_the_earliest_log_with_its_id_and_everything_before() {
+        let (mut window, mut receipts) = window_of(&["a", "b", "a", "c", "a"]);
+        assert_eq!(
+            acknowledge(&mut window, "b"),
+            Some(2),
+            "b and the a before it"
+        );
+        assert_eq!(ids(&window), ["a", "c", "a"]);
+        assert_eq!(
+            acknowledge(&mut window, "a"),
+            Some(1),
+            "only the earliest a"
+        );
+        assert_eq!(ids(&window), ["c", "a"]);
+        assert_eq!(receipts[0].try_recv(), Ok(()));
+        assert_eq!(receipts[1].try_recv(), Ok(()));
+        assert_eq!(receipts[2].try_recv(), Ok(()));
+        assert!(receipts[3].try_recv().is_err(), "c is not acked yet");
+        assert_eq!(acknowledge(&mut window, "a"), Some(2), "c and the last a");
+        assert!(window.is_empty());
+    }
+
+    #[test]
+    fn an_ack_for_an_unknown_id_leaves_the_window_alone() {
+        let (mut window, mut receipts) = window_of(&["a", "b"]);
+        assert_eq!(acknowledge(&mut window, "z"), None);
+        assert_eq!(ids(&window), ["a", "b"]);
+        assert!(receipts[0].try_recv().is_err());
+    }
+}
