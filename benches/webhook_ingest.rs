@@ -17,6 +17,7 @@ use axum::Router;
 use axum::routing::post;
 use o365_connector::clock::Clock;
 use o365_connector::config::ContentType;
+use o365_connector::ops::Metrics;
 use o365_connector::queue::{ContentQueue, EmbeddedQueue};
 use o365_connector::webhook::{self, WebhookSecrets, WebhookState, WebhookTenant};
 use reqwest::Url;
@@ -147,6 +148,8 @@ fn main() {
             secrets,
             queue.clone() as Arc<dyn ContentQueue>,
             webhook::DEFAULT_MAX_BODY_BYTES,
+            Arc::new(Metrics::default()),
+            Arc::new(tokio::sync::Notify::new()),
         ));
         let url = serve(webhook::router(state, "/hook")).await;
         let run = load(format!("{url}/hook/{TENANT}"), auth_id, posts, 0).await;

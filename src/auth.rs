@@ -26,6 +26,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
+use crate::ops::Metrics;
+use crate::ops::metrics::TenantOutcomeLabels;
+use std::sync::Arc;
 
 /// How the app proves its identity to the token endpoint.
 pub enum Credential {
@@ -250,6 +253,7 @@ pub struct TokenProvider {
     cached: tokio::sync::Mutex<Option<CachedToken>>,
     generation: AtomicU64,
     requests: AtomicU64,
+    metrics: Option<(Arc<Metrics>, String)>,
 }
 
 #[derive(Deserialize)]
@@ -284,7 +288,34 @@ impl TokenProvider {
             cached: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            metrics: None,
         }
+    }
+
+    /// Counts this provider's token requests in `metrics` under `tenant_name`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, tenant_name: &str) -> Self {
+        let label = metrics.tenant_label(tenant_name);
+        self.metrics = Some((metrics, label));
+        self
+    }
+
+    fn count(&self, result: &Result<CachedToken, AuthError>) {
+        let Some((metrics, tenant)) = &self.metrics else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(AuthError::Refused { .. }) => "refused",
+            Err(AuthError::Unavailable { .. }) => "unavailable",
+            Err(_) => "error",
+        };
+        metrics
+            .token_requests
+            .get_or_create(&TenantOutcomeLabels {
+                tenant: tenant.clone(),
+                outcome,
+            })
+            .inc();
     }
 
     /// The tenant this provider serves.
@@ -344,6 +375,12 @@ impl TokenProvider {
 
     async fn fetch(&self) -> Result<CachedToken, AuthError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch_once().await;
+        self.count(&result);
+        result
+    }
+
+    async fn fetch_once(&self) -> Result<CachedToken, AuthError> {
         let config = &self.config;
         let issued_at = self.clock.now();
         let mut form: Vec<(&str, String)> = vec![

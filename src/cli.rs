@@ -12,10 +12,13 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::config::Config;
+use crate::demo::{self, DemoOptions};
 use crate::emulator::api::scenario::{Scenario, TenantScenario};
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
 use crate::server::dev_certs::{self, DevCertOutcome};
+use crate::service::{self, ServiceOptions};
 
 /// Office 365 audit-log connector for UTMStack.
 #[derive(Debug, Parser)]
@@ -29,12 +32,35 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the connector with a configuration file until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Run the whole pipeline against the emulators and print what was lost.
+    Demo(DemoArgs),
     /// Run an emulator of a service the connector talks to (for tests, benchmarks, demos).
     #[command(subcommand)]
     Emulate(EmulateCommand),
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML); environment overrides apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seconds of publication before the drain.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Forward to the engine on this Unix socket instead of starting the emulator.
+    #[arg(long, value_name = "PATH")]
+    pub engine_socket: Option<PathBuf>,
 }
 
 /// `emulate …`
@@ -133,10 +159,37 @@ pub struct DevCertsArgs {
 /// Runs a parsed command line until it is done or `shutdown` is cancelled.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_service(args, shutdown).await,
+        Command::Demo(args) => run_demo(args).await,
         Command::Emulate(EmulateCommand::Engine(args)) => emulate_engine(args, shutdown).await,
         Command::Emulate(EmulateCommand::Api(args)) => emulate_api(*args, shutdown).await,
         Command::Certs(CertsCommand::Dev(args)) => certs_dev(args),
     }
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let summary = demo::run(DemoOptions {
+        seconds: args.seconds,
+        engine_socket: args.engine_socket,
+        certs_dir: PathBuf::from("certs/dev"),
+        drain_deadline: Duration::from_secs(60),
+    })
+    .await?;
+    println!("{summary}");
+    anyhow::ensure!(summary.lost == 0, "{} records were lost", summary.lost);
+    Ok(())
+}
+
+async fn run_service(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let service = service::start(config, ServiceOptions::default()).await?;
+    println!("listening {}", service.base_url);
+    shutdown.cancelled().await;
+    let report = service.stop().await;
+    if !report.within_deadline {
+        tracing::warn!("shutdown deadline passed; unfinished items will be redelivered");
+    }
+    Ok(())
 }
 
 async fn emulate_engine(args: EngineArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -12,13 +12,18 @@
 //! - [`clock`]: the one time source of the whole library (system or controllable).
 //! - [`forward`]: the engine forwarder (Log stream, acks, window, reconnect and resend) and
 //!   the Log built from each audit record.
+//! - [`ops`]: metrics (Prometheus), health, readiness and status.
 //! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
 //! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
 //!   metadata store.
 //! - [`retry`]: the one retry policy (exponential, jittered, capped) and its presets.
 //! - [`secret`]: secrets by env var or file reference, masked in every `Debug` and error.
+//! - [`service`]: the running service: wiring, start and graceful stop.
 //! - [`server`]: TLS configuration and development certificates.
+//! - [`subscriptions`]: starting each tenant's subscriptions with its webhook.
+//! - [`tenant`]: a configured tenant at run time (API client, token cache, Log context).
+//! - [`demo`]: the whole pipeline on one machine, with a summary of what was lost.
 //! - [`emulator`]: in-tree emulators of the UTMStack engine and of Microsoft's API, used by
 //!   tests, benchmarks and the demo.
 //! - [`webhook`]: the subscription webhook: authentication, validation, durable enqueue.
@@ -33,12 +38,17 @@ pub mod cli;
 pub mod clock;
 pub mod cloud;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod forward;
+pub mod ops;
 pub mod proto;
 pub mod queue;
 pub mod retry;
 pub mod secret;
 pub mod server;
+pub mod service;
+pub mod subscriptions;
+pub mod tenant;
 pub mod webhook;
 pub mod worker;

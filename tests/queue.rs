@@ -670,3 +670,38 @@ fn killed_writer_leaves_a_consistent_store_with_every_acknowledged_item() {
         queue.close().await.expect("close");
     });
 }
+
+#[tokio::test]
+async fn leases_of_a_process_that_died_are_released_at_the_next_open() {
+    use o365_connector::queue::ItemState;
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (queue, _) = open_manual(dir.path()).await;
+        let reference = content(TENANT, "orphan", start_time());
+        queue.enqueue(vec![reference.clone()]).await.unwrap();
+        let leased = queue
+            .lease(1, std::time::Duration::from_secs(300), &no_skip())
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        queue.close().await.unwrap();
+        reference.key()
+    };
+    let (queue, _) = open_manual(dir.path()).await;
+    assert_eq!(queue.release_orphaned_leases().await.unwrap(), 1);
+    let item = queue.get(&key).await.unwrap().unwrap();
+    assert!(
+        matches!(item.state, ItemState::Pending { attempts: 0, .. }),
+        "{:?}",
+        item.state
+    );
+    let again = queue
+        .lease(1, std::time::Duration::from_secs(300), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "leasable at once, not after the old lease expires"
+    );
+}

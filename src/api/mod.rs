@@ -32,6 +32,8 @@ use tokio::time::Instant;
 
 use crate::auth::TokenProvider;
 use crate::cloud::Endpoints;
+use crate::ops::Metrics;
+use crate::ops::metrics::{ApiRequestLabels, TenantLabels};
 pub use error::{ApiError, ErrorKind};
 use types::{ContentItem, SubscriptionStatus, WebhookRegistration, format_api_time};
 
@@ -106,6 +108,13 @@ pub struct ApiClient {
     config: ApiClientConfig,
     tokens: Arc<TokenProvider>,
     budget: RequestBudget,
+    metrics: Option<ClientMetrics>,
+}
+
+/// Where a client counts its requests.
+struct ClientMetrics {
+    metrics: Arc<Metrics>,
+    tenant_label: String,
 }
 
 impl ApiClient {
@@ -117,6 +126,47 @@ impl ApiClient {
             config,
             tokens,
             budget,
+            metrics: None,
+        }
+    }
+
+    /// Counts this client's requests and throttles in `metrics` under `tenant_name`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, tenant_name: &str) -> Self {
+        let tenant_label = metrics.tenant_label(tenant_name);
+        self.metrics = Some(ClientMetrics {
+            metrics,
+            tenant_label,
+        });
+        self
+    }
+
+    fn count(&self, operation: &'static str, outcome: Result<(), &ApiError>) {
+        let Some(client_metrics) = &self.metrics else {
+            return;
+        };
+        let (outcome, af_code) = match outcome {
+            Ok(()) => ("ok", String::new()),
+            Err(error) => (
+                error_outcome(error),
+                error.af_code().unwrap_or_default().to_string(),
+            ),
+        };
+        let metrics = &client_metrics.metrics;
+        metrics
+            .api_requests
+            .get_or_create(&ApiRequestLabels {
+                operation,
+                outcome,
+                af_code,
+            })
+            .inc();
+        if outcome == "throttled" {
+            metrics
+                .throttled
+                .get_or_create(&TenantLabels {
+                    tenant: client_metrics.tenant_label.clone(),
+                })
+                .inc();
         }
     }
 
@@ -168,6 +218,18 @@ impl ApiClient {
     /// Sends one request with the tenant's token, after the origin check and the budget;
     /// renews the token once on 401. Returns the response if it is a success.
     async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        json_body: Option<&serde_json::Value>,
+    ) -> Result<Response, ApiError> {
+        let result = self.send_once(operation, method, url, json_body).await;
+        self.count(operation, result.as_ref().map(drop));
+        result
+    }
+
+    async fn send_once(
         &self,
         operation: &'static str,
         method: Method,
@@ -332,6 +394,25 @@ impl ApiClient {
                 .append_pair("PublisherIdentifier", publisher);
         }
         self.send("blob", Method::GET, url, None).await
+    }
+}
+
+/// The `outcome` label of a failed request.
+fn error_outcome(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::Service { kind, .. } => match kind {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::ContentExpired => "expired",
+            ErrorKind::ContentMissing => "missing",
+            ErrorKind::AlreadyEnabled => "already_enabled",
+            _ => "refused",
+        },
+        ApiError::Auth(_) => "token_failed",
+        ApiError::Transport { .. } => "transport",
+        ApiError::ForeignUrl { .. } => "foreign_url",
+        ApiError::Decode { .. } => "decode",
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Config {
     /// `[workers]`: the content fetch workers. Default: every key's default.
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// `[ops]`: health, readiness and metrics. Default: every key's default.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// `[[tenants]]`: the Microsoft 365 tenants to collect. At least one.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -180,6 +183,46 @@ pub struct WorkersConfig {
     /// Default: 300.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: NonZeroU64,
+}
+
+/// `[ops]`: health, readiness and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Tenants (in configuration order) that get their own metric series; the rest share
+    /// the tenant label `other`, so the number of series stays bounded. Default: 100.
+    #[serde(default = "default_max_tenant_series")]
+    pub max_tenant_series: usize,
+    /// `/readyz` fails (so load balancers send webhooks elsewhere) while this many content
+    /// references or more are pending or leased. Default: 100000.
+    #[serde(default = "default_queue_high_water")]
+    pub queue_high_water: NonZeroU64,
+    /// Longest a graceful shutdown waits for in-flight work before releasing it, in
+    /// seconds. Default: 20.
+    #[serde(default = "default_shutdown_secs")]
+    pub shutdown_secs: NonZeroU64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            max_tenant_series: default_max_tenant_series(),
+            queue_high_water: default_queue_high_water(),
+            shutdown_secs: default_shutdown_secs(),
+        }
+    }
+}
+
+fn default_max_tenant_series() -> usize {
+    100
+}
+
+fn default_queue_high_water() -> NonZeroU64 {
+    NonZeroU64::new(100_000).expect("non-zero constant")
+}
+
+fn default_shutdown_secs() -> NonZeroU64 {
+    NonZeroU64::new(20).expect("non-zero constant")
 }
 
 /// `[[tenants]]`: one Microsoft 365 tenant and the app registration that reads it.

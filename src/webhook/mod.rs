@@ -26,8 +26,8 @@
 pub mod auth_id;
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -42,8 +42,12 @@ use serde::Deserialize;
 use crate::api::types::parse_api_time;
 use crate::cloud::same_origin;
 use crate::config::ContentType;
+use crate::ops::Metrics;
+use crate::ops::metrics::{OutcomeLabels, SourceLabels};
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, Source};
 pub use auth_id::WebhookSecrets;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
 
 /// Default limit of a notification body: Microsoft's batches are far smaller.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -61,41 +65,27 @@ pub struct WebhookTenant {
     pub api_base: Url,
 }
 
-/// Counters of the webhook, by outcome.
-#[derive(Debug, Default)]
-pub struct WebhookCounters {
-    /// Validation handshakes answered 200.
-    pub validations: AtomicU64,
-    /// Notification POSTs answered 200.
-    pub notifications_accepted: AtomicU64,
-    /// Requests refused before their items were read (413, 401, 404, 415, 400).
-    pub requests_rejected: AtomicU64,
-    /// Items enqueued as new.
-    pub items_enqueued: AtomicU64,
-    /// Items already known to the queue.
-    pub items_duplicate: AtomicU64,
-    /// Items of authenticated batches skipped as invalid.
-    pub items_invalid: AtomicU64,
-    /// Requests answered 503 because the queue could not accept them.
-    pub enqueue_failures: AtomicU64,
-}
-
 /// Everything the webhook handlers need.
 pub struct WebhookState {
     tenants: HashMap<String, WebhookTenant>,
     secrets: WebhookSecrets,
     queue: Arc<dyn ContentQueue>,
     max_body_bytes: usize,
-    counters: WebhookCounters,
+    metrics: Arc<Metrics>,
+    work_available: Arc<Notify>,
+    log_limiter: DefaultDirectRateLimiter,
 }
 
 impl WebhookState {
-    /// Webhook state over `tenants`, authenticating with `secrets`, enqueuing into `queue`.
+    /// Webhook state over `tenants`, authenticating with `secrets`, enqueuing into `queue`
+    /// and waking the workers through `work_available` after each new item.
     pub fn new(
         tenants: impl IntoIterator<Item = WebhookTenant>,
         secrets: WebhookSecrets,
         queue: Arc<dyn ContentQueue>,
         max_body_bytes: usize,
+        metrics: Arc<Metrics>,
+        work_available: Arc<Notify>,
     ) -> Self {
         let tenants = tenants
             .into_iter()
@@ -106,13 +96,26 @@ impl WebhookState {
             secrets,
             queue,
             max_body_bytes,
-            counters: WebhookCounters::default(),
+            metrics,
+            work_available,
+            log_limiter: RateLimiter::direct(Quota::per_minute(
+                NonZeroU32::new(20).expect("non-zero constant"),
+            )),
         }
     }
 
-    /// The webhook's counters.
-    pub fn counters(&self) -> &WebhookCounters {
-        &self.counters
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .notifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    fn count_items(&self, outcome: &'static str, count: u64) {
+        self.metrics
+            .notification_items
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(count);
     }
 
     /// The authId to register for a tenant.
@@ -159,6 +162,21 @@ pub enum WebhookError {
     BodyRead,
 }
 
+impl WebhookError {
+    /// The `outcome` label of the refused request.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Unauthenticated => "unauthenticated",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Malformed(_) => "malformed",
+            Self::Unavailable => "unavailable",
+            Self::BodyRead => "body_unreadable",
+        }
+    }
+}
+
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = match self {
@@ -186,18 +204,12 @@ async fn handle_post(
     match handle_notification(&state, &tenant_id.to_ascii_lowercase(), &headers, body).await {
         Ok(response) => response,
         Err(error) => {
-            if matches!(error, WebhookError::Unavailable) {
-                state
-                    .counters
-                    .enqueue_failures
-                    .fetch_add(1, Ordering::Relaxed);
-            } else {
-                state
-                    .counters
-                    .requests_rejected
-                    .fetch_add(1, Ordering::Relaxed);
+            state.count(error.outcome());
+            // Counted always; logged at a bounded rate, so a flood of bad requests cannot
+            // flood the log.
+            if state.log_limiter.check().is_ok() {
+                tracing::warn!(tenant = %tenant_id, %error, "webhook request refused");
             }
-            tracing::warn!(tenant = %tenant_id, %error, "webhook request refused");
             error.into_response()
         }
     }
@@ -238,7 +250,7 @@ async fn handle_notification(
         .get(tenant_id)
         .ok_or(WebhookError::UnknownTenant)?;
     if headers.contains_key("webhook-validationcode") {
-        state.counters.validations.fetch_add(1, Ordering::Relaxed);
+        state.count("validation");
         tracing::info!(tenant = %tenant_id, "webhook validation request answered");
         return Ok(StatusCode::OK.into_response());
     }
@@ -253,8 +265,10 @@ async fn handle_notification(
         match validate_item(tenant, notification) {
             Ok(content) => valid.push(content),
             Err(reason) => {
-                state.counters.items_invalid.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(tenant = %tenant_id, %reason, "notification item skipped");
+                state.count_items("invalid", 1);
+                if state.log_limiter.check().is_ok() {
+                    tracing::warn!(tenant = %tenant_id, %reason, "notification item skipped");
+                }
             }
         }
     }
@@ -271,18 +285,23 @@ async fn handle_notification(
         .filter(|o| **o == EnqueueOutcome::Enqueued)
         .count();
     let duplicates = outcomes.len() - enqueued;
+    state.count_items("enqueued", enqueued as u64);
+    state.count_items("duplicate", duplicates as u64);
+    let source = SourceLabels { source: "webhook" };
     state
-        .counters
-        .items_enqueued
-        .fetch_add(enqueued as u64, Ordering::Relaxed);
+        .metrics
+        .enqueued
+        .get_or_create(&source)
+        .inc_by(enqueued as u64);
     state
-        .counters
-        .items_duplicate
-        .fetch_add(duplicates as u64, Ordering::Relaxed);
-    state
-        .counters
-        .notifications_accepted
-        .fetch_add(1, Ordering::Relaxed);
+        .metrics
+        .deduplicated
+        .get_or_create(&source)
+        .inc_by(duplicates as u64);
+    state.count("accepted");
+    if enqueued > 0 {
+        state.work_available.notify_waiters();
+    }
     Ok(
         axum::Json(serde_json::json!({ "enqueued": enqueued, "duplicates": duplicates }))
             .into_response(),

@@ -2,6 +2,8 @@
 //! the real binary, and a gRPC client of the engine built only from the spec's field tables.
 #![allow(dead_code)]
 
+pub mod rig;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -36,8 +38,14 @@ pub struct RunningBinary {
 
 /// Starts the binary with `args` and waits for its first stdout line.
 pub async fn start_binary(args: &[&str]) -> RunningBinary {
+    start_binary_with_env(args, &[]).await
+}
+
+/// Starts the binary with `args` and extra environment variables.
+pub async fn start_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
     let mut child = Command::new(binary())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -55,6 +63,12 @@ pub async fn start_binary(args: &[&str]) -> RunningBinary {
 }
 
 impl RunningBinary {
+    /// Kills the process with SIGKILL and reaps it.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("the child is running");
+        let _ = self.child.wait().await;
+    }
+
     /// Sends SIGTERM and returns the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id().expect("the child is running");

@@ -90,6 +90,15 @@ impl EmbeddedQueue {
         &self.path
     }
 
+    /// Gives back, as pending and due now without counting an attempt, every item still
+    /// leased. Only sound for this backend and only at start: the file lock guarantees no
+    /// other process holds leases, so any lease found was held by a process that died (a
+    /// crash or SIGKILL), and its items need not wait for the lease to expire. Returns how
+    /// many items were released.
+    pub async fn release_orphaned_leases(&self) -> Result<u64, QueueError> {
+        self.writer.write(release_all_leases).await
+    }
+
     async fn read<Output, Operation>(&self, operation: Operation) -> Result<Output, QueueError>
     where
         Output: Send + 'static,
@@ -409,6 +418,31 @@ fn collect_due(
         keys.push(ContentKey::new(tenant_id, content_id));
     }
     Ok(())
+}
+
+fn release_all_leases(tables: &mut Tables<'_>, now: DateTime<Utc>) -> Result<u64, QueueError> {
+    let mut keys = Vec::new();
+    for entry in tables.leased.iter().map_err(storage_error)? {
+        let (_, value) = entry.map_err(storage_error)?;
+        let (tenant_id, content_id) = value.value();
+        keys.push(ContentKey::new(tenant_id, content_id));
+    }
+    let mut released = 0;
+    for key in keys {
+        let Some((item, _)) = load_item(&tables.items, &key)? else {
+            continue;
+        };
+        let ItemState::Leased { lease, .. } = item.state else {
+            continue;
+        };
+        let transition = Transition::Release {
+            lease,
+            not_before: now,
+        };
+        transition_item(tables, &key, transition, now, |_| {})?;
+        released += 1;
+    }
+    Ok(released)
 }
 
 fn record_acked_count(

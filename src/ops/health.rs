@@ -1,0 +1,209 @@
+//! Health (`/healthz`), readiness (`/readyz`) and the board of current problems.
+//!
+//! `/healthz` answers 200 while the process serves HTTP. `/readyz` means "send me
+//! webhooks": 200 while the store is writable and the queue is below its high-water mark,
+//! 503 otherwise. An engine outage or a broken tenant does NOT fail readiness — the durable
+//! queue absorbs both — but both show in the JSON detail, with what to do.
+//!
+//! The [`ProblemBoard`] holds the current problem of each (tenant, content type) — or of a
+//! whole tenant — with its advice; components set a problem when they hit one and clear it
+//! when the next attempt succeeds, so the board shows what is wrong now, not history.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::queue::{ContentQueue, MetaStore};
+
+/// One current problem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Short machine-readable kind (`token_refused`, `permission_missing`, `throttled`, …).
+    pub kind: String,
+    /// What happened (never a secret).
+    pub message: String,
+    /// What to do about it.
+    pub advice: String,
+    /// Since when it holds.
+    pub since: DateTime<Utc>,
+}
+
+/// The problems of the moment, keyed by tenant name and content type (`*` for the whole
+/// tenant).
+#[derive(Debug, Default)]
+pub struct ProblemBoard {
+    problems: Mutex<BTreeMap<(String, String), Problem>>,
+}
+
+impl ProblemBoard {
+    /// Records (or replaces) the problem of `tenant` / `content_type`; keeps the first
+    /// `since` while the kind stays the same.
+    pub fn set(
+        &self,
+        tenant: &str,
+        content_type: &str,
+        kind: &str,
+        message: String,
+        advice: &str,
+        now: DateTime<Utc>,
+    ) {
+        let mut problems = self.lock();
+        let key = (tenant.to_string(), content_type.to_string());
+        let since = match problems.get(&key) {
+            Some(existing) if existing.kind == kind => existing.since,
+            _ => now,
+        };
+        problems.insert(
+            key,
+            Problem {
+                kind: kind.to_string(),
+                message,
+                advice: advice.to_string(),
+                since,
+            },
+        );
+    }
+
+    /// Clears the problem of `tenant` / `content_type`, if any.
+    pub fn clear(&self, tenant: &str, content_type: &str) {
+        self.lock()
+            .remove(&(tenant.to_string(), content_type.to_string()));
+    }
+
+    /// Every current problem, ordered by tenant and content type.
+    pub fn snapshot(&self) -> Vec<((String, String), Problem)> {
+        self.lock()
+            .iter()
+            .map(|(key, problem)| (key.clone(), problem.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Problem>> {
+        self.problems
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What the engine forwarder reports for readiness.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineHealth {
+    /// A stream to the engine is open.
+    pub connected: bool,
+    /// Records sent and not yet acknowledged.
+    pub in_flight: u64,
+}
+
+/// The readiness answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    /// Ready to receive webhooks.
+    pub ready: bool,
+    /// The store accepted a write recently.
+    pub store_writable: bool,
+    /// Items pending or leased.
+    pub queue_open_items: u64,
+    /// The high-water mark.
+    pub queue_high_water: u64,
+    /// The engine connection (does not affect `ready`).
+    pub engine: EngineHealth,
+    /// Current problems (do not affect `ready`).
+    pub problems: Vec<ProblemDetail>,
+}
+
+/// A problem as `/readyz` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProblemDetail {
+    /// The tenant's name.
+    pub tenant: String,
+    /// The content type, or `*`.
+    pub content_type: String,
+    /// The problem.
+    #[serde(flatten)]
+    pub problem: Problem,
+}
+
+/// Computes readiness, probing the store at most every few seconds.
+pub struct ReadinessProbe {
+    queue: Arc<dyn ContentQueue>,
+    meta: Arc<dyn MetaStore>,
+    high_water: u64,
+    clock: Clock,
+    engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
+    problems: Arc<ProblemBoard>,
+    last_write_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+/// How long a store write probe result is reused (load balancers probe every few seconds).
+const WRITE_PROBE_TTL: Duration = Duration::from_secs(5);
+
+impl ReadinessProbe {
+    /// A probe over the queue (depth), the metadata store (writability), the engine
+    /// health and the problem board.
+    pub fn new(
+        queue: Arc<dyn ContentQueue>,
+        meta: Arc<dyn MetaStore>,
+        high_water: u64,
+        clock: Clock,
+        engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
+        problems: Arc<ProblemBoard>,
+    ) -> Self {
+        Self {
+            queue,
+            meta,
+            high_water,
+            clock,
+            engine,
+            problems,
+            last_write_probe: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn store_writable(&self) -> bool {
+        let mut last = self.last_write_probe.lock().await;
+        if let Some((at, writable)) = *last
+            && at.elapsed() < WRITE_PROBE_TTL
+        {
+            return writable;
+        }
+        let stamp = self.clock.now().to_rfc3339().into_bytes();
+        let writable = self
+            .meta
+            .put_meta("ops/readiness-probe", stamp)
+            .await
+            .is_ok();
+        *last = Some((Instant::now(), writable));
+        writable
+    }
+
+    /// The current readiness.
+    pub async fn check(&self) -> Readiness {
+        let store_writable = self.store_writable().await;
+        let (stats_ok, open) = match self.queue.stats().await {
+            Ok(stats) => (true, stats.pending + stats.leased),
+            Err(_) => (false, 0),
+        };
+        let problems = self
+            .problems
+            .snapshot()
+            .into_iter()
+            .map(|((tenant, content_type), problem)| ProblemDetail {
+                tenant,
+                content_type,
+                problem,
+            })
+            .collect();
+        Readiness {
+            ready: store_writable && stats_ok && open < self.high_water,
+            store_writable,
+            queue_open_items: open,
+            queue_high_water: self.high_water,
+            engine: (self.engine)(),
+            problems,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Operations: metrics (Prometheus), health and readiness, and the HTTP routes serving
+//! them (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use health::{ProblemBoard, ReadinessProbe};
+pub use metrics::Metrics;
+
+/// What the ops routes read.
+pub struct OpsState {
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The readiness probe.
+    pub readiness: ReadinessProbe,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn routes(state: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(handle_readyz))
+        .route("/metrics", get(handle_metrics))
+        .with_state(state)
+}
+
+async fn handle_readyz(State(state): State<Arc<OpsState>>) -> Response {
+    let readiness = state.readiness.check().await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(readiness)).into_response()
+}
+
+async fn handle_metrics(State(state): State<Arc<OpsState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,178 @@
+//! A configured tenant at run time: its API client (with its token cache and request
+//! budget) and what its Logs carry. Built once at start from the configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::api::http::HttpClientError;
+use crate::api::{ApiClient, ApiClientConfig};
+use crate::auth::{
+    CertificateCredential, Credential, TokenProvider, TokenSourceConfig, resolve_publisher_id,
+};
+use crate::clock::Clock;
+use crate::cloud::Endpoints;
+use crate::config::{Config, ContentType, TenantConfig, TenantCredential};
+use crate::forward::log::LogContext;
+use crate::ops::Metrics;
+
+/// One tenant, ready to call the API and to label its Logs.
+pub struct Tenant {
+    /// The configured name (`Log.dataSource`, metric label).
+    pub name: String,
+    /// Tenant GUID, lowercase.
+    pub tenant_id: String,
+    /// The app's client id, lowercase.
+    pub client_id: String,
+    /// Content types collected.
+    pub content_types: Vec<ContentType>,
+    /// Login and API bases.
+    pub endpoints: Endpoints,
+    /// The API client (token cache and request budget inside).
+    pub client: Arc<ApiClient>,
+    /// What this tenant's Logs carry.
+    pub log_context: LogContext,
+}
+
+/// Why the tenants could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantSetupError {
+    /// A certificate or key file of a tenant is unusable.
+    #[error("tenant {tenant}: {reason}")]
+    Credential {
+        /// The tenant's name.
+        tenant: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate or key file could not be read.
+    #[error("tenant {tenant}: cannot read {path}: {source}")]
+    CredentialFile {
+        /// The tenant's name.
+        tenant: String,
+        /// The file.
+        path: String,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Http(#[from] HttpClientError),
+}
+
+/// The tenants by lowercase tenant GUID.
+pub type Tenants = HashMap<String, Arc<Tenant>>;
+
+/// Builds every tenant of `config`. A publisher id given as a domain is resolved once per
+/// domain; when that fails the tenant goes on without `PublisherIdentifier` (collection
+/// works, in the shared throttling pool) and the failure is logged with what to set.
+pub async fn build_tenants(
+    config: &Config,
+    http: &reqwest::Client,
+    clock: &Clock,
+    metrics: &Arc<Metrics>,
+) -> Result<Tenants, TenantSetupError> {
+    let mut resolved: HashMap<String, Option<String>> = HashMap::new();
+    let mut tenants = HashMap::new();
+    for tenant_config in &config.tenants {
+        let endpoints = tenant_config.endpoints(&config.api);
+        let publisher = tenant_config.publisher_id(&config.api);
+        let key = publisher.to_string();
+        if !resolved.contains_key(&key) {
+            let guid = match resolve_publisher_id(http, &endpoints, &publisher).await {
+                Ok(guid) => Some(guid),
+                Err(error) => {
+                    tracing::error!(%error, "PublisherIdentifier will not be sent");
+                    None
+                }
+            };
+            resolved.insert(key.clone(), guid);
+        }
+        let tenant = build_tenant(
+            config,
+            tenant_config,
+            endpoints,
+            resolved[&key].clone(),
+            http,
+            clock,
+            metrics,
+        )?;
+        tenants.insert(tenant.tenant_id.clone(), Arc::new(tenant));
+    }
+    Ok(tenants)
+}
+
+fn build_tenant(
+    config: &Config,
+    tenant_config: &TenantConfig,
+    endpoints: Endpoints,
+    publisher_id: Option<String>,
+    http: &reqwest::Client,
+    clock: &Clock,
+    metrics: &Arc<Metrics>,
+) -> Result<Tenant, TenantSetupError> {
+    let tenant_id = tenant_config.tenant_id.to_string().to_ascii_lowercase();
+    let credential = credential(tenant_config)?;
+    let tokens = TokenProvider::new(
+        http.clone(),
+        TokenSourceConfig {
+            tenant_id: tenant_id.clone(),
+            token_url: endpoints.token_url(&tenant_id),
+            client_id: tenant_config.client_id.to_string(),
+            scope: endpoints.token_scope().to_string(),
+            credential,
+        },
+        clock.clone(),
+    )
+    .with_metrics(metrics.clone(), &tenant_config.name);
+    let client = ApiClient::new(
+        http.clone(),
+        ApiClientConfig {
+            tenant_id: tenant_id.clone(),
+            endpoints: endpoints.clone(),
+            publisher_id,
+            requests_per_minute: config.api.requests_per_minute,
+        },
+        Arc::new(tokens),
+    )
+    .with_metrics(metrics.clone(), &tenant_config.name);
+    Ok(Tenant {
+        name: tenant_config.name.clone(),
+        tenant_id,
+        client_id: tenant_config.client_id.to_string().to_ascii_lowercase(),
+        content_types: tenant_config.content_types.clone(),
+        endpoints,
+        client: Arc::new(client),
+        log_context: LogContext {
+            utm_tenant_id: config.engine.utm_tenant_id.clone(),
+            group_name: tenant_config.name.clone(),
+            timestamp: config.engine.timestamp,
+        },
+    })
+}
+
+fn credential(tenant: &TenantConfig) -> Result<Credential, TenantSetupError> {
+    match tenant.credential() {
+        Some(TenantCredential::Secret(secret)) => Ok(Credential::Secret(secret.value().clone())),
+        Some(TenantCredential::Certificate(files)) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| TenantSetupError::CredentialFile {
+                    tenant: tenant.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })
+            };
+            let certificate =
+                CertificateCredential::from_pem(&read(&files.cert)?, &read(&files.key)?).map_err(
+                    |error| TenantSetupError::Credential {
+                        tenant: tenant.name.clone(),
+                        reason: error.to_string(),
+                    },
+                )?;
+            Ok(Credential::Certificate(certificate))
+        }
+        None => Err(TenantSetupError::Credential {
+            tenant: tenant.name.clone(),
+            reason: "set client_secret or certificate".into(),
+        }),
+    }
+}
