@@ -13,6 +13,7 @@
 //! - [`forward`]: the engine forwarder (Log stream, acks, window, reconnect and resend) and
 //!   the Log built from each audit record.
 //! - [`ops`]: metrics (Prometheus), health, readiness and status.
+//! - [`poller`]: the polling fallback: cursors, windows, tail re-scan.
 //! - [`proto`]: the UTMStack engine's wire contract (`plugins.Engine`), generated from
 //!   `proto/plugins.proto`, and the Unix-socket transport to it.
 //! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod emulator;
 pub mod forward;
 pub mod ops;
+pub mod poller;
 pub mod proto;
 pub mod queue;
 pub mod retry;
