@@ -55,6 +55,8 @@ pub struct CertificateCredential {
     key: EncodingKey,
     /// base64url SHA-256 of the certificate's DER encoding (the `x5t#S256` header).
     thumbprint_sha256: String,
+    /// The certificate's `notAfter`.
+    not_after: Option<DateTime<Utc>>,
 }
 
 impl CertificateCredential {
@@ -68,10 +70,21 @@ impl CertificateCredential {
         let key = EncodingKey::from_rsa_pem(key_pem).map_err(|error| {
             AuthError::Credential(format!("the key is not a PEM RSA private key: {error}"))
         })?;
+        let not_after = x509_parser::parse_x509_certificate(certificate.as_ref())
+            .ok()
+            .and_then(|(_, parsed)| {
+                DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)
+            });
         Ok(Self {
             key,
             thumbprint_sha256: URL_SAFE_NO_PAD.encode(Sha256::digest(certificate.as_ref())),
+            not_after,
         })
+    }
+
+    /// When the certificate stops being valid (Entra ID then refuses its assertions).
+    pub fn not_after(&self) -> Option<DateTime<Utc>> {
+        self.not_after
     }
 
     /// A client assertion for `token_url`, valid for ten minutes from `now`.

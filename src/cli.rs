@@ -8,17 +8,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{
+    self,
+    command::CommandTarget,
+    protocol::{AdminRequest, BackfillRequest, DeadLetterSelection, SubscriptionSelection},
+};
+use crate::check;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ContentType};
 use crate::demo::{self, DemoOptions};
 use crate::emulator::api::scenario::{Scenario, TenantScenario};
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
 use crate::server::dev_certs::{self, DevCertOutcome};
+use crate::server::tls_reload::ReloadRequests;
 use crate::service::{self, ServiceOptions};
+use crate::utmstack;
 
 /// Office 365 audit-log connector for UTMStack.
 #[derive(Debug, Parser)]
@@ -42,14 +51,218 @@ pub enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Show, start or stop the API subscriptions (through the running service, else
+    /// directly against the API).
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// List a past range of content again and enqueue what is new (the service must run).
+    Backfill(BackfillArgs),
+    /// List or requeue dead letters (the service must run).
+    #[command(subcommand)]
+    Deadletters(DeadLettersCommand),
+    /// Check each tenant's app registration, subscriptions, webhook address and the engine
+    /// socket, and say what to fix; exits non-zero when a check fails.
+    Check(CheckArgs),
+}
+
+/// `check` options.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// POST a validation request to each tenant's public webhook address (must answer 200).
+    #[arg(long)]
+    pub probe_webhook: bool,
+}
+
+/// Where an operator command finds the service, and how it prints.
+#[derive(Debug, Args)]
+pub struct AdminTargetArgs {
+    /// The service's configuration file (TOML); environment overrides apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The service's admin socket. Default: `admin.sock` in the configuration's
+    /// `store.path`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AdminTargetArgs {
+    fn target(&self) -> CommandTarget {
+        CommandTarget {
+            config: self.config.clone(),
+            admin_socket: self.admin_socket.clone(),
+            json: self.json,
+        }
+    }
+}
+
+/// `subscriptions …`
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// The API's view of each tenant's subscriptions (status, webhook status and address).
+    List(SubscriptionsArgs),
+    /// Start subscriptions, with the configured webhook unless --no-webhook.
+    Start(SubscriptionsArgs),
+    /// Stop subscriptions (content published until they are started again is lost).
+    Stop(SubscriptionsArgs),
+}
+
+/// `subscriptions list|start|stop` options.
+#[derive(Debug, Args)]
+pub struct SubscriptionsArgs {
+    #[command(flatten)]
+    target: AdminTargetArgs,
+    /// Only this tenant (its configured name).
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    /// Only this content type (e.g. Audit.Exchange); default: each tenant's configured ones.
+    #[arg(long, value_name = "T", value_parser = parse_content_type)]
+    pub content_type: Option<ContentType>,
+    /// `start`: register no webhook (poll only).
+    #[arg(long)]
+    pub no_webhook: bool,
+}
+
+impl SubscriptionsArgs {
+    fn selection(&self) -> SubscriptionSelection {
+        SubscriptionSelection {
+            tenant: self.tenant.clone(),
+            content_type: self
+                .content_type
+                .map(|content_type| content_type.to_string()),
+        }
+    }
+}
+
+/// `backfill` options.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    target: AdminTargetArgs,
+    /// Start of the range (RFC 3339, e.g. 2026-11-20T00:00:00Z), at most 7 days back.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub from: DateTime<Utc>,
+    /// End of the range (RFC 3339, exclusive; later than now means now).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub to: DateTime<Utc>,
+    /// Only these tenants (configured names; repeat the option); default: all.
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub tenants: Vec<String>,
+    /// Only these content types (repeat the option); default: each tenant's configured ones.
+    #[arg(long = "content-type", value_name = "T", value_parser = parse_content_type)]
+    pub content_types: Vec<ContentType>,
+}
+
+/// `deadletters …`
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Dead items (tenant, content type, contentId, reason, dead records) and dead records
+    /// (index, byte range, SHA-256, reason; never content).
+    List(DeadLettersListArgs),
+    /// Put dead items back to pending.
+    Requeue(DeadLettersRequeueArgs),
+}
+
+/// `deadletters list` options.
+#[derive(Debug, Args)]
+pub struct DeadLettersListArgs {
+    #[command(flatten)]
+    target: AdminTargetArgs,
+    /// Only this tenant (its configured name).
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    /// Only this contentId.
+    #[arg(long, value_name = "ID", conflicts_with = "all")]
+    pub content_id: Option<String>,
+    /// Every dead letter (the default).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `deadletters requeue` options: --content-id or --all is required.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["content_id", "all"])))]
+pub struct DeadLettersRequeueArgs {
+    #[command(flatten)]
+    target: AdminTargetArgs,
+    /// Only this tenant (its configured name).
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    /// The dead item with this contentId.
+    #[arg(long, value_name = "ID", conflicts_with = "all")]
+    pub content_id: Option<String>,
+    /// Every dead item (of --tenant, if given).
+    #[arg(long)]
+    pub all: bool,
+}
+
+fn parse_content_type(text: &str) -> Result<ContentType, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "unknown content type {text:?}; use one of {}",
+            ContentType::ALL
+                .map(|content_type| content_type.as_str())
+                .join(", ")
+        )
+    })
+}
+
+fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|error| format!("{error}; give an RFC 3339 time such as 2026-11-20T00:00:00Z"))
 }
 
 /// `run` options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The configuration file (TOML); environment overrides apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
+}
+
+/// Where the configuration comes from: `--config FILE`, or `--utmstack` (tenants from
+/// UTMStack's `system_plugins_o365.yaml`) with an optional `--config FILE` for the server
+/// settings.
+#[derive(Debug, Args)]
+pub struct ConfigSourceArgs {
+    /// The configuration file (TOML); environment overrides apply. With --utmstack: the
+    /// server settings only (no [[tenants]]), optional.
+    #[arg(long, value_name = "FILE", required_unless_present = "utmstack")]
+    pub config: Option<PathBuf>,
+    /// Take the tenants from UTMStack's configuration under WORK_DIR (default /workdir).
+    #[arg(long)]
+    pub utmstack: bool,
+}
+
+impl ConfigSourceArgs {
+    /// Loads and validates the configuration (logging the UTMStack warnings).
+    pub fn load(&self) -> anyhow::Result<Config> {
+        if self.utmstack {
+            let environment = utmstack::UtmstackEnvironment::from_process();
+            let loaded = utmstack::load(&environment, self.config.as_deref())?;
+            tracing::info!(
+                file = %loaded.o365_file.display(),
+                tenants = loaded.config.tenants.len(),
+                skipped = loaded.skipped.len(),
+                "tenants read from UTMStack's configuration"
+            );
+            return Ok(loaded.config);
+        }
+        let path = self
+            .config
+            .as_deref()
+            .context("give --config FILE or --utmstack")?;
+        Ok(Config::load(path)?)
+    }
 }
 
 /// `demo` options.
@@ -61,6 +274,25 @@ pub struct DemoArgs {
     /// Forward to the engine on this Unix socket instead of starting the emulator.
     #[arg(long, value_name = "PATH")]
     pub engine_socket: Option<PathBuf>,
+    /// Register the webhook (on) or collect by polling alone (off).
+    #[arg(long, value_enum, default_value = "on")]
+    pub webhook: OnOff,
+    /// Number of emulated tenants.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tenants: u64,
+    /// Inject the emulator's faults: 5xx, truncated bodies, throttling, duplicate
+    /// notifications.
+    #[arg(long)]
+    pub faults: bool,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// `emulate …`
@@ -156,15 +388,105 @@ pub struct DevCertsArgs {
     pub force: bool,
 }
 
-/// Runs a parsed command line until it is done or `shutdown` is cancelled.
-pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs a parsed command line until it is done or `shutdown` is cancelled; `run` reloads
+/// its TLS certificate on each of `tls_reload_requests` (SIGHUP).
+pub async fn run(
+    cli: Cli,
+    shutdown: CancellationToken,
+    tls_reload_requests: ReloadRequests,
+) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run_service(args, shutdown).await,
+        Command::Run(args) => run_service(args, shutdown, tls_reload_requests).await,
         Command::Demo(args) => run_demo(args).await,
         Command::Emulate(EmulateCommand::Engine(args)) => emulate_engine(args, shutdown).await,
         Command::Emulate(EmulateCommand::Api(args)) => emulate_api(*args, shutdown).await,
         Command::Certs(CertsCommand::Dev(args)) => certs_dev(args),
+        Command::Subscriptions(command) => run_subscriptions(command).await,
+        Command::Check(args) => run_check(args).await,
+        Command::Backfill(args) => {
+            let request = BackfillRequest {
+                tenants: args.tenants,
+                content_types: args.content_types.iter().map(ToString::to_string).collect(),
+                from: args.from,
+                to: args.to,
+            };
+            admin::command::backfill(&args.target.target(), request).await
+        }
+        Command::Deadletters(DeadLettersCommand::List(args)) => {
+            let selection = DeadLetterSelection {
+                tenant: args.tenant,
+                content_id: args.content_id,
+                all: args.all,
+            };
+            admin::command::deadletters_list(&args.target.target(), selection).await
+        }
+        Command::Deadletters(DeadLettersCommand::Requeue(args)) => {
+            let selection = DeadLetterSelection {
+                tenant: args.tenant,
+                content_id: args.content_id,
+                all: args.all,
+            };
+            admin::command::deadletters_requeue(&args.target.target(), selection).await
+        }
     }
+}
+
+async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
+    let mut preface = check::CheckReport::default();
+    let config = if args.source.utmstack {
+        let environment = utmstack::UtmstackEnvironment::from_process();
+        let loaded = utmstack::load(&environment, args.source.config.as_deref())?;
+        for skip in &loaded.skipped {
+            let detail = format!("skipped: {} {}", skip.key, skip.reason);
+            let line =
+                check::CheckLine::tenant(&skip.group, "config", check::Outcome::Fail, detail);
+            preface.lines.push(line);
+        }
+        for warning in &loaded.warnings {
+            let line = check::CheckLine::tenant(
+                "utmstack",
+                "config",
+                check::Outcome::Warn,
+                warning.clone(),
+            );
+            preface.lines.push(line);
+        }
+        loaded.config
+    } else {
+        args.source.load()?
+    };
+    let options = check::CheckOptions {
+        probe_webhook: args.probe_webhook,
+    };
+    let report = check::run(&config, options, preface).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    anyhow::ensure!(!report.failed(), "some checks failed; see the table above");
+    Ok(())
+}
+
+async fn run_subscriptions(command: SubscriptionsCommand) -> anyhow::Result<()> {
+    let (args, request) = match command {
+        SubscriptionsCommand::List(args) => {
+            let request = AdminRequest::SubscriptionsList(args.selection());
+            (args, request)
+        }
+        SubscriptionsCommand::Start(args) => {
+            let request = AdminRequest::SubscriptionsStart {
+                selection: args.selection(),
+                no_webhook: args.no_webhook,
+            };
+            (args, request)
+        }
+        SubscriptionsCommand::Stop(args) => {
+            let request = AdminRequest::SubscriptionsStop(args.selection());
+            (args, request)
+        }
+    };
+    admin::command::subscriptions(&args.target.target(), request).await
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -172,7 +494,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         seconds: args.seconds,
         engine_socket: args.engine_socket,
         certs_dir: PathBuf::from("certs/dev"),
-        drain_deadline: Duration::from_secs(60),
+        drain_deadline: Duration::from_secs(120),
+        webhook: args.webhook == OnOff::On,
+        tenants: args.tenants as usize,
+        faults: args.faults,
     })
     .await?;
     println!("{summary}");
@@ -180,9 +505,17 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_service(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
-    let service = service::start(config, ServiceOptions::default()).await?;
+async fn run_service(
+    args: RunArgs,
+    shutdown: CancellationToken,
+    tls_reload_requests: ReloadRequests,
+) -> anyhow::Result<()> {
+    let config = args.source.load()?;
+    let options = ServiceOptions {
+        tls_reload_requests,
+        ..ServiceOptions::default()
+    };
+    let service = service::start(config, options).await?;
     println!("listening {}", service.base_url);
     shutdown.cancelled().await;
     let report = service.stop().await;

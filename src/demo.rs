@@ -26,7 +26,9 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::emulator::api::publish::{self, PublishedRecord};
-use crate::emulator::api::scenario::{CONTENT_TYPES, Scenario, TenantScenario};
+use crate::emulator::api::scenario::{
+    CONTENT_TYPES, FaultScenario, Scenario, TenantScenario, ThrottleResponse,
+};
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
 use crate::queue::{ContentKey, ContentQueue, ItemState};
@@ -53,9 +55,13 @@ const FIXTURE_RECORDS: &[&str] = &[
     include_str!("../tests/fixtures/events/wazuh-office365-synthetic.ndjson"),
 ];
 
-const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
 const CLIENT: &str = "a1b2c3d4-0000-4000-8000-00000000c11e";
 const SECRET: &str = "demo-client-secret";
+
+/// The GUID of demo tenant `index`.
+fn tenant_id(index: usize) -> String {
+    format!("41463f53-8812-40f4-890f-{index:012x}")
+}
 
 /// `demo` settings.
 #[derive(Clone, Debug)]
@@ -68,6 +74,13 @@ pub struct DemoOptions {
     pub certs_dir: PathBuf,
     /// Longest wait for the drain after publication stops.
     pub drain_deadline: Duration,
+    /// Register the webhook (`false`: collection by polling alone).
+    pub webhook: bool,
+    /// Number of emulated tenants.
+    pub tenants: usize,
+    /// Inject the emulator's faults: 5xx, truncated bodies, throttling, duplicate
+    /// notifications.
+    pub faults: bool,
 }
 
 /// The demo's counts, printed as its summary line.
@@ -101,12 +114,21 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let (certs, _) = write_dev_certs(&options.certs_dir, false)?;
     let records_file = work.path().join("records.ndjson");
     std::fs::write(&records_file, fixture_records())?;
-    let mut tenant = TenantScenario::with_secret(TENANT, CLIENT, SECRET);
-    tenant.publication.records = Some(records_file);
-    tenant.publication.records_per_blob = 10;
+    let tenants: Vec<String> = (0..options.tenants.max(1)).map(tenant_id).collect();
+    let mut scenario =
+        Scenario::single_tenant(TenantScenario::with_secret(&tenants[0], CLIENT, SECRET));
+    scenario.tenants = tenants
+        .iter()
+        .map(|tenant| demo_tenant(tenant, &records_file, options.faults))
+        .collect();
+    if options.faults {
+        scenario.throttle.requests_per_window = 40;
+        scenario.throttle.window_secs = 1.0;
+        scenario.throttle.response = ThrottleResponse::Http429;
+    }
     let api = ApiEmulator::start(ApiEmulatorConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
-        scenario: Scenario::single_tenant(tenant),
+        scenario,
         tls: Some(TlsFiles {
             cert: certs.server_cert.clone(),
             key: certs.server_key.clone(),
@@ -125,7 +147,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let config = demo_config(port, &certs, &work, &engine_socket, api.base_url())?;
+    let config = demo_config(
+        port,
+        &certs,
+        &work,
+        &engine_socket,
+        api.base_url(),
+        &tenants,
+        options.webhook,
+    )?;
     let service = service::start(
         config,
         ServiceOptions {
@@ -138,8 +168,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         "demo: connector listening on {}; waiting for the subscriptions",
         service.base_url
     );
-    wait_for_subscriptions(&api).await?;
-    publish_for(&api, &service, Duration::from_secs(options.seconds)).await;
+    wait_for_subscriptions(&api, &tenants, options.webhook).await?;
+    publish_for(
+        &api,
+        &service,
+        &tenants,
+        Duration::from_secs(options.seconds),
+    )
+    .await;
     let published = api.state().publisher.published();
     let summary = drain(&published, &api, &service, options.drain_deadline).await?;
     service.stop().await;
@@ -148,6 +184,21 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         engine.shutdown().await;
     }
     Ok(summary)
+}
+
+fn demo_tenant(tenant: &str, records: &std::path::Path, faults: bool) -> TenantScenario {
+    let mut scenario = TenantScenario::with_secret(tenant, CLIENT, SECRET);
+    scenario.publication.records = Some(records.to_path_buf());
+    scenario.publication.records_per_blob = 10;
+    if faults {
+        scenario.faults = FaultScenario {
+            server_error_rate: 0.1,
+            truncate_rate: 0.05,
+            duplicate_notifications: true,
+            ..FaultScenario::default()
+        };
+    }
+    scenario
 }
 
 fn fixture_records() -> String {
@@ -171,12 +222,19 @@ fn demo_config(
     work: &tempfile::TempDir,
     engine_socket: &std::path::Path,
     api_base: &str,
+    tenants: &[String],
+    webhook: bool,
 ) -> anyhow::Result<Config> {
-    let text = format!(
+    let public_url = if webhook {
+        format!("public_url = \"https://localhost:{port}/hook\"")
+    } else {
+        String::new()
+    };
+    let mut text = format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
-public_url = "https://localhost:{port}/hook"
+{public_url}
 tls_cert = "{cert}"
 tls_key = "{key}"
 
@@ -190,34 +248,58 @@ socket = "{socket}"
 login_url = "{api_base}"
 api_url = "{api_base}"
 ca_file = "{ca}"
+publisher_id = "{publisher}"
 
-[[tenants]]
-name = "demo"
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ env = "DEMO_SECRET" }}
+[poller]
+# The demo is short: list every second, up to now.
+poll_interval_secs = 1
+lag_secs = 0
 "#,
         cert = certs.server_cert.display(),
         key = certs.server_key.display(),
         store = work.path().join("store").display(),
         socket = engine_socket.display(),
         ca = certs.ca.display(),
+        publisher = tenants[0],
     );
+    for (index, tenant) in tenants.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[tenants]]\nname = \"demo-{index}\"\ntenant_id = \"{tenant}\"\nclient_id = \"{CLIENT}\"\nclient_secret = {{ env = \"DEMO_SECRET\" }}\n"
+        ));
+    }
     Ok(Config::from_toml_with_env(
         &text,
         [("DEMO_SECRET".to_string(), SECRET.to_string())],
     )?)
 }
 
-async fn wait_for_subscriptions(api: &ApiEmulator) -> anyhow::Result<()> {
+async fn wait_for_subscriptions(
+    api: &ApiEmulator,
+    tenants: &[String],
+    webhook: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    while !CONTENT_TYPES
+    let subscribed = |tenant: &str, content_type: &str| {
+        if webhook {
+            api.state()
+                .feed
+                .active_webhook(tenant, content_type)
+                .is_some()
+        } else {
+            api.state()
+                .feed
+                .enabled_subscriptions()
+                .iter()
+                .any(|(t, ct)| t.eq_ignore_ascii_case(tenant) && ct == content_type)
+        }
+    };
+    while !tenants
         .iter()
-        .all(|ct| api.state().feed.active_webhook(TENANT, ct).is_some())
+        .all(|tenant| CONTENT_TYPES.iter().all(|ct| subscribed(tenant, ct)))
     {
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "the connector did not subscribe within 30 s"
+            started.elapsed() < Duration::from_secs(60),
+            "the connector did not subscribe within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -225,14 +307,21 @@ async fn wait_for_subscriptions(api: &ApiEmulator) -> anyhow::Result<()> {
 }
 
 /// Publishes one blob per content type every half second, showing progress.
-async fn publish_for(api: &ApiEmulator, service: &RunningService, duration: Duration) {
+async fn publish_for(
+    api: &ApiEmulator,
+    service: &RunningService,
+    tenants: &[String],
+    duration: Duration,
+) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_report = Instant::now();
     while started.elapsed() < duration {
         tick.tick().await;
-        for content_type in CONTENT_TYPES {
-            publish::publish_now(api.state(), TENANT, content_type, 1).await;
+        for tenant in tenants {
+            for content_type in CONTENT_TYPES {
+                publish::publish_now(api.state(), tenant, content_type, 1).await;
+            }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
@@ -303,7 +392,10 @@ async fn count_forwarded(
         }
         if !items.contains_key(&record.content_id) {
             let item = queue
-                .get(&ContentKey::new(TENANT, &record.content_id))
+                .get(&ContentKey::new(
+                    record.tenant_id.to_ascii_lowercase(),
+                    &record.content_id,
+                ))
                 .await?;
             items.insert(record.content_id.clone(), item);
         }

@@ -1,10 +1,12 @@
 //! The `o365-connector` binary: parses the command line, sets up logging on stderr, turns
-//! SIGINT and SIGTERM into one cancellation token, and runs the command.
+//! SIGINT and SIGTERM into one cancellation token and SIGHUP into TLS reload requests, and
+//! runs the command.
 
 use std::io::IsTerminal;
 
 use clap::Parser;
 use o365_connector::cli::{self, Cli};
+use o365_connector::server::tls_reload::{ReloadTrigger, reload_channel};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -20,7 +22,9 @@ async fn main() -> std::process::ExitCode {
         .init();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match cli::run(cli, shutdown).await {
+    let (reload_trigger, reload_requests) = reload_channel();
+    reload_on_hangup(reload_trigger);
+    match cli::run(cli, shutdown, reload_requests).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -46,4 +50,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested");
     shutdown.cancel();
+}
+
+/// SIGHUP asks for a TLS certificate reload. The handler is installed before the command
+/// runs, so a SIGHUP never kills a started listener.
+fn reload_on_hangup(trigger: ReloadTrigger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot install the SIGHUP handler; certificates reload on file change only"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the TLS certificate");
+            trigger.request();
+        }
+    });
 }

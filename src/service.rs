@@ -1,12 +1,15 @@
 //! The running service (`o365-connector run`): wires the configuration into the
 //! components and runs them until shutdown.
 //!
-//! Start order: store → webhook secret → metrics → HTTP client → tenants → engine
-//! forwarder → HTTP listener (webhook and ops routes; it must answer before any
-//! subscription start, because Microsoft validates the webhook synchronously) → workers →
-//! subscriptions → periodic upkeep.
+//! Start order: store (leases of a run that died are released) → webhook secret → metrics
+//! → HTTP client → tenants → engine forwarder → HTTP listener (webhook and ops routes; it
+//! must answer before any subscription start, because Microsoft validates the webhook
+//! synchronously), and the private ops listener when `ops.listen` is set → the TLS
+//! certificate reloader (file changes and SIGHUP) → workers → pollers → the admin socket
+//! → subscription managers → periodic upkeep.
 //!
-//! Stop order, bounded by `ops.shutdown_secs`: stop HTTP intake → workers stop reading
+//! Stop order, bounded by `ops.shutdown_secs`: stop HTTP intake and the admin socket →
+//! workers, pollers and subscription managers stop → workers stop reading
 //! blobs → the forwarder drains (waits for in-flight acks until the deadline) → workers
 //! record their progress and release their leases → the store closes. Whatever was not
 //! acknowledged is redelivered after a restart; nothing is dropped.
@@ -22,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminContext, AdminServer};
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
@@ -29,13 +33,19 @@ use crate::config::Config;
 use crate::forward::{Forwarder, ForwarderConfig};
 use crate::ops::health::{EngineHealth, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
+use crate::ops::status::{StatusSource, StatusTenant};
 use crate::ops::{self, Metrics, OpsState};
+use crate::poller::{PollTarget, PollerDeps, TenantPoller};
 use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore};
 use crate::retry::RetryPolicy;
-use crate::subscriptions::keep_subscribed;
+use crate::server::proxy::{ProxyPolicy, WebhookGate, enforce_webhook_allowlist};
+use crate::server::tls_reload::{CertificateReloader, ReloadRequests, TlsFiles};
+use crate::subscriptions::{
+    SubscriptionBoard, SubscriptionContext, SubscriptionManager, SubscriptionSettings,
+};
 use crate::tenant::{Tenants, build_tenants};
 use crate::webhook::auth_id::load_or_create_secrets;
-use crate::webhook::{self, WebhookState, WebhookTenant};
+use crate::webhook::{self, WebhookSecrets, WebhookState, WebhookTenant};
 use crate::worker::pool::{FailureReporter, WorkerContext, spawn_workers};
 
 /// Settings that are not configuration: the clock and test knobs.
@@ -51,6 +61,8 @@ pub struct ServiceOptions {
     pub retry: RetryPolicy,
     /// How often an idle worker looks at the queue without being woken.
     pub idle_poll: Duration,
+    /// Requests to reload the TLS certificate now (`main` sends one on SIGHUP).
+    pub tls_reload_requests: ReloadRequests,
 }
 
 impl Default for ServiceOptions {
@@ -61,6 +73,7 @@ impl Default for ServiceOptions {
             replica_id: None,
             retry: RetryPolicy::standard(),
             idle_poll: Duration::from_secs(1),
+            tls_reload_requests: ReloadRequests::none(),
         }
     }
 }
@@ -81,10 +94,19 @@ pub struct RunningService {
     pub tenants: Arc<Tenants>,
     /// Current problems.
     pub problems: Arc<ProblemBoard>,
+    /// What `/status` shows; components report subscription and notification state here.
+    pub status: Arc<StatusSource>,
+    /// Where the private ops listener (`ops.listen`) is bound, when configured.
+    pub ops_address: Option<SocketAddr>,
+    /// The poller of each tenant (tests drive extra cycles with `run_once`).
+    pub pollers: Vec<Arc<TenantPoller>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     http: axum_server::Handle<SocketAddr>,
     server: JoinHandle<std::io::Result<()>>,
+    ops_server: Option<Served>,
+    /// The admin listener (operator commands), when its socket could be bound.
+    admin: Option<AdminServer>,
     deadline: Duration,
 }
 
@@ -94,30 +116,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         tracing::warn!("{warning}");
     }
     let clock = options.clock.clone();
-    std::fs::create_dir_all(&config.store.path).with_context(|| {
-        format!(
-            "store.path {}: cannot create the directory",
-            config.store.path.display()
-        )
-    })?;
-    let queue = Arc::new(
-        EmbeddedQueue::open(&config.store.path, clock.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "store.path {}: cannot open the store",
-                    config.store.path.display()
-                )
-            })?,
-    );
-    // The store is locked by this process: leases found now belong to a process that died.
-    let orphaned = queue.release_orphaned_leases().await?;
-    if orphaned > 0 {
-        tracing::warn!(
-            orphaned,
-            "released the leases of a previous run that did not stop cleanly"
-        );
-    }
+    let queue = open_store(&config, &clock).await?;
     let secrets = load_or_create_secrets(
         config.server.webhook_secret.as_ref(),
         config.server.webhook_secret_previous.as_ref(),
@@ -136,8 +135,135 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         ..ForwarderConfig::new(&config.engine.socket)
     }));
     let problems = Arc::new(ProblemBoard::default());
-    let work_available = Arc::new(Notify::new());
-    let registrations: Vec<(String, Option<WebhookRegistration>)> = tenants
+    let status = Arc::new(status_source(
+        &config, &metrics, &problems, &queue, &clock, &forwarder,
+    ));
+    let shared = Shared {
+        queue,
+        metrics,
+        problems,
+        status,
+        forwarder,
+        tenants,
+        clock,
+        work_available: Arc::new(Notify::new()),
+        retry: options.retry,
+    };
+    let registrations = webhook_registrations(&config, &shared.tenants, &secrets);
+    let routes = routes(&config, &shared, secrets);
+    let mut listeners = serve(&config, options.listener.take(), routes)?;
+    let (address, http_handle, server) = listeners.main;
+    let scheme = if config.server.serves_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let base_url = format!("{scheme}://{address}");
+    tracing::info!(%base_url, tenants = shared.tenants.len(), "listening");
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if let Some(reloader) = listeners.reloader.take() {
+        tracker.spawn(reloader.run(
+            Duration::from_secs(config.server.tls_watch_interval_secs.get()),
+            options.tls_reload_requests.clone(),
+            shutdown.clone(),
+        ));
+    }
+    spawn_workers(
+        worker_context(&config, &shared, options.idle_poll),
+        config.workers.count.get(),
+        &tracker,
+        shutdown.clone(),
+    );
+    let pollers = spawn_pollers(&config, &shared, &registrations, &tracker, &shutdown);
+    let admin = start_admin_listener(&config, admin_context(&config, &shared, &registrations));
+    spawn_subscription_managers(&config, &shared, registrations, &tracker, &shutdown);
+    tracker.spawn(crate::utmstack::failures::run(
+        shared.problems.clone(),
+        shared.forwarder.clone(),
+        shared.clock.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(upkeep(
+        shared.queue.clone(),
+        shared.forwarder.clone(),
+        shared.metrics.clone(),
+        shared.clock.clone(),
+        shutdown.clone(),
+    ));
+    Ok(RunningService {
+        address,
+        base_url,
+        metrics: shared.metrics,
+        queue: shared.queue,
+        forwarder: shared.forwarder,
+        tenants: shared.tenants,
+        problems: shared.problems,
+        status: shared.status,
+        pollers,
+        ops_address: listeners.ops.as_ref().map(|(address, _, _)| *address),
+        shutdown,
+        tracker,
+        http: http_handle,
+        server,
+        ops_server: listeners.ops,
+        admin,
+        deadline: Duration::from_secs(config.ops.shutdown_secs.get()),
+    })
+}
+
+/// What the components of one service share.
+struct Shared {
+    queue: Arc<EmbeddedQueue>,
+    metrics: Arc<Metrics>,
+    problems: Arc<ProblemBoard>,
+    status: Arc<StatusSource>,
+    forwarder: Arc<Forwarder>,
+    tenants: Arc<Tenants>,
+    clock: Clock,
+    /// Woken by the intake (webhook, poller, backfill) when new items are queued.
+    work_available: Arc<Notify>,
+    retry: RetryPolicy,
+}
+
+impl Shared {
+    fn content_queue(&self) -> Arc<dyn ContentQueue> {
+        self.queue.clone()
+    }
+
+    fn meta(&self) -> Arc<dyn MetaStore> {
+        self.queue.clone()
+    }
+}
+
+/// Opens the store (creating its directory) and releases the leases of a previous run:
+/// the store is locked by this process, so any lease found belongs to a process that died.
+async fn open_store(config: &Config, clock: &Clock) -> anyhow::Result<Arc<EmbeddedQueue>> {
+    let path = &config.store.path;
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("store.path {}: cannot create the directory", path.display()))?;
+    let queue = EmbeddedQueue::open(path, clock.clone())
+        .await
+        .with_context(|| format!("store.path {}: cannot open the store", path.display()))?;
+    let orphaned = queue.release_orphaned_leases().await?;
+    if orphaned > 0 {
+        tracing::warn!(
+            orphaned,
+            "released the leases of a previous run that did not stop cleanly"
+        );
+    }
+    Ok(Arc::new(queue))
+}
+
+/// Each tenant's webhook registration (`{public URL}/{tenant id}` with its authId), or
+/// `None` when the connector collects by polling alone.
+fn webhook_registrations(
+    config: &Config,
+    tenants: &Tenants,
+    secrets: &WebhookSecrets,
+) -> Vec<(String, Option<WebhookRegistration>)> {
+    tenants
         .values()
         .map(|tenant| {
             let registration = config
@@ -150,101 +276,205 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
                 });
             (tenant.tenant_id.clone(), registration)
         })
-        .collect();
-    let webhook_state = Arc::new(WebhookState::new(
-        tenants.values().map(|tenant| WebhookTenant {
-            tenant_id: tenant.tenant_id.clone(),
-            client_id: tenant.client_id.clone(),
-            content_types: tenant.content_types.iter().copied().collect::<HashSet<_>>(),
-            api_base: tenant.endpoints.api.clone(),
-        }),
-        secrets,
-        queue.clone() as Arc<dyn ContentQueue>,
-        config.server.max_body_bytes.get(),
-        metrics.clone(),
-        work_available.clone(),
-    ));
-    let engine_forwarder = forwarder.clone();
-    let ops_state = Arc::new(OpsState {
-        metrics: metrics.clone(),
-        readiness: ReadinessProbe::new(
-            queue.clone() as Arc<dyn ContentQueue>,
-            queue.clone() as Arc<dyn MetaStore>,
-            config.ops.queue_high_water.get(),
-            clock.clone(),
-            Arc::new(move || {
-                let stats = engine_forwarder.stats();
-                EngineHealth {
-                    connected: stats.engine_connected,
-                    in_flight: stats.in_flight,
-                }
-            }),
-            problems.clone(),
-        ),
-    });
-    let app =
-        webhook::router(webhook_state, &config.server.local_path()).merge(ops::routes(ops_state));
-    let (address, http_handle, server) = serve(&config, options.listener.take(), app)?;
-    let scheme = if config.server.serves_tls() {
-        "https"
-    } else {
-        "http"
-    };
-    let base_url = format!("{scheme}://{address}");
-    tracing::info!(%base_url, tenants = tenants.len(), "listening");
+        .collect()
+}
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let worker_context = Arc::new(WorkerContext {
-        queue: queue.clone() as Arc<dyn ContentQueue>,
-        tenants: tenants.clone(),
-        forwarder: forwarder.clone(),
-        metrics: metrics.clone(),
-        problems: problems.clone(),
-        clock: clock.clone(),
-        lease_duration: Duration::from_secs(config.workers.lease_secs.get()),
-        work_available,
-        retry: options.retry,
-        missing_attempts: 5,
-        idle_poll: options.idle_poll,
-        reporter: FailureReporter::default(),
-    });
-    spawn_workers(
-        worker_context,
-        config.workers.count.get(),
-        &tracker,
-        shutdown.clone(),
-    );
-    for (tenant_id, registration) in registrations {
-        tracker.spawn(keep_subscribed(
-            tenants[&tenant_id].clone(),
-            registration,
-            problems.clone(),
-            clock.clone(),
-            options.retry,
-            shutdown.clone(),
-        ));
-    }
-    tracker.spawn(upkeep(
-        queue.clone(),
-        forwarder.clone(),
-        metrics.clone(),
-        clock.clone(),
-        shutdown.clone(),
-    ));
-    Ok(RunningService {
-        address,
-        base_url,
-        metrics,
-        queue,
-        forwarder,
+fn status_source(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    problems: &Arc<ProblemBoard>,
+    queue: &Arc<EmbeddedQueue>,
+    clock: &Clock,
+    forwarder: &Arc<Forwarder>,
+) -> StatusSource {
+    let tenants = config
+        .tenants
+        .iter()
+        .map(|tenant| StatusTenant {
+            name: tenant.name.clone(),
+            tenant_id: tenant.tenant_id.to_string(),
+            content_types: tenant.content_types.clone(),
+        })
+        .collect();
+    StatusSource::new(
         tenants,
-        problems,
-        shutdown,
-        tracker,
-        http: http_handle,
-        server,
-        deadline: Duration::from_secs(config.ops.shutdown_secs.get()),
+        metrics.clone(),
+        problems.clone(),
+        queue.clone(),
+        queue.clone(),
+        clock.clone(),
+        engine_health(forwarder.clone()),
+    )
+}
+
+/// The HTTP surface: the webhook, the probes, the status page and the metrics.
+fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
+    let webhook_tenants = shared.tenants.values().map(|tenant| WebhookTenant {
+        tenant_id: tenant.tenant_id.clone(),
+        client_id: tenant.client_id.clone(),
+        content_types: tenant.content_types.iter().copied().collect::<HashSet<_>>(),
+        api_base: tenant.endpoints.api.clone(),
+    });
+    let webhook_state = WebhookState::new(
+        webhook_tenants,
+        secrets,
+        shared.content_queue(),
+        config.server.max_body_bytes.get(),
+        shared.metrics.clone(),
+        shared.work_available.clone(),
+    )
+    .with_status(shared.status.clone());
+    let readiness = ReadinessProbe::new(
+        shared.content_queue(),
+        shared.meta(),
+        config.ops.queue_high_water.get(),
+        shared.clock.clone(),
+        engine_health(shared.forwarder.clone()),
+        shared.problems.clone(),
+    );
+    Routes {
+        webhook: webhook::router(Arc::new(webhook_state), &config.server.local_path()),
+        ops: Arc::new(OpsState {
+            metrics: shared.metrics.clone(),
+            readiness,
+        }),
+        status: shared.status.clone(),
+        metrics: shared.metrics.clone(),
+    }
+}
+
+fn worker_context(config: &Config, shared: &Shared, idle_poll: Duration) -> Arc<WorkerContext> {
+    Arc::new(WorkerContext {
+        queue: shared.content_queue(),
+        tenants: shared.tenants.clone(),
+        forwarder: shared.forwarder.clone(),
+        metrics: shared.metrics.clone(),
+        problems: shared.problems.clone(),
+        clock: shared.clock.clone(),
+        lease_duration: Duration::from_secs(config.workers.lease_secs.get()),
+        work_available: shared.work_available.clone(),
+        retry: shared.retry,
+        missing_attempts: 5,
+        idle_poll,
+        reporter: FailureReporter::default(),
+    })
+}
+
+/// One poller per tenant (see [`crate::poller`]).
+fn spawn_pollers(
+    config: &Config,
+    shared: &Shared,
+    registrations: &[(String, Option<WebhookRegistration>)],
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Vec<Arc<TenantPoller>> {
+    let deps = PollerDeps {
+        queue: shared.content_queue(),
+        meta: shared.meta(),
+        metrics: shared.metrics.clone(),
+        problems: shared.problems.clone(),
+        clock: shared.clock.clone(),
+        work_available: shared.work_available.clone(),
+        retry: shared.retry,
+    };
+    registrations
+        .iter()
+        .map(|(tenant_id, registration)| {
+            let tenant = &shared.tenants[tenant_id];
+            let poller = Arc::new(TenantPoller::new(
+                PollTarget {
+                    name: tenant.name.clone(),
+                    client: tenant.client.clone(),
+                    content_types: tenant.content_types.clone(),
+                    webhook: registration.clone(),
+                },
+                config.poller.clone(),
+                deps.clone(),
+            ));
+            tracker.spawn(poller.clone().run(shutdown.clone()));
+            poller
+        })
+        .collect()
+}
+
+fn admin_context(
+    config: &Config,
+    shared: &Shared,
+    registrations: &[(String, Option<WebhookRegistration>)],
+) -> AdminContext {
+    AdminContext {
+        queue: shared.content_queue(),
+        tenants: shared.tenants.clone(),
+        webhooks: registrations
+            .iter()
+            .filter_map(|(tenant_id, registration)| {
+                Some((tenant_id.clone(), registration.clone()?))
+            })
+            .collect(),
+        clock: shared.clock.clone(),
+        work_available: shared.work_available.clone(),
+        max_window: chrono::Duration::seconds(
+            i64::try_from(config.poller.max_window_secs.get()).unwrap_or(82_800),
+        ),
+    }
+}
+
+/// One subscription manager per tenant (see [`crate::subscriptions`]); their state feeds
+/// the status page.
+fn spawn_subscription_managers(
+    config: &Config,
+    shared: &Shared,
+    registrations: Vec<(String, Option<WebhookRegistration>)>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let status = shared.status.clone();
+    let board = SubscriptionBoard::with_listener(move |entry| {
+        status.set_subscription(
+            &entry.tenant_id,
+            &entry.content_type,
+            entry.subscription.as_str(),
+            Some(entry.webhook.as_str()),
+        );
+    });
+    let context = SubscriptionContext {
+        meta: shared.meta(),
+        board: Arc::new(board),
+        problems: shared.problems.clone(),
+        metrics: shared.metrics.clone(),
+        clock: shared.clock.clone(),
+        settings: SubscriptionSettings::from_config(&config.subscriptions),
+    };
+    for (tenant_id, registration) in registrations {
+        let manager = Arc::new(SubscriptionManager::new(
+            shared.tenants[&tenant_id].clone(),
+            registration,
+            context.clone(),
+        ));
+        tracker.spawn(manager.run(shared.retry, shutdown.clone()));
+    }
+}
+
+/// Starts the admin listener on `{store.path}/admin.sock`. A failure is logged, not fatal:
+/// collection goes on, only the operator commands are unavailable.
+fn start_admin_listener(config: &Config, context: AdminContext) -> Option<AdminServer> {
+    match AdminServer::start(&admin::socket_path(config), context) {
+        Ok(server) => Some(server),
+        Err(error) => {
+            tracing::error!(%error, "admin listener unavailable: the subscriptions, backfill and deadletters commands cannot reach this service");
+            None
+        }
+    }
+}
+
+/// The forwarder's connection, as readiness and status report it.
+fn engine_health(forwarder: Arc<Forwarder>) -> Arc<dyn Fn() -> EngineHealth + Send + Sync> {
+    Arc::new(move || {
+        let stats = forwarder.stats();
+        EngineHealth {
+            connected: stats.engine_connected,
+            in_flight: stats.in_flight,
+        }
     })
 }
 
@@ -261,29 +491,124 @@ type Served = (
     JoinHandle<std::io::Result<()>>,
 );
 
+/// The routers the listeners serve.
+struct Routes {
+    webhook: axum::Router,
+    ops: Arc<OpsState>,
+    status: Arc<StatusSource>,
+    metrics: Arc<Metrics>,
+}
+
+/// The started listeners, and the certificate reloader to run when TLS is served.
+struct Listeners {
+    main: Served,
+    ops: Option<Served>,
+    reloader: Option<CertificateReloader>,
+}
+
+/// Binds and serves the webhook listener (HTTPS with a reloadable certificate, or plain
+/// HTTP) and, with `ops.listen`, the private plain-HTTP ops listener that then alone
+/// serves `/status`, `/status.html` and `/metrics`.
 fn serve(
     config: &Config,
     listener: Option<std::net::TcpListener>,
-    app: axum::Router,
-) -> anyhow::Result<Served> {
+    routes: Routes,
+) -> anyhow::Result<Listeners> {
+    let (app, ops_app) = listener_apps(config, routes);
     let listen = config.server.listen;
     let listener = match listener {
         Some(listener) => listener,
         None => std::net::TcpListener::bind(listen)
             .with_context(|| format!("server.listen {listen}: cannot bind"))?,
     };
+    let reloader = load_tls(config)?;
+    // Bind everything before serving anything, so a failed start leaves nothing running.
+    let ops_listener = match config.ops.listen {
+        Some(ops_listen) => Some(
+            std::net::TcpListener::bind(ops_listen)
+                .with_context(|| format!("ops.listen {ops_listen}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    let main = serve_on(listener, app, reloader.as_ref())?;
+    let ops = match (ops_listener, ops_app) {
+        (Some(ops_listener), Some(ops_app)) => Some(serve_on(ops_listener, ops_app, None)?),
+        _ => None,
+    };
+    Ok(Listeners {
+        main,
+        ops,
+        reloader,
+    })
+}
+
+/// The webhook listener's router and, with `ops.listen`, the ops listener's. The webhook
+/// routes pass the source allowlist first (see [`crate::server::proxy`]).
+fn listener_apps(config: &Config, routes: Routes) -> (axum::Router, Option<axum::Router>) {
+    if !config.server.serves_tls()
+        && !config.server.webhook_allowed_networks.is_empty()
+        && config.server.trusted_proxies.is_empty()
+    {
+        tracing::warn!(
+            "server.webhook_allowed_networks is set on a plain-HTTP listener without \
+             server.trusted_proxies: behind a proxy every request comes from the proxy's \
+             address and is refused; list the proxy in trusted_proxies"
+        );
+    }
+    let gate = WebhookGate {
+        policy: Arc::new(ProxyPolicy::new(
+            config.server.trusted_proxies.clone(),
+            config.server.webhook_allowed_networks.clone(),
+        )),
+        metrics: routes.metrics.clone(),
+    };
+    let webhook = routes.webhook.layer(axum::middleware::from_fn_with_state(
+        gate,
+        enforce_webhook_allowlist,
+    ));
+    let private = ops::metrics_routes(routes.ops.clone()).merge(ops::status::routes(routes.status));
+    let probes = ops::probe_routes(routes.ops);
+    match config.ops.listen {
+        Some(_) => (webhook.merge(probes.clone()), Some(private.merge(probes))),
+        None => (webhook.merge(probes).merge(private), None),
+    }
+}
+
+/// The certificate (and client CA) of the webhook listener, when it serves TLS.
+fn load_tls(config: &Config) -> anyhow::Result<Option<CertificateReloader>> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
+        anyhow::ensure!(
+            config.server.client_ca.is_none(),
+            "server.client_ca: client certificates need TLS here; set tls_cert and tls_key too"
+        );
+        return Ok(None);
+    };
+    let reloader = CertificateReloader::load(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.server.client_ca.clone(),
+    })?;
+    Ok(Some(reloader))
+}
+
+/// Serves `app` on `listener`, over TLS when a reloader is given; handlers can read the
+/// peer address (`ConnectInfo<SocketAddr>`).
+fn serve_on(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    tls: Option<&CertificateReloader>,
+) -> anyhow::Result<Served> {
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let service = app.into_make_service();
-    let server = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = crate::server::server_config(cert, key)?;
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            let server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = match tls {
+        Some(reloader) => {
+            let server = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
+                .handle(handle.clone());
             tokio::spawn(server.serve(service))
         }
-        _ => {
+        None => {
             let server = axum_server::from_tcp(listener)?.handle(handle.clone());
             tokio::spawn(server.serve(service))
         }
@@ -358,6 +683,13 @@ impl RunningService {
     pub async fn stop(self) -> StopReport {
         let started = tokio::time::Instant::now();
         self.http.graceful_shutdown(Some(Duration::from_secs(2)));
+        if let Some((_, ops_http, _)) = &self.ops_server {
+            ops_http.graceful_shutdown(Some(Duration::from_secs(2)));
+        }
+        // Admin listener: stopped before the store closes (its operations use the queue).
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
         self.shutdown.cancel();
         let report = self.forwarder.shutdown(self.deadline).await;
         self.tracker.close();
@@ -366,6 +698,9 @@ impl RunningService {
             .await
             .is_ok();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.server).await;
+        if let Some((_, _, ops_server)) = self.ops_server {
+            let _ = tokio::time::timeout(Duration::from_secs(3), ops_server).await;
+        }
         if let Err(error) = self.queue.close().await {
             tracing::warn!(%error, "closing the store");
         }

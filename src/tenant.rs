@@ -112,6 +112,7 @@ fn build_tenant(
 ) -> Result<Tenant, TenantSetupError> {
     let tenant_id = tenant_config.tenant_id.to_string().to_ascii_lowercase();
     let credential = credential(tenant_config)?;
+    watch_certificate_expiry(tenant_config, &credential, clock, metrics);
     let tokens = TokenProvider::new(
         http.clone(),
         TokenSourceConfig {
@@ -143,11 +144,41 @@ fn build_tenant(
         endpoints,
         client: Arc::new(client),
         log_context: LogContext {
-            utm_tenant_id: config.engine.utm_tenant_id.clone(),
+            utm_tenant_id: tenant_config.utm_tenant_id(&config.engine).to_string(),
             group_name: tenant_config.name.clone(),
             timestamp: config.engine.timestamp,
         },
     })
+}
+
+/// Warn this long before a client certificate expires.
+const CERTIFICATE_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
+/// Publishes the certificate's remaining validity and warns when it is near its end.
+fn watch_certificate_expiry(
+    tenant: &TenantConfig,
+    credential: &Credential,
+    clock: &Clock,
+    metrics: &Metrics,
+) {
+    let Credential::Certificate(certificate) = credential else {
+        return;
+    };
+    let Some(not_after) = certificate.not_after() else {
+        return;
+    };
+    let remaining = not_after - clock.now();
+    metrics
+        .certificate_expiry_seconds
+        .get_or_create(&crate::ops::metrics::TenantLabels {
+            tenant: metrics.tenant_label(&tenant.name),
+        })
+        .set(remaining.num_seconds());
+    if remaining < chrono::TimeDelta::zero() {
+        tracing::error!(tenant = %tenant.name, %not_after, "the client certificate has expired: upload a new certificate to the app registration and set it in the configuration");
+    } else if remaining < CERTIFICATE_WARNING {
+        tracing::warn!(tenant = %tenant.name, %not_after, days_left = remaining.num_days(), "the client certificate expires soon: upload a new one to the app registration and set it in the configuration");
+    }
 }
 
 fn credential(tenant: &TenantConfig) -> Result<Credential, TenantSetupError> {

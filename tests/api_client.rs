@@ -49,6 +49,7 @@ fn tenant() -> TenantScenario {
         audit_enabled: true,
         publication: Default::default(),
         faults: FaultScenario::default(),
+        throttle: None,
     }
 }
 

@@ -249,7 +249,7 @@ async fn engine_dropping_streams_going_down_and_refusing_connections_loses_nothi
 }
 
 #[tokio::test]
-async fn api_server_errors_truncated_bodies_and_throttling_are_retried_and_lose_nothing() {
+async fn api_server_errors_and_truncated_bodies_are_retried_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultScenario {
         server_error_rate: 0.3,
@@ -275,5 +275,105 @@ async fn api_server_errors_truncated_bodies_and_throttling_are_retried_and_lose_
         blob_requests < 10 * 20,
         "no hot retry loop: {blob_requests} blob requests for 10 blobs"
     );
+    rig.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_pauses_the_tenant_for_retry_after_and_loses_nothing() {
+    use o365_connector::emulator::api::scenario::{ThrottleResponse, ThrottleScenario};
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::synthetic(FaultScenario::default());
+    options.throttle = ThrottleScenario {
+        requests_per_window: 8,
+        window_secs: 1.0,
+        response: ThrottleResponse::Http429,
+    };
+    let rig = Rig::start(dir, options).await;
+    rig.wait_for_webhooks(&ALL).await;
+    publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 12).await;
+    rig.wait_for_every_published_record().await;
+    wait_until_queue_drained(&rig).await;
+    let requests = rig.api.state().inspection().requests.clone();
+    let throttled: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .filter(|(_, request)| request.status == 429)
+        .collect();
+    assert!(
+        !throttled.is_empty(),
+        "the budget was exceeded at least once"
+    );
+    // Retry-After was at least one second: no request of the tenant followed a 429 sooner.
+    for (position, answer) in &throttled {
+        if let Some(next) = requests[position + 1..]
+            .iter()
+            .find(|request| request.tenant.as_deref() == Some(TENANT) && request.status != 429)
+        {
+            let gap = next.time - answer.time;
+            assert!(
+                gap >= chrono::Duration::milliseconds(900),
+                "a request {gap} after a 429 asking for 1 s"
+            );
+        }
+    }
+    let metrics = rig.service.as_ref().unwrap().metrics.encode();
+    assert!(
+        !metrics.contains("o365_connector_throttled_total{tenant=\"contoso\"} 0"),
+        "throttling is counted"
+    );
+    rig.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_that_expired_before_it_was_fetched_is_a_counted_loss() {
+    use o365_connector::queue::{ContentRef, ItemState, Source};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultScenario {
+        webhook_delivery_off: true,
+        ..FaultScenario::default()
+    };
+    let rig = Rig::start(dir, RigOptions::synthetic(faults)).await;
+    rig.wait_for_webhooks(&ALL).await;
+    let entries = publish::publish_now(rig.api.state(), TENANT, "DLP.All", 1).await;
+    // Eight days pass at Microsoft before the connector asks for the blob.
+    rig.api.state().clock.advance(chrono::Duration::days(8));
+    let entry = &entries[0];
+    let service = rig.service.as_ref().unwrap();
+    service
+        .queue
+        .enqueue(vec![ContentRef {
+            tenant_id: TENANT.into(),
+            content_type: "DLP.All".into(),
+            content_id: entry.content_id.clone(),
+            content_uri: entry.content_uri.clone(),
+            content_created: entry.content_created,
+            content_expiration: entry.content_expiration,
+            source: Source::Webhook,
+        }])
+        .await
+        .unwrap();
+    let key = o365_connector::queue::ContentKey::new(TENANT, &entry.content_id);
+    let started = std::time::Instant::now();
+    loop {
+        let item = service.queue.get(&key).await.unwrap().unwrap();
+        if let ItemState::Dead { reason, .. } = &item.state {
+            assert!(reason.contains("AF20051"), "{reason}");
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never dead-lettered: {:?}",
+            item.state
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let metrics = service.metrics.encode();
+    assert!(
+        metrics.contains(
+            "o365_connector_content_expired_total{tenant=\"contoso\",content_type=\"DLP.All\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(rig.engine.counts().logs_received, 0);
     rig.shutdown().await;
 }

@@ -87,6 +87,7 @@ fn tenant_scenario(tenant_id: &str) -> TenantScenario {
         audit_enabled: true,
         publication: Default::default(),
         faults: FaultScenario::default(),
+        throttle: None,
     }
 }
 

@@ -48,7 +48,10 @@ fn readme_metric_names() -> Vec<String> {
 #[tokio::test]
 async fn metrics_expose_every_name_the_readme_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
+    // A certificate tenant, so the certificate expiry gauge has a series too.
+    let mut options = RigOptions::synthetic(FaultScenario::default());
+    options.certificate = true;
+    let rig = Rig::start(dir, options).await;
     rig.wait_for_webhooks(&ALL).await;
     publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;
     rig.wait_for_every_published_record().await;

@@ -109,6 +109,8 @@ pub struct ApiClient {
     tokens: Arc<TokenProvider>,
     budget: RequestBudget,
     metrics: Option<ClientMetrics>,
+    /// The `Date` header of the latest answer (success or error), for clock-skew checks.
+    last_server_date: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// Where a client counts its requests.
@@ -127,6 +129,7 @@ impl ApiClient {
             tokens,
             budget,
             metrics: None,
+            last_server_date: Mutex::new(None),
         }
     }
 
@@ -178,6 +181,25 @@ impl ApiClient {
     /// The token provider of this tenant.
     pub fn tokens(&self) -> &Arc<TokenProvider> {
         &self.tokens
+    }
+
+    /// The service's time as its latest answer's `Date` header gave it (second
+    /// precision), success or error; `None` before any answer carried one. The poller
+    /// compares it with its clock when a listing window is refused (AF20030/AF20055).
+    pub fn last_server_date(&self) -> Option<DateTime<Utc>> {
+        *self
+            .last_server_date
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn note_server_date(&self, headers: &HeaderMap) {
+        if let Some(date) = server_date(headers) {
+            *self
+                .last_server_date
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(date);
+        }
     }
 
     /// True while the tenant is paused by a throttling answer.
@@ -251,6 +273,7 @@ impl ApiClient {
                 .send()
                 .await
                 .map_err(|error| self.transport(operation, error))?;
+            self.note_server_date(response.headers());
             if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
                 token = self.tokens.renew_after_rejection(&token).await?;
                 continue;
@@ -366,6 +389,7 @@ impl ApiClient {
         const OPERATION: &str = "subscriptions/content";
         let response = self.send(OPERATION, Method::GET, url, None).await?;
         let next_page = next_page(response.headers());
+        let server_date = server_date(response.headers());
         let items = self.json(OPERATION, response).await?;
         let next_page = match next_page {
             Some(text) => Some(Url::parse(&text).map_err(|error| ApiError::Decode {
@@ -378,7 +402,11 @@ impl ApiClient {
         if let Some(url) = &next_page {
             self.check_origin(url)?;
         }
-        Ok(ContentPage { items, next_page })
+        Ok(ContentPage {
+            items,
+            next_page,
+            server_date,
+        })
     }
 
     /// `GET {contentUri}[?|&]PublisherIdentifier=…`: the blob response, body unread, so the
@@ -423,6 +451,16 @@ pub struct ContentPage {
     pub items: Vec<ContentItem>,
     /// The next page to follow, already checked to be on the API base.
     pub next_page: Option<Url>,
+    /// The answer's `Date` header: the service's time, to second precision.
+    pub server_date: Option<DateTime<Utc>>,
+}
+
+/// The `Date` header (RFC 7231 IMF-fixdate, e.g. `Thu, 26 Nov 2026 13:30:12 GMT`).
+fn server_date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+    let text = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(text.trim())
+        .ok()
+        .map(|date| date.with_timezone(&Utc))
 }
 
 /// `NextPageUri` or `NextPageUrl` (header names are case-insensitive).

@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
@@ -73,6 +74,13 @@ pub struct Config {
     /// `[ops]`: health, readiness and metrics. Default: every key's default.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// `[subscriptions]`: the subscription manager. Default: every key's default.
+    #[serde(default)]
+    pub subscriptions: SubscriptionsConfig,
+    /// `[poller]`: the content listing that finds what webhooks miss. Default: every key's
+    /// default.
+    #[serde(default)]
+    pub poller: PollerConfig,
     /// `[[tenants]]`: the Microsoft 365 tenants to collect. At least one.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -120,6 +128,24 @@ pub struct ServerConfig {
     /// (1 MiB).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
+    /// How often the `tls_cert`, `tls_key` and `client_ca` files are checked for a change
+    /// (then reloaded without dropping connections; SIGHUP reloads at once), in seconds.
+    /// Default: 5.
+    #[serde(default = "default_tls_watch_interval_secs")]
+    pub tls_watch_interval_secs: NonZeroU64,
+    /// PEM CA certificates: when set, every TLS client must present a certificate signed
+    /// by one of them (needs `tls_cert`). Default: none (no client certificate asked).
+    pub client_ca: Option<PathBuf>,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed: the
+    /// client is the last address of that header not itself a trusted proxy. Default:
+    /// none (the header is ignored; the client is the TCP peer).
+    #[serde(default, deserialize_with = "deserialize_networks")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Source networks (CIDRs or addresses) allowed to POST to the webhook, e.g. the
+    /// ranges of Microsoft's `M365ManagementActivityApiWebhook` service tag; others get
+    /// 403. Default: none (every source allowed; the authId still applies).
+    #[serde(default, deserialize_with = "deserialize_networks")]
+    pub webhook_allowed_networks: Vec<IpNet>,
 }
 
 /// `[store]`: the durable state.
@@ -201,11 +227,17 @@ pub struct OpsConfig {
     /// seconds. Default: 20.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_secs: NonZeroU64,
+    /// A private listener (plain HTTP) for `/status`, `/status.html` and `/metrics`, which
+    /// then leave the webhook listener (`/healthz` and `/readyz` stay on both). Default:
+    /// none (everything on `server.listen`).
+    #[serde(default, deserialize_with = "deserialize_optional_socket_address")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {
+            listen: None,
             max_tenant_series: default_max_tenant_series(),
             queue_high_water: default_queue_high_water(),
             shutdown_secs: default_shutdown_secs(),
@@ -219,6 +251,195 @@ fn default_max_tenant_series() -> usize {
 
 fn default_queue_high_water() -> NonZeroU64 {
     NonZeroU64::new(100_000).expect("non-zero constant")
+}
+
+/// `[subscriptions]`: how each tenant's subscriptions are kept started with the webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionsConfig {
+    /// How often each tenant's `/subscriptions/list` is checked, in seconds. Default: 900.
+    #[serde(default = "default_subscription_check_interval_secs")]
+    pub check_interval_secs: NonZeroU64,
+    /// How long `webhook: null` right after a start with a webhook counts as "pending
+    /// validation" rather than missing, in seconds. Default: 600.
+    #[serde(default = "default_webhook_pending_secs")]
+    pub webhook_pending_secs: u64,
+    /// How often a webhook Microsoft could not validate (AF20021) is tried again, in
+    /// seconds; meanwhile content is collected by polling. Default: 3600.
+    #[serde(default = "default_deferred_webhook_retry_secs")]
+    pub deferred_webhook_retry_secs: NonZeroU64,
+    /// Stop the subscriptions of content types no longer configured. A stop loses the
+    /// content of the gap until a later start, so it is opt-in. Default: false.
+    #[serde(default)]
+    pub stop_removed: bool,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_secs: default_subscription_check_interval_secs(),
+            webhook_pending_secs: default_webhook_pending_secs(),
+            deferred_webhook_retry_secs: default_deferred_webhook_retry_secs(),
+            stop_removed: false,
+        }
+    }
+}
+
+fn default_subscription_check_interval_secs() -> NonZeroU64 {
+    NonZeroU64::new(900).expect("non-zero constant")
+}
+
+fn default_webhook_pending_secs() -> u64 {
+    600
+}
+
+fn default_deferred_webhook_retry_secs() -> NonZeroU64 {
+    NonZeroU64::new(3600).expect("non-zero constant")
+}
+
+/// `[poller]`: how each (tenant, content type) is listed on a schedule (spec §7, "suggested
+/// polling loop"). Every duration is in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerConfig {
+    /// How often each (tenant, content type) is listed. Default: 300.
+    #[serde(default = "default_poll_interval_secs")]
+    pub poll_interval_secs: NonZeroU64,
+    /// How far before its cursor each listing starts again, to catch content that became
+    /// listable after its window was listed. Default: 3600.
+    #[serde(default = "default_poll_overlap_secs")]
+    pub overlap_secs: u64,
+    /// Distance kept from the API's 7-day limit on `startTime` (Microsoft rejects starts
+    /// older than about 7 days). Default: 3600.
+    #[serde(default = "default_poll_retention_margin_secs")]
+    pub retention_margin_secs: u64,
+    /// Listings end this long before now. Default: 60.
+    #[serde(default = "default_poll_lag_secs")]
+    pub lag_secs: u64,
+    /// Longest listing window; less than 86400 (Microsoft refuses more than 24 hours and
+    /// was seen to refuse exactly 24). Default: 82800 (23 hours).
+    #[serde(default = "default_poll_max_window_secs")]
+    pub max_window_secs: NonZeroU64,
+    /// Where the first listing of a (tenant, content type) without a cursor starts, before
+    /// now; at most 604800 (7 days). Default: 86400.
+    #[serde(default = "default_poll_initial_lookback_secs")]
+    pub initial_lookback_secs: u64,
+    /// How often the tail re-scan lists the last `tail_window_secs` again, for content
+    /// that appears late. Default: 3600.
+    #[serde(default = "default_poll_tail_interval_secs")]
+    pub tail_interval_secs: NonZeroU64,
+    /// How far back the tail re-scan lists; 0 turns it off; at most 604800. Default:
+    /// 86400.
+    #[serde(default = "default_poll_tail_window_secs")]
+    pub tail_window_secs: u64,
+    /// A difference between the service's `Date` and this host's clock beyond which,
+    /// after a refused window (AF20030/AF20055), windows are computed on the service's
+    /// time. Default: 300.
+    #[serde(default = "default_poll_clock_skew_secs")]
+    pub clock_skew_secs: u64,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_secs: default_poll_interval_secs(),
+            overlap_secs: default_poll_overlap_secs(),
+            retention_margin_secs: default_poll_retention_margin_secs(),
+            lag_secs: default_poll_lag_secs(),
+            max_window_secs: default_poll_max_window_secs(),
+            initial_lookback_secs: default_poll_initial_lookback_secs(),
+            tail_interval_secs: default_poll_tail_interval_secs(),
+            tail_window_secs: default_poll_tail_window_secs(),
+            clock_skew_secs: default_poll_clock_skew_secs(),
+        }
+    }
+}
+
+impl PollerConfig {
+    /// The 7 days the API lists, in seconds.
+    pub const RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+    /// Range problems, each naming its `poller.` key.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        let problem = |key: &str, message: &str| ValidationError {
+            key: format!("poller.{key}"),
+            message: message.to_string(),
+        };
+        let mut problems = Vec::new();
+        if self.max_window_secs.get() >= 24 * 3600 || self.max_window_secs.get() < 60 {
+            problems.push(problem(
+                "max_window_secs",
+                "must be at least 60 and less than 86400 (Microsoft lists at most 24 hours)",
+            ));
+        }
+        if self.initial_lookback_secs > Self::RETENTION_SECS {
+            problems.push(problem(
+                "initial_lookback_secs",
+                "must be at most 604800: the API lists 7 days back at most",
+            ));
+        }
+        if self.tail_window_secs > Self::RETENTION_SECS {
+            problems.push(problem(
+                "tail_window_secs",
+                "must be at most 604800: the API lists 7 days back at most",
+            ));
+        }
+        if self.poll_interval_secs.get() > 24 * 3600 {
+            problems.push(problem(
+                "poll_interval_secs",
+                "must be at most 86400: content older than 7 days can no longer be listed",
+            ));
+        }
+        if self.overlap_secs > Self::RETENTION_SECS {
+            problems.push(problem("overlap_secs", "must be at most 604800"));
+        }
+        if self.lag_secs > 24 * 3600 {
+            problems.push(problem("lag_secs", "must be at most 86400"));
+        }
+        if self.retention_margin_secs >= Self::RETENTION_SECS / 2 {
+            problems.push(problem(
+                "retention_margin_secs",
+                "must be less than 302400 (half the 7 days the API lists)",
+            ));
+        }
+        problems
+    }
+}
+
+fn default_poll_interval_secs() -> NonZeroU64 {
+    NonZeroU64::new(300).expect("non-zero constant")
+}
+
+fn default_poll_overlap_secs() -> u64 {
+    3600
+}
+
+fn default_poll_retention_margin_secs() -> u64 {
+    3600
+}
+
+fn default_poll_lag_secs() -> u64 {
+    60
+}
+
+fn default_poll_max_window_secs() -> NonZeroU64 {
+    NonZeroU64::new(23 * 3600).expect("non-zero constant")
+}
+
+fn default_poll_initial_lookback_secs() -> u64 {
+    24 * 3600
+}
+
+fn default_poll_tail_interval_secs() -> NonZeroU64 {
+    NonZeroU64::new(3600).expect("non-zero constant")
+}
+
+fn default_poll_tail_window_secs() -> u64 {
+    24 * 3600
+}
+
+fn default_poll_clock_skew_secs() -> u64 {
+    300
 }
 
 fn default_shutdown_secs() -> NonZeroU64 {
@@ -247,6 +468,9 @@ pub struct TenantConfig {
     pub content_types: Vec<ContentType>,
     /// Overrides `api.publisher_id` for this tenant. Default: none.
     pub publisher_id: Option<PublisherId>,
+    /// Overrides `engine.utm_tenant_id` (`Log.tenantId`, and part of `Log.id`) for this
+    /// tenant: the UTMStack tenant it belongs to. Default: none (`engine.utm_tenant_id`).
+    pub utm_tenant_id: Option<String>,
 }
 
 /// A certificate credential: PEM files of the certificate and its RSA private key.
@@ -322,7 +546,8 @@ impl Config {
 
     /// Checks the rules that span keys; every problem is returned, each naming its key.
     pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
-        let problems = validate::problems(self);
+        let mut problems = validate::problems(self);
+        problems.extend(self.poller.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -430,6 +655,14 @@ impl TenantConfig {
         }
     }
 
+    /// The UTMStack tenant id its Logs carry: its own override, else
+    /// `engine.utm_tenant_id`.
+    pub fn utm_tenant_id<'a>(&'a self, engine: &'a EngineConfig) -> &'a str {
+        self.utm_tenant_id
+            .as_deref()
+            .unwrap_or(engine.utm_tenant_id.as_str())
+    }
+
     /// True when this content type is collected for this tenant.
     pub fn collects(&self, content_type: ContentType) -> bool {
         self.content_types.contains(&content_type)
@@ -483,6 +716,40 @@ fn deserialize_socket_address<'de, D: serde::Deserializer<'de>>(
             "{text:?} is not an address:port (like \"0.0.0.0:8443\" or \"[::1]:8443\")"
         ))
     })
+}
+
+/// An optional socket address (see [`deserialize_socket_address`]).
+fn deserialize_optional_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    struct Address(#[serde(deserialize_with = "deserialize_socket_address")] SocketAddr);
+    Ok(Option::<Address>::deserialize(deserializer)?.map(|address| address.0))
+}
+
+/// A list of networks: each a CIDR (`"10.0.0.0/8"`, `"2603:1000::/25"`) or a single
+/// address (taken as /32 or /128).
+fn deserialize_networks<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not a network (like \"10.0.0.0/8\", \"2603:1000::/25\" or \"192.0.2.7\")"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn default_tls_watch_interval_secs() -> NonZeroU64 {
+    NonZeroU64::new(5).expect("non-zero constant")
 }
 
 fn default_max_body_bytes() -> NonZeroUsize {

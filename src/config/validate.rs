@@ -152,6 +152,16 @@ fn check_tenants(tenants: &[TenantConfig], problems: &mut Vec<ValidationError>) 
                 ),
             ));
         }
+        if tenant
+            .utm_tenant_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            problems.push(ValidationError::new(
+                key("utm_tenant_id"),
+                "is empty: give the UTMStack tenant id, or remove the key for engine.utm_tenant_id",
+            ));
+        }
         check_tenant_credential(tenant, &key, problems);
         check_content_types(tenant, &key, problems);
     }

@@ -5,9 +5,11 @@
 //! 503 otherwise. An engine outage or a broken tenant does NOT fail readiness — the durable
 //! queue absorbs both — but both show in the JSON detail, with what to do.
 //!
-//! The [`ProblemBoard`] holds the current problem of each (tenant, content type) — or of a
-//! whole tenant — with its advice; components set a problem when they hit one and clear it
-//! when the next attempt succeeds, so the board shows what is wrong now, not history.
+//! The [`ProblemBoard`] holds the current problems of each (tenant, content type) — or of a
+//! whole tenant — with their advice, one per kind, so components (subscriptions, poller,
+//! workers) never overwrite or clear each other's: each sets a problem when it hits one and
+//! clears its own kinds when the next attempt succeeds. The board shows what is wrong now,
+//! not history.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,16 +34,16 @@ pub struct Problem {
     pub since: DateTime<Utc>,
 }
 
-/// The problems of the moment, keyed by tenant name and content type (`*` for the whole
-/// tenant).
+/// The problems of the moment, keyed by tenant name, content type (`*` for the whole
+/// tenant) and kind.
 #[derive(Debug, Default)]
 pub struct ProblemBoard {
-    problems: Mutex<BTreeMap<(String, String), Problem>>,
+    problems: Mutex<BoardMap>,
 }
 
 impl ProblemBoard {
-    /// Records (or replaces) the problem of `tenant` / `content_type`; keeps the first
-    /// `since` while the kind stays the same.
+    /// Records (or replaces) the problem of this `kind` of `tenant` / `content_type`; keeps
+    /// the first `since` while it lasts.
     pub fn set(
         &self,
         tenant: &str,
@@ -52,11 +54,12 @@ impl ProblemBoard {
         now: DateTime<Utc>,
     ) {
         let mut problems = self.lock();
-        let key = (tenant.to_string(), content_type.to_string());
-        let since = match problems.get(&key) {
-            Some(existing) if existing.kind == kind => existing.since,
-            _ => now,
-        };
+        let key = (
+            tenant.to_string(),
+            content_type.to_string(),
+            kind.to_string(),
+        );
+        let since = problems.get(&key).map_or(now, |existing| existing.since);
         problems.insert(
             key,
             Problem {
@@ -68,26 +71,38 @@ impl ProblemBoard {
         );
     }
 
-    /// Clears the problem of `tenant` / `content_type`, if any.
-    pub fn clear(&self, tenant: &str, content_type: &str) {
-        self.lock()
-            .remove(&(tenant.to_string(), content_type.to_string()));
+    /// Clears the problems of these `kinds` of `tenant` / `content_type`, if any: a
+    /// component clears the kinds it sets, never another's.
+    pub fn clear(&self, tenant: &str, content_type: &str, kinds: &[&str]) {
+        let mut problems = self.lock();
+        for kind in kinds {
+            problems.remove(&(
+                tenant.to_string(),
+                content_type.to_string(),
+                kind.to_string(),
+            ));
+        }
     }
 
-    /// Every current problem, ordered by tenant and content type.
+    /// Every current problem, ordered by tenant, content type and kind.
     pub fn snapshot(&self) -> Vec<((String, String), Problem)> {
         self.lock()
             .iter()
-            .map(|(key, problem)| (key.clone(), problem.clone()))
+            .map(|((tenant, content_type, _), problem)| {
+                ((tenant.clone(), content_type.clone()), problem.clone())
+            })
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Problem>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardMap> {
         self.problems
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The board's entries by (tenant, content type, kind).
+type BoardMap = BTreeMap<(String, String, String), Problem>;
 
 /// What the engine forwarder reports for readiness.
 #[derive(Clone, Debug, Serialize)]

@@ -133,6 +133,27 @@ pub struct Metrics {
     pub engine_in_flight: Gauge,
     /// Reconnections to the engine.
     pub engine_reconnects: Counter,
+    /// Poll cycles by tenant, content type and outcome (`ok`, `failed`).
+    pub poll_cycles: Family<ContentOutcomeLabels, Counter>,
+    /// Content items listed by the poller (regular cycles and tail re-scans; an item
+    /// listed twice counts twice), by tenant and content type.
+    pub poll_listed: Family<ContentLabels, Counter>,
+    /// Seconds of `contentCreated` time the poller could no longer list (its cursor fell
+    /// more than 7 days behind): a gap in listing, not a counted loss of known content.
+    pub poll_gap_seconds: Family<ContentLabels, Counter>,
+    /// Seconds between now and the poller's cursor (the end of the last window fully
+    /// listed), by tenant and content type.
+    pub poll_cursor_age_seconds: Family<ContentLabels, Gauge>,
+    /// Subscription starts by tenant, content type and outcome (`ok`, `already_enabled`,
+    /// `poll_only`, `webhook_not_validated`, `failed`).
+    pub subscription_starts: Family<ContentOutcomeLabels, Counter>,
+    /// Subscription stops (content types removed from the configuration, opt-in).
+    pub subscription_stops: Family<ContentLabels, Counter>,
+    /// Webhooks Microsoft could not validate (AF20021), left off and retried later while
+    /// content is collected by polling: the current number of (tenant, content type).
+    pub webhooks_deferred: Gauge,
+    /// Seconds until a tenant's client certificate expires (negative once expired).
+    pub certificate_expiry_seconds: Family<TenantLabels, Gauge>,
 }
 
 impl Metrics {
@@ -176,6 +197,14 @@ impl Metrics {
             engine_connected: Gauge::default(),
             engine_in_flight: Gauge::default(),
             engine_reconnects: Counter::default(),
+            poll_cycles: Family::default(),
+            poll_listed: Family::default(),
+            poll_gap_seconds: Family::default(),
+            poll_cursor_age_seconds: Family::default(),
+            subscription_starts: Family::default(),
+            subscription_stops: Family::default(),
+            webhooks_deferred: Gauge::default(),
+            certificate_expiry_seconds: Family::default(),
         };
         metrics.register();
         metrics.create_series();
@@ -203,16 +232,26 @@ impl Metrics {
             for content_type in crate::config::ContentType::ALL {
                 let labels = self.content_for_label(tenant, content_type.as_str());
                 for family in [
+                    &self.poll_listed,
+                    &self.poll_gap_seconds,
                     &self.records_forwarded,
                     &self.records_acked,
                     &self.records_invalid,
                     &self.content_expired,
                     &self.content_missing,
                     &self.content_unrecoverable,
+                    &self.subscription_stops,
                 ] {
                     family.get_or_create(&labels).inc_by(0);
                 }
                 self.blobs_fetched
+                    .get_or_create(&ContentOutcomeLabels {
+                        tenant: tenant.clone(),
+                        content_type: content_type.as_str().to_string(),
+                        outcome: "ok",
+                    })
+                    .inc_by(0);
+                self.subscription_starts
                     .get_or_create(&ContentOutcomeLabels {
                         tenant: tenant.clone(),
                         content_type: content_type.as_str().to_string(),
@@ -353,9 +392,49 @@ impl Metrics {
             self.engine_in_flight.clone(),
         );
         registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until a tenant's client certificate expires (negative once expired)",
+            self.certificate_expiry_seconds.clone(),
+        );
+        registry.register(
             "engine_reconnects",
             "Reconnections to the UTMStack engine",
             self.engine_reconnects.clone(),
+        );
+        registry.register(
+            "poll_cycles",
+            "Poll cycles by tenant, content type and outcome",
+            self.poll_cycles.clone(),
+        );
+        registry.register(
+            "poll_listed",
+            "Content items listed by the poller, by tenant and content type",
+            self.poll_listed.clone(),
+        );
+        registry.register(
+            "poll_gap_seconds",
+            "Seconds of content the poller could no longer list (cursor older than 7 days)",
+            self.poll_gap_seconds.clone(),
+        );
+        registry.register(
+            "poll_cursor_age_seconds",
+            "Seconds between now and the poller's cursor, by tenant and content type",
+            self.poll_cursor_age_seconds.clone(),
+        );
+        registry.register(
+            "subscription_starts",
+            "Subscription starts by tenant, content type and outcome",
+            self.subscription_starts.clone(),
+        );
+        registry.register(
+            "subscription_stops",
+            "Subscription stops of content types removed from the configuration",
+            self.subscription_stops.clone(),
+        );
+        registry.register(
+            "webhooks_deferred",
+            "Webhooks Microsoft could not validate, left off and retried while polling collects",
+            self.webhooks_deferred.clone(),
         );
     }
 

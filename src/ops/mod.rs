@@ -1,8 +1,9 @@
-//! Operations: metrics (Prometheus), health and readiness, and the HTTP routes serving
-//! them (`/healthz`, `/readyz`, `/metrics`).
+//! Operations: metrics (Prometheus), health and readiness, the status page, and the HTTP
+//! routes serving them (`/healthz`, `/readyz`, `/metrics`; `/status` in [`status`]).
 
 pub mod health;
 pub mod metrics;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -25,9 +26,20 @@ pub struct OpsState {
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(state: Arc<OpsState>) -> Router {
+    probe_routes(state.clone()).merge(metrics_routes(state))
+}
+
+/// `/healthz` and `/readyz`: what load balancers and orchestrators probe.
+pub fn probe_routes(state: Arc<OpsState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(handle_readyz))
+        .with_state(state)
+}
+
+/// `/metrics` alone (it may be served on the private `ops.listen` listener).
+pub fn metrics_routes(state: Arc<OpsState>) -> Router {
+    Router::new()
         .route("/metrics", get(handle_metrics))
         .with_state(state)
 }

@@ -331,6 +331,14 @@ pub trait ContentQueue: Send + Sync {
         record: DeadRecord,
     ) -> Result<(), QueueError>;
 
+    /// An operator's requeue of a dead item: it becomes pending and due now with its attempts
+    /// reset ([`state::Transition::Requeue`]); its acked-record count and dead records are
+    /// kept, so records the engine already has are skipped and earlier dead records stay as
+    /// evidence. Returns `true` when the item was dead and is now pending, `false` when no
+    /// dead item has this key (absent, or in another state: nothing changed). Durable when
+    /// it returns.
+    async fn requeue_dead(&self, key: &ContentKey) -> Result<bool, QueueError>;
+
     /// Removes done tombstones whose content expired; returns how many were removed.
     async fn purge_expired_tombstones(&self) -> Result<u64, QueueError>;
 

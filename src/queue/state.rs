@@ -5,15 +5,20 @@
 //!   Pending ───────────────────────────► Leased ───────────► Done (tombstone until contentExpiration)
 //!      ▲  ◄─────────────────────────────  │  │
 //!      │   release (no attempt counted),  │  └─ dead_letter ─► Dead { reason }
-//!      │   retry_later (attempt counted)  │
+//!      │   retry_later (attempt counted)  │                        │
 //!      └── lease expiry: the item can be leased again; the new lease counts the lost one as an attempt
+//!      ▲                                                            │
+//!      └──────────── requeue (operator; attempts reset to 0) ◄──────┘
 //! ```
 //!
 //! Every transition out of `Leased` names the lease it acts under; a lease that is no longer the
 //! current one (it expired and another worker leased the item) is refused with
 //! [`TransitionError::StaleLease`], never applied. A lease that expired but was not yet taken by
 //! anyone is still the current one, so a slow worker can still complete its item.
-//! `Done` and `Dead` are final: only the operator (or the tombstone purge) removes them.
+//! `Done` is final: only the tombstone purge removes it. `Dead` is final for the pipeline; only
+//! an operator moves it on, with [`Transition::Requeue`] (`o365-connector deadletters requeue`),
+//! back to `Pending`, due at once, with its attempts reset (the item's acked-record count is
+//! kept, so records the engine already has are not sent again).
 
 use chrono::{DateTime, Utc};
 
@@ -107,6 +112,12 @@ pub enum Transition {
         /// Why (never record content).
         reason: String,
     },
+    /// An operator puts a dead item back: pending from `not_before`, attempts reset. Only
+    /// from `Dead`; it names no lease (dead items have none).
+    Requeue {
+        /// When it becomes leasable (normally now).
+        not_before: DateTime<Utc>,
+    },
 }
 
 /// Why a transition was refused.
@@ -118,6 +129,9 @@ pub enum TransitionError {
     /// A lease was asked for an item that is not pending-and-due nor leased-and-expired.
     #[error("the item is not available for leasing")]
     NotLeasable,
+    /// A requeue was asked for an item that is not dead.
+    #[error("the item is not dead")]
+    NotDead,
 }
 
 impl ItemState {
@@ -142,8 +156,10 @@ impl ItemState {
         transition: Transition,
         now: DateTime<Utc>,
     ) -> Result<ItemState, TransitionError> {
-        if let Transition::Lease { lease, until } = transition {
-            return self.lease(lease, until, now);
+        match transition {
+            Transition::Lease { lease, until } => return self.lease(lease, until, now),
+            Transition::Requeue { not_before } => return self.requeue(not_before),
+            _ => {}
         }
         let ItemState::Leased {
             lease: current,
@@ -155,7 +171,9 @@ impl ItemState {
         };
         let attempts = *attempts;
         let (held, next) = match transition {
-            Transition::Lease { .. } => unreachable!("handled above"),
+            Transition::Lease { .. } | Transition::Requeue { .. } => {
+                unreachable!("handled above")
+            }
             Transition::Extend { lease, until } => {
                 let until = until.max(*current_until);
                 (
@@ -193,6 +211,16 @@ impl ItemState {
             return Err(TransitionError::StaleLease);
         }
         Ok(next)
+    }
+
+    fn requeue(&self, not_before: DateTime<Utc>) -> Result<ItemState, TransitionError> {
+        match self {
+            ItemState::Dead { .. } => Ok(ItemState::Pending {
+                not_before,
+                attempts: 0,
+            }),
+            _ => Err(TransitionError::NotDead),
+        }
     }
 
     fn lease(
@@ -342,6 +370,36 @@ mod tests {
                 attempts: 3
             })
         );
+    }
+
+    #[test]
+    fn requeue_makes_a_dead_item_pending_with_attempts_reset_and_nothing_else() {
+        let dead = ItemState::Dead {
+            reason: "content expired".into(),
+            attempts: 4,
+        };
+        let requeue = Transition::Requeue { not_before: at(5) };
+        assert_eq!(
+            dead.apply(requeue.clone(), at(5)),
+            Ok(ItemState::Pending {
+                not_before: at(5),
+                attempts: 0
+            })
+        );
+        let pending = ItemState::Pending {
+            not_before: at(1),
+            attempts: 2,
+        };
+        let done = ItemState::Done {
+            tombstone_until: at(999),
+        };
+        for state in [pending, done, leased(1, 60, 0)] {
+            assert_eq!(
+                state.apply(requeue.clone(), at(5)),
+                Err(TransitionError::NotDead),
+                "{state:?}"
+            );
+        }
     }
 
     #[test]

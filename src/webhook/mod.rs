@@ -44,6 +44,7 @@ use crate::cloud::same_origin;
 use crate::config::ContentType;
 use crate::ops::Metrics;
 use crate::ops::metrics::{OutcomeLabels, SourceLabels};
+use crate::ops::status::StatusSource;
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, Source};
 pub use auth_id::WebhookSecrets;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -74,6 +75,7 @@ pub struct WebhookState {
     metrics: Arc<Metrics>,
     work_available: Arc<Notify>,
     log_limiter: DefaultDirectRateLimiter,
+    status: Option<Arc<StatusSource>>,
 }
 
 impl WebhookState {
@@ -101,7 +103,14 @@ impl WebhookState {
             log_limiter: RateLimiter::direct(Quota::per_minute(
                 NonZeroU32::new(20).expect("non-zero constant"),
             )),
+            status: None,
         }
+    }
+
+    /// Notes each accepted notification's time in `status` (`last_notification`).
+    pub fn with_status(mut self, status: Arc<StatusSource>) -> Self {
+        self.status = Some(status);
+        self
     }
 
     fn count(&self, outcome: &'static str) {
@@ -272,6 +281,10 @@ async fn handle_notification(
             }
         }
     }
+    let notified: Vec<String> = valid
+        .iter()
+        .map(|content| content.content_type.clone())
+        .collect();
     let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
@@ -299,6 +312,11 @@ async fn handle_notification(
         .get_or_create(&source)
         .inc_by(duplicates as u64);
     state.count("accepted");
+    if let Some(status) = &state.status {
+        for content_type in &notified {
+            status.note_notification_now(tenant_id, content_type);
+        }
+    }
     if enqueued > 0 {
         state.work_available.notify_waiters();
     }

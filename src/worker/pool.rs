@@ -39,6 +39,9 @@ use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, Tenants};
 
+/// The problem kind the workers set (and clear) on the board.
+const FETCH_PROBLEM: &str = "fetch_refused";
+
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
 
@@ -239,7 +242,10 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         .content(&tenant.name, &item.content.content_type);
     progress.meter(&context.metrics, &labels);
     let key = item.key();
-    if progress.settled > item.acked_records
+    // A completed item needs no progress record: `complete` says every record is settled.
+    let completes = matches!(end, PassEnd::Complete) && !progress.failed;
+    if !completes
+        && progress.settled > item.acked_records
         && let Err(error) = context
             .queue
             .record_acked(&key, item.lease, progress.settled)
@@ -255,7 +261,9 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
     match end {
         PassEnd::Complete => {
             count_blob(context, &tenant, content_type, "ok");
-            context.problems.clear(&tenant.name, content_type);
+            context
+                .problems
+                .clear(&tenant.name, content_type, &[FETCH_PROBLEM]);
             if let Err(error) = context.queue.complete(&key, item.lease).await {
                 tracing::warn!(%key, %error, "cannot complete the item; it will be redelivered");
             }
@@ -496,7 +504,7 @@ async fn handle_fetch_error(
             context.problems.set(
                 &tenant.name,
                 content_type,
-                "fetch_refused",
+                FETCH_PROBLEM,
                 error.to_string(),
                 advice,
                 context.clock.now(),

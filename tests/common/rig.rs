@@ -65,6 +65,13 @@ pub struct RigOptions {
     pub extra_config: String,
     /// Start the service in this process (otherwise the test runs the binary).
     pub in_process: bool,
+    /// The emulator's per-tenant request budget.
+    pub throttle: o365_connector::emulator::api::scenario::ThrottleScenario,
+    /// Authenticate with the test app certificate (tests/fixtures/app-cert) instead of the
+    /// client secret.
+    pub certificate: bool,
+    /// With `certificate`: sign with this key instead of the certificate's own.
+    pub key_override: Option<PathBuf>,
 }
 
 impl RigOptions {
@@ -77,6 +84,9 @@ impl RigOptions {
             webhook: true,
             extra_config: String::new(),
             in_process: true,
+            throttle: Default::default(),
+            certificate: false,
+            key_override: None,
         }
     }
 }
@@ -92,6 +102,9 @@ impl RigOptions {
             webhook: true,
             extra_config: String::new(),
             in_process: true,
+            throttle: Default::default(),
+            certificate: false,
+            key_override: None,
         }
     }
 }
@@ -153,11 +166,30 @@ impl Rig {
         }
     }
 
-    pub async fn start(dir: tempfile::TempDir, options: RigOptions) -> Rig {
+    pub async fn start(dir: tempfile::TempDir, mut options: RigOptions) -> Rig {
         let (certs, _) = write_dev_certs(&dir.path().join("certs"), false).unwrap();
+        let app_cert =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app-cert");
+        let credential = if options.certificate {
+            options.tenant.certificate = Some(app_cert.join("app.pem"));
+            format!(
+                "certificate = {{ cert = \"{}\", key = \"{}\" }}",
+                app_cert.join("app.pem").display(),
+                options
+                    .key_override
+                    .clone()
+                    .unwrap_or_else(|| app_cert.join("app-key.pem"))
+                    .display()
+            )
+        } else {
+            "client_secret = { env = \"RIG_SECRET\" }".to_string()
+        };
         let api = ApiEmulator::start(ApiEmulatorConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            scenario: Scenario::single_tenant(options.tenant),
+            scenario: Scenario {
+                throttle: options.throttle.clone(),
+                ..Scenario::single_tenant(options.tenant)
+            },
             tls: Some(TlsFiles {
                 cert: certs.server_cert.clone(),
                 key: certs.server_key.clone(),
@@ -209,7 +241,7 @@ shutdown_secs = 3
 name = "{GROUP}"
 tenant_id = "{TENANT}"
 client_id = "{CLIENT}"
-client_secret = {{ env = "RIG_SECRET" }}
+{credential}
 "#,
             cert = certs.server_cert.display(),
             key = certs.server_key.display(),

@@ -122,6 +122,9 @@ pub struct TenantScenario {
     /// Faults injected for this tenant from the start.
     #[serde(default)]
     pub faults: FaultScenario,
+    /// This tenant's own request budget, instead of the scenario's `[throttle]`.
+    #[serde(default)]
+    pub throttle: Option<ThrottleScenario>,
 }
 
 /// What a tenant publishes: blobs of `records_per_blob` records at `blobs_per_second`,
@@ -256,6 +259,7 @@ impl TenantScenario {
             audit_enabled: true,
             publication: PublicationScenario::default(),
             faults: FaultScenario::default(),
+            throttle: None,
         }
     }
 }

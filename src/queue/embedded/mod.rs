@@ -486,6 +486,27 @@ fn store_dead_record(
     store_item(tables, key, seq, Some(&state), &item)
 }
 
+/// Dead → pending (attempts reset, last retry reason cleared); `false` when not dead.
+fn requeue_dead_item(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    now: DateTime<Utc>,
+) -> Result<bool, QueueError> {
+    let Some((mut item, seq)) = load_item(&tables.items, key)? else {
+        return Ok(false);
+    };
+    let Ok(next) = item
+        .state
+        .apply(Transition::Requeue { not_before: now }, now)
+    else {
+        return Ok(false);
+    };
+    let previous = std::mem::replace(&mut item.state, next);
+    item.last_retry_reason = None;
+    store_item(tables, key, seq, Some(&previous), &item)?;
+    Ok(true)
+}
+
 fn purge_tombstones(tables: &mut Tables<'_>, now: DateTime<Utc>) -> Result<u64, QueueError> {
     let expired = (format::micros(now), u64::MAX);
     let mut purged = Vec::new();
@@ -692,6 +713,13 @@ impl ContentQueue for EmbeddedQueue {
             .await
     }
 
+    async fn requeue_dead(&self, key: &ContentKey) -> Result<bool, QueueError> {
+        let key = key.clone();
+        self.writer
+            .write(move |tables, now| requeue_dead_item(tables, &key, now))
+            .await
+    }
+
     async fn purge_expired_tombstones(&self) -> Result<u64, QueueError> {
         self.writer.write(purge_tombstones).await
     }
@@ -767,6 +795,96 @@ impl MetaStore for EmbeddedQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reference(content_id: &str) -> ContentRef {
+        let now = Utc::now();
+        ContentRef {
+            tenant_id: "41463f53-8812-40f4-890f-865bf6e35190".into(),
+            content_type: "Audit.Exchange".into(),
+            content_id: content_id.into(),
+            content_uri: format!("https://api.invalid/{content_id}"),
+            content_created: now,
+            content_expiration: now + TimeDelta::days(7),
+            source: crate::queue::Source::Webhook,
+        }
+    }
+
+    #[tokio::test]
+    async fn requeue_moves_only_dead_items_back_to_pending_and_leasable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store opens");
+        queue
+            .enqueue(vec![reference("dead"), reference("pending")])
+            .await
+            .expect("enqueued");
+        let none = HashSet::new();
+        let leased = queue
+            .lease(1, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        let key = leased[0].key();
+        assert_eq!(key.content_id, "dead", "the oldest item is leased first");
+        queue
+            .retry_later(&key, leased[0].lease, Utc::now(), "flaky")
+            .await
+            .expect("retried");
+        let leased = queue
+            .lease(2, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        let again = leased
+            .iter()
+            .find(|item| item.key() == key)
+            .expect("the retried item is due again");
+        queue
+            .dead_letter(&key, again.lease, "content expired")
+            .await
+            .expect("dead-lettered");
+        let other = leased
+            .iter()
+            .find(|item| item.key() != key)
+            .expect("both leased");
+        queue
+            .release(&other.key(), other.lease)
+            .await
+            .expect("released");
+        let pending_key = ContentKey::new(&key.tenant_id, "pending");
+        assert!(
+            !queue
+                .requeue_dead(&pending_key)
+                .await
+                .expect("requeue runs")
+        );
+        assert!(
+            !queue
+                .requeue_dead(&ContentKey::new(&key.tenant_id, "absent"))
+                .await
+                .expect("requeue runs")
+        );
+        assert!(queue.requeue_dead(&key).await.expect("requeued"));
+        let item = queue.get(&key).await.expect("read").expect("item kept");
+        assert!(
+            matches!(item.state, ItemState::Pending { attempts: 0, .. }),
+            "{:?}",
+            item.state
+        );
+        assert_eq!(item.last_retry_reason, None);
+        let stats = queue.stats().await.expect("stats");
+        assert_eq!((stats.dead, stats.pending), (0, 2));
+        assert!(queue.dead_items(10).await.expect("listed").is_empty());
+        assert!(
+            !queue.requeue_dead(&key).await.expect("requeue runs"),
+            "a second requeue changes nothing"
+        );
+        let leased = queue
+            .lease(2, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        assert_eq!(leased.len(), 2, "the requeued item is leasable again");
+        queue.close().await.expect("closed");
+    }
 
     #[test]
     fn full_disk_is_told_apart_and_retryable() {

@@ -42,12 +42,11 @@ pub(super) async fn guard(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let Some(tenant_id) = path_tenant(path)
-        .and_then(|tenant| state.scenario.tenant(tenant))
-        .map(|tenant| tenant.tenant_id.clone())
-    else {
+    let Some(tenant) = path_tenant(path).and_then(|tenant| state.scenario.tenant(tenant)) else {
         return next.run(request).await;
     };
+    let tenant_id = tenant.tenant_id.clone();
+    let budget = tenant.throttle.as_ref().unwrap_or(&state.scenario.throttle);
     let operation = operation_name(path);
     let publisher = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
         .ok()
@@ -57,12 +56,11 @@ pub(super) async fn guard(
                 .find(|(key, _)| key.eq_ignore_ascii_case("PublisherIdentifier"))
                 .map(|(_, value)| value)
         });
-    let admission = match state.feed.admit(&tenant_id, &state.scenario.throttle) {
+    let admission = match state.feed.admit(&tenant_id, budget) {
         Ok(admission) => admission,
         Err(retry_after) => {
             let publisher = publisher.as_deref().unwrap_or(NO_PUBLISHER);
-            return throttled(&state.scenario.throttle, operation, publisher, retry_after)
-                .into_response();
+            return throttled(budget, operation, publisher, retry_after).into_response();
         }
     };
     if !admission.latency.is_zero() {

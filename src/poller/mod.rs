@@ -1,0 +1,768 @@
+//! The polling fallback: lists available content per (tenant, content type) on a schedule
+//! and enqueues it, so nothing is missed when the webhook is slow, disabled or
+//! unreachable. The poller is the source of truth; the webhook is the low-latency path.
+//! Both feed the same queue, and dedupe by contentId makes them safe together.
+//!
+//! # Cursor (on-disk format)
+//!
+//! Per (tenant, content type), in the [`MetaStore`]:
+//! - `poller/cursor/{tenant id}/{content type}`: RFC 3339 UTF-8 text, the end of the last
+//!   window whose every page was durably enqueued. Written only after the last page of a
+//!   window was enqueued (the queue's durability contract), so a crash re-lists, never
+//!   skips.
+//! - `poller/tail/{tenant id}/{content type}`: RFC 3339, when the last tail re-scan ended.
+//!
+//! # One regular poll (spec §7, "suggested polling loop")
+//!
+//! On the service's time `now` (our [`Clock`] plus any skew found from the service's
+//! `Date` header): list `[max(cursor − overlap, now − 7 d + margin), now − lag)` (first
+//! run: from `now − initial_lookback`) in windows of at most `max_window`, each drained to
+//! its last page, every page enqueued as it arrives, the cursor advanced after each
+//! window. A cursor behind the 7-day floor is moved to the floor first, with an ERROR
+//! naming the interval that can no longer be listed and `poll_gap_seconds_total`.
+//! Every `tail_interval`, the tail re-scan lists `[now − tail_window, regular start)` again
+//! for content that became available late (spec §7.2); it never moves the cursor.
+//!
+//! # Errors, per (tenant, content type)
+//!
+//! - AF20030/AF20055 (window refused): compare the service's `Date` with our clock; beyond
+//!   `clock_skew_secs`, compute windows on the service's time from then on; re-clamp the
+//!   window to the floor on the service's time (one extra hour from the 7-day limit when
+//!   no skew explains the refusal) and retry once. Only a refusal triggers the check, as
+//!   in Elastic's `adjust_clock`: until then our clock is trusted, and the margin and the
+//!   overlap absorb skews of minutes.
+//! - AF20022/AF20023 (subscription missing or disabled): start it (with the tenant's
+//!   webhook, or without one when Microsoft cannot validate it, AF20021), at most once
+//!   per 15 minutes, and retry once; a subscription that stays disabled is an ERROR.
+//! - AF20031: the window is listed again from its first page ([`window::WindowPages`]).
+//! - Throttling, transient errors, a queue that cannot store: back off with the
+//!   [`RetryPolicy`] (honouring `Retry-After`); configuration errors (permission, consent,
+//!   audit off): retry every 15 minutes. Either way the problem shows on the
+//!   [`ProblemBoard`] until the next success, and no other content type or tenant waits.
+//!
+//! Rules read time from the [`Clock`]; the loop sleeps on tokio timers. Tests drive cycles
+//! explicitly with [`TenantPoller::run_once`].
+
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::types::{ContentItem, WebhookRegistration};
+use crate::api::{ApiClient, ApiError, ErrorKind};
+use crate::clock::Clock;
+use crate::config::{ContentType, PollerConfig};
+use crate::ops::Metrics;
+use crate::ops::health::ProblemBoard;
+use crate::ops::metrics::{ContentOutcomeLabels, SourceLabels};
+use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, MetaStore, QueueError, Source};
+use crate::retry::{Backoff, RetryPolicy};
+use window::{ListingPlan, PlanRules, Window, WindowPages, floor, plan, split};
+
+/// Lists every content item of `content_type` created in `[start, end)`, in windows of at
+/// most `max_window`, following every `NextPageUri` to the end. The range must lie within
+/// what the API serves (at most 7 days back).
+pub async fn list_range(
+    client: &ApiClient,
+    content_type: ContentType,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    max_window: Duration,
+) -> Result<Vec<ContentItem>, ApiError> {
+    let mut items = Vec::new();
+    for listed in split(start, end, max_window) {
+        let mut pages = WindowPages::new(client, content_type, listed);
+        while let Some(page) = pages.next_page().await? {
+            items.extend(page);
+        }
+    }
+    Ok(items)
+}
+
+/// The earliest start the API serves at `now`, keeping `margin` from its 7-day limit
+/// (for callers that must refuse a range before listing it, like backfill).
+pub fn earliest_listable(now: DateTime<Utc>, margin: Duration) -> DateTime<Utc> {
+    floor(now, margin)
+}
+
+/// Why a poll of one (tenant, content type) failed. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// The API refused or failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The queue could not store what was listed (the cursor stays where it was).
+    #[error("cannot enqueue listed content: {0}")]
+    Queue(#[from] QueueError),
+}
+
+impl PollError {
+    /// True when the same poll may succeed later without an operator's change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Api(error) => error.is_retryable(),
+            Self::Queue(error) => error.is_retryable(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<StdDuration> {
+        match self {
+            Self::Api(error) => error.retry_after(),
+            Self::Queue(_) => None,
+        }
+    }
+
+    fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Api(error) => error.kind(),
+            Self::Queue(_) => None,
+        }
+    }
+}
+
+/// The tenant a poller lists.
+#[derive(Clone)]
+pub struct PollTarget {
+    /// The configured name (logs, metric label, problem board).
+    pub name: String,
+    /// The tenant's API client (token, budget, origin checks).
+    pub client: Arc<ApiClient>,
+    /// Content types to list.
+    pub content_types: Vec<ContentType>,
+    /// The webhook to register when the poller must start a subscription (AF20022/
+    /// AF20023); `None` starts it poll-only.
+    pub webhook: Option<WebhookRegistration>,
+}
+
+/// What every tenant's poller shares.
+#[derive(Clone)]
+pub struct PollerDeps {
+    /// Where listed content goes.
+    pub queue: Arc<dyn ContentQueue>,
+    /// Where cursors live.
+    pub meta: Arc<dyn MetaStore>,
+    /// Poll metrics.
+    pub metrics: Arc<Metrics>,
+    /// Current problems per (tenant, content type).
+    pub problems: Arc<ProblemBoard>,
+    /// The time source of every rule.
+    pub clock: Clock,
+    /// Woken after new content was enqueued.
+    pub work_available: Arc<Notify>,
+    /// Backoff of transient failures.
+    pub retry: RetryPolicy,
+}
+
+/// What one poll of one content type did, for tests and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PollReport {
+    /// The windows listed (regular poll, then tail re-scan), in order.
+    pub windows: Vec<Window>,
+    /// Listing requests made (first pages and followed pages).
+    pub pages: u64,
+    /// Items listed.
+    pub listed: u64,
+    /// Items new to the queue.
+    pub enqueued: u64,
+    /// The interval that could no longer be listed, when the cursor was too old.
+    pub gap: Option<Window>,
+    /// A tail re-scan ran.
+    pub tail: bool,
+    /// Why the poll failed, if it did.
+    pub error: Option<String>,
+    /// When it failed: how long until this content type is polled again.
+    pub retry_in: Option<StdDuration>,
+}
+
+/// How long a configuration problem (consent, role, audit off) waits before the next try.
+const CONFIGURATION_RETRY: StdDuration = StdDuration::from_secs(900);
+
+/// Extra distance from the 7-day limit when a refused window is re-clamped.
+const RECLAMP_EXTRA: Duration = Duration::hours(1);
+
+/// Problem kind the poller sets and clears on the board.
+const PROBLEM_KIND: &str = "poll_failed";
+
+/// Schedule and failure streak of one content type.
+struct TypeState {
+    due: Instant,
+    backoff: Option<Backoff>,
+}
+
+/// The poller of one tenant: one cursor per content type.
+pub struct TenantPoller {
+    target: PollTarget,
+    config: PollerConfig,
+    deps: PollerDeps,
+    /// Service time minus our clock, once a refused window revealed a skew; else zero.
+    skew: Mutex<Duration>,
+    types: tokio::sync::Mutex<HashMap<ContentType, TypeState>>,
+}
+
+fn seconds(value: u64) -> Duration {
+    Duration::seconds(i64::try_from(value).unwrap_or(i64::MAX / 1000))
+}
+
+impl TenantPoller {
+    /// A poller for `target`; nothing runs until [`TenantPoller::run`] or
+    /// [`TenantPoller::run_once`].
+    pub fn new(target: PollTarget, config: PollerConfig, deps: PollerDeps) -> Self {
+        let now = Instant::now();
+        let types = target
+            .content_types
+            .iter()
+            .map(|content_type| {
+                let state = TypeState {
+                    due: now,
+                    backoff: None,
+                };
+                (*content_type, state)
+            })
+            .collect();
+        Self {
+            target,
+            config,
+            deps,
+            skew: Mutex::new(Duration::zero()),
+            types: tokio::sync::Mutex::new(types),
+        }
+    }
+
+    /// Polls each content type when it is due until `shutdown`: every
+    /// `poll_interval_secs` after a success, after the backoff after a failure.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = self.poll_due() => next,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+
+    /// Polls every content type now, due or not; returns what each poll did.
+    pub async fn run_once(&self) -> Vec<(ContentType, PollReport)> {
+        let mut types = self.types.lock().await;
+        let mut reports = Vec::new();
+        for content_type in self.target.content_types.clone() {
+            let report = self.poll_and_schedule(content_type, &mut types).await;
+            reports.push((content_type, report));
+        }
+        reports
+    }
+
+    /// Polls the content types that are due; returns when the next one is.
+    async fn poll_due(&self) -> Instant {
+        let mut types = self.types.lock().await;
+        for content_type in self.target.content_types.clone() {
+            if types
+                .get(&content_type)
+                .is_some_and(|state| state.due <= Instant::now())
+            {
+                self.poll_and_schedule(content_type, &mut types).await;
+            }
+        }
+        let interval = StdDuration::from_secs(self.config.poll_interval_secs.get());
+        types
+            .values()
+            .map(|state| state.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + interval)
+    }
+
+    async fn poll_and_schedule(
+        &self,
+        content_type: ContentType,
+        types: &mut HashMap<ContentType, TypeState>,
+    ) -> PollReport {
+        let mut report = PollReport::default();
+        let outcome = self.poll(content_type, &mut report).await;
+        let Some(state) = types.get_mut(&content_type) else {
+            return report;
+        };
+        let labels = |outcome| ContentOutcomeLabels {
+            tenant: self.deps.metrics.tenant_label(&self.target.name),
+            content_type: content_type.as_str().to_string(),
+            outcome,
+        };
+        match outcome {
+            Ok(()) => {
+                self.deps
+                    .metrics
+                    .poll_cycles
+                    .get_or_create(&labels("ok"))
+                    .inc();
+                if state.backoff.take().is_some() {
+                    tracing::info!(tenant = %self.target.name, %content_type, "polling works again");
+                }
+                self.clear_problem(content_type);
+                state.due =
+                    Instant::now() + StdDuration::from_secs(self.config.poll_interval_secs.get());
+            }
+            Err(error) => {
+                self.deps
+                    .metrics
+                    .poll_cycles
+                    .get_or_create(&labels("failed"))
+                    .inc();
+                let first_failure = state.backoff.is_none();
+                let backoff = state
+                    .backoff
+                    .get_or_insert_with(|| self.deps.retry.backoff());
+                // A missing or disabled subscription is being started (by the subscription
+                // manager or by this poller): look again soon, not after the long
+                // configuration delay.
+                let starting = matches!(
+                    error.kind(),
+                    Some(ErrorKind::SubscriptionMissing | ErrorKind::SubscriptionDisabled)
+                );
+                let delay = if error.is_retryable() || starting {
+                    backoff
+                        .next_delay(error.retry_after())
+                        .unwrap_or(self.deps.retry.max_delay)
+                } else {
+                    CONFIGURATION_RETRY
+                };
+                state.due = Instant::now() + delay;
+                self.report_failure(content_type, &error, first_failure, delay);
+                report.error = Some(error.to_string());
+                report.retry_in = Some(delay);
+            }
+        }
+        report
+    }
+
+    /// One regular poll of `content_type`, then the tail re-scan when it is due.
+    async fn poll(
+        &self,
+        content_type: ContentType,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let cursor = self
+            .load_time(&cursor_key(self.tenant_id(), content_type))
+            .await?;
+        let now = self.service_now();
+        let planned = plan(cursor, now, &self.plan_rules());
+        if let Some(gap) = planned.gap {
+            self.record_gap(content_type, gap).await?;
+            report.gap = Some(gap);
+        }
+        for listed in split(planned.start, planned.end, self.max_window()) {
+            self.list_window_with_recovery(content_type, listed, report)
+                .await?;
+            self.store_time(&cursor_key(self.tenant_id(), content_type), listed.end)
+                .await?;
+        }
+        self.set_cursor_age(content_type, planned.end);
+        self.tail_rescan(content_type, cursor.is_none(), &planned, report)
+            .await
+    }
+
+    /// Lists `[now − tail_window, regular start)` when the last re-scan is older than
+    /// `tail_interval_secs`. A first run (no cursor) only records the time: its listing
+    /// already covered the lookback.
+    async fn tail_rescan(
+        &self,
+        content_type: ContentType,
+        first_run: bool,
+        planned: &ListingPlan,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        if self.config.tail_window_secs == 0 {
+            return Ok(());
+        }
+        let key = tail_key(self.tenant_id(), content_type);
+        let now = self.service_now();
+        if !first_run {
+            let last = self.load_time(&key).await?;
+            let interval = seconds(self.config.tail_interval_secs.get());
+            if last.is_some_and(|last| now - last < interval) {
+                return Ok(());
+            }
+            let start =
+                (now - seconds(self.config.tail_window_secs)).max(floor(now, self.margin()));
+            report.tail = true;
+            for listed in split(start, planned.start, self.max_window()) {
+                self.list_window_with_recovery(content_type, listed, report)
+                    .await?;
+            }
+        }
+        self.store_time(&key, now).await
+    }
+
+    /// Lists one window into the queue, recovering once from a refused window or a
+    /// missing or disabled subscription. Done when every page of what the service still
+    /// serves of the window is enqueued.
+    async fn list_window_with_recovery(
+        &self,
+        content_type: ContentType,
+        mut listed: Window,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let mut recovered = false;
+        loop {
+            let error = match self.list_window(content_type, listed, report).await {
+                Ok(()) => return Ok(()),
+                Err(error) if recovered => return Err(error),
+                Err(error) => error,
+            };
+            recovered = true;
+            match error.kind() {
+                Some(ErrorKind::InvalidWindow) => {
+                    let skewed = self.detect_skew(content_type, listed, &error);
+                    match self.reclamp(content_type, listed, skewed) {
+                        Some(reclamped) => listed = reclamped,
+                        None => return Ok(()),
+                    }
+                }
+                Some(ErrorKind::SubscriptionMissing | ErrorKind::SubscriptionDisabled) => {
+                    if !self.start_subscription(content_type).await {
+                        return Err(error);
+                    }
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Drains one window, enqueuing each page as it arrives.
+    async fn list_window(
+        &self,
+        content_type: ContentType,
+        listed: Window,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        report.windows.push(listed);
+        let mut pages = WindowPages::new(&self.target.client, content_type, listed);
+        let result = async {
+            while let Some(items) = pages.next_page().await? {
+                let (listed_count, enqueued) = self.enqueue(content_type, items).await?;
+                report.listed += listed_count;
+                report.enqueued += enqueued;
+            }
+            Ok(())
+        }
+        .await;
+        report.pages += pages.requests();
+        result
+    }
+
+    /// Enqueues one page (durable when it returns); returns (listed, new).
+    async fn enqueue(
+        &self,
+        content_type: ContentType,
+        items: Vec<ContentItem>,
+    ) -> Result<(u64, u64), PollError> {
+        let listed = items.len() as u64;
+        let metrics = &self.deps.metrics;
+        metrics
+            .poll_listed
+            .get_or_create(&metrics.content(&self.target.name, content_type.as_str()))
+            .inc_by(listed);
+        let refs: Vec<ContentRef> = items
+            .into_iter()
+            .filter_map(|item| self.content_ref(content_type, item))
+            .collect();
+        if refs.is_empty() {
+            return Ok((listed, 0));
+        }
+        let outcomes = self.deps.queue.enqueue(refs).await?;
+        let enqueued = outcomes
+            .iter()
+            .filter(|outcome| **outcome == EnqueueOutcome::Enqueued)
+            .count() as u64;
+        let source = SourceLabels { source: "poll" };
+        metrics.enqueued.get_or_create(&source).inc_by(enqueued);
+        metrics
+            .deduplicated
+            .get_or_create(&source)
+            .inc_by(outcomes.len() as u64 - enqueued);
+        if enqueued > 0 {
+            self.deps.work_available.notify_waiters();
+        }
+        Ok((listed, enqueued))
+    }
+
+    /// The queue reference of a listed item; `None` (logged) for an item whose contentUri
+    /// is not on the tenant's API host with the tenant in its path, or of another type.
+    fn content_ref(&self, content_type: ContentType, item: ContentItem) -> Option<ContentRef> {
+        let tenant_id = self.tenant_id();
+        let on_host = reqwest::Url::parse(&item.content_uri).is_ok_and(|uri| {
+            self.target.client.check_origin(&uri).is_ok()
+                && uri.path_segments().is_some_and(|mut segments| {
+                    segments.any(|segment| segment.eq_ignore_ascii_case(tenant_id))
+                })
+        });
+        let same_type = item
+            .content_type
+            .eq_ignore_ascii_case(content_type.as_str());
+        if !on_host || !same_type {
+            tracing::warn!(
+                tenant = %self.target.name, %content_type, content_id = %item.content_id,
+                "listed content skipped: its contentUri is not on the tenant's API host with the tenant id in its path, or its content type is not the one listed"
+            );
+            return None;
+        }
+        Some(ContentRef {
+            tenant_id: tenant_id.to_string(),
+            content_type: content_type.as_str().to_string(),
+            content_id: item.content_id,
+            content_uri: item.content_uri,
+            content_created: item.content_created,
+            content_expiration: item.content_expiration,
+            source: Source::Poll,
+        })
+    }
+
+    /// After a refused window: the service's `Date` against our clock. Beyond
+    /// `clock_skew_secs`, windows are computed on the service's time from now on. Returns
+    /// true when a skew was found.
+    fn detect_skew(&self, content_type: ContentType, listed: Window, error: &PollError) -> bool {
+        let Some(server_now) = self.target.client.last_server_date() else {
+            return false;
+        };
+        let difference = server_now - self.deps.clock.now();
+        let threshold = seconds(self.config.clock_skew_secs);
+        let mut skew = self
+            .skew
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if difference.abs() > threshold {
+            tracing::warn!(
+                tenant = %self.target.name, %content_type, %listed, %error,
+                skew_secs = difference.num_seconds(),
+                "the service refused a listing window and its clock differs from ours: listing windows are computed on the service's time from now on; fix this host's time synchronisation (NTP)"
+            );
+            *skew = difference;
+            true
+        } else {
+            tracing::warn!(
+                tenant = %self.target.name, %content_type, %listed, %error,
+                "the service refused a listing window; re-clamping it further from the 7-day limit"
+            );
+            *skew = Duration::zero();
+            false
+        }
+    }
+
+    /// The window clamped to the 7-day floor on the service's time, one more hour away
+    /// from the limit unless a clock skew explained the refusal; `None` when nothing of it
+    /// is left.
+    fn reclamp(&self, content_type: ContentType, listed: Window, skewed: bool) -> Option<Window> {
+        let margin = if skewed {
+            self.margin()
+        } else {
+            self.margin() + RECLAMP_EXTRA
+        };
+        let earliest = floor(self.service_now(), margin);
+        let start = listed.start.max(earliest);
+        if start > listed.start {
+            tracing::error!(
+                tenant = %self.target.name, %content_type,
+                skipped = %Window { start: listed.start, end: start.min(listed.end) },
+                "content created in this interval can no longer be listed: the service refuses starts this old"
+            );
+        }
+        (start < listed.end).then_some(Window {
+            start,
+            end: listed.end,
+        })
+    }
+
+    /// Starts the subscription of `content_type` after AF20022/AF20023: with the webhook,
+    /// or poll-only when Microsoft cannot validate it. At most once per 15 minutes per
+    /// (tenant, content type), counted in the store together with the subscription
+    /// manager's starts ([`crate::subscriptions::claim_start`]). Returns true when it was
+    /// started.
+    async fn start_subscription(&self, content_type: ContentType) -> bool {
+        let now = self.deps.clock.now();
+        let webhook_wanted = self.target.webhook.is_some();
+        match crate::subscriptions::claim_start(
+            self.deps.meta.as_ref(),
+            self.tenant_id(),
+            content_type.as_str(),
+            webhook_wanted,
+            now,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(error) => {
+                tracing::warn!(tenant = %self.target.name, %content_type, %error, "cannot record the subscription start; not starting now");
+                return false;
+            }
+        }
+        let client = &self.target.client;
+        let webhook = self.target.webhook.as_ref();
+        let started = match client
+            .start_subscription(content_type.as_str(), webhook)
+            .await
+        {
+            Err(error)
+                if webhook.is_some() && error.kind() == Some(ErrorKind::WebhookNotValidated) =>
+            {
+                tracing::warn!(tenant = %self.target.name, %content_type, %error, "webhook not validated; starting the subscription without it so polling collects");
+                client.start_subscription(content_type.as_str(), None).await
+            }
+            other => other,
+        };
+        match started {
+            Ok(_) => {
+                tracing::info!(tenant = %self.target.name, %content_type, "the listing found no enabled subscription (AF20022/AF20023); started it");
+                true
+            }
+            Err(error) => {
+                tracing::error!(tenant = %self.target.name, %content_type, %error, "the subscription is missing or disabled and cannot be started; nothing of this content type is collected");
+                false
+            }
+        }
+    }
+
+    async fn record_gap(&self, content_type: ContentType, gap: Window) -> Result<(), PollError> {
+        // The cursor moves to the floor first, so the gap is counted once.
+        self.store_time(&cursor_key(self.tenant_id(), content_type), gap.end)
+            .await?;
+        let metrics = &self.deps.metrics;
+        let gap_seconds = (gap.end - gap.start).num_seconds().max(0) as u64;
+        metrics
+            .poll_gap_seconds
+            .get_or_create(&metrics.content(&self.target.name, content_type.as_str()))
+            .inc_by(gap_seconds);
+        tracing::error!(
+            tenant = %self.target.name, %content_type, interval = %gap, gap_seconds,
+            "content created in this interval can no longer be listed: the API lists 7 days back at most; the poller was stopped or failing for too long"
+        );
+        Ok(())
+    }
+
+    fn report_failure(
+        &self,
+        content_type: ContentType,
+        error: &PollError,
+        first_failure: bool,
+        retry_in: StdDuration,
+    ) {
+        let tenant = &self.target.name;
+        let retry_in_secs = retry_in.as_secs();
+        // A missing or disabled subscription is being started (by the subscription manager
+        // or by this poller): a warning; configuration problems need the operator.
+        let starting = matches!(
+            error.kind(),
+            Some(ErrorKind::SubscriptionMissing | ErrorKind::SubscriptionDisabled)
+        );
+        let needs_operator = !error.is_retryable() && !starting;
+        match (first_failure, needs_operator) {
+            (true, true) => {
+                tracing::error!(%tenant, %content_type, %error, retry_in_secs, "polling failed")
+            }
+            (true, false) => {
+                tracing::warn!(%tenant, %content_type, %error, retry_in_secs, "polling failed")
+            }
+            (false, _) => {
+                tracing::debug!(%tenant, %content_type, %error, retry_in_secs, "polling failed again")
+            }
+        }
+        let advice = error.kind().and_then(ErrorKind::advice).unwrap_or(
+            "transient: retried with backoff; check the connector's network access and the store's disk if it persists",
+        );
+        self.deps.problems.set(
+            tenant,
+            content_type.as_str(),
+            PROBLEM_KIND,
+            error.to_string(),
+            advice,
+            self.deps.clock.now(),
+        );
+    }
+
+    /// Clears the poller's own board entry of `content_type`.
+    fn clear_problem(&self, content_type: ContentType) {
+        self.deps
+            .problems
+            .clear(&self.target.name, content_type.as_str(), &[PROBLEM_KIND]);
+    }
+
+    fn set_cursor_age(&self, content_type: ContentType, cursor: DateTime<Utc>) {
+        let metrics = &self.deps.metrics;
+        let age = (self.service_now() - cursor).num_seconds().max(0);
+        metrics
+            .poll_cursor_age_seconds
+            .get_or_create(&metrics.content(&self.target.name, content_type.as_str()))
+            .set(age);
+    }
+
+    async fn load_time(&self, key: &str) -> Result<Option<DateTime<Utc>>, PollError> {
+        let Some(bytes) = self.deps.meta.get_meta(key).await? else {
+            return Ok(None);
+        };
+        let parsed = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|time| time.with_timezone(&Utc));
+        if parsed.is_none() {
+            tracing::warn!(
+                key,
+                "stored poller time is not RFC 3339; starting as if none was stored"
+            );
+        }
+        Ok(parsed)
+    }
+
+    async fn store_time(&self, key: &str, time: DateTime<Utc>) -> Result<(), PollError> {
+        self.deps
+            .meta
+            .put_meta(key, time.to_rfc3339().into_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Our clock plus the skew found from the service's `Date`, if any.
+    fn service_now(&self) -> DateTime<Utc> {
+        let skew = *self
+            .skew
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.deps.clock.now() + skew
+    }
+
+    fn tenant_id(&self) -> &str {
+        self.target.client.tenant_id()
+    }
+
+    fn margin(&self) -> Duration {
+        seconds(self.config.retention_margin_secs)
+    }
+
+    fn max_window(&self) -> Duration {
+        seconds(self.config.max_window_secs.get())
+    }
+
+    fn plan_rules(&self) -> PlanRules {
+        PlanRules {
+            overlap: seconds(self.config.overlap_secs),
+            margin: self.margin(),
+            lag: seconds(self.config.lag_secs),
+            initial_lookback: seconds(self.config.initial_lookback_secs),
+        }
+    }
+}
+
+/// `poller/cursor/{tenant id}/{content type}`.
+pub fn cursor_key(tenant_id: &str, content_type: ContentType) -> String {
+    format!("poller/cursor/{tenant_id}/{}", content_type.as_str())
+}
+
+/// `poller/tail/{tenant id}/{content type}`.
+pub fn tail_key(tenant_id: &str, content_type: ContentType) -> String {
+    format!("poller/tail/{tenant_id}/{}", content_type.as_str())
+}
