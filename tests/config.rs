@@ -648,6 +648,9 @@ fn example_documents_every_key_of_every_section() {
         "O365_CONNECTOR__ENGINE__ZZ_UNKNOWN",
         "O365_CONNECTOR__API__ZZ_UNKNOWN",
         "O365_CONNECTOR__WORKERS__ZZ_UNKNOWN",
+        "O365_CONNECTOR__OPS__ZZ_UNKNOWN",
+        "O365_CONNECTOR__SUBSCRIPTIONS__ZZ_UNKNOWN",
+        "O365_CONNECTOR__POLLER__ZZ_UNKNOWN",
         "O365_CONNECTOR__TENANTS__0__ZZ_UNKNOWN",
         "O365_CONNECTOR__TENANTS__1__CERTIFICATE__ZZ_UNKNOWN",
     ] {
@@ -662,6 +665,38 @@ fn example_documents_every_key_of_every_section() {
             assert!(
                 documented.iter().any(|form| text.contains(form.as_str())),
                 "{field} (at {variable}) is not in deploy/config.example.toml"
+            );
+        }
+    }
+}
+
+#[test]
+fn readme_configuration_reference_lists_every_key_of_every_section() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let reference = readme
+        .split("### Configuration reference")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("README.md has a configuration reference");
+    for (section, variable) in [
+        ("server", "O365_CONNECTOR__SERVER__ZZ_UNKNOWN"),
+        ("store", "O365_CONNECTOR__STORE__ZZ_UNKNOWN"),
+        ("engine", "O365_CONNECTOR__ENGINE__ZZ_UNKNOWN"),
+        ("api", "O365_CONNECTOR__API__ZZ_UNKNOWN"),
+        ("workers", "O365_CONNECTOR__WORKERS__ZZ_UNKNOWN"),
+        ("ops", "O365_CONNECTOR__OPS__ZZ_UNKNOWN"),
+        ("subscriptions", "O365_CONNECTOR__SUBSCRIPTIONS__ZZ_UNKNOWN"),
+        ("poller", "O365_CONNECTOR__POLLER__ZZ_UNKNOWN"),
+        ("tenants", "O365_CONNECTOR__TENANTS__0__ZZ_UNKNOWN"),
+    ] {
+        let fields = expected_fields(variable);
+        assert!(!fields.is_empty(), "{variable}");
+        for field in fields {
+            let key = format!("`{section}.{field}`");
+            assert!(
+                reference.contains(&key),
+                "{key} is missing from README.md's configuration reference"
             );
         }
     }
