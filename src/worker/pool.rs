@@ -37,7 +37,7 @@ use crate::ops::health::ProblemBoard;
 use crate::ops::metrics::{ContentLabels, ContentOutcomeLabels};
 use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
-use crate::tenant::{Tenant, Tenants};
+use crate::tenant::{Tenant, TenantSet, Tenants};
 
 /// The problem kind the workers set (and clear) on the board.
 const FETCH_PROBLEM: &str = "fetch_refused";
@@ -49,8 +49,9 @@ const PROGRESS_EVERY: u64 = 1000;
 pub struct WorkerContext {
     /// The content queue.
     pub queue: Arc<dyn ContentQueue>,
-    /// The tenants, by lowercase tenant id.
-    pub tenants: Arc<Tenants>,
+    /// The current tenants, by lowercase tenant id (looked up per item, so a reload
+    /// applies to the next item).
+    pub tenants: Arc<TenantSet>,
     /// The engine forwarder.
     pub forwarder: Arc<Forwarder>,
     /// Metrics.
@@ -81,7 +82,28 @@ pub fn spawn_workers(
     shutdown: CancellationToken,
 ) {
     for worker in 0..count {
-        tracker.spawn(run_worker(context.clone(), worker, shutdown.clone()));
+        tracker.spawn(supervise_worker(context.clone(), worker, shutdown.clone()));
+    }
+}
+
+/// Runs a worker and starts it again if it panics: a bug met on one item must not take a
+/// worker away for good. The item it held comes back when its lease expires.
+async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
+    loop {
+        let run = tokio::spawn(run_worker(context.clone(), worker, shutdown.clone()));
+        match run.await {
+            Ok(()) => return,
+            Err(error) if error.is_panic() => {
+                tracing::error!(
+                    worker,
+                    "a worker panicked; starting it again (its item is redelivered when its lease expires)"
+                );
+            }
+            Err(_) => return,
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
     }
 }
 
@@ -92,7 +114,7 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
         let woken = context.work_available.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let skip = throttled_tenants(&context.tenants);
+        let skip = throttled_tenants(&context.tenants.current());
         match context.queue.lease(1, context.lease_duration, &skip).await {
             Ok(items) if items.is_empty() => {
                 tokio::select! {
@@ -218,7 +240,6 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
     let Some(tenant) = context
         .tenants
         .get(&item.content.tenant_id.to_ascii_lowercase())
-        .cloned()
     else {
         // A tenant removed from the configuration: keep its content for when it returns.
         retry_later(
@@ -490,7 +511,10 @@ async fn handle_fetch_error(
             retry_later(context, item, Duration::from_secs(300), &error.to_string()).await;
         }
         _ if matches!(error, ApiError::ForeignUrl { .. }) => {
+            // The intake checks every contentUri, so this needs a bug or a changed config;
+            // the item is kept as a dead letter (requeue-able) and counted.
             tracing::error!(tenant = %tenant.name, content_type, content_id, %error, "refusing to fetch content from a foreign host");
+            count_blob(context, tenant, content_type, "foreign_url");
             dead_letter(context, item, &error.to_string()).await;
         }
         _ => {
