@@ -82,9 +82,9 @@ pub struct CheckArgs {
 /// Where an operator command finds the service, and how it prints.
 #[derive(Debug, Args)]
 pub struct AdminTargetArgs {
-    /// The service's configuration file (TOML); environment overrides apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    /// The service's configuration: `--config FILE`, or `--utmstack` as the service runs.
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
     /// The service's admin socket. Default: `admin.sock` in the configuration's
     /// `store.path`.
     #[arg(long, value_name = "PATH")]
@@ -97,7 +97,7 @@ pub struct AdminTargetArgs {
 impl AdminTargetArgs {
     fn target(&self) -> CommandTarget {
         CommandTarget {
-            config: self.config.clone(),
+            source: self.source.clone(),
             admin_socket: self.admin_socket.clone(),
             json: self.json,
         }
@@ -227,12 +227,22 @@ pub struct RunArgs {
     /// Where the configuration comes from.
     #[command(flatten)]
     pub source: ConfigSourceArgs,
+    /// With --utmstack: seconds between two looks at UTMStack's files for changes (the
+    /// tenants are reloaded when they change).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "O365_CONNECTOR_UTMSTACK_WATCH_SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub watch_interval_secs: u64,
 }
 
 /// Where the configuration comes from: `--config FILE`, or `--utmstack` (tenants from
 /// UTMStack's `system_plugins_o365.yaml`) with an optional `--config FILE` for the server
 /// settings.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ConfigSourceArgs {
     /// The configuration file (TOML); environment overrides apply. With --utmstack: the
     /// server settings only (no [[tenants]]), optional.
@@ -515,8 +525,22 @@ async fn run_service(
         tls_reload_requests,
         ..ServiceOptions::default()
     };
-    let service = service::start(config, options).await?;
+    let service = service::start(config.clone(), options).await?;
     println!("listening {}", service.base_url);
+    if args.source.utmstack {
+        let settings = utmstack::watch::WatchSettings {
+            environment: utmstack::UtmstackEnvironment::from_process(),
+            settings: args.source.config.clone(),
+            interval: Duration::from_secs(args.watch_interval_secs),
+        };
+        // Stopped with the rest of the service: `shutdown` is cancelled before `stop`.
+        tokio::spawn(utmstack::watch::run(
+            service.tenant_supervisor(),
+            settings,
+            config,
+            shutdown.clone(),
+        ));
+    }
     shutdown.cancelled().await;
     let report = service.stop().await;
     if !report.within_deadline {

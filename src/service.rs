@@ -5,21 +5,28 @@
 //! → HTTP client → tenants → engine forwarder → HTTP listener (webhook and ops routes; it
 //! must answer before any subscription start, because Microsoft validates the webhook
 //! synchronously), and the private ops listener when `ops.listen` is set → the TLS
-//! certificate reloader (file changes and SIGHUP) → workers → pollers → the admin socket
-//! → subscription managers → periodic upkeep.
+//! certificate reloader (file changes and SIGHUP) → workers → each tenant's poller and
+//! subscription manager ([`tenants`]) → the admin socket → periodic upkeep.
 //!
 //! Stop order, bounded by `ops.shutdown_secs`: stop HTTP intake and the admin socket →
 //! workers, pollers and subscription managers stop → workers stop reading
 //! blobs → the forwarder drains (waits for in-flight acks until the deadline) → workers
 //! record their progress and release their leases → the store closes. Whatever was not
 //! acknowledged is redelivered after a restart; nothing is dropped.
+//!
+//! The tenants can change while the service runs: [`RunningService::tenant_supervisor`]
+//! applies a new tenant list (see [`tenants`] for what happens to added, removed and
+//! changed tenants and their queued work).
 
-use std::collections::HashSet;
+pub mod tenants;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,18 +42,17 @@ use crate::ops::health::{EngineHealth, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
 use crate::ops::{self, Metrics, OpsState};
-use crate::poller::{PollTarget, PollerDeps, TenantPoller};
+use crate::poller::{PollerDeps, TenantPoller};
 use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore};
 use crate::retry::RetryPolicy;
 use crate::server::proxy::{ProxyPolicy, WebhookGate, enforce_webhook_allowlist};
 use crate::server::tls_reload::{CertificateReloader, ReloadRequests, TlsFiles};
-use crate::subscriptions::{
-    SubscriptionBoard, SubscriptionContext, SubscriptionManager, SubscriptionSettings,
-};
-use crate::tenant::{Tenants, build_tenants};
+use crate::subscriptions::{SubscriptionBoard, SubscriptionContext, SubscriptionSettings};
+use crate::tenant::{TenantSet, build_tenants};
 use crate::webhook::auth_id::load_or_create_secrets;
 use crate::webhook::{self, WebhookSecrets, WebhookState, WebhookTenant};
 use crate::worker::pool::{FailureReporter, WorkerContext, spawn_workers};
+use tenants::{TenantRuntime, TenantSupervisor};
 
 /// Settings that are not configuration: the clock and test knobs.
 pub struct ServiceOptions {
@@ -90,16 +96,18 @@ pub struct RunningService {
     pub queue: Arc<EmbeddedQueue>,
     /// The engine forwarder.
     pub forwarder: Arc<Forwarder>,
-    /// The tenants.
-    pub tenants: Arc<Tenants>,
+    /// The current tenants.
+    pub tenants: Arc<TenantSet>,
     /// Current problems.
     pub problems: Arc<ProblemBoard>,
     /// What `/status` shows; components report subscription and notification state here.
     pub status: Arc<StatusSource>,
     /// Where the private ops listener (`ops.listen`) is bound, when configured.
     pub ops_address: Option<SocketAddr>,
-    /// The poller of each tenant (tests drive extra cycles with `run_once`).
+    /// The poller of each tenant configured at start (tests drive extra cycles with
+    /// `run_once`); tenants added by a reload are not listed.
     pub pollers: Vec<Arc<TenantPoller>>,
+    supervisor: Arc<TenantSupervisor>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     http: axum_server::Handle<SocketAddr>,
@@ -129,7 +137,9 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         config.ops.max_tenant_series,
     ));
     let http = http_client(&config.api, options.replica_id.as_deref())?;
-    let tenants = Arc::new(build_tenants(&config, &http, &clock, &metrics).await?);
+    let tenants = Arc::new(TenantSet::new(
+        build_tenants(&config, &http, &clock, &metrics).await?,
+    ));
     let forwarder = Arc::new(Forwarder::start(ForwarderConfig {
         clock: clock.clone(),
         ..ForwarderConfig::new(&config.engine.socket)
@@ -149,8 +159,8 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         work_available: Arc::new(Notify::new()),
         retry: options.retry,
     };
-    let registrations = webhook_registrations(&config, &shared.tenants, &secrets);
     let routes = routes(&config, &shared, secrets);
+    let webhook_state = routes.webhook_state.clone();
     let mut listeners = serve(&config, options.listener.take(), routes)?;
     let (address, http_handle, server) = listeners.main;
     let scheme = if config.server.serves_tls() {
@@ -159,7 +169,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         "http"
     };
     let base_url = format!("{scheme}://{address}");
-    tracing::info!(%base_url, tenants = shared.tenants.len(), "listening");
+    tracing::info!(%base_url, tenants = shared.tenants.current().len(), "listening");
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -176,9 +186,23 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         &tracker,
         shutdown.clone(),
     );
-    let pollers = spawn_pollers(&config, &shared, &registrations, &tracker, &shutdown);
-    let admin = start_admin_listener(&config, admin_context(&config, &shared, &registrations));
-    spawn_subscription_managers(&config, &shared, registrations, &tracker, &shutdown);
+    let admin_webhooks = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+    let (supervisor, pollers) = TenantSupervisor::start(TenantRuntime {
+        config: config.clone(),
+        http,
+        clock: shared.clock.clone(),
+        metrics: shared.metrics.clone(),
+        retry: shared.retry,
+        poller: poller_deps(&shared),
+        subscriptions: subscription_context(&config, &shared),
+        tenants: shared.tenants.clone(),
+        webhook: webhook_state,
+        admin_webhooks: admin_webhooks.clone(),
+        status: shared.status.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let admin = start_admin_listener(&config, admin_context(&config, &shared, admin_webhooks));
     tracker.spawn(crate::utmstack::failures::run(
         shared.problems.clone(),
         shared.forwarder.clone(),
@@ -202,6 +226,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         problems: shared.problems,
         status: shared.status,
         pollers,
+        supervisor: Arc::new(supervisor),
         ops_address: listeners.ops.as_ref().map(|(address, _, _)| *address),
         shutdown,
         tracker,
@@ -220,7 +245,7 @@ struct Shared {
     problems: Arc<ProblemBoard>,
     status: Arc<StatusSource>,
     forwarder: Arc<Forwarder>,
-    tenants: Arc<Tenants>,
+    tenants: Arc<TenantSet>,
     clock: Clock,
     /// Woken by the intake (webhook, poller, backfill) when new items are queued.
     work_available: Arc<Notify>,
@@ -256,29 +281,6 @@ async fn open_store(config: &Config, clock: &Clock) -> anyhow::Result<Arc<Embedd
     Ok(Arc::new(queue))
 }
 
-/// Each tenant's webhook registration (`{public URL}/{tenant id}` with its authId), or
-/// `None` when the connector collects by polling alone.
-fn webhook_registrations(
-    config: &Config,
-    tenants: &Tenants,
-    secrets: &WebhookSecrets,
-) -> Vec<(String, Option<WebhookRegistration>)> {
-    tenants
-        .values()
-        .map(|tenant| {
-            let registration = config
-                .server
-                .webhook_url(tenant_guid(&tenant.tenant_id))
-                .map(|url| WebhookRegistration {
-                    address: url.to_string(),
-                    auth_id: secrets.auth_id(&tenant.tenant_id),
-                    expiration: String::new(),
-                });
-            (tenant.tenant_id.clone(), registration)
-        })
-        .collect()
-}
-
 fn status_source(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -309,7 +311,8 @@ fn status_source(
 
 /// The HTTP surface: the webhook, the probes, the status page and the metrics.
 fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
-    let webhook_tenants = shared.tenants.values().map(|tenant| WebhookTenant {
+    let current = shared.tenants.current();
+    let webhook_tenants = current.values().map(|tenant| WebhookTenant {
         tenant_id: tenant.tenant_id.clone(),
         client_id: tenant.client_id.clone(),
         content_types: tenant.content_types.iter().copied().collect::<HashSet<_>>(),
@@ -332,8 +335,10 @@ fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
         engine_health(shared.forwarder.clone()),
         shared.problems.clone(),
     );
+    let webhook_state = Arc::new(webhook_state);
     Routes {
-        webhook: webhook::router(Arc::new(webhook_state), &config.server.local_path()),
+        webhook: webhook::router(webhook_state.clone(), &config.server.local_path()),
+        webhook_state,
         ops: Arc::new(OpsState {
             metrics: shared.metrics.clone(),
             readiness,
@@ -360,15 +365,8 @@ fn worker_context(config: &Config, shared: &Shared, idle_poll: Duration) -> Arc<
     })
 }
 
-/// One poller per tenant (see [`crate::poller`]).
-fn spawn_pollers(
-    config: &Config,
-    shared: &Shared,
-    registrations: &[(String, Option<WebhookRegistration>)],
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Vec<Arc<TenantPoller>> {
-    let deps = PollerDeps {
+fn poller_deps(shared: &Shared) -> PollerDeps {
+    PollerDeps {
         queue: shared.content_queue(),
         meta: shared.meta(),
         metrics: shared.metrics.clone(),
@@ -376,58 +374,11 @@ fn spawn_pollers(
         clock: shared.clock.clone(),
         work_available: shared.work_available.clone(),
         retry: shared.retry,
-    };
-    registrations
-        .iter()
-        .map(|(tenant_id, registration)| {
-            let tenant = &shared.tenants[tenant_id];
-            let poller = Arc::new(TenantPoller::new(
-                PollTarget {
-                    name: tenant.name.clone(),
-                    client: tenant.client.clone(),
-                    content_types: tenant.content_types.clone(),
-                    webhook: registration.clone(),
-                },
-                config.poller.clone(),
-                deps.clone(),
-            ));
-            tracker.spawn(poller.clone().run(shutdown.clone()));
-            poller
-        })
-        .collect()
-}
-
-fn admin_context(
-    config: &Config,
-    shared: &Shared,
-    registrations: &[(String, Option<WebhookRegistration>)],
-) -> AdminContext {
-    AdminContext {
-        queue: shared.content_queue(),
-        tenants: shared.tenants.clone(),
-        webhooks: registrations
-            .iter()
-            .filter_map(|(tenant_id, registration)| {
-                Some((tenant_id.clone(), registration.clone()?))
-            })
-            .collect(),
-        clock: shared.clock.clone(),
-        work_available: shared.work_available.clone(),
-        max_window: chrono::Duration::seconds(
-            i64::try_from(config.poller.max_window_secs.get()).unwrap_or(82_800),
-        ),
     }
 }
 
-/// One subscription manager per tenant (see [`crate::subscriptions`]); their state feeds
-/// the status page.
-fn spawn_subscription_managers(
-    config: &Config,
-    shared: &Shared,
-    registrations: Vec<(String, Option<WebhookRegistration>)>,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) {
+/// What the subscription managers share; their state feeds the status page.
+fn subscription_context(config: &Config, shared: &Shared) -> SubscriptionContext {
     let status = shared.status.clone();
     let board = SubscriptionBoard::with_listener(move |entry| {
         status.set_subscription(
@@ -437,21 +388,30 @@ fn spawn_subscription_managers(
             Some(entry.webhook.as_str()),
         );
     });
-    let context = SubscriptionContext {
+    SubscriptionContext {
         meta: shared.meta(),
         board: Arc::new(board),
         problems: shared.problems.clone(),
         metrics: shared.metrics.clone(),
         clock: shared.clock.clone(),
         settings: SubscriptionSettings::from_config(&config.subscriptions),
-    };
-    for (tenant_id, registration) in registrations {
-        let manager = Arc::new(SubscriptionManager::new(
-            shared.tenants[&tenant_id].clone(),
-            registration,
-            context.clone(),
-        ));
-        tracker.spawn(manager.run(shared.retry, shutdown.clone()));
+    }
+}
+
+fn admin_context(
+    config: &Config,
+    shared: &Shared,
+    webhooks: Arc<ArcSwap<HashMap<String, WebhookRegistration>>>,
+) -> AdminContext {
+    AdminContext {
+        queue: shared.content_queue(),
+        tenants: shared.tenants.clone(),
+        webhooks,
+        clock: shared.clock.clone(),
+        work_available: shared.work_available.clone(),
+        max_window: chrono::Duration::seconds(
+            i64::try_from(config.poller.max_window_secs.get()).unwrap_or(82_800),
+        ),
     }
 }
 
@@ -478,13 +438,6 @@ fn engine_health(forwarder: Arc<Forwarder>) -> Arc<dyn Fn() -> EngineHealth + Se
     })
 }
 
-/// The GUID type of the configuration, from a tenant id already validated as a GUID.
-fn tenant_guid(tenant_id: &str) -> crate::config::Guid {
-    tenant_id
-        .parse()
-        .expect("tenant ids were validated as GUIDs")
-}
-
 type Served = (
     SocketAddr,
     axum_server::Handle<SocketAddr>,
@@ -494,6 +447,7 @@ type Served = (
 /// The routers the listeners serve.
 struct Routes {
     webhook: axum::Router,
+    webhook_state: Arc<WebhookState>,
     ops: Arc<OpsState>,
     status: Arc<StatusSource>,
     metrics: Arc<Metrics>,
@@ -679,6 +633,11 @@ pub struct StopReport {
 }
 
 impl RunningService {
+    /// Applies a new tenant list while the service runs (see [`tenants`]).
+    pub fn tenant_supervisor(&self) -> Arc<TenantSupervisor> {
+        self.supervisor.clone()
+    }
+
     /// Stops gracefully (see the module doc), within `ops.shutdown_secs`.
     pub async fn stop(self) -> StopReport {
         let started = tokio::time::Instant::now();

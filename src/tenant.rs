@@ -1,8 +1,17 @@
 //! A configured tenant at run time: its API client (with its token cache and request
-//! budget) and what its Logs carry. Built once at start from the configuration.
+//! budget) and what its Logs carry. Built at start from the configuration, and again for
+//! the tenants a reload adds or changes.
+//!
+//! [`TenantSet`] holds the current tenants. A reload replaces the whole map at once
+//! (readers see the old map or the new one, never a mix); a reader that already holds a
+//! tenant keeps using it until it lets go, so work in flight finishes with the settings it
+//! started with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use secrecy::ExposeSecret;
 
 use crate::api::http::HttpClientError;
 use crate::api::{ApiClient, ApiClientConfig};
@@ -61,6 +70,56 @@ pub enum TenantSetupError {
 
 /// The tenants by lowercase tenant GUID.
 pub type Tenants = HashMap<String, Arc<Tenant>>;
+
+/// The current tenants of a running service, replaced as a whole on reload.
+pub struct TenantSet {
+    current: ArcSwap<Tenants>,
+}
+
+impl TenantSet {
+    /// A set holding `tenants`.
+    pub fn new(tenants: Tenants) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(tenants),
+        }
+    }
+
+    /// The tenants now (a snapshot: later reloads do not change it).
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current.load_full()
+    }
+
+    /// The tenant with this lowercase GUID, if it is configured now.
+    pub fn get(&self, tenant_id: &str) -> Option<Arc<Tenant>> {
+        self.current.load().get(tenant_id).cloned()
+    }
+
+    /// Makes `tenants` the current tenants.
+    pub fn replace(&self, tenants: Tenants) {
+        self.current.store(Arc::new(tenants));
+    }
+}
+
+/// True when the two configurations of one tenant would build the same [`Tenant`]: same
+/// name, ids, cloud, content types, publisher, UTMStack tenant and credential (the secret
+/// compared by value, the certificate by its file paths).
+pub fn same_tenant_settings(left: &TenantConfig, right: &TenantConfig) -> bool {
+    let secret = |tenant: &TenantConfig| {
+        tenant
+            .client_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().to_string())
+    };
+    left.name == right.name
+        && left.tenant_id == right.tenant_id
+        && left.client_id == right.client_id
+        && left.cloud == right.cloud
+        && left.content_types == right.content_types
+        && left.publisher_id == right.publisher_id
+        && left.utm_tenant_id == right.utm_tenant_id
+        && left.certificate == right.certificate
+        && secret(left) == secret(right)
+}
 
 /// Builds every tenant of `config`. A publisher id given as a domain is resolved once per
 /// domain; when that fails the tenant goes on without `PublisherIdentifier` (collection
@@ -205,5 +264,42 @@ fn credential(tenant: &TenantConfig) -> Result<Credential, TenantSetupError> {
             tenant: tenant.name.clone(),
             reason: "set client_secret or certificate".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(secret: &str, content_types: &str) -> TenantConfig {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"/tmp/store\"\n\
+             [engine]\nsocket = \"/tmp/engine.sock\"\n[[tenants]]\nname = \"contoso\"\n\
+             tenant_id = \"41463f53-8812-40f4-890f-865bf6e35190\"\n\
+             client_id = \"a1b2c3d4-0000-4000-8000-00000000c11e\"\n\
+             client_secret = {{ env = \"SECRET\" }}\ncontent_types = [{content_types}]\n"
+        );
+        let env = [("SECRET".to_string(), secret.to_string())];
+        Config::from_toml_with_env(&text, env)
+            .unwrap()
+            .tenants
+            .remove(0)
+    }
+
+    #[test]
+    fn same_settings_compare_equal_and_a_new_secret_or_content_type_does_not() {
+        let exchange = "\"Audit.Exchange\"";
+        assert!(same_tenant_settings(
+            &tenant("one", exchange),
+            &tenant("one", exchange)
+        ));
+        assert!(!same_tenant_settings(
+            &tenant("one", exchange),
+            &tenant("two", exchange)
+        ));
+        assert!(!same_tenant_settings(
+            &tenant("one", exchange),
+            &tenant("one", "\"Audit.Exchange\", \"DLP.All\"")
+        ));
     }
 }

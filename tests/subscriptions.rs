@@ -641,7 +641,7 @@ async fn a_webhook_disabled_mid_run_is_re_enabled_by_the_next_check_and_nothing_
     assert_eq!(reported, vec![enabled; 5]);
     let metrics = Arc::new(Metrics::new([common::rig::GROUP], 10));
     let manager = SubscriptionManager::new(
-        service.tenants[TENANT].clone(),
+        service.tenants.get(TENANT).unwrap(),
         Some(WebhookRegistration {
             address: registered.address.clone(),
             auth_id: registered.auth_id.clone().unwrap(),

@@ -339,7 +339,59 @@ async fn run_utmstack_forwards_records_labelled_with_the_group_and_utmstack_tena
         assert_eq!(log.data_source, "contoso-eu");
         assert_eq!(log.tenant_id, UTM_TENANT);
     }
+    let utmstack_env = [("WORK_DIR", work.to_str().unwrap()), ("RUST_LOG", "warn")];
+    let settings_path = settings.to_str().unwrap();
+    let listed = operator_command(
+        &[
+            "subscriptions",
+            "list",
+            "--utmstack",
+            "--config",
+            settings_path,
+            "--json",
+        ],
+        &utmstack_env,
+    )
+    .await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        !String::from_utf8_lossy(&listed.stderr).contains("directly"),
+        "the running service answered: {listed:?}"
+    );
+    let report: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = report["subscriptions"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{report}");
+    assert!(
+        rows.iter().all(|row| row["tenant"] == "contoso-eu"),
+        "{report}"
+    );
+    let dead = operator_command(
+        &[
+            "deadletters",
+            "list",
+            "--utmstack",
+            "--config",
+            settings_path,
+            "--json",
+        ],
+        &utmstack_env,
+    )
+    .await;
+    assert!(dead.status.success(), "{dead:?}");
     assert_eq!(running.terminate().await, Some(0));
+}
+
+/// Runs an operator command of the binary to its end.
+async fn operator_command(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let child = tokio::process::Command::new(common::binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output();
+    tokio::time::timeout(DEADLINE, child)
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not finish in time"))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,4 +457,418 @@ async fn run_utmstack_without_the_o365_file_exits_non_zero_saying_the_module_is_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("module is inactive"), "{stderr}");
     assert!(stderr.contains(utmstack::O365_FILE_NAME), "{stderr}");
+}
+
+/// Hot reload: the service runs in-process from a WORK_DIR YAML, watched every 50 ms,
+/// against an API emulator that knows two tenants (contoso and fabrikam).
+mod reload {
+    use std::time::Duration;
+
+    use o365_connector::clock::Clock;
+    use o365_connector::emulator::api::scenario::{Scenario, TenantScenario};
+    use o365_connector::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
+    use o365_connector::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
+    use o365_connector::queue::{ContentQueue, ContentRef, ItemState, Source};
+    use o365_connector::retry::RetryPolicy;
+    use o365_connector::server::dev_certs::write_dev_certs;
+    use o365_connector::service::{self, RunningService, ServiceOptions};
+    use o365_connector::utmstack::watch::{self, WatchSettings};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::common::rig::{acked_by_sha, sha256_hex};
+
+    pub const OTHER_SECRET: &str = "fabrikam-client-secret";
+
+    pub struct ReloadRig {
+        pub dir: tempfile::TempDir,
+        pub api: ApiEmulator,
+        pub engine: EngineEmulator,
+        pub service: Option<RunningService>,
+        watcher: CancellationToken,
+    }
+
+    pub fn contoso(extra: &str) -> String {
+        group_yaml("contoso", TENANT, CLIENT, &encrypt(KEY, SECRET), extra)
+    }
+
+    pub fn fabrikam(secret: &str) -> String {
+        group_yaml(
+            "fabrikam",
+            OTHER_TENANT,
+            OTHER_CLIENT,
+            &encrypt(KEY, secret),
+            "",
+        )
+    }
+
+    impl ReloadRig {
+        pub async fn start(groups: &[String], ack_delay: Duration) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (certs, _) = write_dev_certs(&dir.path().join("certs"), false).unwrap();
+            let mut tenants = Vec::new();
+            for (tenant, client, secret) in [
+                (TENANT, CLIENT, SECRET),
+                (OTHER_TENANT, OTHER_CLIENT, OTHER_SECRET),
+            ] {
+                let mut scenario = TenantScenario::with_secret(tenant, client, secret);
+                scenario.publication.records_per_blob = 10;
+                tenants.push(scenario);
+            }
+            let mut scenario = Scenario::single_tenant(tenants[0].clone());
+            scenario.tenants = tenants;
+            let api = ApiEmulator::start(ApiEmulatorConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                scenario,
+                tls: Some(TlsFiles {
+                    cert: certs.server_cert.clone(),
+                    key: certs.server_key.clone(),
+                }),
+                webhook_ca: Some(certs.ca.clone()),
+                clock: Clock::system(),
+            })
+            .await
+            .unwrap();
+            let mut engine_config = EngineEmulatorConfig::in_memory(dir.path().join("engine.sock"));
+            engine_config.faults = EngineFaults {
+                ack_delay,
+                ..EngineFaults::default()
+            };
+            let engine = EngineEmulator::start(engine_config).await.unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let settings = dir.path().join("settings.toml");
+            std::fs::write(
+                &settings,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}/hook\"\n\
+                     tls_cert = \"{}\"\ntls_key = \"{}\"\n[store]\npath = \"{}\"\n[engine]\nsocket = \"{}\"\n\
+                     [api]\nca_file = \"{}\"\n[workers]\ncount = 2\n[poller]\npoll_interval_secs = 1\n\
+                     [ops]\nshutdown_secs = 3\n",
+                    certs.server_cert.display(),
+                    certs.server_key.display(),
+                    dir.path().join("store").display(),
+                    dir.path().join("engine.sock").display(),
+                    certs.ca.display(),
+                ),
+            )
+            .unwrap();
+            let work = dir.path().join("work");
+            write_pipeline(&work, &o365_yaml(groups));
+            let mut environment = environment(&work);
+            for variable in ["O365_CONNECTOR_LOGIN_URL", "O365_CONNECTOR_API_URL"] {
+                environment
+                    .env
+                    .insert(variable.into(), api.base_url().to_string());
+            }
+            let config = utmstack::load(&environment, Some(&settings))
+                .unwrap()
+                .config;
+            let options = ServiceOptions {
+                listener: Some(listener),
+                retry: RetryPolicy::for_test(),
+                idle_poll: Duration::from_millis(50),
+                ..ServiceOptions::default()
+            };
+            let service = service::start(config.clone(), options).await.unwrap();
+            let watcher = CancellationToken::new();
+            tokio::spawn(watch::run(
+                service.tenant_supervisor(),
+                WatchSettings {
+                    environment,
+                    settings: Some(settings),
+                    interval: Duration::from_millis(50),
+                },
+                config,
+                watcher.clone(),
+            ));
+            Self {
+                dir,
+                api,
+                engine,
+                service: Some(service),
+                watcher,
+            }
+        }
+
+        pub fn service(&self) -> &RunningService {
+            self.service.as_ref().unwrap()
+        }
+
+        /// Rewrites the o365 file (the watcher picks it up).
+        pub fn write_groups(&self, groups: &[String]) {
+            let file = self
+                .dir
+                .path()
+                .join("work/pipeline")
+                .join(utmstack::O365_FILE_NAME);
+            std::fs::write(file, o365_yaml(groups)).unwrap();
+        }
+
+        pub async fn wait_for_webhook(&self, tenant: &str) {
+            let state = self.api.state().clone();
+            wait_until("a subscription with webhook", DEADLINE, || {
+                state
+                    .feed
+                    .active_webhook(tenant, "Audit.Exchange")
+                    .is_some()
+            })
+            .await;
+        }
+
+        /// Requests the emulator answered for `tenant` on `endpoint_part`.
+        pub fn requests(&self, tenant: &str, endpoint_part: &str) -> usize {
+            self.api
+                .state()
+                .inspection()
+                .requests
+                .iter()
+                .filter(|request| {
+                    request.tenant.as_deref() == Some(tenant)
+                        && request.endpoint.contains(endpoint_part)
+                })
+                .count()
+        }
+
+        /// POSTs a validation request to the webhook Microsoft holds; the status answered.
+        pub async fn validate_webhook(
+            &self,
+            webhook: &o365_connector::emulator::api::feed::WebhookTarget,
+        ) -> u16 {
+            let ca = std::fs::read(self.dir.path().join("certs/ca.pem")).unwrap();
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .build()
+                .unwrap();
+            client
+                .post(&webhook.address)
+                .header("Webhook-ValidationCode", "reload-test")
+                .header(
+                    "Webhook-AuthID",
+                    webhook.auth_id.clone().unwrap_or_default(),
+                )
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+
+        pub fn acked_from(&self, data_source: &str) -> usize {
+            self.engine
+                .logs()
+                .iter()
+                .filter(|log| log.acked && log.data_source == data_source)
+                .count()
+        }
+
+        pub async fn shutdown(mut self) {
+            self.watcher.cancel();
+            if let Some(service) = self.service.take() {
+                service.stop().await;
+            }
+            self.api.shutdown().await;
+            self.engine.shutdown().await;
+        }
+    }
+
+    /// Every record the emulator published for `tenant` was acked at least once.
+    pub fn every_record_acked(rig: &ReloadRig, tenant: &str) -> bool {
+        let acked = acked_by_sha(&rig.engine.logs());
+        let published = rig.api.state().publisher.published();
+        let of_tenant: Vec<_> = published
+            .iter()
+            .filter(|record| record.tenant_id == tenant)
+            .collect();
+        !of_tenant.is_empty()
+            && of_tenant
+                .iter()
+                .all(|record| acked.contains_key(&record.sha256))
+    }
+
+    /// An item of `tenant` put straight into the service's queue.
+    pub async fn enqueue_item(rig: &ReloadRig, tenant: &str) -> o365_connector::queue::ContentKey {
+        let now = chrono::Utc::now();
+        let content_id = format!(
+            "20261126000000000000000000000000${}$reload",
+            sha256_hex(tenant.as_bytes())
+        );
+        let reference = ContentRef {
+            tenant_id: tenant.into(),
+            content_type: "Audit.Exchange".into(),
+            content_id: content_id.clone(),
+            content_uri: format!(
+                "{}api/v1.0/{tenant}/activity/feed/audit/{content_id}",
+                rig.api.base_url()
+            ),
+            content_created: now,
+            content_expiration: now + chrono::Duration::days(7),
+            source: Source::Poll,
+        };
+        let key = reference.key();
+        let queue: &dyn ContentQueue = rig.service().queue.as_ref();
+        queue.enqueue(vec![reference]).await.unwrap();
+        key
+    }
+
+    pub fn is_pending_after_a_try(state: &ItemState) -> bool {
+        matches!(state, ItemState::Pending { attempts, .. } if *attempts >= 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_group_is_collected_and_removed_group_stops_keeping_its_queued_items() {
+    use reload::*;
+    let rig = ReloadRig::start(&[contoso("")], std::time::Duration::ZERO).await;
+    rig.wait_for_webhook(TENANT).await;
+
+    rig.write_groups(&[contoso(""), fabrikam(OTHER_SECRET)]);
+    rig.wait_for_webhook(OTHER_TENANT).await;
+    publish::publish_now(rig.api.state(), OTHER_TENANT, "Audit.Exchange", 1).await;
+    wait_until("fabrikam's records acked", DEADLINE, || {
+        every_record_acked(&rig, OTHER_TENANT)
+    })
+    .await;
+    assert_eq!(rig.acked_from("fabrikam"), 10);
+    let fabrikam_webhook = rig
+        .api
+        .state()
+        .feed
+        .active_webhook(OTHER_TENANT, "Audit.Exchange")
+        .unwrap();
+
+    rig.write_groups(&[contoso("")]);
+    wait_until("fabrikam removed", DEADLINE, || {
+        rig.service().tenants.get(OTHER_TENANT).is_none()
+    })
+    .await;
+    let refused = rig.validate_webhook(&fabrikam_webhook).await;
+    assert_eq!(refused, 404, "the webhook refuses a removed tenant");
+    let fabrikam_requests = rig.requests(OTHER_TENANT, "");
+    let key = enqueue_item(&rig, OTHER_TENANT).await;
+    let queue: &dyn o365_connector::queue::ContentQueue = rig.service().queue.as_ref();
+    let started = std::time::Instant::now();
+    loop {
+        let item = queue
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("the item stays queued");
+        if is_pending_after_a_try(&item.state) {
+            assert_eq!(
+                item.last_retry_reason.as_deref(),
+                Some("tenant no longer configured")
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never tried: {:?}",
+            item.state
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // contoso's poller lists every second: two more listings of it prove time passed
+    // with pollers running, and fabrikam's asked nothing meanwhile.
+    let contoso_listings = rig.requests(TENANT, "content");
+    wait_until("two more contoso listings", DEADLINE, || {
+        rig.requests(TENANT, "content") >= contoso_listings + 2
+    })
+    .await;
+    assert_eq!(rig.requests(OTHER_TENANT, ""), fabrikam_requests);
+    assert!(rig.service().tenants.get(TENANT).is_some());
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_secret_takes_effect_and_work_in_flight_during_reloads_is_not_lost() {
+    use reload::*;
+    // Each Log is acked 2 s after it arrives: the reload below happens with contoso's
+    // records forwarded but not yet acked, its items leased.
+    let ack_delay = std::time::Duration::from_secs(2);
+    let rig = ReloadRig::start(&[contoso(""), fabrikam("a-wrong-secret")], ack_delay).await;
+    rig.wait_for_webhook(TENANT).await;
+    wait_until("fabrikam's token refused", DEADLINE, || {
+        rig.api
+            .state()
+            .inspection()
+            .rejections
+            .by_rule
+            .get("bad_secret")
+            .is_some_and(|count| *count > 0)
+    })
+    .await;
+    publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 4).await;
+    wait_until("contoso's records reach the engine", DEADLINE, || {
+        !rig.engine.logs().is_empty()
+    })
+    .await;
+    let contoso_before = rig.service().tenants.get(TENANT).unwrap();
+
+    // Both tenants change: fabrikam gets the right secret, contoso a publisher id (its API
+    // client is rebuilt while its blobs are in flight).
+    let publisher = format!("              office365_publisher_id: \"{TENANT}\"\n");
+    rig.write_groups(&[contoso(&publisher), fabrikam(OTHER_SECRET)]);
+    wait_until("contoso restarted with its new settings", DEADLINE, || {
+        rig.service()
+            .tenants
+            .get(TENANT)
+            .is_some_and(|now| !std::sync::Arc::ptr_eq(&now, &contoso_before))
+    })
+    .await;
+    assert!(
+        !every_record_acked(&rig, TENANT),
+        "the reload happened with work in flight"
+    );
+    rig.wait_for_webhook(OTHER_TENANT).await;
+    publish::publish_now(rig.api.state(), OTHER_TENANT, "Audit.Exchange", 1).await;
+    wait_until("fabrikam's records acked", DEADLINE, || {
+        every_record_acked(&rig, OTHER_TENANT)
+    })
+    .await;
+    wait_until("every contoso record acked", DEADLINE, || {
+        every_record_acked(&rig, TENANT)
+    })
+    .await;
+    assert_eq!(rig.acked_from("contoso"), 40);
+    let queue: &dyn o365_connector::queue::ContentQueue = rig.service().queue.as_ref();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.dead, 0, "{stats:?}");
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_yaml_keeps_the_running_tenants_and_the_next_good_file_applies() {
+    use reload::*;
+    let rig = ReloadRig::start(&[contoso("")], std::time::Duration::ZERO).await;
+    rig.wait_for_webhook(TENANT).await;
+    let file = rig
+        .dir
+        .path()
+        .join("work/pipeline")
+        .join(utmstack::O365_FILE_NAME);
+    std::fs::write(&file, "plugins: [unclosed\n").unwrap();
+    // The watcher looks every 50 ms; two listings of contoso's poller (one a second) later
+    // it has seen the broken file many times.
+    let listings = rig.requests(TENANT, "content");
+    wait_until("two more contoso listings", DEADLINE, || {
+        rig.requests(TENANT, "content") >= listings + 2
+    })
+    .await;
+    assert!(rig.service().tenants.get(TENANT).is_some());
+    let contoso_webhook = rig
+        .api
+        .state()
+        .feed
+        .active_webhook(TENANT, "Audit.Exchange")
+        .unwrap();
+    assert_eq!(rig.validate_webhook(&contoso_webhook).await, 200);
+
+    rig.write_groups(&[fabrikam(OTHER_SECRET)]);
+    wait_until("contoso replaced by fabrikam", DEADLINE, || {
+        let tenants = rig.service().tenants.current();
+        tenants.contains_key(OTHER_TENANT) && !tenants.contains_key(TENANT)
+    })
+    .await;
+    rig.shutdown().await;
 }

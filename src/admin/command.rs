@@ -26,6 +26,7 @@ use super::protocol::{
 };
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
+use crate::cli::ConfigSourceArgs;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ops::Metrics;
@@ -36,8 +37,8 @@ use crate::webhook::auth_id::load_or_create_secrets;
 /// Where to find the service and how to print.
 #[derive(Clone, Debug)]
 pub struct CommandTarget {
-    /// The configuration file.
-    pub config: PathBuf,
+    /// Where the service's configuration comes from (`--config FILE` or `--utmstack`).
+    pub source: ConfigSourceArgs,
     /// The admin socket; default `{store.path}/admin.sock`.
     pub admin_socket: Option<PathBuf>,
     /// Print JSON instead of tables.
@@ -51,7 +52,7 @@ struct Loaded {
 }
 
 fn load(target: &CommandTarget) -> anyhow::Result<Loaded> {
-    let config = Config::load(&target.config)?;
+    let config = target.source.load()?;
     let socket = target
         .admin_socket
         .clone()

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::config::ContentType;
 use crate::poller::{earliest_listable, list_range};
 use crate::queue::{ContentKey, Source};
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, ItemState, QueueError, QueueItem};
-use crate::tenant::{Tenant, Tenants};
+use crate::tenant::{Tenant, TenantSet, Tenants};
 
 /// Kept between the oldest `from` accepted and the API's 7-day limit, so the first window
 /// is still listable when its request arrives (a backfill of many pairs takes a while).
@@ -90,10 +91,11 @@ pub enum AdminError {
 pub struct AdminContext {
     /// The content queue.
     pub queue: Arc<dyn ContentQueue>,
-    /// The tenants.
-    pub tenants: Arc<Tenants>,
-    /// Each tenant's configured webhook, by tenant GUID; absent when polling only.
-    pub webhooks: HashMap<String, WebhookRegistration>,
+    /// The current tenants.
+    pub tenants: Arc<TenantSet>,
+    /// Each current tenant's configured webhook, by tenant GUID; absent when polling only.
+    /// Replaced with the tenants on reload.
+    pub webhooks: Arc<ArcSwap<HashMap<String, WebhookRegistration>>>,
     /// The service's clock.
     pub clock: Clock,
     /// Woken after an enqueue so idle workers look at the queue at once.
@@ -378,7 +380,7 @@ pub async fn backfill(
     shutdown: CancellationToken,
 ) -> Result<BackfillReport, AdminError> {
     let (from, to) = check_backfill_range(request.from, request.to, context.clock.now())?;
-    let plan = plan_backfill(&context.tenants, &request)?;
+    let plan = plan_backfill(&context.tenants.current(), &request)?;
     let mut report = BackfillReport {
         from,
         to,
@@ -531,7 +533,7 @@ pub async fn list_dead_letters(
     context: &AdminContext,
     selection: &DeadLetterSelection,
 ) -> Result<DeadLettersReport, AdminError> {
-    let tenant_id = selected_tenant_id(&context.tenants, selection)?;
+    let tenant_id = selected_tenant_id(&context.tenants.current(), selection)?;
     let items = context.queue.dead_items(DEAD_LETTER_LIMIT).await?;
     let records = context.queue.dead_records(DEAD_LETTER_LIMIT).await?;
     let mut report = DeadLettersReport {
@@ -544,7 +546,7 @@ pub async fn list_dead_letters(
     {
         report
             .dead_items
-            .push(dead_item_row(&context.tenants, item));
+            .push(dead_item_row(&context.tenants.current(), item));
     }
     let mut content_types: HashMap<ContentKey, Option<String>> = HashMap::new();
     for (key, record) in records
@@ -564,7 +566,7 @@ pub async fn list_dead_letters(
             }
         };
         report.dead_records.push(DeadRecordRow {
-            tenant: tenant_name(&context.tenants, &key.tenant_id),
+            tenant: tenant_name(&context.tenants.current(), &key.tenant_id),
             tenant_id: key.tenant_id.clone(),
             content_type,
             content_id: key.content_id.clone(),
@@ -585,7 +587,7 @@ pub async fn requeue_dead_letters(
     if selection.content_id.is_none() && !selection.all {
         return Err(AdminError::RequeueNeedsSelection);
     }
-    let tenant_id = selected_tenant_id(&context.tenants, selection)?;
+    let tenant_id = selected_tenant_id(&context.tenants.current(), selection)?;
     let items = context.queue.dead_items(DEAD_LETTER_LIMIT).await?;
     let mut report = RequeueReport {
         truncated: items.len() >= DEAD_LETTER_LIMIT,
@@ -601,7 +603,9 @@ pub async fn requeue_dead_letters(
         }
         tracing::info!(key = %item.content.key(), "operator requeued a dead item");
         report.expired += usize::from(item.content.content_expiration <= now);
-        report.requeued.push(dead_item_row(&context.tenants, item));
+        report
+            .requeued
+            .push(dead_item_row(&context.tenants.current(), item));
     }
     if let Some(content_id) = &selection.content_id
         && report.requeued.is_empty()

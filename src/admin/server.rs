@@ -176,7 +176,7 @@ async fn run(
 ) -> AdminEvent {
     let result = match request {
         AdminRequest::SubscriptionsList(selection) => {
-            operations::list_subscriptions(&context.tenants, &selection)
+            operations::list_subscriptions(&context.tenants.current(), &selection)
                 .await
                 .map(AdminEvent::Subscriptions)
         }
@@ -184,15 +184,15 @@ async fn run(
             selection,
             no_webhook,
         } => operations::start_subscriptions(
-            &context.tenants,
-            &context.webhooks,
+            &context.tenants.current(),
+            &context.webhooks.load(),
             &selection,
             no_webhook,
         )
         .await
         .map(AdminEvent::SubscriptionChanges),
         AdminRequest::SubscriptionsStop(selection) => {
-            operations::stop_subscriptions(&context.tenants, &selection)
+            operations::stop_subscriptions(&context.tenants.current(), &selection)
                 .await
                 .map(AdminEvent::SubscriptionChanges)
         }

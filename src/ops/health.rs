@@ -84,6 +84,12 @@ impl ProblemBoard {
         }
     }
 
+    /// Clears every problem of `tenant`: it was removed, or restarted with new settings
+    /// (its components report again what still holds).
+    pub fn clear_tenant(&self, tenant: &str) {
+        self.lock().retain(|(name, _, _), _| name != tenant);
+    }
+
     /// Every current problem, ordered by tenant, content type and kind.
     pub fn snapshot(&self) -> Vec<((String, String), Problem)> {
         self.lock()

@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -70,7 +71,8 @@ struct Reported {
 /// Gathers the status from the metrics, the problem board, the queue and the metadata
 /// store, plus what components report through its setters.
 pub struct StatusSource {
-    tenants: Vec<StatusTenant>,
+    /// Replaced when the tenants are reloaded ([`StatusSource::replace_tenants`]).
+    tenants: ArcSwap<Vec<StatusTenant>>,
     metrics: Arc<Metrics>,
     problems: Arc<ProblemBoard>,
     queue: Arc<dyn ContentQueue>,
@@ -191,7 +193,7 @@ impl StatusSource {
         engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
     ) -> Self {
         Self {
-            tenants,
+            tenants: ArcSwap::from_pointee(tenants),
             metrics,
             problems,
             queue,
@@ -200,6 +202,11 @@ impl StatusSource {
             engine,
             reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Makes `tenants` the tenants the status lists (after a reload).
+    pub fn replace_tenants(&self, tenants: Vec<StatusTenant>) {
+        self.tenants.store(Arc::new(tenants));
     }
 
     /// Reports the subscription state (and the webhook's, when known) of a (tenant id,
@@ -258,8 +265,9 @@ impl StatusSource {
         for (key, problem) in self.problems.snapshot() {
             problems.entry(key).or_default().push(problem.into());
         }
-        let mut tenants = Vec::with_capacity(self.tenants.len());
-        for tenant in &self.tenants {
+        let listed = self.tenants.load_full();
+        let mut tenants = Vec::with_capacity(listed.len());
+        for tenant in listed.iter() {
             let mut content_types = Vec::with_capacity(tenant.content_types.len());
             for content_type in &tenant.content_types {
                 content_types.push(

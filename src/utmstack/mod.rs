@@ -34,11 +34,12 @@
 //!
 //! [`failures`] sends the tenants' problems to UTMStack's console (in every mode).
 //!
-//! Not here: watching the YAML for changes (the file is read once at start).
+//! [`watch`] reloads the tenants when these files change (`run --utmstack`).
 
 pub mod crypto;
 pub mod failures;
 pub mod files;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -205,9 +206,7 @@ pub fn load(
 ) -> Result<UtmstackConfig, UtmstackError> {
     let mut warnings = Vec::new();
     let pipeline = files::merged_pipeline(&environment.pipeline_files_dir(), &mut warnings);
-    let pipeline_dir = files::utmstack_key(&pipeline, "pipelineDir")
-        .map_or_else(|| environment.pipeline_files_dir(), PathBuf::from);
-    let o365_file = pipeline_dir.join(O365_FILE_NAME);
+    let o365_file = o365_file_in(&pipeline, environment);
     let key = files::utmstack_key(&pipeline, "encryptionKey").map(|key| DerivedKey::derive(&key));
     let Some(groups) = files::read_groups(&o365_file)? else {
         return Err(inactive(&o365_file, "the file does not exist", Vec::new()));
@@ -254,6 +253,19 @@ pub fn load(
         skipped,
         warnings,
     })
+}
+
+/// Where `system_plugins_o365.yaml` is, as the pipeline files say now.
+pub fn o365_file(environment: &UtmstackEnvironment) -> PathBuf {
+    let pipeline = files::merged_pipeline(&environment.pipeline_files_dir(), &mut Vec::new());
+    o365_file_in(&pipeline, environment)
+}
+
+/// `{pipelineDir}/system_plugins_o365.yaml`, `pipelineDir` from the merged pipeline files.
+fn o365_file_in(pipeline: &yaml_serde::Value, environment: &UtmstackEnvironment) -> PathBuf {
+    files::utmstack_key(pipeline, "pipelineDir")
+        .map_or_else(|| environment.pipeline_files_dir(), PathBuf::from)
+        .join(O365_FILE_NAME)
 }
 
 fn inactive(path: &Path, reason: &str, skipped: Vec<SkippedGroup>) -> UtmstackError {

@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -68,7 +69,8 @@ pub struct WebhookTenant {
 
 /// Everything the webhook handlers need.
 pub struct WebhookState {
-    tenants: HashMap<String, WebhookTenant>,
+    /// Replaced as a whole when the tenants are reloaded ([`WebhookState::replace_tenants`]).
+    tenants: ArcSwap<HashMap<String, WebhookTenant>>,
     secrets: WebhookSecrets,
     queue: Arc<dyn ContentQueue>,
     max_body_bytes: usize,
@@ -89,12 +91,8 @@ impl WebhookState {
         metrics: Arc<Metrics>,
         work_available: Arc<Notify>,
     ) -> Self {
-        let tenants = tenants
-            .into_iter()
-            .map(|tenant| (tenant.tenant_id.to_ascii_lowercase(), tenant))
-            .collect();
         Self {
-            tenants,
+            tenants: ArcSwap::from_pointee(tenants_by_id(tenants)),
             secrets,
             queue,
             max_body_bytes,
@@ -105,6 +103,12 @@ impl WebhookState {
             )),
             status: None,
         }
+    }
+
+    /// Makes `tenants` the tenants the webhook accepts: a request for a tenant no longer
+    /// among them is refused (404) from now on, one for a new tenant accepted.
+    pub fn replace_tenants(&self, tenants: impl IntoIterator<Item = WebhookTenant>) {
+        self.tenants.store(Arc::new(tenants_by_id(tenants)));
     }
 
     /// Notes each accepted notification's time in `status` (`last_notification`).
@@ -254,10 +258,8 @@ async fn handle_notification(
     if !state.secrets.verify(tenant_id, presented) {
         return Err(WebhookError::Unauthenticated);
     }
-    let tenant = state
-        .tenants
-        .get(tenant_id)
-        .ok_or(WebhookError::UnknownTenant)?;
+    let tenants = state.tenants.load_full();
+    let tenant = tenants.get(tenant_id).ok_or(WebhookError::UnknownTenant)?;
     if headers.contains_key("webhook-validationcode") {
         state.count("validation");
         tracing::info!(tenant = %tenant_id, "webhook validation request answered");
@@ -324,6 +326,15 @@ async fn handle_notification(
         axum::Json(serde_json::json!({ "enqueued": enqueued, "duplicates": duplicates }))
             .into_response(),
     )
+}
+
+fn tenants_by_id(
+    tenants: impl IntoIterator<Item = WebhookTenant>,
+) -> HashMap<String, WebhookTenant> {
+    tenants
+        .into_iter()
+        .map(|tenant| (tenant.tenant_id.to_ascii_lowercase(), tenant))
+        .collect()
 }
 
 /// `application/json`, with no parameter, `charset=utf-8`, or Microsoft's bare `utf-8`.
