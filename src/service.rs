@@ -484,9 +484,12 @@ fn serve(
         ),
         None => None,
     };
-    let main = serve_on(listener, app, reloader.as_ref())?;
+    let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs.get());
+    let main = serve_on(listener, app, reloader.as_ref(), header_timeout)?;
     let ops = match (ops_listener, ops_app) {
-        (Some(ops_listener), Some(ops_app)) => Some(serve_on(ops_listener, ops_app, None)?),
+        (Some(ops_listener), Some(ops_app)) => {
+            Some(serve_on(ops_listener, ops_app, None, header_timeout)?)
+        }
         _ => None,
     };
     Ok(Listeners {
@@ -516,10 +519,18 @@ fn listener_apps(config: &Config, routes: Routes) -> (axum::Router, Option<axum:
         )),
         metrics: routes.metrics.clone(),
     };
-    let webhook = routes.webhook.layer(axum::middleware::from_fn_with_state(
-        gate,
-        enforce_webhook_allowlist,
-    ));
+    let request_timeout = Duration::from_secs(config.server.request_timeout_secs.get());
+    let webhook = routes
+        .webhook
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            enforce_webhook_allowlist,
+        ))
+        // A client that trickles its body cannot hold a request (and its worker) forever.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
     let private = ops::metrics_routes(routes.ops.clone()).merge(ops::status::routes(routes.status));
     let probes = ops::probe_routes(routes.ops);
     match config.ops.listen {
@@ -547,10 +558,13 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<CertificateReloader>> {
 
 /// Serves `app` on `listener`, over TLS when a reloader is given; handlers can read the
 /// peer address (`ConnectInfo<SocketAddr>`).
+/// Serves `app` on `listener` (with TLS when given); a connection whose request headers do
+/// not arrive within `header_timeout` is closed.
 fn serve_on(
     listener: std::net::TcpListener,
     app: axum::Router,
     tls: Option<&CertificateReloader>,
+    header_timeout: Duration,
 ) -> anyhow::Result<Served> {
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
@@ -558,12 +572,20 @@ fn serve_on(
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = match tls {
         Some(reloader) => {
-            let server = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
+            let mut server = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
                 .handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(service))
         }
         None => {
-            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(service))
         }
     };

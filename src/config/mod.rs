@@ -128,6 +128,15 @@ pub struct ServerConfig {
     /// (1 MiB).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
+    /// A client must send a request's headers within this many seconds of connecting (or of
+    /// its previous request), or the connection is closed: slow clients cannot hold
+    /// connections open. Default: 10.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: NonZeroU64,
+    /// A webhook request, body included, must complete within this many seconds, or it is
+    /// answered 408. Default: 30.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: NonZeroU64,
     /// How often the `tls_cert`, `tls_key` and `client_ca` files are checked for a change
     /// (then reloaded without dropping connections; SIGHUP reloads at once), in seconds.
     /// Default: 5.
@@ -750,6 +759,14 @@ fn deserialize_networks<'de, D: serde::Deserializer<'de>>(
 
 fn default_tls_watch_interval_secs() -> NonZeroU64 {
     NonZeroU64::new(5).expect("non-zero constant")
+}
+
+fn default_header_read_timeout_secs() -> NonZeroU64 {
+    NonZeroU64::new(10).expect("non-zero constant")
+}
+
+fn default_request_timeout_secs() -> NonZeroU64 {
+    NonZeroU64::new(30).expect("non-zero constant")
 }
 
 fn default_max_body_bytes() -> NonZeroUsize {
