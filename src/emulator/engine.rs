@@ -286,6 +286,17 @@ impl EngineEmulator {
         lock(&self.shared.recorder).logs.clone()
     }
 
+    /// The Logs received from position `start` on (with `keep_in_memory`): lets a waiter
+    /// look only at what is new instead of copying everything each time.
+    pub fn logs_from(&self, start: usize) -> Vec<ReceivedLog> {
+        let recorder = lock(&self.shared.recorder);
+        recorder
+            .logs
+            .get(start..)
+            .map(<[ReceivedLog]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Every Message received so far on `Notify` (with `keep_in_memory`).
     pub fn messages(&self) -> Vec<ReceivedMessage> {
         lock(&self.shared.recorder).messages.clone()
