@@ -1,6 +1,6 @@
 //! `/status` and `/status.html` after a small delivery: the JSON shape and values, no
 //! secret or authId in it, the private ops listener, and the page as headless Chromium
-//! renders it (a screenshot is kept at `target/status-page.png`).
+//! renders it (a screenshot is kept at `target/tmp/status-page.png`).
 
 mod common;
 
@@ -356,7 +356,10 @@ async fn status_page_renders_in_headless_chromium() {
     assert!(!dom.contains(SECRET));
     assert!(!dom.contains("<script"), "no script on the page");
 
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
+    // Kept for people to look at, under the target directory wherever it is.
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(kept).unwrap();
+    let screenshot = kept.join("status-page.png");
     let _ = std::fs::remove_file(&screenshot);
     run_chromium(
         &chromium,
