@@ -55,6 +55,10 @@ pub struct CertificateCredential {
     key: EncodingKey,
     /// base64url SHA-256 of the certificate's DER encoding (the `x5t#S256` header).
     thumbprint_sha256: String,
+    /// base64url SHA-1 of the certificate's DER encoding (the legacy `x5t` header).
+    thumbprint_sha1: String,
+    /// PS256 with `x5t#S256`, or RS256 with `x5t`.
+    legacy_rs256: bool,
     /// The certificate's `notAfter`.
     not_after: Option<DateTime<Utc>>,
 }
@@ -78,8 +82,17 @@ impl CertificateCredential {
         Ok(Self {
             key,
             thumbprint_sha256: URL_SAFE_NO_PAD.encode(Sha256::digest(certificate.as_ref())),
+            thumbprint_sha1: URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(certificate.as_ref())),
+            legacy_rs256: false,
             not_after,
         })
+    }
+
+    /// Signs assertions the older way: RS256, naming the certificate by its SHA-1
+    /// thumbprint (`x5t`), for setups that expect it.
+    pub fn with_legacy_rs256(mut self) -> Self {
+        self.legacy_rs256 = true;
+        self
     }
 
     /// When the certificate stops being valid (Entra ID then refuses its assertions).
@@ -104,9 +117,16 @@ impl CertificateCredential {
             iat: i64,
             exp: i64,
         }
-        let mut header = Header::new(Algorithm::PS256);
+        let mut header = if self.legacy_rs256 {
+            let mut header = Header::new(Algorithm::RS256);
+            header.x5t = Some(self.thumbprint_sha1.clone());
+            header
+        } else {
+            let mut header = Header::new(Algorithm::PS256);
+            header.x5t_s256 = Some(self.thumbprint_sha256.clone());
+            header
+        };
         header.typ = Some("JWT".into());
-        header.x5t_s256 = Some(self.thumbprint_sha256.clone());
         let claims = Claims {
             aud: token_url.as_str(),
             iss: client_id,
@@ -501,5 +521,36 @@ fn advice_for(aadsts: Option<u32>) -> &'static str {
             "no client credential was accepted: set client_secret or certificate"
         }
         _ => "check tenant_id, client_id and the credential in the app registration",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential() -> CertificateCredential {
+        CertificateCredential::from_pem(
+            &std::fs::read("tests/fixtures/app-cert/app.pem").unwrap(),
+            &std::fs::read("tests/fixtures/app-cert/app-key.pem").unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn assertions_are_ps256_with_x5t_s256_or_legacy_rs256_with_x5t() {
+        let url = Url::parse("https://login.microsoftonline.com/t/oauth2/v2.0/token").unwrap();
+        let now = Utc::now();
+        let current = credential().assertion("client", &url, now).unwrap();
+        let header = jsonwebtoken::decode_header(&current).unwrap();
+        assert_eq!(header.alg, Algorithm::PS256);
+        assert!(header.x5t_s256.is_some() && header.x5t.is_none());
+        let legacy = credential()
+            .with_legacy_rs256()
+            .assertion("client", &url, now)
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&legacy).unwrap();
+        assert_eq!(header.alg, Algorithm::RS256);
+        assert!(header.x5t.is_some() && header.x5t_s256.is_none());
+        assert!(credential().not_after().is_some());
     }
 }

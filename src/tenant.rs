@@ -20,7 +20,7 @@ use crate::auth::{
 };
 use crate::clock::Clock;
 use crate::cloud::Endpoints;
-use crate::config::{Config, ContentType, TenantConfig, TenantCredential};
+use crate::config::{AssertionAlgorithm, Config, ContentType, TenantConfig, TenantCredential};
 use crate::forward::log::LogContext;
 use crate::ops::Metrics;
 
@@ -258,6 +258,10 @@ fn credential(tenant: &TenantConfig) -> Result<Credential, TenantSetupError> {
                         reason: error.to_string(),
                     },
                 )?;
+            let certificate = match files.algorithm {
+                AssertionAlgorithm::Ps256 => certificate,
+                AssertionAlgorithm::Rs256 => certificate.with_legacy_rs256(),
+            };
             Ok(Credential::Certificate(certificate))
         }
         None => Err(TenantSetupError::Credential {

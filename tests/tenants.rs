@@ -62,3 +62,29 @@ async fn a_certificate_the_app_does_not_know_is_refused_with_a_clear_error() {
     );
     rig.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_legacy_rs256_assertion_with_x5t_is_accepted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::synthetic(FaultScenario::default());
+    options.certificate = true;
+    options.in_process = false;
+    let mut rig = Rig::start(dir, options).await;
+    rig.config_text = rig
+        .config_text
+        .replace("app-key.pem\" }", "app-key.pem\", algorithm = \"RS256\" }");
+    assert!(rig.config_text.contains("RS256"), "{}", rig.config_text);
+    rig.start_service(None).await;
+    rig.wait_for_webhooks(&ALL).await;
+    publish::publish_now(rig.api.state(), TENANT, "Audit.General", 1).await;
+    rig.wait_for_every_published_record().await;
+    let rejections = rig.api.state().inspection().rejections.clone();
+    assert!(
+        rejections
+            .by_code
+            .keys()
+            .all(|code| !code.starts_with("AADSTS")),
+        "{rejections:?}"
+    );
+    rig.shutdown().await;
+}

@@ -490,6 +490,22 @@ pub struct CertificateConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8 or PKCS#1, at least 2048 bits). Required.
     pub key: PathBuf,
+    /// How client assertions are signed: `PS256` with the `x5t#S256` header (current
+    /// Microsoft guidance) or `RS256` with `x5t` (for older setups). Default: `PS256`.
+    #[serde(default)]
+    pub algorithm: AssertionAlgorithm,
+}
+
+/// The signature of client assertions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256; the certificate named by its SHA-256 thumbprint (`x5t#S256`).
+    #[default]
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256; the certificate named by its SHA-1 thumbprint (`x5t`).
+    #[serde(rename = "RS256")]
+    Rs256,
 }
 
 /// How a tenant's app authenticates.
