@@ -256,8 +256,11 @@ async fn api_server_errors_and_truncated_bodies_are_retried_and_lose_nothing() {
         truncate_rate: 0.3,
         ..FaultScenario::default()
     };
-    let rig = Rig::start(dir, RigOptions::synthetic(faults)).await;
+    let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
     rig.wait_for_webhooks(&ALL).await;
+    // The faults start once the subscriptions exist: this test is about fetching blobs
+    // (subscription starts under faults are the subscription manager's tests).
+    rig.api.state().feed.set_faults(Some(TENANT), faults);
     publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 10).await;
     rig.wait_for_every_published_record().await;
     wait_until_queue_drained(&rig).await;
