@@ -5,6 +5,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -19,14 +21,6 @@ use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::queue::{
     ContentKey, ContentQueue, ContentRef, EmbeddedQueue, ItemState, Source,
 };
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 /// A tenant the configuration does not know: its items are never fetched.
 const GHOST_TENANT: &str = "00000000-0000-4000-8000-0000000000aa";

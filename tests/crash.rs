@@ -8,19 +8,13 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use common::rig::{Rig, RigOptions, SECRET, TENANT};
 use common::{DEADLINE, start_binary_with_env};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::EngineFaults;
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -6,6 +6,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::collections::HashMap;
 
 use common::rig::{GROUP, Rig, RigOptions, TENANT, sha256_hex};
@@ -16,14 +18,6 @@ use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::{EngineFaults, ReceivedLog};
 use o365_connector::forward::log::{LogContext, build_log};
 use o365_connector::queue::ContentQueue;
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 fn context() -> LogContext {
     LogContext {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::time::{Duration, Instant};
 
 use common::rig::{Rig, RigOptions, TENANT};
@@ -11,14 +13,6 @@ use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::EngineFaults;
 use o365_connector::queue::ContentQueue;
 use serde_json::Value;
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 fn client(rig: &Rig) -> reqwest::Client {
     let ca = std::fs::read(&rig.certs.ca).unwrap();

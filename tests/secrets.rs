@@ -4,6 +4,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::process::Stdio;
 
 use common::DEADLINE;
@@ -13,14 +15,6 @@ use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::webhook::WebhookSecrets;
 
 const WEBHOOK_SECRET: &str = "webhook-secret-that-must-never-print";
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
-
 #[tokio::test]
 async fn no_secret_token_or_auth_id_appears_in_logs_metrics_status_or_json_output() {
     let dir = tempfile::tempdir().unwrap();

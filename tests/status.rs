@@ -4,6 +4,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,14 +17,6 @@ use o365_connector::emulator::api::scenario::{FaultScenario, ROLE_READ};
 use o365_connector::ops::status::cursor_key;
 use o365_connector::queue::MetaStore;
 use serde_json::Value;
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 /// The keys the issue fixes for each content type.
 const CONTENT_TYPE_KEYS: [&str; 10] = [

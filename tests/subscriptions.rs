@@ -10,6 +10,8 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -41,14 +43,6 @@ const SECRET: &str = "subscriptions-test-secret";
 const NAME: &str = "contoso";
 const EXCHANGE: &str = "Audit.Exchange";
 const GENERAL: &str = "Audit.General";
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
-
 fn start_time() -> DateTime<Utc> {
     "2026-03-02T08:00:00Z".parse().unwrap()
 }

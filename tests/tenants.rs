@@ -3,18 +3,12 @@
 
 mod common;
 
+use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
+
 use common::rig::{Rig, RigOptions, TENANT};
 use common::{DEADLINE, wait_until};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::FaultScenario;
-
-const ALL: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 
 #[tokio::test]
 async fn certificate_authentication_delivers_every_record() {

@@ -359,21 +359,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Published records that are valid JSON (the invalid fixture record is never forwarded).
-pub fn valid(
-    published: &[PublishedRecord],
-    records: &std::collections::HashMap<String, Vec<u8>>,
-) -> usize {
-    published
-        .iter()
-        .filter(|record| {
-            records
-                .get(&record.sha256)
-                .is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok())
-        })
-        .count()
-}
-
 /// The engine's acked Logs by the SHA-256 of their raw record.
 pub fn acked_by_sha(logs: &[ReceivedLog]) -> std::collections::HashMap<String, usize> {
     let mut counts = std::collections::HashMap::new();
