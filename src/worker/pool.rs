@@ -291,11 +291,7 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         }
         PassEnd::Retry(reason) => {
             count_blob(context, &tenant, content_type, "retry");
-            let delay = context
-                .retry
-                .delay_for_attempt(item.attempts + 1)
-                .unwrap_or(context.retry.max_delay);
-            retry_later(context, &item, delay, &reason).await;
+            retry_later(context, &item, next_backoff(context, &item), &reason).await;
         }
         PassEnd::Interrupted => release(context, &item).await,
         PassEnd::Unrecoverable {
@@ -497,10 +493,7 @@ async fn handle_fetch_error(
         }
         Some(kind) if kind.is_retryable() => {
             count_blob(context, tenant, content_type, "retry");
-            let backoff = context
-                .retry
-                .delay_for_attempt(item.attempts + 1)
-                .unwrap_or(context.retry.max_delay);
+            let backoff = next_backoff(context, item);
             let delay = error
                 .retry_after()
                 .map_or(backoff, |asked| asked.max(backoff));
@@ -598,6 +591,14 @@ fn count_blob(context: &WorkerContext, tenant: &Tenant, content_type: &str, outc
             outcome,
         })
         .inc();
+}
+
+/// The backoff before the next attempt of `item`, by its failed attempts so far.
+fn next_backoff(context: &WorkerContext, item: &LeasedItem) -> Duration {
+    context
+        .retry
+        .delay_for_attempt(item.attempts + 1)
+        .unwrap_or(context.retry.max_delay)
 }
 
 async fn retry_later(context: &WorkerContext, item: &LeasedItem, delay: Duration, reason: &str) {
