@@ -156,6 +156,7 @@ impl Bench {
                 client: self.client.clone(),
                 content_types: content_types.to_vec(),
                 webhook: None,
+                subscriptions_changed: None,
             },
             config,
             PollerDeps {

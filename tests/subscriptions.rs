@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
@@ -591,6 +592,34 @@ async fn a_webhook_disabled_mid_run_is_re_enabled_by_the_next_check_and_nothing_
     publish::publish_now(rig.api.state(), TENANT, EXCHANGE, 2).await;
     rig.wait_for_every_published_record().await;
 
+    let service = rig.service.as_ref().unwrap();
+    // The service's own manager reports every subscription to /status, once its check
+    // (paced by the tenant's request budget) has seen them all.
+    let enabled = (Some("enabled".to_string()), Some("enabled".to_string()));
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = service.status.report().await;
+        let reported: Vec<(Option<String>, Option<String>)> = status.tenants[0]
+            .content_types
+            .iter()
+            .map(|content_type| {
+                (
+                    content_type.subscription.clone(),
+                    content_type.webhook.clone(),
+                )
+            })
+            .collect();
+        if reported == vec![enabled.clone(); 5] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status never showed every subscription and webhook enabled: {:#?}",
+            status.tenants[0]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     let registered = rig
         .api
         .state()
@@ -618,21 +647,6 @@ async fn a_webhook_disabled_mid_run_is_re_enabled_by_the_next_check_and_nothing_
             .is_none()
     );
 
-    let service = rig.service.as_ref().unwrap();
-    // The service's own manager reports every subscription to /status.
-    let status = service.status.report().await;
-    let reported: Vec<(Option<String>, Option<String>)> = status.tenants[0]
-        .content_types
-        .iter()
-        .map(|content_type| {
-            (
-                content_type.subscription.clone(),
-                content_type.webhook.clone(),
-            )
-        })
-        .collect();
-    let enabled = (Some("enabled".to_string()), Some("enabled".to_string()));
-    assert_eq!(reported, vec![enabled; 5]);
     let metrics = Arc::new(Metrics::new([common::rig::GROUP], 10));
     let manager = SubscriptionManager::new(
         service.tenants.get(TENANT).unwrap(),

@@ -138,6 +138,9 @@ pub struct PollTarget {
     /// The webhook to register when the poller must start a subscription (AF20022/
     /// AF20023); `None` starts it poll-only.
     pub webhook: Option<WebhookRegistration>,
+    /// Woken after the poller started a subscription itself, so the subscription manager
+    /// lists again and its board (`/status`) shows the subscription as it now is.
+    pub subscriptions_changed: Option<Arc<Notify>>,
 }
 
 /// What every tenant's poller shares.
@@ -619,6 +622,9 @@ impl TenantPoller {
         match started {
             Ok(_) => {
                 tracing::info!(tenant = %self.target.name, %content_type, "the listing found no enabled subscription (AF20022/AF20023); started it");
+                if let Some(changed) = &self.target.subscriptions_changed {
+                    changed.notify_one();
+                }
                 true
             }
             Err(error) => {

@@ -251,23 +251,24 @@ impl TenantRuntime {
         let registration = self.registration(&tenant.tenant_id);
         let stop = self.shutdown.child_token();
         let tracker = TaskTracker::new();
+        let manager = Arc::new(SubscriptionManager::new(
+            tenant.clone(),
+            registration.clone(),
+            self.subscriptions.clone(),
+        ));
         let poller = Arc::new(TenantPoller::new(
             PollTarget {
                 name: tenant.name.clone(),
                 client: tenant.client.clone(),
                 content_types: tenant.content_types.clone(),
-                webhook: registration.clone(),
+                webhook: registration,
+                subscriptions_changed: Some(manager.check_soon_handle()),
             },
             self.config.poller.clone(),
             self.poller.clone(),
         ));
         self.tracker
             .spawn(tracker.track_future(poller.clone().run(stop.clone())));
-        let manager = Arc::new(SubscriptionManager::new(
-            tenant.clone(),
-            registration,
-            self.subscriptions.clone(),
-        ));
         self.tracker
             .spawn(tracker.track_future(manager.run(self.retry, stop.clone())));
         let tasks = TenantTasks {

@@ -142,7 +142,7 @@ pub struct SubscriptionManager {
     tenant: Arc<Tenant>,
     webhook: Option<WebhookRegistration>,
     context: SubscriptionContext,
-    wake: Notify,
+    wake: Arc<Notify>,
     /// Content types reported as "still subscribed, no longer configured" (logged once).
     reported_removed: Mutex<HashSet<String>>,
 }
@@ -158,7 +158,7 @@ impl SubscriptionManager {
             tenant,
             webhook,
             context,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             reported_removed: Mutex::new(HashSet::new()),
         }
     }
@@ -167,6 +167,12 @@ impl SubscriptionManager {
     /// The spacing rule still applies.
     pub fn check_soon(&self) {
         self.wake.notify_one();
+    }
+
+    /// What [`Self::check_soon`] notifies, for a component that runs beside the manager
+    /// (the poller, after it started a subscription itself).
+    pub fn check_soon_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Checks until `shutdown`: at once, then when [`CheckReport::next_check`] is due; a
