@@ -7,7 +7,9 @@
 //! `target`/`op` apply to `ratio` when `limit` is set, to `value` otherwise.
 //!
 //! Run: `cargo bench --bench scenarios`; `BENCH_SCENARIO=drain` (or webhook_ingest, latency,
-//! big_blob, many_tenants, quota; comma-separated) picks scenarios.
+//! big_blob, many_tenants, quota; comma-separated) picks scenarios. `QUOTA_TRACE=1` prints the
+//! quota scenario's requests and throttled answers per second, and its acks as they pass each
+//! thousand; `BENCH_RUST_LOG` sets the connector's `RUST_LOG` (default `warn`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -231,7 +233,10 @@ impl Connector {
             .arg(&config)
             .env("BENCH_SECRET", SECRET)
             .env("BENCH_WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1040,6 +1045,10 @@ async fn quota(dir: &Path) {
     let socket = dir.join("engine.sock");
     let engine = start_engine(&socket).await;
     publish(&api, blobs).await;
+    // The poller's listing windows end on a whole second: start once the blobs' second is
+    // over, so the first poll finds the backlog instead of the one a minute later.
+    let into_second = chrono::Utc::now().timestamp_subsec_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(1020 - into_second.min(1000))).await;
     let connector = Connector::start(ConnectorSetup {
         dir,
         socket: &socket,
@@ -1062,6 +1071,9 @@ async fn quota(dir: &Path) {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let acked = engine.acked.load(Ordering::Relaxed);
         if acked > seen {
+            if std::env::var_os("QUOTA_TRACE").is_some() && acked / 1000 != seen / 1000 {
+                eprintln!("{:.1}s acked {acked}", started.elapsed().as_secs_f64());
+            }
             (seen, last_progress) = (acked, started.elapsed());
         }
     }
@@ -1075,6 +1087,21 @@ async fn quota(dir: &Path) {
             .collect();
         api_requests.len() as f64
     };
+    if std::env::var_os("QUOTA_TRACE").is_some() {
+        let inspection = api.state().inspection();
+        let first = inspection.requests[start_index].time;
+        let mut per_second: std::collections::BTreeMap<i64, (u32, u32)> = Default::default();
+        for request in &inspection.requests[start_index..] {
+            let slot = per_second
+                .entry((request.time - first).num_seconds())
+                .or_default();
+            slot.0 += 1;
+            if request.status == 429 {
+                slot.1 += 1;
+            }
+        }
+        eprintln!("quota trace (second: requests, throttled): {per_second:?}");
+    }
     let throttled = (af429(&api) - throttled_before) as f64;
     let served = requests - throttled;
     let quota = per_window as f64 * elapsed / window_secs;
