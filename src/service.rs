@@ -603,6 +603,7 @@ async fn upkeep(
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_purge = tokio::time::Instant::now();
     let mut reconnects_counted = 0;
+    let mut store_failures_counted = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -634,6 +635,11 @@ async fn upkeep(
             .engine_reconnects
             .inc_by(engine.reconnects.saturating_sub(reconnects_counted));
         reconnects_counted = reconnects_counted.max(engine.reconnects);
+        let store_failures = queue.store_failures();
+        metrics
+            .store_errors
+            .inc_by(store_failures.saturating_sub(store_failures_counted));
+        store_failures_counted = store_failures_counted.max(store_failures);
         if last_purge.elapsed() >= Duration::from_secs(3600) {
             last_purge = tokio::time::Instant::now();
             match queue.purge_expired_tombstones().await {

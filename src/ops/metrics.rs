@@ -127,6 +127,9 @@ pub struct Metrics {
     pub queue_items: Family<StateLabels, Gauge>,
     /// Age in seconds of the oldest item not yet done.
     pub queue_oldest_age_seconds: Gauge<f64, AtomicU64>,
+    /// Storage failures (full disk, i/o error) that failed a store commit and took the store
+    /// down until it was reopened.
+    pub store_errors: Counter,
     /// 1 while a stream to the engine is open.
     pub engine_connected: Gauge,
     /// Records sent to the engine and not yet acknowledged.
@@ -194,6 +197,7 @@ impl Metrics {
             token_requests: Family::default(),
             queue_items: Family::default(),
             queue_oldest_age_seconds: Gauge::default(),
+            store_errors: Counter::default(),
             engine_connected: Gauge::default(),
             engine_in_flight: Gauge::default(),
             engine_reconnects: Counter::default(),
@@ -380,6 +384,11 @@ impl Metrics {
             "queue_oldest_age_seconds",
             "Age of the oldest content queue item not yet done",
             self.queue_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Storage failures (full disk, i/o) that failed a store commit; each takes the store down until it is reopened",
+            self.store_errors.clone(),
         );
         registry.register(
             "engine_connected",

@@ -18,47 +18,74 @@
 //! Item leases are exclusive within one process. The file is locked by the process that has it
 //! open (a second opener gets [`QueueError::AlreadyOpen`]); several replicas need the NATS
 //! backend.
+//!
+//! A storage failure (full disk, i/o error) takes the store down: every call fails at once
+//! with it (the webhook answers 503) while the writer thread reopens the file, which brings
+//! the store back with everything committed before the failure ([`writer`] has the details,
+//! [`EmbeddedQueue::store_failures`] counts them).
 
+pub mod backend;
 pub mod format;
+mod handle;
 pub mod writer;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use redb::{
-    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, Table,
-};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 
+pub use self::backend::DiskFaults;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
+use self::handle::StoreHandle;
 use self::writer::{Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
     ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
     LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
 };
+use crate::retry::RetryPolicy;
 
 /// The store file's name inside the store directory.
 pub const STORE_FILE_NAME: &str = "queue.redb";
 
+/// How the store is opened; the defaults are production's.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Faults injected under the store file, for fault tests. Default `None`: the backend
+    /// only forwards to the file.
+    pub faults: Option<Arc<DiskFaults>>,
+    /// The pauses between attempts to reopen the store after a storage failure. Default
+    /// [`RetryPolicy::aggressive`]: 100 ms doubling to 10 s, forever, so writes resume
+    /// within about 10 s of space coming back.
+    pub reopen_retry: RetryPolicy,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            faults: None,
+            reopen_retry: RetryPolicy::aggressive(),
+        }
+    }
+}
+
 /// The embedded, single-file queue and metadata store.
 pub struct EmbeddedQueue {
-    database: Mutex<Option<Arc<Database>>>,
+    store: Arc<StoreHandle>,
     writer: Writer,
     clock: Clock,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("EmbeddedQueue")
-            .field("path", &self.path)
+            .field("path", &self.store.path())
             .finish_non_exhaustive()
     }
 }
@@ -67,27 +94,46 @@ impl EmbeddedQueue {
     /// Opens `dir/queue.redb`, creating the directory and the file when missing, and starts the
     /// writer thread. Times (lease expiry, `not_before`, tombstone purge) come from `clock`.
     pub async fn open(dir: &Path, clock: Clock) -> Result<Self, QueueError> {
+        Self::open_with(dir, clock, StoreOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with `options` (fault injection, the reopen policy).
+    pub async fn open_with(
+        dir: &Path,
+        clock: Clock,
+        options: StoreOptions,
+    ) -> Result<Self, QueueError> {
         let dir = dir.to_path_buf();
-        let path = dir.join(STORE_FILE_NAME);
-        let open_path = path.clone();
-        let database = tokio::task::spawn_blocking(move || open_database(&dir, &open_path))
+        let faults = options.faults;
+        let store = tokio::task::spawn_blocking(move || StoreHandle::open(&dir, faults))
             .await
             .map_err(|error| QueueError::Io {
                 message: format!("opening the store stopped: {error}"),
             })??;
-        let database = Arc::new(database);
-        let writer = Writer::spawn(Arc::clone(&database), clock.clone())?;
+        let store = Arc::new(store);
+        let writer = Writer::spawn(Arc::clone(&store), clock.clone(), options.reopen_retry)?;
         Ok(Self {
-            database: Mutex::new(Some(database)),
+            store,
             writer,
             clock,
-            path,
         })
     }
 
     /// The store file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.store.path()
+    }
+
+    /// Storage failures (full disk, i/o error) that took the store down since it was opened;
+    /// each was followed by reopening it.
+    pub fn store_failures(&self) -> u64 {
+        self.store.failures()
+    }
+
+    /// The storage failure the store is down for, while it is (reopening); `None` while it
+    /// accepts writes.
+    pub fn store_failure(&self) -> Option<QueueError> {
+        self.store.failure()
     }
 
     /// Gives back, as pending and due now without counting an attempt, every item still
@@ -104,7 +150,7 @@ impl EmbeddedQueue {
         Output: Send + 'static,
         Operation: FnOnce(&ReadTransaction) -> Result<Output, QueueError> + Send + 'static,
     {
-        let database = lock(&self.database).clone().ok_or(QueueError::Closed)?;
+        let database = self.store.database()?;
         tokio::task::spawn_blocking(move || {
             let txn = database.begin_read().map_err(storage_error)?;
             operation(&txn)
@@ -129,44 +175,7 @@ impl EmbeddedQueue {
     }
 }
 
-fn open_database(dir: &Path, path: &Path) -> Result<Database, QueueError> {
-    std::fs::create_dir_all(dir).map_err(io_error)?;
-    let database = Database::create(path).map_err(|error| match error {
-        DatabaseError::DatabaseAlreadyOpen => QueueError::AlreadyOpen {
-            path: path.display().to_string(),
-        },
-        other => storage_error(other),
-    })?;
-    let txn = database.begin_write().map_err(storage_error)?;
-    {
-        let mut tables = Tables::open(&txn)?;
-        check_format_version(&mut tables.counters)?;
-    }
-    txn.commit().map_err(storage_error)?;
-    Ok(database)
-}
-
-fn check_format_version(counters: &mut Table<'_, &'static str, u64>) -> Result<(), QueueError> {
-    let found = counters
-        .get(format::COUNTER_FORMAT_VERSION)
-        .map_err(storage_error)?
-        .map(|value| value.value());
-    match found {
-        None => {
-            counters
-                .insert(format::COUNTER_FORMAT_VERSION, format::FORMAT_VERSION)
-                .map_err(storage_error)?;
-            Ok(())
-        }
-        Some(version) if version == format::FORMAT_VERSION => Ok(()),
-        Some(found) => Err(QueueError::UnsupportedFormat {
-            found,
-            supported: format::FORMAT_VERSION,
-        }),
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded value is a plain handle with no invariant a panic could break.
     mutex
         .lock()
@@ -179,8 +188,7 @@ pub(super) fn storage_error(error: impl Into<redb::Error>) -> QueueError {
         redb::Error::Io(error) => io_error(error),
         redb::Error::Corrupted(message) => QueueError::Corrupt { message },
         redb::Error::PreviousIo => QueueError::Io {
-            message: "an earlier write to the store failed; restart the service to reopen it"
-                .to_owned(),
+            message: "an earlier write to the store failed; the store is being reopened".to_owned(),
         },
         other => QueueError::Io {
             message: other.to_string(),
@@ -753,7 +761,7 @@ impl ContentQueue for EmbeddedQueue {
 
     async fn close(&self) -> Result<(), QueueError> {
         self.writer.stop().await;
-        let Some(database) = lock(&self.database).take() else {
+        let Some(database) = self.store.take_for_close() else {
             return Ok(());
         };
         // A read still running keeps its own handle; the file is released when it ends.

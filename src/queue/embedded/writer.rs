@@ -14,18 +14,34 @@
 //!
 //! The channel is bounded, so a writer slower than its producers pushes back on them (their
 //! `send` waits) instead of growing memory.
+//!
+//! Recovery: a batch that fails on a storage error (full disk, i/o) takes the store down
+//! (`StoreHandle::take_down`: counted, logged at ERROR with what to fix). Its requesters,
+//! and every request already waiting, are answered with that error — so the webhook answers
+//! 503 and nobody hears "stored" for what is not on disk — and every later request fails at
+//! once while the store is down. The thread then reopens the file with the backoff of
+//! [`StoreOptions::reopen_retry`](super::StoreOptions), until a reopen succeeds (space is back)
+//! or the queue closes. Reopening repairs the file from its last committed transaction, so
+//! every write answered `Ok` before the failure is still there. A batch whose writes all
+//! reached the file but whose final fsync failed may be found committed after the reopen
+//! although its requesters heard an error: for an enqueue that is a duplicate Microsoft's
+//! retry meets (the queue dedupes by contentId), never a loss.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use redb::{Database, Durability, Table, WriteTransaction};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, KeyPair};
+use super::handle::StoreHandle;
 use super::storage_error;
 use crate::clock::Clock;
 use crate::queue::QueueError;
+use crate::retry::RetryPolicy;
 
 /// The most requests applied in one transaction: bounds the transaction's size and the
 /// latency of its first requester.
@@ -123,31 +139,49 @@ pub(super) struct WriteCounters {
 
 /// The handle on the writer thread held by the queue.
 pub(super) struct Writer {
+    store: Arc<StoreHandle>,
     sender: Mutex<Option<mpsc::Sender<Box<dyn WriteRequest>>>>,
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Woken by `stop`, so a pause between reopen attempts ends at once.
+    thread: std::thread::Thread,
     pub(super) counters: Arc<WriteCounters>,
 }
 
 impl Writer {
-    /// Starts the writer thread over `database`.
-    pub(super) fn spawn(database: Arc<Database>, clock: Clock) -> Result<Self, QueueError> {
+    /// Starts the writer thread over `store`; after a storage failure it reopens the store
+    /// with the backoff of `reopen_retry`.
+    pub(super) fn spawn(
+        store: Arc<StoreHandle>,
+        clock: Clock,
+        reopen_retry: RetryPolicy,
+    ) -> Result<Self, QueueError> {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let (stopped_sender, stopped) = oneshot::channel();
         let counters = Arc::new(WriteCounters::default());
         let thread_counters = Arc::clone(&counters);
-        std::thread::Builder::new()
+        let thread_store = Arc::clone(&store);
+        let thread = std::thread::Builder::new()
             .name("queue-writer".to_owned())
             .spawn(move || {
-                run(&database, receiver, &clock, &thread_counters);
-                drop(database);
+                let writer = WriterThread {
+                    store: &thread_store,
+                    clock: &clock,
+                    counters: &thread_counters,
+                    reopen_retry,
+                };
+                writer.run(receiver);
                 let _ = stopped_sender.send(());
             })
             .map_err(|error| QueueError::Io {
                 message: format!("cannot start the queue writer thread: {error}"),
-            })?;
+            })?
+            .thread()
+            .clone();
         Ok(Self {
+            store,
             sender: Mutex::new(Some(sender)),
             stopped: Mutex::new(Some(stopped)),
+            thread,
             counters,
         })
     }
@@ -162,6 +196,9 @@ impl Writer {
         Operation:
             FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
     {
+        if let Some(failure) = self.store.failure() {
+            return Err(failure);
+        }
         let sender = lock(&self.sender).clone().ok_or(QueueError::Closed)?;
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -176,10 +213,11 @@ impl Writer {
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
-    /// Stops taking requests, waits until those already sent are committed and the thread
-    /// released the database.
+    /// Stops taking requests, waits until those already sent are committed (or, while the
+    /// store is down, answered with its failure) and the thread released the database.
     pub(super) async fn stop(&self) {
         lock(&self.sender).take();
+        self.thread.unpark();
         let stopped = lock(&self.stopped).take();
         if let Some(stopped) = stopped {
             let _ = stopped.await;
@@ -194,31 +232,111 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The writer thread: batch, commit, answer, until every sender is gone.
-fn run(
-    database: &Database,
-    mut receiver: mpsc::Receiver<Box<dyn WriteRequest>>,
-    clock: &Clock,
-    counters: &WriteCounters,
-) {
-    let mut batch: Vec<Box<dyn WriteRequest>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+/// The writer thread's view of the store.
+struct WriterThread<'a> {
+    store: &'a StoreHandle,
+    clock: &'a Clock,
+    counters: &'a WriteCounters,
+    reopen_retry: RetryPolicy,
+}
+
+impl WriterThread<'_> {
+    /// Batch, commit, answer, until every sender is gone.
+    fn run(&self, mut receiver: mpsc::Receiver<Box<dyn WriteRequest>>) {
+        let mut batch: Vec<Box<dyn WriteRequest>> = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = receiver.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let outcome = match self.store.database() {
+                Ok(database) => commit_batch(&database, &mut batch, self.clock.now()),
+                // Down for good (the reopen policy gave up): the failure is the answer.
+                Err(failure) => Err(failure),
+            };
+            let failed_on_storage = self.store.failure().is_none()
+                && matches!(&outcome, Err(QueueError::Io { .. } | QueueError::Full));
+            if failed_on_storage && let Err(error) = &outcome {
+                self.store.take_down(error.clone());
+            }
+            if outcome.is_ok() {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            self.counters
+                .requests
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for request in batch.drain(..) {
+                request.finish(outcome.clone());
+            }
+            if failed_on_storage && !self.reopen(&mut receiver) {
+                return;
             }
         }
-        let outcome = commit_batch(database, &mut batch, clock.now());
-        if outcome.is_ok() {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reopens the store that is down, pausing between attempts by the reopen policy and
+    /// answering the requests that reach the thread meanwhile with the failure. Returns
+    /// `false` when the queue closed before the store was up again.
+    fn reopen(&self, receiver: &mut mpsc::Receiver<Box<dyn WriteRequest>>) -> bool {
+        let down_since = Instant::now();
+        let mut backoff = self.reopen_retry.backoff();
+        let mut last_error: Option<QueueError> = None;
+        let mut attempt: u64 = 0;
+        loop {
+            let Some(delay) = backoff.next_delay(None) else {
+                tracing::error!(
+                    attempts = attempt,
+                    "gave up reopening the store; restart the service once the disk is fixed"
+                );
+                return true;
+            };
+            if !self.pause(receiver, delay) {
+                return false;
+            }
+            attempt += 1;
+            match self.store.reopen() {
+                Ok(()) => {
+                    tracing::info!(
+                        attempts = attempt,
+                        down_secs = down_since.elapsed().as_secs_f64(),
+                        "the store is writable again"
+                    );
+                    return true;
+                }
+                // The same failure again (the disk is still full) is expected: said once.
+                Err(error) if last_error.as_ref() == Some(&error) => {}
+                Err(error) => {
+                    tracing::warn!(attempt, %error, "reopening the store failed; retrying");
+                    last_error = Some(error);
+                }
+            }
         }
-        counters
-            .requests
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for request in batch.drain(..) {
-            request.finish(outcome.clone());
+    }
+
+    /// Waits `delay` (less when the queue closes), answering every request that arrives with
+    /// the store's failure. Returns `false` once every sender is gone.
+    fn pause(&self, receiver: &mut mpsc::Receiver<Box<dyn WriteRequest>>, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            loop {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        let failure = self.store.failure().unwrap_or(QueueError::Closed);
+                        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                        request.finish(Err(failure));
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return false,
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::park_timeout(left);
         }
     }
 }
