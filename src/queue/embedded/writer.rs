@@ -90,9 +90,13 @@ trait WriteRequest: Send {
 
     /// Answers the requester once the batch's outcome is known.
     fn finish(self: Box<Self>, commit: Result<(), QueueError>);
+
+    /// Whether the requester needs the write on disk before its answer.
+    fn durable(&self) -> bool;
 }
 
 struct Request<Output, Operation> {
+    durable: bool,
     operation: Option<Operation>,
     outcome: Option<Result<Output, QueueError>>,
     reply: oneshot::Sender<Result<Output, QueueError>>,
@@ -127,6 +131,10 @@ where
         };
         // The requester may have gone away (its task was cancelled): nothing to tell then.
         let _ = self.reply.send(result);
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 }
 
@@ -186,9 +194,39 @@ impl Writer {
         })
     }
 
-    /// Runs `operation` in the next group commit; returns its output once committed.
+    /// Runs `operation` in the next group commit; returns its output once committed and
+    /// synced to disk.
     pub(super) async fn write<Output, Operation>(
         &self,
+        operation: Operation,
+    ) -> Result<Output, QueueError>
+    where
+        Output: Send + 'static,
+        Operation:
+            FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
+    {
+        self.submit(true, operation).await
+    }
+
+    /// Runs `operation` in the next group commit; returns its output once committed, which
+    /// other readers see at once, without waiting for the disk. A crash may undo it, so it
+    /// is only for state a restart resets anyway (leases: the store is exclusive, and every
+    /// lease is released when it opens). The next durable commit persists it too.
+    pub(super) async fn write_volatile<Output, Operation>(
+        &self,
+        operation: Operation,
+    ) -> Result<Output, QueueError>
+    where
+        Output: Send + 'static,
+        Operation:
+            FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
+    {
+        self.submit(false, operation).await
+    }
+
+    async fn submit<Output, Operation>(
+        &self,
+        durable: bool,
         operation: Operation,
     ) -> Result<Output, QueueError>
     where
@@ -202,6 +240,7 @@ impl Writer {
         let sender = lock(&self.sender).clone().ok_or(QueueError::Closed)?;
         let (reply, answer) = oneshot::channel();
         let request = Request {
+            durable,
             operation: Some(operation),
             outcome: None,
             reply,
@@ -347,7 +386,13 @@ fn commit_batch(
     now: DateTime<Utc>,
 ) -> Result<(), QueueError> {
     let mut txn = database.begin_write().map_err(storage_error)?;
-    txn.set_durability(Durability::Immediate)
+    // A batch of volatile writes alone skips the fsync; one durable request syncs them all.
+    let durability = if batch.iter().any(|request| request.durable()) {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
         .map_err(|error| QueueError::Io {
             message: format!("cannot make the commit durable: {error}"),
         })?;
