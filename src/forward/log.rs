@@ -88,7 +88,10 @@ pub fn build_log(
         data_source: context.group_name.clone(),
         timestamp,
         tenant_id: context.utm_tenant_id.clone(),
-        raw: String::from_utf8_lossy(record).into_owned(),
+        raw: match std::str::from_utf8(record) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(record).into_owned(),
+        },
     }
 }
 
@@ -106,7 +109,13 @@ pub fn log_id(context: &LogContext, content_uri: &str, record_id: &str) -> Strin
     hasher.update(uri_without_query.as_bytes());
     hasher.update(b"|");
     hasher.update(record_id.as_bytes());
-    hex::encode(hasher.finalize())
+    let digest = hasher.finalize();
+    // Into a stack buffer: `hex::encode` collects chars one by one.
+    let mut text = [0u8; 64];
+    match hex::encode_to_slice(digest, &mut text) {
+        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+        Err(_) => hex::encode(digest),
+    }
 }
 
 /// A JSON string's value (escapes resolved), or any other value's exact JSON text.

@@ -34,7 +34,8 @@ use crate::forward::log::build_log;
 use crate::forward::{AckReceipt, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::health::ProblemBoard;
-use crate::ops::metrics::{ContentLabels, ContentOutcomeLabels};
+use crate::ops::metrics::ContentOutcomeLabels;
+use prometheus_client::metrics::counter::Counter;
 use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
@@ -184,13 +185,11 @@ impl Progress {
         }
     }
 
-    /// Adds the acks received since the last call to the `records_acked` metric.
-    fn meter(&mut self, metrics: &Metrics, labels: &ContentLabels) {
+    /// Adds the acks received since the last call to `records_acked`, the series of this
+    /// item's tenant and content type.
+    fn meter(&mut self, records_acked: &Counter) {
         if self.acks_unmetered > 0 {
-            metrics
-                .records_acked
-                .get_or_create(labels)
-                .inc_by(self.acks_unmetered);
+            records_acked.inc_by(self.acks_unmetered);
             self.acks_unmetered = 0;
         }
     }
@@ -261,7 +260,7 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
     let labels = context
         .metrics
         .content(&tenant.name, &item.content.content_type);
-    progress.meter(&context.metrics, &labels);
+    progress.meter(&context.metrics.records_acked.get_or_create(&labels));
     let key = item.key();
     // A completed item needs no progress record: `complete` says every record is settled.
     let completes = matches!(end, PassEnd::Complete) && !progress.failed;
@@ -315,6 +314,13 @@ async fn forward_blob(
 ) -> PassEnd {
     let content_type = item.content.content_type.as_str();
     let labels = context.metrics.content(&tenant.name, content_type);
+    // The series handles, once per blob: a family lookup hashes the labels under a lock.
+    let records_forwarded = context
+        .metrics
+        .records_forwarded
+        .get_or_create(&labels)
+        .clone();
+    let records_acked = context.metrics.records_acked.get_or_create(&labels).clone();
     let collected_at = context.clock.now();
     let mut lease_until = item.lease_until;
     let mut recorded = progress.settled;
@@ -347,11 +353,7 @@ async fn forward_blob(
                     Ok(receipt) => progress.waiting.push_back((index, Some(receipt))),
                     Err(_) => return PassEnd::Interrupted,
                 }
-                context
-                    .metrics
-                    .records_forwarded
-                    .get_or_create(&labels)
-                    .inc();
+                records_forwarded.inc();
             }
             SplitEvent::BadRecord {
                 index,
@@ -401,7 +403,7 @@ async fn forward_blob(
             }
         }
         progress.poll_ready();
-        progress.meter(&context.metrics, &labels);
+        progress.meter(&records_acked);
         save_progress(context, progress, &mut recorded, item).await;
         lease_until = keep_lease(context, item, lease_until).await;
     }
