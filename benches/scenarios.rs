@@ -191,7 +191,7 @@ fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
     let mut toml = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{webhook}\n[store]\npath = \"{store}\"\n\
          [engine]\nsocket = \"{socket}\"\n[api]\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\
-         requests_per_minute = {rpm}\n[workers]\ncount = 4\n[poller]\n{poller}\n",
+         requests_per_minute = {rpm}\n[workers]\ncount = {workers}\n[poller]\n{poller}\n",
         webhook = if setup.webhook {
             format!(
                 "public_url = \"http://127.0.0.1:{port}/hook\"\n\
@@ -205,6 +205,7 @@ fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
         base = setup.api_base,
         rpm = setup.requests_per_minute,
         poller = setup.poller,
+        workers = bench_workers(),
     );
     for (index, tenant_id) in setup.tenants.iter().enumerate() {
         let name = if index == 0 {
@@ -225,10 +226,15 @@ fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
 impl Connector {
     /// Starts the release binary and waits for its `/readyz` to answer 200.
     async fn start(setup: ConnectorSetup<'_>) -> Connector {
+        Self::start_binary(setup, Path::new(env!("CARGO_BIN_EXE_o365-connector"))).await
+    }
+
+    /// Starts `binary` (another build of the connector) and waits for its `/readyz`.
+    async fn start_binary(setup: ConnectorSetup<'_>, binary: &Path) -> Connector {
         let port = free_port();
         let config = write_config(&setup, port);
         let log = std::fs::File::create(setup.dir.join("connector.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_o365-connector"))
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
             .env("BENCH_SECRET", SECRET)
@@ -433,15 +439,21 @@ async fn bearer(http: &reqwest::Client, base: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // drain
 
-/// The limit: the same blobs fetched by bare reqwest (4 at a time, as the workers) and their
-/// records pushed as Logs by a bare tonic client on one stream. Returns (seconds, bytes).
+/// The connector's worker count: its default (16) unless `BENCH_WORKERS` says otherwise.
+fn bench_workers() -> usize {
+    env_number("BENCH_WORKERS", 16)
+}
+
+/// The limit: the same blobs fetched by bare reqwest (as many at a time as the connector has
+/// workers) and their records pushed as Logs by a bare tonic client on one stream. Returns
+/// (seconds, bytes).
 async fn bare_drain(base: &str, entries: &[ContentEntry], socket: &Path) -> (f64, u64) {
     let http = reqwest::Client::new();
     let token = bearer(&http, base).await;
     let started = Instant::now();
     let uris: Arc<Vec<String>> = Arc::new(entries.iter().map(|e| e.content_uri.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..bench_workers())
         .map(|_| {
             let (http, token, uris, next) =
                 (http.clone(), token.clone(), uris.clone(), next.clone());
@@ -510,27 +522,10 @@ async fn drain(dir: &Path) {
     let entries = publish(&api, blobs).await;
     let (limit_secs, bytes) = bare_drain(api.base_url(), &entries, &socket).await;
     let total = (blobs * per_blob) as u64;
-    let before = engine.acked.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let connector = Connector::start(ConnectorSetup {
-        dir,
-        socket: &socket,
-        api_base: api.base_url(),
-        requests_per_minute: 1_000_000,
-        tenants: &[TENANT.to_string()],
-        webhook: false,
-        poller: &eager_poller(1),
-    })
-    .await;
-    let ready = started.elapsed();
-    wait_until(Duration::from_secs(600), "the drain", || {
-        engine.acked.load(Ordering::Relaxed) >= before + total
-    })
-    .await;
-    let elapsed = (started.elapsed() - ready).as_secs_f64();
+    let run = connector_drain(&dir.join("connector"), &api, &engine, &socket, total, None).await;
     let megabytes = bytes as f64 / 1e6;
     let limit_rate = total as f64 / limit_secs;
-    let rate = total as f64 / elapsed;
+    let rate = total as f64 / run.elapsed;
     figure(
         "drain",
         "records_per_s",
@@ -542,22 +537,97 @@ async fn drain(dir: &Path) {
     figure(
         "drain",
         "mb_per_s",
-        megabytes / elapsed,
+        megabytes / run.elapsed,
         "MB/s",
         Some(megabytes / limit_secs),
         None,
     );
-    figure(
-        "drain",
-        "peak_rss",
-        connector.peak_rss() / MIB,
-        "MiB",
-        None,
-        None,
-    );
-    figure("drain", "startup_s", ready.as_secs_f64(), "s", None, None);
-    connector.stop();
+    figure("drain", "peak_rss", run.peak_rss / MIB, "MiB", None, None);
+    figure("drain", "startup_s", run.startup, "s", None, None);
+    figure("drain", "connector_cpu_s", run.cpu, "s", None, None);
+    figure("drain", "elapsed_s", run.elapsed, "s", None, None);
+    // Another build of the connector (say, the commit before a change) drains the same blobs
+    // in this run, so a before/after comparison is a ratio that holds on a noisy machine.
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
+        let baseline = PathBuf::from(baseline);
+        let before = connector_drain(
+            &dir.join("baseline"),
+            &api,
+            &engine,
+            &socket,
+            total,
+            Some(&baseline),
+        )
+        .await;
+        let before_rate = total as f64 / before.elapsed;
+        figure(
+            "drain",
+            "baseline_records_per_s",
+            before_rate,
+            "records/s",
+            Some(limit_rate),
+            None,
+        );
+        figure("drain", "baseline_connector_cpu_s", before.cpu, "s", None, None);
+        figure(
+            "drain",
+            "speedup_over_baseline",
+            rate / before_rate,
+            "ratio",
+            None,
+            None,
+        );
+    }
     api.shutdown().await;
+}
+
+/// What one connector's drain measured.
+struct DrainRun {
+    startup: f64,
+    elapsed: f64,
+    cpu: f64,
+    peak_rss: f64,
+}
+
+/// Starts a connector (the bench's build, or `binary`) with its own store under `dir`, waits
+/// until the engine acked `total` more Logs, stops it.
+async fn connector_drain(
+    dir: &Path,
+    api: &ApiEmulator,
+    engine: &EngineState,
+    socket: &Path,
+    total: u64,
+    binary: Option<&Path>,
+) -> DrainRun {
+    std::fs::create_dir_all(dir).unwrap();
+    let before = engine.acked.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let setup = ConnectorSetup {
+        dir,
+        socket,
+        api_base: api.base_url(),
+        requests_per_minute: 1_000_000,
+        tenants: &[TENANT.to_string()],
+        webhook: false,
+        poller: &eager_poller(1),
+    };
+    let connector = match binary {
+        Some(binary) => Connector::start_binary(setup, binary).await,
+        None => Connector::start(setup).await,
+    };
+    let startup = started.elapsed();
+    wait_until(Duration::from_secs(600), "the drain", || {
+        engine.acked.load(Ordering::Relaxed) >= before + total
+    })
+    .await;
+    let run = DrainRun {
+        startup: startup.as_secs_f64(),
+        elapsed: (started.elapsed() - startup).as_secs_f64(),
+        cpu: connector.cpu_seconds(),
+        peak_rss: connector.peak_rss(),
+    };
+    connector.stop();
+    run
 }
 
 // ---------------------------------------------------------------------------------------

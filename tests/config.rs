@@ -92,7 +92,7 @@ fn example_documents_every_key_and_parses_with_the_values_it_shows() {
     assert_eq!(config.api.requests_per_minute.get(), 2000);
     assert_eq!(
         (config.workers.count.get(), config.workers.lease_secs.get()),
-        (4, 300)
+        (16, 300)
     );
 
     let [contoso, fabrikam] = config.tenants.as_slice() else {
@@ -160,7 +160,7 @@ fn minimal_file_takes_the_documented_defaults() {
     assert_eq!(config.api.requests_per_minute.get(), 2000);
     assert_eq!(
         (config.workers.count.get(), config.workers.lease_secs.get()),
-        (4, 300)
+        (16, 300)
     );
     let tenant = &config.tenants[0];
     assert_eq!(tenant.cloud, Cloud::Commercial);

@@ -211,7 +211,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
-    /// Number of concurrent fetch workers. Default: 4.
+    /// Number of concurrent fetch workers, shared by all tenants. Default: 16.
     #[serde(default = "default_worker_count")]
     pub count: NonZeroUsize,
     /// How long a worker holds a queue item before it returns to pending, in seconds.
@@ -802,7 +802,7 @@ fn default_requests_per_minute() -> NonZeroU32 {
 }
 
 fn default_worker_count() -> NonZeroUsize {
-    NonZeroUsize::new(4).expect("non-zero constant")
+    NonZeroUsize::new(16).expect("non-zero constant")
 }
 
 fn default_lease_secs() -> NonZeroU64 {
