@@ -568,7 +568,14 @@ async fn drain(dir: &Path) {
             Some(limit_rate),
             None,
         );
-        figure("drain", "baseline_connector_cpu_s", before.cpu, "s", None, None);
+        figure(
+            "drain",
+            "baseline_connector_cpu_s",
+            before.cpu,
+            "s",
+            None,
+            None,
+        );
         figure(
             "drain",
             "speedup_over_baseline",

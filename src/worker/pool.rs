@@ -35,10 +35,10 @@ use crate::forward::{AckReceipt, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::health::ProblemBoard;
 use crate::ops::metrics::ContentOutcomeLabels;
-use prometheus_client::metrics::counter::Counter;
 use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
+use prometheus_client::metrics::counter::Counter;
 
 /// The problem kind the workers set (and clear) on the board.
 const FETCH_PROBLEM: &str = "fetch_refused";
