@@ -176,6 +176,22 @@ struct CachedToken {
     expires_at: DateTime<Utc>,
 }
 
+/// The token endpoint failing with a retryable error: no new request before `retry_at`,
+/// so a backlog of callers meets one paced series of requests instead of one each.
+struct Outage {
+    retry_at: DateTime<Utc>,
+    failures: u32,
+    reason: String,
+}
+
+/// Pacing of token requests while the endpoint fails: 1 s doubling to a minute.
+const OUTAGE_RETRY: crate::retry::RetryPolicy = crate::retry::RetryPolicy {
+    min_delay: std::time::Duration::from_secs(1),
+    max_delay: std::time::Duration::from_secs(60),
+    max_attempts: None,
+    jitter: true,
+};
+
 /// Why no token could be had. Messages name the tenant and say what to fix; they never
 /// hold the secret, the assertion or a token.
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +300,8 @@ pub struct TokenProvider {
     config: TokenSourceConfig,
     clock: Clock,
     cached: tokio::sync::Mutex<Option<CachedToken>>,
+    /// The token endpoint's current outage, guarded by `cached`'s lock holders only.
+    outage: std::sync::Mutex<Option<Outage>>,
     generation: AtomicU64,
     requests: AtomicU64,
     metrics: Option<(Arc<Metrics>, String)>,
@@ -319,6 +337,7 @@ impl TokenProvider {
             config,
             clock,
             cached: tokio::sync::Mutex::new(None),
+            outage: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             metrics: None,
@@ -406,11 +425,45 @@ impl TokenProvider {
         token
     }
 
+    /// Asks the token endpoint, unless it is failing and its next attempt is not due: then
+    /// fails at once with the last failure. Callers hold `cached`'s lock.
     async fn fetch(&self) -> Result<CachedToken, AuthError> {
+        let now = self.clock.now();
+        if let Some(outage) = self.outage_guard().as_ref()
+            && now < outage.retry_at
+        {
+            let wait = (outage.retry_at - now).num_milliseconds().max(0) as f64 / 1000.0;
+            return Err(AuthError::Unavailable {
+                tenant_id: self.config.tenant_id.clone(),
+                reason: format!("{}; next attempt in {wait:.1} s", outage.reason),
+            });
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch_once().await;
         self.count(&result);
+        let mut outage = self.outage_guard();
+        match &result {
+            Err(AuthError::Unavailable { reason, .. }) => {
+                let failures = outage.as_ref().map_or(0, |outage| outage.failures) + 1;
+                let delay = OUTAGE_RETRY
+                    .delay_for_attempt(failures)
+                    .unwrap_or(OUTAGE_RETRY.max_delay);
+                *outage = Some(Outage {
+                    retry_at: self.clock.now()
+                        + Duration::from_std(delay).unwrap_or(Duration::seconds(60)),
+                    failures,
+                    reason: reason.clone(),
+                });
+            }
+            _ => *outage = None,
+        }
         result
+    }
+
+    fn outage_guard(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.outage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn fetch_once(&self) -> Result<CachedToken, AuthError> {

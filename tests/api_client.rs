@@ -242,6 +242,37 @@ async fn token_endpoint_down_is_retryable() {
 }
 
 #[tokio::test]
+async fn a_failing_token_endpoint_is_asked_on_a_backoff_not_once_per_caller() {
+    let clock = Clock::manual(start_time());
+    let mut down = tenant();
+    down.faults.token_endpoint_down = true;
+    let emulator = emulator(Scenario::single_tenant(down), clock.clone()).await;
+    let provider = provider(&emulator, secret(SECRET), clock.clone());
+    assert!(provider.token().await.unwrap_err().is_retryable());
+    assert_eq!(provider.token_requests(), 1);
+    // A backlog of callers during the outage fails at once, without asking again.
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await })
+        })
+        .collect();
+    for caller in callers {
+        let error = caller.await.unwrap().unwrap_err();
+        assert!(error.is_retryable(), "{error:?}");
+        assert!(error.to_string().contains("next attempt in"), "{error}");
+    }
+    assert_eq!(provider.token_requests(), 1, "one request for the whole backlog");
+    // Once the backoff (1 s plus jitter for the first failure) has passed, the
+    // endpoint is asked again, and a recovered endpoint ends the outage.
+    emulator.state().feed.set_faults(Some(TENANT), FaultScenario::default());
+    clock.advance(chrono::Duration::seconds(3));
+    provider.token().await.unwrap();
+    assert_eq!(provider.token_requests(), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_unchanged_restart_answers_af20024_which_is_success() {
     let clock = Clock::manual(start_time());
     let emulator = emulator(Scenario::single_tenant(tenant()), clock.clone()).await;

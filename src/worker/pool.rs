@@ -505,6 +505,26 @@ async fn handle_fetch_error(
             count_blob(context, tenant, content_type, "refused");
             retry_later(context, item, Duration::from_secs(300), &error.to_string()).await;
         }
+        _ if matches!(&error, ApiError::Auth(auth) if auth.is_retryable()) => {
+            // The token endpoint is down or failing: nothing for the operator to fix. The
+            // token provider paces its own requests; the item comes back on its backoff.
+            count_blob(context, tenant, content_type, "retry");
+            context.problems.set(
+                &tenant.name,
+                content_type,
+                FETCH_PROBLEM,
+                error.to_string(),
+                "Microsoft's token endpoint is not answering; the connector retries by itself",
+                context.clock.now(),
+            );
+            retry_later(
+                context,
+                item,
+                next_backoff(context, item),
+                &error.to_string(),
+            )
+            .await;
+        }
         _ if matches!(error, ApiError::ForeignUrl { .. }) => {
             // The intake checks every contentUri, so this needs a bug or a changed config;
             // the item is kept as a dead letter (requeue-able) and counted.
