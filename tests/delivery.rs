@@ -216,7 +216,15 @@ async fn engine_dropping_streams_going_down_and_refusing_connections_loses_nothi
     });
     publish::publish_now(rig.api.state(), TENANT, "Audit.SharePoint", 6).await;
     rig.wait_for_acked(30).await;
-    // The engine goes away; content keeps arriving; it comes back refusing connections.
+    // The engine goes away for `O365_FAULT_OUTAGE_SECS` (default 1; a soak sets minutes
+    // in seconds); content keeps arriving; it comes back refusing connections.
+    let outage = std::time::Duration::from_secs(
+        std::env::var("O365_FAULT_OUTAGE_SECS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(1),
+    );
+    let down = std::time::Instant::now();
     rig.stop_engine().await;
     let forwarder = rig.service.as_ref().unwrap().forwarder.clone();
     wait_until("the forwarder to see the engine gone", DEADLINE, || {
@@ -229,11 +237,20 @@ async fn engine_dropping_streams_going_down_and_refusing_connections_loses_nothi
         .wait_for(DEADLINE, |counts| counts.connections_refused >= 1)
         .await
         .unwrap();
+    tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     let back = std::time::Instant::now();
     rig.engine.accept_connections();
+    // The forwarder retries with backoff (capped at 10 s): the deadline allows for it.
+    rig.engine
+        .wait_for(DEADLINE, |counts| counts.logs_acked >= 1)
+        .await
+        .unwrap();
+    let resumed = back.elapsed();
     rig.wait_for_every_published_record().await;
     println!(
-        "resumed {:?} after the engine accepted connections again",
+        "engine down {:?} ({} connections refused): first ack {resumed:?} and every record {:?} after it accepted connections again",
+        back - down,
+        rig.engine.counts().connections_refused,
         back.elapsed()
     );
     wait_until_queue_drained(&rig).await;

@@ -166,6 +166,10 @@ pub struct FaultScenario {
     pub webhook_delivery_off: bool,
     /// The token endpoints answer HTTP 503 for this tenant.
     pub token_endpoint_down: bool,
+    /// A throttling storm: every feed and blob request of the tenant is throttled,
+    /// whatever its budget, answered as `throttle.response` says (HTTP 429 asks for
+    /// `Retry-After: 1`). Switched on and off at run time with the `faults` command.
+    pub throttle_storm: bool,
     /// `NextPageUri` headers point at this foreign base URL instead of the emulator.
     pub foreign_next_page_base: Option<String>,
     /// contentUris (in listings and notifications) point at this foreign base URL.

@@ -8,6 +8,9 @@
 //! says, HTTP 403 AF429 `Too many requests. Method=…, PublisherId=…` (Microsoft's
 //! troubleshooting page) or HTTP 429 with `Retry-After` (seconds left in the window).
 //!
+//! A `throttle_storm` fault throttles every request of the tenant (not counted in its
+//! window), asking for [`STORM_RETRY_AFTER`].
+//!
 //! Faults: `latency_ms` is slept (real time) before the handler runs;
 //! `server_error_rate` answers that deterministic share of admitted requests (see
 //! `world::take_credit`) HTTP 500 AF50000.
@@ -28,6 +31,9 @@ use crate::emulator::api::scenario::{ThrottleResponse, ThrottleScenario};
 
 /// `PublisherId` printed in AF429 when the request named none (as Microsoft prints it).
 const NO_PUBLISHER: &str = "00000000-0000-0000-0000-000000000000";
+
+/// How long a throttling storm asks clients to wait (HTTP 429 `Retry-After: 1`).
+const STORM_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the guard decided for an admitted request.
 struct Admission {
@@ -90,6 +96,9 @@ impl FeedState {
                 server_error: false,
             });
         };
+        if tenant.faults.throttle_storm {
+            return Err(STORM_RETRY_AFTER);
+        }
         if throttle.requests_per_window > 0 {
             let window = Duration::try_from_secs_f64(throttle.window_secs.max(0.001))
                 .unwrap_or(Duration::MAX);
