@@ -262,10 +262,17 @@ async fn a_failing_token_endpoint_is_asked_on_a_backoff_not_once_per_caller() {
         assert!(error.is_retryable(), "{error:?}");
         assert!(error.to_string().contains("next attempt in"), "{error}");
     }
-    assert_eq!(provider.token_requests(), 1, "one request for the whole backlog");
+    assert_eq!(
+        provider.token_requests(),
+        1,
+        "one request for the whole backlog"
+    );
     // Once the backoff (1 s plus jitter for the first failure) has passed, the
     // endpoint is asked again, and a recovered endpoint ends the outage.
-    emulator.state().feed.set_faults(Some(TENANT), FaultScenario::default());
+    emulator
+        .state()
+        .feed
+        .set_faults(Some(TENANT), FaultScenario::default());
     clock.advance(chrono::Duration::seconds(3));
     provider.token().await.unwrap();
     assert_eq!(provider.token_requests(), 2);
