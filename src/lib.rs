@@ -52,6 +52,8 @@ pub mod config;
 pub mod demo;
 pub mod emulator;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod poller;
 pub mod proto;

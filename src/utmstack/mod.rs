@@ -211,11 +211,33 @@ pub fn load(
     let Some(groups) = files::read_groups(&o365_file)? else {
         return Err(inactive(&o365_file, "the file does not exist", Vec::new()));
     };
+    from_groups(
+        environment,
+        settings,
+        o365_file,
+        &groups,
+        key.as_ref(),
+        warnings,
+    )
+}
+
+/// The rest of [`load`] once the o365 file's groups are read: each group checked and turned
+/// into a tenant, then merged with the `settings` file and validated. `key` decrypts the
+/// groups' secrets; `warnings` holds those of the pipeline files so far. Reads no file but
+/// `settings` (the fuzz target passes none).
+pub fn from_groups(
+    environment: &UtmstackEnvironment,
+    settings: Option<&Path>,
+    o365_file: PathBuf,
+    groups: &[RawGroup],
+    key: Option<&DerivedKey>,
+    mut warnings: Vec<String>,
+) -> Result<UtmstackConfig, UtmstackError> {
     let mut env = environment.env.clone();
     let mut skipped = Vec::new();
     let mut tenants = Vec::new();
-    for group in &groups {
-        match tenant_table(group, key.as_ref(), tenants.len(), &mut env, &mut warnings) {
+    for group in groups {
+        match tenant_table(group, key, tenants.len(), &mut env, &mut warnings) {
             Ok(table) if is_duplicate(&tenants, &table) => skipped.push(SkippedGroup {
                 group: group.name.clone(),
                 key: "name".into(),

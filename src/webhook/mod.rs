@@ -12,7 +12,7 @@
 //!    whatever its body (Microsoft's documented body is not even JSON);
 //! 5. content type must be JSON; Microsoft's non-standard `application/json; utf-8` is
 //!    accepted, as are `charset=utf-8` and no parameter → 415;
-//! 6. the body must be a JSON array of objects → 400.
+//! 6. the body must be a JSON array of objects ([`parse_notifications`]) → 400.
 //!
 //! Then every item is validated ([`validate_item`]): the tenant matches the URL, the
 //! clientId is the tenant's app, the content type is enabled for the tenant, and the
@@ -268,12 +268,10 @@ async fn handle_notification(
     if !is_json_content_type(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
-    let notifications: Vec<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_slice(&body)
-            .map_err(|error| WebhookError::Malformed(error.to_string()))?;
-    let mut valid = Vec::with_capacity(notifications.len());
-    for notification in notifications {
-        match validate_item(tenant, notification) {
+    let items = parse_notifications(tenant, &body)?;
+    let mut valid = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
             Ok(content) => valid.push(content),
             Err(reason) => {
                 state.count_items("invalid", 1);
@@ -370,6 +368,21 @@ struct NotificationItem {
     content_created: String,
     #[serde(default)]
     content_expiration: Option<String>,
+}
+
+/// Parses a notification body (a JSON array of objects, else [`WebhookError::Malformed`])
+/// and checks each item against `tenant` ([`validate_item`]): one verdict per item, in the
+/// body's order. Pure: the handler counts, logs and enqueues; the fuzz target calls it too.
+pub fn parse_notifications(
+    tenant: &WebhookTenant,
+    body: &[u8],
+) -> Result<Vec<Result<ContentRef, String>>, WebhookError> {
+    let notifications: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(body).map_err(|error| WebhookError::Malformed(error.to_string()))?;
+    Ok(notifications
+        .into_iter()
+        .map(|notification| validate_item(tenant, notification))
+        .collect())
 }
 
 /// Checks one notification item against the tenant and turns it into a content reference.
