@@ -460,6 +460,14 @@ impl TokenProvider {
         result
     }
 
+    /// True while the token endpoint is failing and its next attempt is not due: any call
+    /// needing a new token fails at once until then.
+    pub fn in_outage(&self) -> bool {
+        self.outage_guard()
+            .as_ref()
+            .is_some_and(|outage| self.clock.now() < outage.retry_at)
+    }
+
     fn outage_guard(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
         self.outage
             .lock()

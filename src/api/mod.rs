@@ -212,6 +212,12 @@ impl ApiClient {
         self.budget.paused()
     }
 
+    /// True while no call of the tenant can succeed for now: throttled, or its token
+    /// endpoint failing with the next attempt not yet due. Workers skip its content then.
+    pub fn is_paused(&self) -> bool {
+        self.is_throttled() || self.tokens.in_outage()
+    }
+
     /// `{api base}/api/v1.0/{tenant}/activity/feed/{operation}?{query}&PublisherIdentifier=…`.
     fn feed_url(&self, operation: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.config.endpoints.feed_root(&self.config.tenant_id);

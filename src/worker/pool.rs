@@ -115,7 +115,7 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
         let woken = context.work_available.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let skip = throttled_tenants(&context.tenants.current());
+        let skip = paused_tenants(&context.tenants.current());
         match context.queue.lease(1, context.lease_duration, &skip).await {
             Ok(items) if items.is_empty() => {
                 tokio::select! {
@@ -142,10 +142,10 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
     }
 }
 
-fn throttled_tenants(tenants: &Tenants) -> HashSet<String> {
+fn paused_tenants(tenants: &Tenants) -> HashSet<String> {
     tenants
         .values()
-        .filter(|tenant| tenant.client.is_throttled())
+        .filter(|tenant| tenant.client.is_paused())
         .map(|tenant| tenant.tenant_id.clone())
         .collect()
 }
@@ -507,7 +507,9 @@ async fn handle_fetch_error(
         }
         _ if matches!(&error, ApiError::Auth(auth) if auth.is_retryable()) => {
             // The token endpoint is down or failing: nothing for the operator to fix. The
-            // token provider paces its own requests; the item comes back on its backoff.
+            // token provider paces its own requests, and the tenant's content is skipped
+            // until its next attempt is due, so the item goes back as it was: an outage
+            // does not pile up attempts (and backoff) on the items that met it.
             count_blob(context, tenant, content_type, "retry");
             context.problems.set(
                 &tenant.name,
@@ -517,13 +519,7 @@ async fn handle_fetch_error(
                 "Microsoft's token endpoint is not answering; the connector retries by itself",
                 context.clock.now(),
             );
-            retry_later(
-                context,
-                item,
-                next_backoff(context, item),
-                &error.to_string(),
-            )
-            .await;
+            release(context, item).await;
         }
         _ if matches!(error, ApiError::ForeignUrl { .. }) => {
             // The intake checks every contentUri, so this needs a bug or a changed config;
