@@ -46,6 +46,7 @@
 pub mod log;
 mod notify;
 mod stream;
+pub mod wire;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -232,7 +233,7 @@ impl Counters {
 
 /// A Log on its way into the window, with its slot and the receipt's sender.
 struct Submission {
-    log: Log,
+    log: wire::EncodedLog,
     acked: oneshot::Sender<()>,
     slot: OwnedSemaphorePermit,
 }
@@ -267,7 +268,8 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// Starts the stream and notify tasks; connects lazily. Call inside a Tokio runtime.
     pub fn start(config: ForwarderConfig) -> Self {
-        let client = EngineClient::new(unix_channel(&config.socket));
+        let channel = unix_channel(&config.socket);
+        let client = EngineClient::new(channel.clone());
         let max_in_flight = config.max_in_flight.get();
         let counters = Arc::new(Counters::default());
         counters.set_connected(false);
@@ -275,7 +277,7 @@ impl Forwarder {
         let (drain_by, drain_by_rx) = watch::channel(None);
         let stream_task = tokio::spawn(
             stream::StreamTask::new(
-                client.clone(),
+                tonic::client::Grpc::new(channel),
                 submissions_rx,
                 drain_by_rx,
                 counters.clone(),
@@ -320,7 +322,11 @@ impl Forwarder {
             .await
             .map_err(|_| ForwardError::Closed)?;
         let (acked, receipt) = oneshot::channel();
-        let submission = Submission { log, acked, slot };
+        let submission = Submission {
+            log: wire::EncodedLog::new(log),
+            acked,
+            slot,
+        };
         self.inner
             .submissions
             .send(submission)

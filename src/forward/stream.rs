@@ -18,15 +18,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::client::Grpc;
 use tonic::transport::Channel;
 
+use super::wire::{EncodedLog, open_input};
 use super::{Counters, ShutdownReport, Submission};
-use crate::proto::{Ack, EngineClient, Log};
+use crate::proto::Ack;
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Unmatched acks are logged at most this often.
@@ -37,7 +40,7 @@ const BATCH: usize = 256;
 
 /// A Log in the window.
 struct InFlight {
-    log: Log,
+    log: EncodedLog,
     acked: oneshot::Sender<()>,
     /// Frees the window slot when the entry is dropped.
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -55,7 +58,7 @@ enum StreamEnd {
 }
 
 pub(super) struct StreamTask {
-    client: EngineClient<Channel>,
+    client: Grpc<Channel>,
     submissions: mpsc::Receiver<Submission>,
     /// Every handle dropped: no more Logs can come.
     submissions_closed: bool,
@@ -79,7 +82,7 @@ pub(super) struct StreamTask {
 
 impl StreamTask {
     pub(super) fn new(
-        client: EngineClient<Channel>,
+        client: Grpc<Channel>,
         submissions: mpsc::Receiver<Submission>,
         drain_by: watch::Receiver<Option<TokioInstant>>,
         counters: Arc<Counters>,
@@ -135,12 +138,12 @@ impl StreamTask {
     async fn run_stream(&mut self) -> StreamEnd {
         self.stream_open = false;
         self.stream_acked = false;
-        let (outbound, outbound_rx) = mpsc::channel::<Log>(self.max_in_flight);
+        let (outbound, outbound_rx) = mpsc::channel::<Bytes>(self.max_in_flight);
         if let Err(reason) = self.resend_window(&outbound) {
             return StreamEnd::Failed(reason);
         }
         let mut client = self.client.clone();
-        let opening = client.input(ReceiverStream::new(outbound_rx));
+        let opening = open_input(&mut client, ReceiverStream::new(outbound_rx));
         tokio::pin!(opening);
         let mut acks: Option<Streaming<Ack>> = None;
         loop {
@@ -208,12 +211,12 @@ impl StreamTask {
     }
 
     /// Puts the whole window on a new stream, in order.
-    fn resend_window(&mut self, outbound: &mpsc::Sender<Log>) -> Result<(), String> {
+    fn resend_window(&mut self, outbound: &mpsc::Sender<Bytes>) -> Result<(), String> {
         for entry in &mut self.window {
             // Capacity is the window size, so only a closed stream refuses.
             // Counted as sent or resent once the stream opens (`note_connected`).
             outbound
-                .try_send(entry.log.clone())
+                .try_send(entry.log.bytes.clone())
                 .map_err(|_| "the request stream closed before the resend".to_owned())?;
         }
         Ok(())
@@ -224,7 +227,7 @@ impl StreamTask {
     fn accept_batch(
         &mut self,
         first: Submission,
-        outbound: &mpsc::Sender<Log>,
+        outbound: &mpsc::Sender<Bytes>,
     ) -> Result<(), String> {
         self.accept(first, Some(outbound))?;
         for _ in 1..BATCH {
@@ -240,7 +243,7 @@ impl StreamTask {
     fn accept(
         &mut self,
         submission: Submission,
-        outbound: Option<&mpsc::Sender<Log>>,
+        outbound: Option<&mpsc::Sender<Bytes>>,
     ) -> Result<(), String> {
         let mut entry = InFlight {
             log: submission.log,
@@ -250,7 +253,7 @@ impl StreamTask {
         };
         let mut result = Ok(());
         if let Some(outbound) = outbound {
-            match outbound.try_send(entry.log.clone()) {
+            match outbound.try_send(entry.log.bytes.clone()) {
                 Ok(()) if self.stream_open => {
                     entry.on_opened_stream = true;
                     Counters::add(&self.counters.logs_sent, 1);
@@ -457,9 +460,9 @@ mod tests {
                 let (acked, receipt) = oneshot::channel();
                 receipts.push(receipt);
                 InFlight {
-                    log: Log {
+                    log: EncodedLog {
                         id: (*id).to_owned(),
-                        ..Log::default()
+                        bytes: Bytes::new(),
                     },
                     acked,
                     _slot: slots.clone().try_acquire_owned().unwrap(),
