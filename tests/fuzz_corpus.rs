@@ -225,7 +225,9 @@ fn counting_allocator_catches_a_peak_over_the_bound() {
     std::hint::black_box(&held);
     drop(held);
     let peak = PEAK_BYTES.load(Ordering::Relaxed).saturating_sub(baseline);
-    assert!(peak >= 32 * 1024 * 1024, "peak {peak}");
+    // Other test threads allocate and free meanwhile, so the count may be a little off the
+    // 32 MiB either way; what matters is that it is far past the bound.
+    assert!(peak >= 31 * 1024 * 1024, "peak {peak}");
     assert!(peak > allocation_bound(1024), "peak {peak}");
     assert!(
         CURRENT_BYTES.load(Ordering::Relaxed) < baseline + 1024 * 1024,
