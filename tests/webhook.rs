@@ -85,27 +85,11 @@ impl Rig {
             metrics.clone(),
             Arc::new(tokio::sync::Notify::new()),
         ));
-        let tls =
-            o365_connector::server::server_config(&certs.server_cert, &certs.server_key).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(
-            listener,
-            axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
-        )
-        .unwrap()
-        .handle(handle.clone());
-        let app = webhook::router(state.clone(), "/hook");
-        tokio::spawn(server.serve(app.into_make_service()));
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let common::TlsWebhook {
+            address,
+            handle,
+            http,
+        } = common::serve_webhook_tls(state.clone(), &certs);
         Rig {
             _dir: dir,
             queue,

@@ -4,9 +4,14 @@
 
 pub mod rig;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use o365_connector::server::dev_certs::DevCertPaths;
+use o365_connector::webhook::{self, WebhookState};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -178,5 +183,41 @@ pub mod spec_client {
             )
             .await?;
         Ok(response.into_inner())
+    }
+}
+
+/// A webhook router served on a free loopback port over TLS with the dev certificates, and
+/// a client that trusts them.
+pub struct TlsWebhook {
+    pub address: SocketAddr,
+    pub handle: axum_server::Handle<SocketAddr>,
+    pub http: reqwest::Client,
+}
+
+/// Serves `state`'s webhook router under `/hook` with `certs`.
+pub fn serve_webhook_tls(state: Arc<WebhookState>, certs: &DevCertPaths) -> TlsWebhook {
+    let tls = o365_connector::server::server_config(&certs.server_cert, &certs.server_key).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )
+    .unwrap()
+    .handle(handle.clone());
+    tokio::spawn(server.serve(webhook::router(state, "/hook").into_make_service()));
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    TlsWebhook {
+        address,
+        handle,
+        http,
     }
 }
