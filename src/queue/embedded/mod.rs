@@ -42,7 +42,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 pub use self::backend::DiskFaults;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
 use self::handle::StoreHandle;
-use self::writer::{Tables, Writer};
+use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
     ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
@@ -623,7 +623,9 @@ impl ContentQueue for EmbeddedQueue {
         // Volatile: a crash undoes nothing that matters, as every lease is released when the
         // store opens; this saves an fsync per blob.
         self.writer
-            .write_volatile(move |tables, now| lease_due(tables, now, max, duration, &skip_tenants))
+            .write_with(Commit::Volatile, move |tables, now| {
+                lease_due(tables, now, max, duration, &skip_tenants)
+            })
             .await
     }
 

@@ -95,6 +95,17 @@ trait WriteRequest: Send {
     fn durable(&self) -> bool;
 }
 
+/// How a write request needs its commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// On disk before the answer.
+    Durable,
+    /// Visible to readers at once, without waiting for the disk. A crash may undo it, so it
+    /// is only for state a restart resets anyway (leases: the store is exclusive, and every
+    /// lease is released when it opens). The next durable commit persists it too.
+    Volatile,
+}
+
 struct Request<Output, Operation> {
     durable: bool,
     operation: Option<Operation>,
@@ -205,28 +216,14 @@ impl Writer {
         Operation:
             FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
     {
-        self.submit(true, operation).await
+        self.write_with(Commit::Durable, operation).await
     }
 
-    /// Runs `operation` in the next group commit; returns its output once committed, which
-    /// other readers see at once, without waiting for the disk. A crash may undo it, so it
-    /// is only for state a restart resets anyway (leases: the store is exclusive, and every
-    /// lease is released when it opens). The next durable commit persists it too.
-    pub(super) async fn write_volatile<Output, Operation>(
+    /// Runs `operation` in the next group commit; returns its output once committed as
+    /// `commit` says.
+    pub(super) async fn write_with<Output, Operation>(
         &self,
-        operation: Operation,
-    ) -> Result<Output, QueueError>
-    where
-        Output: Send + 'static,
-        Operation:
-            FnOnce(&mut Tables<'_>, DateTime<Utc>) -> Result<Output, QueueError> + Send + 'static,
-    {
-        self.submit(false, operation).await
-    }
-
-    async fn submit<Output, Operation>(
-        &self,
-        durable: bool,
+        commit: Commit,
         operation: Operation,
     ) -> Result<Output, QueueError>
     where
@@ -240,7 +237,7 @@ impl Writer {
         let sender = lock(&self.sender).clone().ok_or(QueueError::Closed)?;
         let (reply, answer) = oneshot::channel();
         let request = Request {
-            durable,
+            durable: commit == Commit::Durable,
             operation: Some(operation),
             outcome: None,
             reply,
