@@ -163,9 +163,7 @@ impl Arrivals {
                 started.elapsed() < deadline,
                 "{missing} of {published} published records never reached the engine"
             );
-            // The emulators share this runtime: leave them most of the time on long soaks.
-            let check = check_started.elapsed();
-            tokio::time::sleep(Duration::from_millis(20).max(check * 4)).await;
+            common::pause_after_check(check_started.elapsed()).await;
         }
     }
 }

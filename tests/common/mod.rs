@@ -19,6 +19,13 @@ use tokio::process::{Child, Command};
 /// Generous deadline for conditions in tests; machines are shared and slow.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The pause before checking again after a check that took `check`: at least 20 ms, and
+/// four times the check, so a check over a big soak's records leaves the emulators that
+/// share the runtime most of the time.
+pub async fn pause_after_check(check: Duration) {
+    tokio::time::sleep(Duration::from_millis(20).max(check * 4)).await;
+}
+
 /// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
 pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();

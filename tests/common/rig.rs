@@ -179,10 +179,7 @@ impl Rig {
                 "{missing} of {} published records never reached the engine",
                 published.len()
             );
-            // The emulators share this runtime, and a check over 200,000 records takes
-            // a while: leave them at least four fifths of the time.
-            let check = check_started.elapsed();
-            tokio::time::sleep(Duration::from_millis(20).max(check * 4)).await;
+            super::pause_after_check(check_started.elapsed()).await;
         }
     }
 
