@@ -300,7 +300,8 @@ pub struct TokenProvider {
     config: TokenSourceConfig,
     clock: Clock,
     cached: tokio::sync::Mutex<Option<CachedToken>>,
-    /// The token endpoint's current outage, guarded by `cached`'s lock holders only.
+    /// The token endpoint's current outage; written only by holders of `cached`'s lock
+    /// (`fetch`), read by anyone (`in_outage`).
     outage: std::sync::Mutex<Option<Outage>>,
     generation: AtomicU64,
     requests: AtomicU64,
