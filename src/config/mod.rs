@@ -163,6 +163,76 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     /// A directory: the store file and the admin socket live here. Required.
     pub path: PathBuf,
+    /// Where the queue, cursors and subscription state live: `"embedded"` (a file under
+    /// `path`, one instance) or `"nats"` (NATS JetStream, shared by several replicas; needs
+    /// `[store.nats]`). Default: `"embedded"`.
+    #[serde(default)]
+    pub backend: StoreBackendKind,
+    /// `[store.nats]`: the JetStream the replicas share. Required when `backend = "nats"`.
+    pub nats: Option<NatsConfig>,
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackendKind {
+    /// One file under `store.path`; one instance.
+    #[default]
+    Embedded,
+    /// NATS JetStream; any number of replicas.
+    Nats,
+}
+
+/// `[store.nats]`: the NATS JetStream shared by the replicas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:4222`, or `tls://host:4222` to require TLS). Required.
+    pub urls: Vec<String>,
+    /// A NATS credentials file (user JWT and NKey seed), e.g. from `nsc`. Default: none.
+    pub creds_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the NATS servers' certificates; setting it turns TLS on.
+    /// Default: none (the system roots when a `tls://` URL is given).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients; needs `tls_key_file`.
+    /// Default: none.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_file`. Default: none.
+    pub tls_key_file: Option<PathBuf>,
+    /// This replica's name: in the `User-Agent` of every request to Microsoft, in `/status`
+    /// and in the leader lease. Unique per replica. Default: the host name.
+    pub replica_id: Option<String>,
+    /// Prefix of the stream and bucket names, so that several deployments can share one
+    /// NATS account. Letters, digits, `-` and `_`. Default: `"o365"`.
+    #[serde(default = "default_nats_prefix")]
+    pub prefix: String,
+    /// Replicas of the stream and buckets in a NATS cluster (1, 3 or 5): with 3, an
+    /// acknowledged write survives the loss of one NATS server. Default: 1.
+    #[serde(default = "default_nats_stream_replicas")]
+    pub stream_replicas: usize,
+    /// How long the active poller's lease lasts without renewal: a dead replica's polling
+    /// and subscription duties move to another replica after at most this long. Default: 15.
+    #[serde(default = "default_leader_lease_secs")]
+    pub leader_lease_secs: NonZeroU64,
+    /// How long to wait for the NATS servers at start, in seconds. Default: 10.
+    #[serde(default = "default_nats_connect_timeout_secs")]
+    pub connect_timeout_secs: NonZeroU64,
+}
+
+fn default_nats_prefix() -> String {
+    "o365".to_owned()
+}
+
+fn default_nats_stream_replicas() -> usize {
+    1
+}
+
+fn default_leader_lease_secs() -> NonZeroU64 {
+    NonZeroU64::new(15).expect("non-zero constant")
+}
+
+fn default_nats_connect_timeout_secs() -> NonZeroU64 {
+    NonZeroU64::new(10).expect("non-zero constant")
 }
 
 /// `[engine]`: the UTMStack engine the records go to.

@@ -56,6 +56,7 @@ pub(super) fn problems(config: &Config) -> Vec<ValidationError> {
             "is empty: give a directory",
         ));
     }
+    check_store(&config.store, &mut problems);
     if config.engine.socket.as_os_str().is_empty() {
         problems.push(ValidationError::new(
             "engine.socket",
@@ -271,5 +272,75 @@ fn publisher_id_warning(config: &Config, warnings: &mut Vec<String>) {
              as Microsoft asks publishers serving several tenants to do",
             config.tenants.len()
         ));
+    }
+}
+
+fn check_store(store: &super::StoreConfig, problems: &mut Vec<ValidationError>) {
+    use super::StoreBackendKind;
+    let Some(nats) = &store.nats else {
+        if store.backend == StoreBackendKind::Nats {
+            problems.push(ValidationError::new(
+                "store.nats",
+                "is missing: backend = \"nats\" needs [store.nats] with urls",
+            ));
+        }
+        return;
+    };
+    if nats.urls.is_empty() {
+        problems.push(ValidationError::new(
+            "store.nats.urls",
+            "is empty: give at least one server, e.g. \"nats://nats:4222\"",
+        ));
+    }
+    for url in &nats.urls {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("nats" | "tls")) {
+            problems.push(ValidationError::new(
+                "store.nats.urls",
+                format!("{url:?} is not a NATS URL: write nats://host:port or tls://host:port"),
+            ));
+        }
+    }
+    if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
+        problems.push(ValidationError::new(
+            "store.nats.tls_cert_file",
+            "and store.nats.tls_key_file go together: give both or neither",
+        ));
+    }
+    let prefix_ok = !nats.prefix.is_empty()
+        && nats
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !prefix_ok {
+        problems.push(ValidationError::new(
+            "store.nats.prefix",
+            "may hold only letters, digits, '-' and '_', and not be empty",
+        ));
+    }
+    if !matches!(nats.stream_replicas, 1 | 3 | 5) {
+        problems.push(ValidationError::new(
+            "store.nats.stream_replicas",
+            "must be 1, 3 or 5",
+        ));
+    }
+    if nats.leader_lease_secs.get() < 2 {
+        problems.push(ValidationError::new(
+            "store.nats.leader_lease_secs",
+            "must be at least 2 seconds",
+        ));
+    }
+    if let Some(replica) = &nats.replica_id {
+        let ok = !replica.is_empty()
+            && replica.len() <= 64
+            && replica
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            problems.push(ValidationError::new(
+                "store.nats.replica_id",
+                "must be 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
     }
 }
