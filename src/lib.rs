@@ -48,6 +48,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod cloud;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod emulator;

@@ -3,8 +3,8 @@
 //!
 //! This module owns the contract ([`ContentQueue`], [`MetaStore`]), the item types and the
 //! item state machine ([`state`]); [`embedded`] is the single-file backend (redb) used by
-//! default. A NATS JetStream backend, for several replicas behind a load balancer, is meant to
-//! implement the same traits.
+//! default; [`nats`] is the NATS JetStream backend that several replicas behind a load
+//! balancer share. The service holds either as a [`QueueStore`].
 //!
 //! What flows through it is a *reference* to a content blob, never the blob or its records:
 //! the store holds no record bodies at rest (DLP.All records carry the secrets they matched).
@@ -16,6 +16,7 @@
 //! its progress with [`ContentQueue::record_acked`] so that a restart resumes mid-blob.
 
 pub mod embedded;
+pub mod nats;
 pub mod state;
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use embedded::EmbeddedQueue;
+pub use nats::NatsQueue;
 pub use state::{ItemState, LeaseId, Transition, TransitionError};
 
 /// The identity of a content blob in the queue: dedupe is on this pair.
@@ -370,4 +372,26 @@ pub trait MetaStore: Send + Sync {
 
     /// Stores `value` under `key`, replacing any previous value.
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError>;
+}
+
+/// How the store behind the queue is doing, for `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoreHealth {
+    /// `embedded` or `nats`.
+    pub backend: &'static str,
+    /// False while the backend cannot be reached (NATS disconnected).
+    pub connected: bool,
+    /// What an operator should know (the NATS server, or why it is unreachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A queue backend as the service holds it: the queue, the metadata beside it, and what the
+/// operations endpoints show about the backend itself.
+pub trait QueueStore: ContentQueue + MetaStore {
+    /// Failed store writes since start, for `store_errors_total`.
+    fn store_failures(&self) -> u64;
+
+    /// The backend's connection state.
+    fn health(&self) -> StoreHealth;
 }

@@ -922,3 +922,18 @@ mod tests {
         );
     }
 }
+
+impl super::QueueStore for EmbeddedQueue {
+    fn store_failures(&self) -> u64 {
+        EmbeddedQueue::store_failures(self)
+    }
+
+    fn health(&self) -> super::StoreHealth {
+        let failure = self.store_failure();
+        super::StoreHealth {
+            backend: "embedded",
+            connected: failure.is_none(),
+            detail: failure.map(|error| error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,1124 @@
+//! The NATS JetStream backend: one queue shared by several replicas behind a load balancer.
+//!
+//! What lives where (names start with `store.nats.prefix`, `o365` by default):
+//!
+//! | What | JetStream object | Kept |
+//! |---|---|---|
+//! | queued content references | stream `{prefix}_work`, work-queue retention, subject `{prefix}.work` | until acked |
+//! | leases | the stream's durable pull consumer `workers` (ack wait = `workers.lease_secs`) | |
+//! | seen contentIds (dedupe) and done tombstones | KV `{prefix}_seen` | 8 days (bucket max age) |
+//! | acked-record offsets, attempts | KV `{prefix}_progress` | 8 days after the last write |
+//! | dead items, dead records | KV `{prefix}_dead`, `{prefix}_dead_records` | until removed |
+//! | cursors, subscription state, webhook secret | KV `{prefix}_meta` | always |
+//! | leader lease | KV `{prefix}_leader` ([`leader`]) | `leader_lease_secs` |
+//!
+//! **Enqueue** publishes each new reference with `Nats-Msg-Id` = `tenant/contentId` (the
+//! server drops a repeat within its two-minute duplicate window), waits for the stream's
+//! acknowledgement, and only then writes the contentId into the seen bucket. A crash between
+//! the two leaves a queued reference that is not marked seen: a later notification of it
+//! queues it again (a duplicate delivery, never a loss). Nothing is marked seen before it is
+//! queued.
+//!
+//! **Leases** are JetStream deliveries: `lease` fetches from the pull consumer, the lease id
+//! is the delivery's consumer sequence, `extend_lease` sends "in progress", `complete` acks
+//! (waiting for the server's confirmation), `retry_later` naks with a delay, `release` naks
+//! at once. A replica that dies holds its deliveries until the ack wait passes; then any
+//! replica gets them again and resumes after the acked-record offset in the progress bucket.
+//! `attempts` counts `retry_later` calls plus deliveries that ended without an answer (lease
+//! expiry), from the delivery count minus the deliveries given back on purpose.
+//!
+//! **Durability.** A write returns once the NATS server stored it. With one server that is
+//! its file store (it survives a server crash; a power loss may lose the last writes unless
+//! the server syncs every write); with `stream_replicas = 3` in a NATS cluster, a write is
+//! acknowledged once a majority stored it.
+//!
+//! `purge_expired_tombstones` has nothing to do: the seen bucket's max age removes them.
+
+pub mod leader;
+
+use std::collections::{HashMap, HashSet};
+use std::future::IntoFuture;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
+    LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, QueueStore, Source, StoreHealth,
+};
+use crate::clock::Clock;
+use crate::config::{Config, NatsConfig};
+
+/// The seen bucket's max age: longer than Microsoft keeps content (7 days), so a repeated
+/// notification of any content that can still be fetched is recognised.
+pub const SEEN_MAX_AGE: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// The durable consumer every replica's workers pull from.
+const CONSUMER: &str = "workers";
+
+/// How long an item of a paused tenant (throttled, token outage) is set aside.
+const SKIP_DELAY: Duration = Duration::from_secs(2);
+
+/// What connecting needs, from `[store.nats]` and `[workers]`.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    /// `[store.nats]`.
+    pub nats: NatsConfig,
+    /// This replica's id (connection name, leader lease value).
+    pub replica_id: String,
+    /// The consumer's ack wait: how long a lease lasts without an extension.
+    pub lease: Duration,
+}
+
+impl NatsSettings {
+    /// The settings of `config`, which must have `[store.nats]`.
+    pub fn from_config(config: &Config, replica_id: String) -> anyhow::Result<Self> {
+        let nats =
+            config.store.nats.clone().ok_or_else(|| {
+                anyhow::anyhow!("store.nats: missing; backend = \"nats\" needs it")
+            })?;
+        Ok(Self {
+            nats,
+            replica_id,
+            lease: Duration::from_secs(config.workers.lease_secs.get()),
+        })
+    }
+}
+
+/// Connects to the NATS servers of `nats` and opens JetStream, failing with a message that
+/// names the setting to fix.
+pub async fn connect(
+    settings: &NatsSettings,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let nats = &settings.nats;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("o365-connector {}", settings.replica_id))
+        .connection_timeout(Duration::from_secs(nats.connect_timeout_secs.get()))
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let Some(path) = &nats.creds_file {
+        options = options.credentials_file(path).await.map_err(|error| {
+            anyhow::anyhow!(
+                "store.nats.creds_file {}: cannot read the credentials file: {}",
+                path.display(),
+                error.kind()
+            )
+        })?;
+    }
+    if let Some(path) = &nats.tls_ca_file {
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls_cert_file, &nats.tls_key_file) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let urls = nats.urls.join(",");
+    let deadline = Duration::from_secs(nats.connect_timeout_secs.get());
+    let client = tokio::time::timeout(deadline, options.connect(urls.as_str()))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "store.nats.urls {urls}: no NATS server answered within {}s; start it or fix the URLs",
+                deadline.as_secs()
+            )
+        })?
+        .map_err(|error| anyhow::anyhow!("store.nats.urls {urls}: cannot connect: {error}"))?;
+    let jetstream = jetstream::new(client.clone());
+    Ok((client, jetstream))
+}
+
+/// Opens a key-value bucket, creating it with `max_age` (zero: no max age) when missing.
+///
+/// The bucket's stream is created here with the key-value conventions (ADR-8) rather than
+/// with the client's `create_key_value`, which first reads account fields that
+/// nats-server 2.9 (Debian's) does not send.
+pub(crate) async fn open_bucket(
+    jetstream: &jetstream::Context,
+    name: String,
+    max_age: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = jetstream.get_key_value(name.as_str()).await {
+        return Ok(store);
+    }
+    let created = jetstream
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..stream::Config::default()
+        })
+        .await;
+    let opened = jetstream.get_key_value(name.as_str()).await;
+    match (created, opened) {
+        (_, Ok(store)) => Ok(store),
+        (Err(error), Err(_)) => Err(anyhow::anyhow!(
+            "NATS: cannot create the key-value bucket {name}: {error}; is JetStream enabled on the server (nats-server -js)?"
+        )),
+        (Ok(_), Err(error)) => Err(anyhow::anyhow!(
+            "NATS: cannot open the key-value bucket {name}: {error}"
+        )),
+    }
+}
+
+/// A content reference as queued: the message payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct WorkItem {
+    tenant_id: String,
+    content_type: String,
+    content_id: String,
+    content_uri: String,
+    content_created: DateTime<Utc>,
+    content_expiration: DateTime<Utc>,
+    source: String,
+    enqueued_at: DateTime<Utc>,
+}
+
+impl WorkItem {
+    fn new(content: &ContentRef, enqueued_at: DateTime<Utc>) -> Self {
+        Self {
+            tenant_id: content.tenant_id.clone(),
+            content_type: content.content_type.clone(),
+            content_id: content.content_id.clone(),
+            content_uri: content.content_uri.clone(),
+            content_created: content.content_created,
+            content_expiration: content.content_expiration,
+            source: match content.source {
+                Source::Webhook => "webhook",
+                Source::Poll => "poll",
+                Source::Backfill => "backfill",
+            }
+            .to_owned(),
+            enqueued_at,
+        }
+    }
+
+    fn content(&self) -> ContentRef {
+        ContentRef {
+            tenant_id: self.tenant_id.clone(),
+            content_type: self.content_type.clone(),
+            content_id: self.content_id.clone(),
+            content_uri: self.content_uri.clone(),
+            content_created: self.content_created,
+            content_expiration: self.content_expiration,
+            source: match self.source.as_str() {
+                "poll" => Source::Poll,
+                "backfill" => Source::Backfill,
+                _ => Source::Webhook,
+            },
+        }
+    }
+
+    fn key(&self) -> ContentKey {
+        ContentKey::new(&self.tenant_id, &self.content_id)
+    }
+}
+
+/// The seen bucket's value: the reference, and when it was done (its tombstone).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SeenEntry {
+    item: WorkItem,
+    done_at: Option<DateTime<Utc>>,
+    /// For a done item: its progress, which is removed then.
+    #[serde(default)]
+    acked_records: u64,
+    #[serde(default)]
+    dead_records: u64,
+}
+
+/// The progress bucket's value for an item that was leased at least once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    acked_records: u64,
+    dead_records: u64,
+    /// `retry_later` calls.
+    retries: u32,
+    /// Deliveries handed back on purpose (release, retry, paused tenant).
+    given_back: u64,
+    last_retry_reason: Option<String>,
+}
+
+/// The dead bucket's value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeadEntry {
+    item: WorkItem,
+    reason: String,
+    attempts: u32,
+}
+
+/// The dead-records bucket's value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeadRecordEntry {
+    tenant_id: String,
+    content_id: String,
+    index: u64,
+    start: u64,
+    end: u64,
+    sha256: String,
+    reason: String,
+}
+
+/// A delivery this replica holds.
+struct Held {
+    lease: LeaseId,
+    message: jetstream::Message,
+    item: WorkItem,
+    progress: Progress,
+    attempts: u32,
+}
+
+/// The queue and metadata store on NATS JetStream (see the module doc).
+pub struct NatsQueue {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    stream_name: String,
+    subject: String,
+    consumer: consumer::PullConsumer,
+    seen: kv::Store,
+    seen_bucket: String,
+    progress: kv::Store,
+    dead: kv::Store,
+    dead_records: kv::Store,
+    meta: kv::Store,
+    ack_wait: Duration,
+    held: Mutex<HashMap<ContentKey, Held>>,
+    clock: Clock,
+    closed: AtomicBool,
+    failures: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A key-value key for `tenant/contentId` (contentIds hold characters keys may not).
+fn item_key(tenant_id: &str, content_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{tenant_id}/{content_id}"))
+}
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("queue values serialize"))
+}
+
+impl NatsQueue {
+    /// Opens (creating when missing) the stream, the consumer and the buckets.
+    pub async fn open(
+        client: async_nats::Client,
+        jetstream: jetstream::Context,
+        settings: &NatsSettings,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let prefix = &settings.nats.prefix;
+        let replicas = settings.nats.stream_replicas;
+        let stream_name = format!("{prefix}_work");
+        let subject = format!("{prefix}.work");
+        let work = jetstream
+            .get_or_create_stream(stream::Config {
+                name: stream_name.clone(),
+                subjects: vec![subject.clone()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..stream::Config::default()
+            })
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "NATS: cannot open the stream {stream_name}: {error}; is JetStream enabled on the server (nats-server -js)?"
+                )
+            })?;
+        let consumer: consumer::PullConsumer = work
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: settings.lease,
+                    max_deliver: -1,
+                    max_ack_pending: -1,
+                    num_replicas: replicas,
+                    ..consumer::pull::Config::default()
+                },
+            )
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "NATS: cannot open the consumer {CONSUMER} of {stream_name}: {error}"
+                )
+            })?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        if ack_wait != settings.lease {
+            tracing::warn!(
+                configured_secs = settings.lease.as_secs(),
+                in_use_secs = ack_wait.as_secs(),
+                "workers.lease_secs differs from the shared consumer's ack wait, which stays in use; delete the consumer {CONSUMER} while no replica runs to change it"
+            );
+        }
+        let bucket = |name: &str, max_age: Duration| {
+            open_bucket(&jetstream, format!("{prefix}_{name}"), max_age, replicas)
+        };
+        let seen = bucket("seen", SEEN_MAX_AGE).await?;
+        let progress = bucket("progress", SEEN_MAX_AGE).await?;
+        let dead = bucket("dead", Duration::ZERO).await?;
+        let dead_records = bucket("dead_records", Duration::ZERO).await?;
+        let meta = bucket("meta", Duration::ZERO).await?;
+        Ok(Self {
+            client,
+            jetstream,
+            stream_name,
+            subject,
+            consumer,
+            seen,
+            seen_bucket: format!("{prefix}_seen"),
+            progress,
+            dead,
+            dead_records,
+            meta,
+            ack_wait,
+            held: Mutex::new(HashMap::new()),
+            clock,
+            closed: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    /// The NATS connection, for the leader lease.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    fn check_open(&self) -> Result<(), QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        Ok(())
+    }
+
+    /// A NATS failure, counted for `store_errors_total`.
+    fn failed(&self, what: &str, error: impl std::fmt::Display) -> QueueError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        QueueError::Io {
+            message: format!("NATS: cannot {what}: {error}"),
+        }
+    }
+
+    fn wrote(&self, count: u64) {
+        self.writes.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The delivery held under `lease`, or [`QueueError::StaleLease`].
+    fn held<T>(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        read: impl FnOnce(&mut Held) -> T,
+    ) -> Result<T, QueueError> {
+        let mut held = self.held.lock().expect("held deliveries lock");
+        match held.get_mut(key) {
+            Some(entry) if entry.lease == lease => Ok(read(entry)),
+            _ => Err(QueueError::StaleLease { key: key.clone() }),
+        }
+    }
+
+    fn forget(&self, key: &ContentKey, lease: LeaseId) {
+        let mut held = self.held.lock().expect("held deliveries lock");
+        if held.get(key).is_some_and(|entry| entry.lease == lease) {
+            held.remove(key);
+        }
+    }
+
+    async fn read_progress(&self, key: &str) -> Result<Progress, QueueError> {
+        let value = self
+            .progress
+            .get(key)
+            .await
+            .map_err(|error| self.failed("read an item's progress", error))?;
+        Ok(value
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default())
+    }
+
+    async fn write_progress(&self, key: &str, progress: &Progress) -> Result<(), QueueError> {
+        self.progress
+            .put(key, json(progress))
+            .await
+            .map_err(|error| self.failed("write an item's progress", error))?;
+        self.wrote(1);
+        Ok(())
+    }
+
+    /// Gives a held delivery back: progress first (so the next holder counts right), then
+    /// the nak. A lost nak only means the delivery comes back when its ack wait passes.
+    async fn give_back(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        delay: Option<Duration>,
+        retry_reason: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let (message, mut progress, kv_key) = self.held(key, lease, |held| {
+            (
+                held.message.clone(),
+                held.progress.clone(),
+                item_key(&held.item.tenant_id, &held.item.content_id),
+            )
+        })?;
+        progress.given_back += 1;
+        if let Some(reason) = retry_reason {
+            progress.retries = progress.retries.saturating_add(1);
+            progress.last_retry_reason = Some(reason.to_owned());
+        }
+        self.write_progress(&kv_key, &progress).await?;
+        // Confirmed by the server, so the item is leasable again when this returns.
+        message
+            .double_ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|error| self.failed("give a delivery back", error))?;
+        self.forget(key, lease);
+        Ok(())
+    }
+
+    async fn seen_entry(&self, key: &str) -> Result<Option<SeenEntry>, QueueError> {
+        let value = self
+            .seen
+            .get(key)
+            .await
+            .map_err(|error| self.failed("read the seen contentIds", error))?;
+        Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn count_keys(&self, bucket: &kv::Store, what: &str) -> Result<u64, QueueError> {
+        let mut keys = bucket
+            .keys()
+            .await
+            .map_err(|error| self.failed(what, error))?;
+        let mut count = 0;
+        while let Some(key) = keys.next().await {
+            key.map_err(|error| self.failed(what, error))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    async fn bucket_values<T: for<'de> Deserialize<'de>>(
+        &self,
+        bucket: &kv::Store,
+        what: &str,
+    ) -> Result<Vec<T>, QueueError> {
+        let mut keys = bucket
+            .keys()
+            .await
+            .map_err(|error| self.failed(what, error))?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(|error| self.failed(what, error))?);
+        }
+        let values = join_all(names.iter().map(|name| bucket.get(name.as_str()))).await;
+        let mut out = Vec::new();
+        for value in values {
+            if let Some(bytes) = value.map_err(|error| self.failed(what, error))?
+                && let Ok(parsed) = serde_json::from_slice(&bytes)
+            {
+                out.push(parsed);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ContentQueue for NatsQueue {
+    async fn enqueue(&self, refs: Vec<ContentRef>) -> Result<Vec<EnqueueOutcome>, QueueError> {
+        self.check_open()?;
+        let mut outcomes = vec![EnqueueOutcome::Duplicate; refs.len()];
+        let keys: Vec<String> = refs
+            .iter()
+            .map(|content| item_key(&content.tenant_id, &content.content_id))
+            .collect();
+        let found = join_all(keys.iter().map(|key| self.seen.get(key.as_str()))).await;
+        let mut in_batch = HashSet::new();
+        let mut fresh = Vec::new();
+        for (index, found) in found.into_iter().enumerate() {
+            let found = found.map_err(|error| self.failed("read the seen contentIds", error))?;
+            if found.is_none() && in_batch.insert(keys[index].clone()) {
+                fresh.push(index);
+            }
+        }
+        let now = self.clock.now();
+        let mut pending = Vec::with_capacity(fresh.len());
+        for &index in &fresh {
+            let content = &refs[index];
+            let item = WorkItem::new(content, now);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(json(&item))
+                .message_id(format!("{}/{}", content.tenant_id, content.content_id));
+            let ack = self
+                .jetstream
+                .send_publish(self.subject.clone(), publish)
+                .await
+                .map_err(|error| self.failed("queue a content reference", error))?;
+            pending.push((index, item, ack));
+        }
+        let (published, acks): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|(index, item, ack)| ((index, item), ack.into_future()))
+            .unzip();
+        let acks = join_all(acks).await;
+        let mut marks = Vec::new();
+        for ((index, item), ack) in published.into_iter().zip(acks) {
+            let ack = ack.map_err(|error| self.failed("queue a content reference", error))?;
+            if ack.duplicate {
+                // Another replica queued it within the duplicate window; it marks it seen.
+                continue;
+            }
+            outcomes[index] = EnqueueOutcome::Enqueued;
+            let entry = SeenEntry {
+                item,
+                done_at: None,
+                acked_records: 0,
+                dead_records: 0,
+            };
+            marks.push(self.seen.put(keys[index].as_str(), json(&entry)));
+        }
+        let written = marks.len() as u64;
+        for mark in join_all(marks).await {
+            mark.map_err(|error| self.failed("mark a contentId as seen", error))?;
+        }
+        self.wrote(fresh.len() as u64 + written);
+        Ok(outcomes)
+    }
+
+    async fn lease(
+        &self,
+        max: usize,
+        _duration: Duration,
+        skip_tenants: &HashSet<String>,
+    ) -> Result<Vec<LeasedItem>, QueueError> {
+        self.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|error| self.failed("lease from the queue", error))?;
+        let mut leased = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|error| self.failed("lease from the queue", error))?;
+            let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
+                tracing::error!(
+                    stream = %self.stream_name,
+                    "a message on the work stream is not a content reference; removed"
+                );
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let (consumer_sequence, delivered) = match message.info() {
+                Ok(info) => (info.consumer_sequence, info.delivered.max(1) as u64),
+                Err(error) => return Err(self.failed("read a delivery's metadata", error)),
+            };
+            let kv_key = item_key(&item.tenant_id, &item.content_id);
+            let progress = self.read_progress(&kv_key).await?;
+            if skip_tenants.contains(&item.tenant_id) {
+                let mut progress = progress;
+                progress.given_back += 1;
+                self.write_progress(&kv_key, &progress).await?;
+                message
+                    .ack_with(AckKind::Nak(Some(SKIP_DELAY)))
+                    .await
+                    .map_err(|error| self.failed("set a paused tenant's item aside", error))?;
+                continue;
+            }
+            let expired = (delivered - 1).saturating_sub(progress.given_back);
+            let attempts = progress
+                .retries
+                .saturating_add(u32::try_from(expired).unwrap_or(u32::MAX));
+            let lease = LeaseId(consumer_sequence);
+            let until = self.clock.now()
+                + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX);
+            leased.push(LeasedItem {
+                content: item.content(),
+                lease,
+                lease_until: until,
+                acked_records: progress.acked_records,
+                attempts,
+            });
+            self.held.lock().expect("held deliveries lock").insert(
+                item.key(),
+                Held {
+                    lease,
+                    message,
+                    item,
+                    progress,
+                    attempts,
+                },
+            );
+        }
+        Ok(leased)
+    }
+
+    async fn extend_lease(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        _duration: Duration,
+    ) -> Result<DateTime<Utc>, QueueError> {
+        self.check_open()?;
+        let message = self.held(key, lease, |held| held.message.clone())?;
+        message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|error| self.failed("extend a lease", error))?;
+        Ok(self.clock.now() + chrono::Duration::from_std(self.ack_wait).unwrap_or_default())
+    }
+
+    async fn record_acked(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        acked_records: u64,
+    ) -> Result<(), QueueError> {
+        self.check_open()?;
+        let update = self.held(key, lease, |held| {
+            (acked_records > held.progress.acked_records).then(|| {
+                let mut progress = held.progress.clone();
+                progress.acked_records = acked_records;
+                (
+                    item_key(&held.item.tenant_id, &held.item.content_id),
+                    progress,
+                )
+            })
+        })?;
+        let Some((kv_key, progress)) = update else {
+            return Ok(());
+        };
+        self.write_progress(&kv_key, &progress).await?;
+        let _ = self.held(key, lease, |held| {
+            held.progress.acked_records = held.progress.acked_records.max(acked_records);
+        });
+        Ok(())
+    }
+
+    async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
+        self.check_open()?;
+        let (message, item, progress) = self.held(key, lease, |held| {
+            (
+                held.message.clone(),
+                held.item.clone(),
+                held.progress.clone(),
+            )
+        })?;
+        // The ack first: once it is confirmed the item can no longer come back. A crash
+        // before the tombstone is written leaves the contentId marked seen, so a repeated
+        // notification is still a duplicate.
+        message
+            .double_ack()
+            .await
+            .map_err(|error| self.failed("acknowledge a finished item", error))?;
+        self.forget(key, lease);
+        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let entry = SeenEntry {
+            item,
+            done_at: Some(self.clock.now()),
+            acked_records: progress.acked_records,
+            dead_records: progress.dead_records,
+        };
+        self.seen
+            .put(kv_key.as_str(), json(&entry))
+            .await
+            .map_err(|error| self.failed("mark an item as done", error))?;
+        if let Err(error) = self.progress.delete(kv_key.as_str()).await {
+            tracing::debug!(%error, "cannot remove a done item's progress; it ages out");
+        }
+        self.wrote(3);
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        not_before: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.check_open()?;
+        let delay = (not_before - self.clock.now()).to_std().unwrap_or_default();
+        self.give_back(key, lease, Some(delay), Some(reason)).await
+    }
+
+    async fn release(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
+        self.check_open()?;
+        self.give_back(key, lease, None, None).await
+    }
+
+    async fn dead_letter(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.check_open()?;
+        let (message, item, attempts) = self.held(key, lease, |held| {
+            (held.message.clone(), held.item.clone(), held.attempts)
+        })?;
+        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let entry = DeadEntry {
+            item,
+            reason: reason.to_owned(),
+            attempts: attempts.saturating_add(1),
+        };
+        self.dead
+            .put(kv_key.as_str(), json(&entry))
+            .await
+            .map_err(|error| self.failed("keep a dead item", error))?;
+        message
+            .double_ack()
+            .await
+            .map_err(|error| self.failed("acknowledge a dead item", error))?;
+        self.forget(key, lease);
+        self.wrote(2);
+        Ok(())
+    }
+
+    async fn add_dead_record(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        record: DeadRecord,
+    ) -> Result<(), QueueError> {
+        self.check_open()?;
+        let kv_key = self.held(key, lease, |held| {
+            item_key(&held.item.tenant_id, &held.item.content_id)
+        })?;
+        let record_key = format!("{kv_key}.{}", record.index);
+        let existed = self
+            .dead_records
+            .get(record_key.as_str())
+            .await
+            .map_err(|error| self.failed("read a dead record", error))?
+            .is_some();
+        let entry = DeadRecordEntry {
+            tenant_id: key.tenant_id.clone(),
+            content_id: key.content_id.clone(),
+            index: record.index,
+            start: record.byte_range.0,
+            end: record.byte_range.1,
+            sha256: hex::encode(record.sha256),
+            reason: record.reason,
+        };
+        self.dead_records
+            .put(record_key.as_str(), json(&entry))
+            .await
+            .map_err(|error| self.failed("keep a dead record", error))?;
+        self.wrote(1);
+        if !existed {
+            let progress = self.held(key, lease, |held| {
+                held.progress.dead_records += 1;
+                held.progress.clone()
+            })?;
+            self.write_progress(&kv_key, &progress).await?;
+        }
+        Ok(())
+    }
+
+    async fn requeue_dead(&self, key: &ContentKey) -> Result<bool, QueueError> {
+        self.check_open()?;
+        let kv_key = item_key(&key.tenant_id, &key.content_id);
+        let Some(bytes) = self
+            .dead
+            .get(kv_key.as_str())
+            .await
+            .map_err(|error| self.failed("read a dead item", error))?
+        else {
+            return Ok(false);
+        };
+        let Ok(entry) = serde_json::from_slice::<DeadEntry>(&bytes) else {
+            return Ok(false);
+        };
+        // Attempts start again; the acked-record offset and dead records stay. Written
+        // before the publish, so the first new delivery already counts from zero.
+        let mut progress = self.read_progress(&kv_key).await?;
+        progress.retries = 0;
+        progress.given_back = 0;
+        self.write_progress(&kv_key, &progress).await?;
+        let requeued_at = self.clock.now();
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(json(&entry.item))
+            .message_id(format!(
+                "{}/{}/requeue/{}",
+                key.tenant_id,
+                key.content_id,
+                requeued_at.timestamp_nanos_opt().unwrap_or_default()
+            ));
+        self.jetstream
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(|error| self.failed("requeue a dead item", error))?
+            .await
+            .map_err(|error| self.failed("requeue a dead item", error))?;
+        self.dead
+            .delete(kv_key.as_str())
+            .await
+            .map_err(|error| self.failed("remove a requeued dead item", error))?;
+        self.wrote(3);
+        Ok(true)
+    }
+
+    async fn purge_expired_tombstones(&self) -> Result<u64, QueueError> {
+        self.check_open()?;
+        Ok(0)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.check_open()?;
+        let work = self
+            .jetstream
+            .get_stream(self.stream_name.as_str())
+            .await
+            .map_err(|error| self.failed("read the work stream", error))?;
+        let state = work.cached_info().state.clone();
+        let consumer_info = work
+            .consumer_info(CONSUMER)
+            .await
+            .map_err(|error| self.failed("read the workers' consumer", error))?;
+        let leased = (consumer_info.num_ack_pending as u64).min(state.messages);
+        // The seen bucket's stream holds one message per contentId (no deletes); the dead
+        // buckets are small and have delete markers, so their keys are counted.
+        let seen = self
+            .jetstream
+            .get_stream(format!("KV_{}", self.seen_bucket))
+            .await
+            .map_err(|error| self.failed("read the seen bucket", error))?
+            .cached_info()
+            .state
+            .messages;
+        let dead = self.count_keys(&self.dead, "count the dead items").await?;
+        let dead_records = self
+            .count_keys(&self.dead_records, "count the dead records")
+            .await?;
+        let mut stats = QueueStats {
+            pending: state.messages - leased,
+            leased,
+            done: seen.saturating_sub(state.messages + dead),
+            dead,
+            dead_records,
+            commits: self.writes.load(Ordering::Relaxed),
+            write_requests: self.writes.load(Ordering::Relaxed),
+            ..QueueStats::default()
+        };
+        if state.messages > 0
+            && let Ok(first) = work.get_raw_message(state.first_sequence).await
+            && let Ok(item) = serde_json::from_slice::<WorkItem>(&first.payload)
+        {
+            stats.oldest_open_enqueued = Some(item.enqueued_at);
+            stats.oldest_open_created = Some(item.content_created);
+        }
+        Ok(stats)
+    }
+
+    async fn get(&self, key: &ContentKey) -> Result<Option<QueueItem>, QueueError> {
+        self.check_open()?;
+        let kv_key = item_key(&key.tenant_id, &key.content_id);
+        let progress = self.read_progress(&kv_key).await?;
+        if let Some(bytes) = self
+            .dead
+            .get(kv_key.as_str())
+            .await
+            .map_err(|error| self.failed("read a dead item", error))?
+            && let Ok(dead) = serde_json::from_slice::<DeadEntry>(&bytes)
+        {
+            return Ok(Some(QueueItem {
+                content: dead.item.content(),
+                state: ItemState::Dead {
+                    reason: dead.reason,
+                    attempts: dead.attempts,
+                },
+                acked_records: progress.acked_records,
+                dead_records: progress.dead_records,
+                last_retry_reason: progress.last_retry_reason,
+                enqueued_at: dead.item.enqueued_at,
+            }));
+        }
+        let Some(entry) = self.seen_entry(&kv_key).await? else {
+            return Ok(None);
+        };
+        let held = {
+            let held = self.held.lock().expect("held deliveries lock");
+            held.get(key).map(|held| (held.lease, held.attempts))
+        };
+        let state = match (entry.done_at, held) {
+            (Some(_), _) => ItemState::Done {
+                tombstone_until: entry.item.content_expiration,
+            },
+            (None, Some((lease, attempts))) => ItemState::Leased {
+                lease,
+                until: self.clock.now()
+                    + chrono::Duration::from_std(self.ack_wait).unwrap_or_default(),
+                attempts,
+            },
+            (None, None) => ItemState::Pending {
+                not_before: self.clock.now(),
+                attempts: progress.retries,
+            },
+        };
+        // A done item's progress was removed and kept in its tombstone.
+        let (acked_records, dead_records) = match &state {
+            ItemState::Done { .. } => (entry.acked_records, entry.dead_records),
+            _ => (progress.acked_records, progress.dead_records),
+        };
+        Ok(Some(QueueItem {
+            content: entry.item.content(),
+            state,
+            acked_records,
+            dead_records,
+            last_retry_reason: progress.last_retry_reason,
+            enqueued_at: entry.item.enqueued_at,
+        }))
+    }
+
+    async fn dead_items(&self, limit: usize) -> Result<Vec<QueueItem>, QueueError> {
+        self.check_open()?;
+        let mut entries: Vec<DeadEntry> = self
+            .bucket_values(&self.dead, "list the dead items")
+            .await?;
+        entries.sort_by_key(|entry| entry.item.enqueued_at);
+        entries.truncate(limit);
+        let mut items = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let progress = self
+                .read_progress(&item_key(&entry.item.tenant_id, &entry.item.content_id))
+                .await?;
+            items.push(QueueItem {
+                content: entry.item.content(),
+                state: ItemState::Dead {
+                    reason: entry.reason,
+                    attempts: entry.attempts,
+                },
+                acked_records: progress.acked_records,
+                dead_records: progress.dead_records,
+                last_retry_reason: progress.last_retry_reason,
+                enqueued_at: entry.item.enqueued_at,
+            });
+        }
+        Ok(items)
+    }
+
+    async fn dead_records(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ContentKey, DeadRecord)>, QueueError> {
+        self.check_open()?;
+        let mut entries: Vec<DeadRecordEntry> = self
+            .bucket_values(&self.dead_records, "list the dead records")
+            .await?;
+        entries.sort_by(|a, b| {
+            (&a.tenant_id, &a.content_id, a.index).cmp(&(&b.tenant_id, &b.content_id, b.index))
+        });
+        entries.truncate(limit);
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let mut sha256 = [0u8; 32];
+                let _ = hex::decode_to_slice(&entry.sha256, &mut sha256);
+                (
+                    ContentKey::new(entry.tenant_id, entry.content_id),
+                    DeadRecord {
+                        index: entry.index,
+                        byte_range: (entry.start, entry.end),
+                        sha256,
+                        reason: entry.reason,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Deliveries still held go back at once rather than after the ack wait.
+        let held: Vec<Held> = self
+            .held
+            .lock()
+            .expect("held deliveries lock")
+            .drain()
+            .map(|(_, held)| held)
+            .collect();
+        for held in held {
+            let _ = held.message.ack_with(AckKind::Nak(None)).await;
+        }
+        self.client
+            .flush()
+            .await
+            .map_err(|error| self.failed("flush the NATS connection", error))
+    }
+}
+
+#[async_trait]
+impl MetaStore for NatsQueue {
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        self.check_open()?;
+        let value = self
+            .meta
+            .get(URL_SAFE_NO_PAD.encode(key))
+            .await
+            .map_err(|error| self.failed("read the service metadata", error))?;
+        Ok(value.map(|bytes| bytes.to_vec()))
+    }
+
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError> {
+        self.check_open()?;
+        self.meta
+            .put(URL_SAFE_NO_PAD.encode(key), Bytes::from(value))
+            .await
+            .map_err(|error| self.failed("write the service metadata", error))?;
+        self.wrote(1);
+        Ok(())
+    }
+}
+
+impl QueueStore for NatsQueue {
+    fn store_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn health(&self) -> StoreHealth {
+        let state = self.client.connection_state();
+        let connected = matches!(state, async_nats::connection::State::Connected);
+        let server = self.client.server_info();
+        StoreHealth {
+            backend: "nats",
+            connected,
+            detail: Some(if connected {
+                format!(
+                    "connected to NATS server {} ({}, version {})",
+                    server.server_name, server.host, server.version
+                )
+            } else {
+                "not connected to any NATS server; reconnecting".to_owned()
+            }),
+        }
+    }
+}
