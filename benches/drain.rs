@@ -19,7 +19,7 @@ use o365_connector::emulator::api::{ApiEmulator, ApiEmulatorConfig};
 use o365_connector::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
 use o365_connector::forward::log::{LogContext, build_log};
 use o365_connector::proto::{EngineClient, Log, unix_channel};
-use o365_connector::queue::{ContentQueue, ContentRef, Source};
+use o365_connector::queue::{ContentRef, Source};
 use o365_connector::service::{self, ServiceOptions};
 use serde_json::json;
 

@@ -31,7 +31,7 @@ use crate::emulator::api::scenario::{
 };
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
-use crate::queue::{ContentKey, ContentQueue, ItemState};
+use crate::queue::{ContentKey, ItemState};
 use crate::server::dev_certs::write_dev_certs;
 use crate::service::{self, RunningService, ServiceOptions};
 
@@ -381,7 +381,7 @@ fn invalid_record_shas() -> std::collections::HashSet<String> {
 /// Published records the connector's queue shows as acknowledged.
 async fn count_forwarded(
     published: &[PublishedRecord],
-    queue: &Arc<crate::queue::EmbeddedQueue>,
+    queue: &Arc<dyn crate::queue::QueueStore>,
     invalid_shas: &std::collections::HashSet<String>,
 ) -> anyhow::Result<u64> {
     let mut forwarded = 0;

@@ -36,14 +36,18 @@ use crate::admin::{self, AdminContext, AdminServer};
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
+use crate::cluster::Leadership;
 use crate::config::Config;
+use crate::config::StoreBackendKind;
 use crate::forward::{Forwarder, ForwarderConfig};
 use crate::ops::health::{EngineHealth, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
 use crate::ops::{self, Metrics, OpsState};
 use crate::poller::{PollerDeps, TenantPoller};
-use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore};
+use crate::queue::nats::leader::LeaderLease;
+use crate::queue::nats::{NatsQueue, NatsSettings};
+use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore, QueueStore};
 use crate::retry::RetryPolicy;
 use crate::server::proxy::{ProxyPolicy, WebhookGate, enforce_webhook_allowlist};
 use crate::server::tls_reload::{CertificateReloader, ReloadRequests, TlsFiles};
@@ -93,7 +97,9 @@ pub struct RunningService {
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// The content queue.
-    pub queue: Arc<EmbeddedQueue>,
+    pub queue: Arc<dyn QueueStore>,
+    /// Whether this replica runs the pollers and subscription managers.
+    pub leadership: Leadership,
     /// The engine forwarder.
     pub forwarder: Arc<Forwarder>,
     /// The current tenants.
@@ -124,7 +130,12 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         tracing::warn!("{warning}");
     }
     let clock = options.clock.clone();
-    let queue = open_store(&config, &clock).await?;
+    if options.replica_id.is_none() && config.store.backend == StoreBackendKind::Nats {
+        options.replica_id = Some(replica_id_of(&config));
+    }
+    let opened = open_store(&config, &clock, options.replica_id.as_deref()).await?;
+    let queue = opened.queue;
+    let leadership = opened.leadership;
     let secrets = load_or_create_secrets(
         config.server.webhook_secret.as_ref(),
         config.server.webhook_secret_previous.as_ref(),
@@ -145,9 +156,10 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         ..ForwarderConfig::new(&config.engine.socket)
     }));
     let problems = Arc::new(ProblemBoard::default());
-    let status = Arc::new(status_source(
-        &config, &metrics, &problems, &queue, &clock, &forwarder,
-    ));
+    let status = Arc::new(
+        status_source(&config, &metrics, &problems, &queue, &clock, &forwarder)
+            .with_cluster(leadership.clone()),
+    );
     let shared = Shared {
         queue,
         metrics,
@@ -173,6 +185,9 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(lease) = opened.lease {
+        tracker.spawn(lease.run(shutdown.clone()));
+    }
     if let Some(reloader) = listeners.reloader.take() {
         tracker.spawn(reloader.run(
             Duration::from_secs(config.server.tls_watch_interval_secs.get()),
@@ -199,6 +214,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         webhook: webhook_state,
         admin_webhooks: admin_webhooks.clone(),
         status: shared.status.clone(),
+        leadership: leadership.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });
@@ -221,6 +237,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         base_url,
         metrics: shared.metrics,
         queue: shared.queue,
+        leadership,
         forwarder: shared.forwarder,
         tenants: shared.tenants,
         problems: shared.problems,
@@ -240,7 +257,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
 
 /// What the components of one service share.
 struct Shared {
-    queue: Arc<EmbeddedQueue>,
+    queue: Arc<dyn QueueStore>,
     metrics: Arc<Metrics>,
     problems: Arc<ProblemBoard>,
     status: Arc<StatusSource>,
@@ -262,12 +279,49 @@ impl Shared {
     }
 }
 
-/// Opens the store (creating its directory) and releases the leases of a previous run:
-/// the store is locked by this process, so any lease found belongs to a process that died.
-async fn open_store(config: &Config, clock: &Clock) -> anyhow::Result<Arc<EmbeddedQueue>> {
+/// The store the service runs on, and who leads.
+struct OpenedStore {
+    queue: Arc<dyn QueueStore>,
+    leadership: Leadership,
+    /// The leader lease to run (NATS only).
+    lease: Option<LeaderLease>,
+}
+
+/// Opens the configured store. Embedded: creates its directory and releases the leases of
+/// a previous run (the store is locked by this process, so any lease found belongs to a
+/// process that died); this instance always leads. NATS: connects, opens the stream and
+/// buckets, and prepares the leader lease.
+async fn open_store(
+    config: &Config,
+    clock: &Clock,
+    replica_id: Option<&str>,
+) -> anyhow::Result<OpenedStore> {
     let path = &config.store.path;
     std::fs::create_dir_all(path)
         .with_context(|| format!("store.path {}: cannot create the directory", path.display()))?;
+    if config.store.backend == StoreBackendKind::Nats {
+        let replica_id = replica_id.map_or_else(|| replica_id_of(config), str::to_owned);
+        let settings = NatsSettings::from_config(config, replica_id.clone())?;
+        let (client, jetstream) = crate::queue::nats::connect(&settings).await?;
+        let queue = NatsQueue::open(client, jetstream.clone(), &settings, clock.clone()).await?;
+        let leadership = Leadership::contested(replica_id.clone());
+        let lease = LeaderLease::open(
+            &jetstream,
+            &settings.nats.prefix,
+            settings.nats.stream_replicas,
+            Duration::from_secs(settings.nats.leader_lease_secs.get()),
+            replica_id.clone(),
+            leadership.clone(),
+            clock.clone(),
+        )
+        .await?;
+        tracing::info!(replica = %replica_id, urls = %settings.nats.urls.join(","), "queue on NATS JetStream");
+        return Ok(OpenedStore {
+            queue: Arc::new(queue),
+            leadership,
+            lease: Some(lease),
+        });
+    }
     let queue = EmbeddedQueue::open(path, clock.clone())
         .await
         .with_context(|| format!("store.path {}: cannot open the store", path.display()))?;
@@ -278,14 +332,35 @@ async fn open_store(config: &Config, clock: &Clock) -> anyhow::Result<Arc<Embedd
             "released the leases of a previous run that did not stop cleanly"
         );
     }
-    Ok(Arc::new(queue))
+    Ok(OpenedStore {
+        queue: Arc::new(queue),
+        leadership: Leadership::sole(),
+        lease: None,
+    })
+}
+
+/// This replica's id: `store.nats.replica_id`, else the host name.
+fn replica_id_of(config: &Config) -> String {
+    if let Some(id) = config
+        .store
+        .nats
+        .as_ref()
+        .and_then(|nats| nats.replica_id.clone())
+    {
+        return id;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
 fn status_source(
     config: &Config,
     metrics: &Arc<Metrics>,
     problems: &Arc<ProblemBoard>,
-    queue: &Arc<EmbeddedQueue>,
+    queue: &Arc<dyn QueueStore>,
     clock: &Clock,
     forwarder: &Arc<Forwarder>,
 ) -> StatusSource {
@@ -334,7 +409,8 @@ fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
         shared.clock.clone(),
         engine_health(shared.forwarder.clone()),
         shared.problems.clone(),
-    );
+    )
+    .with_store(shared.queue.clone());
     let webhook_state = Arc::new(webhook_state);
     Routes {
         webhook: webhook::router(webhook_state.clone(), &config.server.local_path()),
@@ -594,7 +670,7 @@ fn serve_on(
 
 /// Every few seconds: queue and engine gauges; hourly: purge expired tombstones.
 async fn upkeep(
-    queue: Arc<EmbeddedQueue>,
+    queue: Arc<dyn QueueStore>,
     forwarder: Arc<Forwarder>,
     metrics: Arc<Metrics>,
     clock: Clock,

@@ -17,7 +17,6 @@ use o365_connector::emulator::api::publish::{self, PublishedRecord};
 use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::{EngineFaults, ReceivedLog};
 use o365_connector::forward::log::{LogContext, build_log};
-use o365_connector::queue::ContentQueue;
 
 fn context() -> LogContext {
     LogContext {

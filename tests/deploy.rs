@@ -401,3 +401,502 @@ fn nginx_site_proxies_the_webhook_path_to_the_plain_listener() {
     assert!(site.contains("proxy_set_header X-Forwarded-For"));
     assert!(site.contains("location = /healthz") && site.contains("location = /readyz"));
 }
+
+/// The document of `kind` whose `metadata.name` is `name`.
+fn named<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|document| document["kind"] == kind && document["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the manifests"))
+}
+
+/// Whether every label of `selector` (a map of label to value) is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().expect("a label selector");
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(label, value)| labels[label.as_str()] == *value)
+}
+
+/// The entry of a list of named things (ports, volumes, env) called `name`.
+fn entry<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("no list to find {name} in"))
+        .iter()
+        .find(|item| item["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+fn string_list(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|item| item.as_str().unwrap())
+        .collect()
+}
+
+/// The body of the `name { ... }` block of a NATS server configuration (blocks not nested).
+fn nats_block<'a>(conf: &'a str, name: &str) -> &'a str {
+    let start = conf
+        .find(&format!("{name} {{"))
+        .unwrap_or_else(|| panic!("no {name} block in {conf}"));
+    let body = &conf[start..];
+    let end = body
+        .lines()
+        .take_while(|line| line.trim() != "}")
+        .map(|line| line.len() + 1)
+        .sum::<usize>();
+    &body[..end]
+}
+
+/// Whether `affinity` / `topologySpreadConstraints` of `pod` keep the pods labelled `labels`
+/// on different nodes (preferred or required).
+fn spreads_over_nodes(pod: &Value, labels: &Value) -> bool {
+    let anti_affinity = &pod["affinity"]["podAntiAffinity"];
+    let preferred = anti_affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|weighted| &weighted["podAffinityTerm"]);
+    let required = anti_affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    let spread = pod["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    preferred.chain(required).chain(spread).any(|term| {
+        term["topologyKey"] == "kubernetes.io/hostname"
+            && selects(&term["labelSelector"]["matchLabels"], labels)
+    })
+}
+
+/// The connector configuration of the NATS manifest as its pod `pod_name` loads it: the
+/// ConfigMap the Deployment mounts, with the variables of the Secret it imports and its name
+/// (which the Deployment sets as the replica id).
+fn kubernetes_nats_config(documents: &[Value], pod_name: &str) -> Config {
+    let pod = &named(documents, "Deployment", "o365-connector")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let config_map_name = entry(&pod["volumes"], "config")["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    let config_text = named(documents, "ConfigMap", config_map_name)["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let secret_name = container["envFrom"][0]["secretRef"]["name"]
+        .as_str()
+        .unwrap();
+    let mut env: Vec<(String, String)> = named(documents, "Secret", secret_name)["stringData"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|key| (key.clone(), "a-secret-value".to_string()))
+        .collect();
+    env.push((
+        "O365_CONNECTOR__STORE__NATS__REPLICA_ID".to_string(),
+        pod_name.to_string(),
+    ));
+    Config::from_toml_with_env(config_text, env)
+        .expect("the ConfigMap's config.toml loads with the Secret's variables and a pod name")
+}
+
+#[test]
+fn kubernetes_nats_manifest_runs_three_connector_replicas_one_per_node() {
+    use o365_connector::config::StoreBackendKind;
+
+    let documents = yaml_documents("kubernetes/o365-connector-nats.yaml");
+    let deployment = named(&documents, "Deployment", "o365-connector");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let container = &pod["containers"][0];
+
+    let replica_id = entry(&container["env"], "O365_CONNECTOR__STORE__NATS__REPLICA_ID");
+    assert_eq!(
+        replica_id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+        "each replica is named after its pod"
+    );
+    let pod_name = "o365-connector-5c9f8d7b6d-x7k2p";
+    let config = kubernetes_nats_config(&documents, pod_name);
+    assert_eq!(config.store.backend, StoreBackendKind::Nats);
+    let nats = config.store.nats.as_ref().unwrap();
+    assert_eq!(nats.replica_id.as_deref(), Some(pod_name));
+    assert_eq!(nats.stream_replicas, 3);
+
+    // The connector: three replicas, rolled one by one, spread over the nodes.
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(selects(
+        &deployment["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let single = yaml_documents("kubernetes/o365-connector.yaml");
+    let single_deployment = named(&single, "Deployment", "o365-connector");
+    assert_eq!(
+        deployment["spec"]["selector"], single_deployment["spec"]["selector"],
+        "a Deployment's selector is immutable: this one must apply over the single-replica one"
+    );
+    assert!(
+        spreads_over_nodes(pod, pod_labels),
+        "the replicas spread over the nodes: {pod}"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        entry(&container["ports"], "http")["containerPort"],
+        u64::from(config.server.listen.port())
+    );
+    assert_eq!(
+        entry(&container["ports"], "ops")["containerPort"],
+        u64::from(config.ops.listen.unwrap().port())
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
+    }
+
+    let args = string_list(&container["args"]);
+    assert_eq!(args[..2], ["run", "--config"]);
+    let mount = |name: &str| {
+        entry(&container["volumeMounts"], name)["mountPath"]
+            .as_str()
+            .unwrap()
+    };
+    assert_eq!(mount("config"), parent_of(Path::new(args[2])));
+    assert_eq!(Path::new(mount("store")), config.store.path);
+    assert!(
+        entry(&pod["volumes"], "store")["emptyDir"].is_object(),
+        "nothing durable in the store directory with NATS"
+    );
+    assert_eq!(mount("engine-sockets"), parent_of(&config.engine.socket));
+    let engine_sockets = &entry(&pod["volumes"], "engine-sockets")["hostPath"];
+    assert_eq!(
+        engine_sockets,
+        &entry(
+            &single_deployment["spec"]["template"]["spec"]["volumes"],
+            "engine-sockets"
+        )["hostPath"],
+        "each replica forwards to its own node's engine, where the single replica does"
+    );
+    assert!(
+        !documents
+            .iter()
+            .any(|document| document["kind"] == "PersistentVolumeClaim"),
+        "no claim for the connector: its state is in NATS"
+    );
+
+    let budget = named(&documents, "PodDisruptionBudget", "o365-connector");
+    assert!(selects(
+        &budget["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let min_available = budget["spec"]["minAvailable"].as_u64().unwrap();
+    assert_eq!(min_available, 2);
+    assert!(
+        min_available < deployment["spec"]["replicas"].as_u64().unwrap(),
+        "drains can proceed"
+    );
+
+    let service = named(&documents, "Service", "o365-connector");
+    assert!(selects(&service["spec"]["selector"], pod_labels));
+    let ingress = kind(&documents, "Ingress");
+    let path = &ingress["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(path["path"].as_str().unwrap(), config.server.local_path());
+    assert_eq!(path["backend"]["service"]["name"], "o365-connector");
+    assert_eq!(path["backend"]["service"]["port"]["name"], "http");
+}
+
+#[test]
+fn kubernetes_nats_manifest_runs_a_jetstream_cluster_the_connector_reaches() {
+    let documents = yaml_documents("kubernetes/o365-connector-nats.yaml");
+    let config = kubernetes_nats_config(&documents, "o365-connector-5c9f8d7b6d-x7k2p");
+    let nats = config.store.nats.as_ref().unwrap();
+    let budget = named(&documents, "PodDisruptionBudget", "o365-connector");
+    let service = named(&documents, "Service", "o365-connector");
+
+    // NATS: three servers, JetStream on file storage, each routed to all the others.
+    let statefulset = named(&documents, "StatefulSet", "nats");
+    let nats_name = statefulset["metadata"]["name"].as_str().unwrap();
+    let nats_replicas = statefulset["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(nats_replicas, 3);
+    assert!(nats.stream_replicas as u64 <= nats_replicas);
+    assert_eq!(
+        statefulset["spec"]["podManagementPolicy"], "Parallel",
+        "a JetStream cluster needs its quorum before any server is healthy"
+    );
+    let nats_pod = &statefulset["spec"]["template"]["spec"];
+    let nats_labels = &statefulset["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(
+        &statefulset["spec"]["selector"]["matchLabels"],
+        nats_labels
+    ));
+    assert!(
+        !selects(&budget["spec"]["selector"]["matchLabels"], nats_labels),
+        "the connector's budget does not count the NATS servers"
+    );
+    assert!(!selects(&service["spec"]["selector"], nats_labels));
+    let nats_container = &nats_pod["containers"][0];
+    let nats_port = |name: &str| {
+        entry(&nats_container["ports"], name)["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    let nats_config_map = entry(&nats_pod["volumes"], "config")["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    let conf = named(&documents, "ConfigMap", nats_config_map)["data"]["nats.conf"]
+        .as_str()
+        .unwrap();
+    let conf_mount = entry(&nats_container["volumeMounts"], "config")["mountPath"]
+        .as_str()
+        .unwrap();
+    let command = string_list(&nats_container["command"]);
+    assert_eq!(
+        command,
+        [
+            "nats-server",
+            "--config",
+            &format!("{conf_mount}/nats.conf")
+        ]
+    );
+    assert!(conf.contains("server_name: $SERVER_NAME"));
+    assert_eq!(
+        entry(&nats_container["env"], "SERVER_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert!(conf.contains(&format!("\nlisten: 0.0.0.0:{}\n", nats_port("client"))));
+    let jetstream = nats_block(conf, "jetstream");
+    let store_dir = jetstream
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("store_dir: "))
+        .expect("JetStream keeps its files in store_dir");
+    let claim = &statefulset["spec"]["volumeClaimTemplates"][0];
+    let data_mount = entry(
+        &nats_container["volumeMounts"],
+        claim["metadata"]["name"].as_str().unwrap(),
+    )["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(
+        Path::new(store_dir).starts_with(data_mount),
+        "{store_dir} is on the claimed volume {data_mount}"
+    );
+    assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+    let headless_name = statefulset["spec"]["serviceName"].as_str().unwrap();
+    let headless = named(&documents, "Service", headless_name);
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    assert!(selects(&headless["spec"]["selector"], nats_labels));
+    let cluster = nats_block(conf, "cluster");
+    assert!(cluster.contains(&format!("listen: 0.0.0.0:{}", nats_port("cluster"))));
+    for ordinal in 0..nats_replicas {
+        let route = format!(
+            "nats://{nats_name}-{ordinal}.{headless_name}:{}",
+            nats_port("cluster")
+        );
+        assert!(cluster.contains(&route), "{route} missing from {cluster}");
+    }
+    assert_eq!(
+        nats_container["livenessProbe"]["httpGet"]["port"],
+        "monitor"
+    );
+    assert!(conf.contains(&format!("\nhttp: 0.0.0.0:{}\n", nats_port("monitor"))));
+    assert!(spreads_over_nodes(nats_pod, nats_labels));
+
+    // The connector reaches NATS through a Service of this file, on the client port.
+    assert!(!nats.urls.is_empty());
+    for address in &nats.urls {
+        let url = url::Url::parse(address).unwrap();
+        assert_eq!(url.scheme(), "nats");
+        let service = named(&documents, "Service", url.host_str().unwrap());
+        assert!(
+            selects(&service["spec"]["selector"], nats_labels),
+            "{address}"
+        );
+        let port = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|port| port["port"].as_u64() == url.port().map(u64::from))
+            .unwrap_or_else(|| panic!("{address}: no such port on the Service"));
+        assert_eq!(port["targetPort"], "client", "{address}");
+    }
+}
+
+/// The compose variables of `env.example`, with the blanks a user fills in filled.
+fn compose_values(env_example: &str) -> HashMap<&str, &str> {
+    let mut values: HashMap<&str, &str> = env_example
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    values.insert("O365_TENANT_ID", "41463f53-8812-40f4-890f-865bf6e35190");
+    values.insert("O365_CLIENT_ID", "a1b2c3d4-0000-4000-8000-00000000c11e");
+    values.insert("O365_CLIENT_SECRET", "a-client-secret");
+    values.insert("O365_WEBHOOK_SECRET", "a-webhook-secret");
+    values
+}
+
+#[test]
+fn compose_nats_trial_runs_three_replicas_behind_caddy_on_one_nats() {
+    use o365_connector::config::StoreBackendKind;
+    use std::collections::BTreeSet;
+
+    let env_example = read("compose/env.example");
+    let values = compose_values(&env_example);
+    let compose_text = substitute(&read("compose-nats/docker-compose.yml"), &values);
+    let mut compose_yaml = yaml_serde::from_str::<yaml_serde::Value>(&compose_text).unwrap();
+    compose_yaml.apply_merge().unwrap();
+    let compose = serde_json::to_value(compose_yaml).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    let connectors: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(name, _)| name.starts_with("connector"))
+        .collect();
+    assert_eq!(connectors.len(), 3, "three connector replicas");
+
+    let config_toml = read("compose-nats/config.toml");
+    let subnet = compose["networks"]["o365"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .unwrap();
+    let engine = &compose["services"]["engine"];
+    let caddyfile = read("compose-nats/Caddyfile");
+    let mut webhook_path = String::new();
+    let mut replica_ids = BTreeSet::new();
+    let mut ops_host_ports = BTreeSet::new();
+    let mut webhook_secrets = BTreeSet::new();
+    let mut upstreams = BTreeSet::new();
+    for (name, connector) in &connectors {
+        let environment: Vec<(String, String)> = connector["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_string()))
+            .collect();
+        webhook_secrets.insert(
+            connector["environment"]["O365_WEBHOOK_SECRET"]
+                .as_str()
+                .unwrap(),
+        );
+        let config = Config::from_toml_with_env(&config_toml, environment)
+            .unwrap_or_else(|error| panic!("{name}: compose-nats/config.toml: {error}"));
+        assert_eq!(config.tenants[0].name, "contoso");
+        assert_eq!(config.server.trusted_proxies[0].to_string(), subnet);
+        assert_eq!(config.store.backend, StoreBackendKind::Nats, "{name}");
+        let nats = config.store.nats.as_ref().unwrap();
+        assert_eq!(
+            nats.stream_replicas, 1,
+            "one NATS server cannot hold more copies"
+        );
+        replica_ids.insert(nats.replica_id.clone().expect("an explicit replica id"));
+        for address in &nats.urls {
+            let url = url::Url::parse(address).unwrap();
+            let server = url.host_str().unwrap();
+            let nats_service = &services[server];
+            assert!(nats_service["image"].as_str().unwrap().starts_with("nats:"));
+            assert!(
+                string_list(&nats_service["command"]).contains(&"-js"),
+                "JetStream on"
+            );
+            assert!(
+                connector["depends_on"][server].is_object(),
+                "{name} waits for {server}"
+            );
+        }
+
+        let command = string_list(&connector["command"]);
+        let volumes = string_list(&connector["volumes"]);
+        let mounted_config = format!("./config.toml:{}:ro", command[2]);
+        assert!(
+            volumes.contains(&mounted_config.as_str()),
+            "{name}: {volumes:?}"
+        );
+        let sockets = format!("sockets:{}", parent_of(&config.engine.socket));
+        assert!(volumes.contains(&sockets.as_str()), "{name}: {volumes:?}");
+        assert!(
+            string_list(&engine["volumes"]).contains(&sockets.as_str()),
+            "the engine shares the sockets volume"
+        );
+        let store = config.store.path.display().to_string();
+        assert!(
+            !volumes
+                .iter()
+                .any(|volume| volume.split(':').nth(1) == Some(store.as_str())),
+            "{name}: no volume (shared or durable) at the store path"
+        );
+        assert!(
+            string_list(&connector["tmpfs"])
+                .iter()
+                .any(|tmpfs| tmpfs.split(':').next() == Some(store.as_str())),
+            "{name}: the store path is a private tmpfs"
+        );
+        let engine_command = string_list(&engine["command"]);
+        assert_eq!(engine_command[..3], ["emulate", "engine", "--socket"]);
+        assert_eq!(Path::new(engine_command[3]), config.engine.socket);
+
+        let ops_port = config.ops.listen.unwrap().port();
+        let published = connector["ports"][0].as_str().unwrap();
+        let host_port = published
+            .strip_prefix("127.0.0.1:")
+            .and_then(|rest| rest.strip_suffix(&format!(":{ops_port}")))
+            .unwrap_or_else(|| panic!("{name}: ops published on loopback only: {published}"));
+        ops_host_ports.insert(host_port.to_string());
+        upstreams.insert(format!("{name}:{}", config.server.listen.port()));
+
+        webhook_path = format!("{}/*", config.server.local_path());
+    }
+    assert_eq!(
+        replica_ids.len(),
+        3,
+        "distinct replica ids: {replica_ids:?}"
+    );
+    assert_eq!(
+        ops_host_ports.len(),
+        3,
+        "one ops host port each: {ops_host_ports:?}"
+    );
+    assert_eq!(
+        webhook_secrets.len(),
+        1,
+        "one webhook secret for all replicas"
+    );
+
+    let proxies: Vec<&str> = caddyfile
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("reverse_proxy "))
+        .collect();
+    assert_eq!(proxies.len(), 1, "one upstream pool: {proxies:?}");
+    let proxied: BTreeSet<String> = proxies[0]
+        .trim_end_matches('{')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        proxied, upstreams,
+        "Caddy spreads the calls over every replica"
+    );
+    assert!(caddyfile.contains("lb_policy round_robin"));
+    assert!(
+        caddyfile.contains("health_uri /readyz") || caddyfile.contains("health_uri /healthz"),
+        "a replica that fails its health check leaves the rotation"
+    );
+    let routed: BTreeSet<&str> = caddyfile
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("@connector path "))
+        .expect("a matcher of what goes to the replicas")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        routed,
+        BTreeSet::from([webhook_path.as_str(), "/healthz", "/readyz"]),
+        "the webhook and the probes, nothing else"
+    );
+    assert!(caddyfile.contains("handle @connector {"));
+}

@@ -11,7 +11,6 @@ use common::{DEADLINE, wait_until};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::EngineFaults;
-use o365_connector::queue::ContentQueue;
 use serde_json::Value;
 
 fn client(rig: &Rig) -> reqwest::Client {

@@ -15,7 +15,6 @@ use common::{DEADLINE, wait_until};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::{FaultScenario, ROLE_READ};
 use o365_connector::ops::status::cursor_key;
-use o365_connector::queue::MetaStore;
 use serde_json::Value;
 
 /// The keys the issue fixes for each content type.

@@ -130,24 +130,42 @@ async fn configured_webhooks(
     if config.server.public_url.is_none() {
         return Ok(HashMap::new());
     }
-    let store = &config.store.path;
-    let queue = EmbeddedQueue::open(store, Clock::system())
+    let secrets = if config.store.backend == crate::config::StoreBackendKind::Nats {
+        let replica = format!("admin-{}", std::process::id());
+        let settings = crate::queue::nats::NatsSettings::from_config(config, replica)?;
+        let (client, jetstream) = crate::queue::nats::connect(&settings).await?;
+        let queue =
+            crate::queue::NatsQueue::open(client, jetstream, &settings, Clock::system()).await?;
+        let secrets = load_or_create_secrets(
+            config.server.webhook_secret.as_ref(),
+            config.server.webhook_secret_previous.as_ref(),
+            &queue as &dyn MetaStore,
+        )
         .await
-        .map_err(|error| match error {
-            QueueError::AlreadyOpen { .. } => anyhow::anyhow!(
-                "store.path {}: the store is locked by a running service whose admin socket does not answer; check its log, or give its socket with --admin-socket",
-                store.display()
-            ),
-            other => anyhow::anyhow!("store.path {}: cannot open the store: {other}", store.display()),
-        })?;
-    let secrets = load_or_create_secrets(
-        config.server.webhook_secret.as_ref(),
-        config.server.webhook_secret_previous.as_ref(),
-        &queue as &dyn MetaStore,
-    )
-    .await
-    .context("cannot load the webhook secret");
-    queue.close().await?;
+        .context("cannot load the webhook secret");
+        queue.close().await?;
+        secrets
+    } else {
+        let store = &config.store.path;
+        let queue = EmbeddedQueue::open(store, Clock::system())
+            .await
+            .map_err(|error| match error {
+                QueueError::AlreadyOpen { .. } => anyhow::anyhow!(
+                    "store.path {}: the store is locked by a running service whose admin socket does not answer; check its log, or give its socket with --admin-socket",
+                    store.display()
+                ),
+                other => anyhow::anyhow!("store.path {}: cannot open the store: {other}", store.display()),
+            })?;
+        let secrets = load_or_create_secrets(
+            config.server.webhook_secret.as_ref(),
+            config.server.webhook_secret_previous.as_ref(),
+            &queue as &dyn MetaStore,
+        )
+        .await
+        .context("cannot load the webhook secret");
+        queue.close().await?;
+        secrets
+    };
     let secrets = secrets?;
     let mut webhooks = HashMap::new();
     for tenant in &config.tenants {

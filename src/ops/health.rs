@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::queue::{ContentQueue, MetaStore};
+use crate::queue::{ContentQueue, MetaStore, QueueStore, StoreHealth};
 
 /// One current problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -130,6 +130,10 @@ pub struct Readiness {
     pub queue_open_items: u64,
     /// The high-water mark.
     pub queue_high_water: u64,
+    /// The store behind the queue (embedded, or the NATS connection); not ready while
+    /// disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreHealth>,
     /// The engine connection (does not affect `ready`).
     pub engine: EngineHealth,
     /// Current problems (do not affect `ready`).
@@ -156,6 +160,7 @@ pub struct ReadinessProbe {
     clock: Clock,
     engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
     problems: Arc<ProblemBoard>,
+    store: Option<Arc<dyn QueueStore>>,
     last_write_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
@@ -180,8 +185,15 @@ impl ReadinessProbe {
             clock,
             engine,
             problems,
+            store: None,
             last_write_probe: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Also reports the store backend's connection, and is not ready while it is down.
+    pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     async fn store_writable(&self) -> bool {
@@ -218,9 +230,12 @@ impl ReadinessProbe {
                 problem,
             })
             .collect();
+        let store = self.store.as_ref().map(|store| store.health());
+        let connected = store.as_ref().is_none_or(|store| store.connected);
         Readiness {
-            ready: store_writable && stats_ok && open < self.high_water,
+            ready: store_writable && stats_ok && connected && open < self.high_water,
             store_writable,
+            store,
             queue_open_items: open,
             queue_high_water: self.high_water,
             engine: (self.engine)(),

@@ -43,6 +43,7 @@ use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
 use crate::clock::Clock;
+use crate::cluster::{ClusterStatus, Leadership};
 use crate::config::ContentType;
 use crate::ops::Metrics;
 use crate::ops::health::{EngineHealth, Problem, ProblemBoard};
@@ -79,6 +80,7 @@ pub struct StatusSource {
     meta: Arc<dyn MetaStore>,
     clock: Clock,
     engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
+    cluster: Option<Leadership>,
     reported: Mutex<HashMap<(String, String), Reported>>,
 }
 
@@ -91,6 +93,9 @@ pub struct StatusReport {
     pub queue: QueueStatus,
     /// The engine connection.
     pub engine: EngineHealth,
+    /// The replicas: this one's id and who runs the pollers (absent for a single instance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
     /// Every configured tenant, in configuration order.
     pub tenants: Vec<TenantStatus>,
 }
@@ -200,8 +205,19 @@ impl StatusSource {
             meta,
             clock,
             engine,
+            cluster: None,
             reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also shows the leader (when several replicas may run: the handle has a replica id).
+    pub fn with_cluster(mut self, leadership: Leadership) -> Self {
+        self.cluster = leadership
+            .status()
+            .replica_id
+            .is_some()
+            .then_some(leadership);
+        self
     }
 
     /// Makes `tenants` the tenants the status lists (after a reload).
@@ -288,6 +304,7 @@ impl StatusSource {
             generated_at: now,
             queue: self.queue_status(now).await,
             engine: (self.engine)(),
+            cluster: self.cluster.as_ref().map(Leadership::status),
             tenants,
         }
     }
@@ -527,6 +544,7 @@ mod tests {
         let now = Utc::now();
         let report = StatusReport {
             generated_at: now,
+            cluster: None,
             queue: QueueStatus::default(),
             engine: EngineHealth {
                 connected: false,

@@ -21,6 +21,7 @@
 //! the error says why. Applies are serialized. Metrics keep the per-tenant series chosen at
 //! start (`ops.max_tenant_series`): a tenant added later counts under the aggregate label.
 
+use crate::cluster::Leadership;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,8 @@ pub(super) struct TenantRuntime {
     pub admin_webhooks: Arc<ArcSwap<HashMap<String, WebhookRegistration>>>,
     /// The status page's tenants.
     pub status: Arc<StatusSource>,
+    /// Pollers and subscription managers run only while this replica leads.
+    pub leadership: Leadership,
     /// The service's tracker: stop waits for every tenant's tasks.
     pub tracker: TaskTracker,
     /// The service's root token; each tenant's token is a child of it.
@@ -267,10 +270,22 @@ impl TenantRuntime {
             self.config.poller.clone(),
             self.poller.clone(),
         ));
-        self.tracker
-            .spawn(tracker.track_future(poller.clone().run(stop.clone())));
-        self.tracker
-            .spawn(tracker.track_future(manager.run(self.retry, stop.clone())));
+        // Polling and subscription management run on the leading replica only.
+        let (leadership, polling, retry) = (self.leadership.clone(), poller.clone(), self.retry);
+        self.tracker.spawn(tracker.track_future({
+            let stop = stop.clone();
+            async move {
+                leadership
+                    .run_while_leading(stop, |token| {
+                        let polling = polling.clone();
+                        let manager = manager.clone();
+                        async move {
+                            tokio::join!(polling.run(token.clone()), manager.run(retry, token));
+                        }
+                    })
+                    .await;
+            }
+        }));
         let tasks = TenantTasks {
             config: tenant_config.clone(),
             name: tenant.name.clone(),

@@ -1,0 +1,108 @@
+//! A real `nats-server` with JetStream for the tests, on a free loopback port, with its
+//! store in a temporary directory. `.ci/run` and the README install it (Debian's
+//! `nats-server` package); `O365_NATS_SERVER` names another binary.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::DEADLINE;
+
+/// A running nats-server; killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// The nats-server binary: `O365_NATS_SERVER`, else on `PATH`, else Debian's path.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("O365_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    let binary = on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
+    assert!(
+        binary.is_file(),
+        "nats-server is not installed: `apt-get install nats-server` (see the README), or set O365_NATS_SERVER"
+    );
+    binary
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Kills the server (SIGKILL); its store stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::File::create(self.dir.path().join("nats-server.log")).unwrap();
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        loop {
+            let error = match async_nats::connect(self.url.as_str()).await {
+                Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
+                    Ok(reply) if !reply.payload.is_empty() => return,
+                    Ok(_) => "JetStream is not answering yet".to_owned(),
+                    Err(error) => error.to_string(),
+                },
+                Err(error) => error.to_string(),
+            };
+            assert!(
+                started.elapsed() < DEADLINE,
+                "nats-server did not start ({error}); its log: {}",
+                std::fs::read_to_string(self.dir.path().join("nats-server.log"))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,374 @@
+//! The NATS JetStream queue backend against a real nats-server: the queue contract as two
+//! replicas sharing one server see it, the leader lease, and a lost server.
+
+mod common;
+
+use std::collections::HashSet;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use common::nats::NatsServer;
+use common::{DEADLINE, wait_until};
+use o365_connector::clock::Clock;
+use o365_connector::cluster::Leadership;
+use o365_connector::config::NatsConfig;
+use o365_connector::queue::nats::leader::LeaderLease;
+use o365_connector::queue::nats::{NatsSettings, connect};
+use o365_connector::queue::{
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, MetaStore,
+    NatsQueue, QueueError, QueueStore, Source,
+};
+
+const TENANT: &str = "4c0a1a50-aaaa-bbbb-cccc-1234567890ab";
+
+fn settings(server: &NatsServer, replica: &str, lease: Duration) -> NatsSettings {
+    NatsSettings {
+        nats: NatsConfig {
+            urls: vec![server.url.clone()],
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            replica_id: Some(replica.to_owned()),
+            prefix: "test".to_owned(),
+            stream_replicas: 1,
+            leader_lease_secs: NonZeroU64::new(2).unwrap(),
+            connect_timeout_secs: NonZeroU64::new(5).unwrap(),
+        },
+        replica_id: replica.to_owned(),
+        lease,
+    }
+}
+
+async fn replica(server: &NatsServer, name: &str, lease: Duration) -> NatsQueue {
+    let settings = settings(server, name, lease);
+    let (client, jetstream) = connect(&settings).await.unwrap();
+    NatsQueue::open(client, jetstream, &settings, Clock::system())
+        .await
+        .unwrap()
+}
+
+/// A contentId with the characters Microsoft's have (`$`, `.`), which NATS keys may not.
+fn content(content_id: &str) -> ContentRef {
+    let created = Utc::now();
+    ContentRef {
+        tenant_id: TENANT.to_owned(),
+        content_type: "Audit.Exchange".to_owned(),
+        content_id: format!("20261126230000.{content_id}$audit_exchange$Audit_Exchange$emea0023"),
+        content_uri: format!(
+            "https://manage.office.com/api/v1.0/{TENANT}/activity/feed/audit/{content_id}"
+        ),
+        content_created: created,
+        content_expiration: created + TimeDelta::days(7),
+        source: Source::Webhook,
+    }
+}
+
+fn none() -> HashSet<String> {
+    HashSet::new()
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_content_id_is_queued_once_whichever_replica_is_told() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    use EnqueueOutcome::{Duplicate, Enqueued};
+
+    let outcomes = a
+        .enqueue(vec![content("x"), content("y"), content("x")])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Enqueued, Enqueued, Duplicate]);
+    let outcomes = b.enqueue(vec![content("x"), content("z")]).await.unwrap();
+    assert_eq!(outcomes, [Duplicate, Enqueued]);
+
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.leased, stats.done), (3, 0, 0));
+    let item = a.get(&content("z").key()).await.unwrap().unwrap();
+    assert_eq!(item.content, content("z").key_content(&item.content));
+    assert!(matches!(item.state, ItemState::Pending { attempts: 0, .. }));
+}
+
+/// Compares what matters of a reference (times are the test's own).
+trait KeyContent {
+    fn key_content(&self, stored: &ContentRef) -> ContentRef;
+}
+
+impl KeyContent for ContentRef {
+    fn key_content(&self, stored: &ContentRef) -> ContentRef {
+        ContentRef {
+            content_created: stored.content_created,
+            content_expiration: stored.content_expiration,
+            ..self.clone()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_leased_item_is_held_by_one_replica_and_done_becomes_a_tombstone() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    a.enqueue(vec![content("one"), content("two")])
+        .await
+        .unwrap();
+
+    let first = a.lease(1, LEASE, &none()).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let second = b.lease(5, LEASE, &none()).await.unwrap();
+    assert_eq!(second.len(), 1, "the other item only");
+    assert_ne!(first[0].key(), second[0].key());
+    assert!(b.lease(5, LEASE, &none()).await.unwrap().is_empty());
+
+    let item = &first[0];
+    assert!(matches!(
+        b.complete(&item.key(), item.lease).await,
+        Err(QueueError::StaleLease { .. })
+    ));
+    a.record_acked(&item.key(), item.lease, 12).await.unwrap();
+    a.complete(&item.key(), item.lease).await.unwrap();
+    let done = b.get(&item.key()).await.unwrap().unwrap();
+    assert!(matches!(done.state, ItemState::Done { .. }));
+    assert_eq!(done.acked_records, 12);
+    assert_eq!(
+        b.enqueue(vec![item.content.clone()]).await.unwrap(),
+        [EnqueueOutcome::Duplicate],
+        "a repeated notification of done content is a no-op"
+    );
+    let stats = a.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.leased, stats.done), (0, 1, 1));
+}
+
+#[tokio::test]
+async fn a_dead_replicas_item_comes_back_after_the_ack_wait_with_its_acked_offset() {
+    let server = NatsServer::start().await;
+    let lease = Duration::from_secs(1);
+    let a = replica(&server, "a", lease).await;
+    let b = replica(&server, "b", lease).await;
+    a.enqueue(vec![content("resume")]).await.unwrap();
+    let held = a.lease(1, lease, &none()).await.unwrap().remove(0);
+    a.record_acked(&held.key(), held.lease, 7).await.unwrap();
+    drop(a); // dies: no ack, no nak
+
+    let mut again = Vec::new();
+    let started = std::time::Instant::now();
+    while again.is_empty() {
+        assert!(started.elapsed() < DEADLINE, "the item did not come back");
+        again = b.lease(1, lease, &none()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let item = again.remove(0);
+    assert_eq!(item.key(), held.key());
+    assert_eq!(
+        item.acked_records, 7,
+        "the next holder skips what the engine has"
+    );
+    assert_eq!(item.attempts, 1, "the lost lease counts as an attempt");
+    assert_ne!(item.lease, held.lease);
+    b.complete(&item.key(), item.lease).await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_later_holds_an_item_back_and_release_gives_it_back_at_once() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    a.enqueue(vec![content("later")]).await.unwrap();
+    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let not_before = Utc::now() + TimeDelta::seconds(2);
+    a.retry_later(&item.key(), item.lease, not_before, "HTTP 503")
+        .await
+        .unwrap();
+    assert!(a.lease(1, LEASE, &none()).await.unwrap().is_empty());
+    let mut leased = Vec::new();
+    let started = std::time::Instant::now();
+    while leased.is_empty() {
+        assert!(started.elapsed() < DEADLINE, "the item did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leased = a.lease(1, LEASE, &none()).await.unwrap();
+    }
+    assert!(Utc::now() >= not_before - TimeDelta::milliseconds(100));
+    let item = leased.remove(0);
+    assert_eq!(item.attempts, 1);
+    let stored = a.get(&item.key()).await.unwrap().unwrap();
+    assert_eq!(stored.last_retry_reason.as_deref(), Some("HTTP 503"));
+
+    a.release(&item.key(), item.lease).await.unwrap();
+    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    assert_eq!(item.attempts, 1, "a release is not an attempt");
+}
+
+#[tokio::test]
+async fn a_paused_tenants_items_are_set_aside_without_counting_an_attempt() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    a.enqueue(vec![content("paused")]).await.unwrap();
+    let paused: HashSet<String> = [TENANT.to_owned()].into();
+    assert!(a.lease(1, LEASE, &paused).await.unwrap().is_empty());
+    let mut leased = Vec::new();
+    let started = std::time::Instant::now();
+    while leased.is_empty() {
+        assert!(started.elapsed() < DEADLINE, "the item did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leased = a.lease(1, LEASE, &none()).await.unwrap();
+    }
+    assert_eq!(leased[0].attempts, 0);
+}
+
+#[tokio::test]
+async fn dead_items_are_listed_and_an_operator_requeue_keeps_the_acked_offset() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    a.enqueue(vec![content("dead")]).await.unwrap();
+    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    a.record_acked(&item.key(), item.lease, 3).await.unwrap();
+    let record = DeadRecord {
+        index: 3,
+        byte_range: (120, 180),
+        sha256: [7; 32],
+        reason: "engine refused the record".to_owned(),
+    };
+    a.add_dead_record(&item.key(), item.lease, record.clone())
+        .await
+        .unwrap();
+    a.add_dead_record(&item.key(), item.lease, record.clone())
+        .await
+        .unwrap();
+    a.dead_letter(&item.key(), item.lease, "content gone (AF20051)")
+        .await
+        .unwrap();
+
+    let dead = b.dead_items(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        matches!(&dead[0].state, ItemState::Dead { reason, .. } if reason == "content gone (AF20051)")
+    );
+    assert_eq!(
+        dead[0].dead_records, 1,
+        "the same index twice is one record"
+    );
+    assert_eq!(b.dead_records(10).await.unwrap(), [(item.key(), record)]);
+    assert_eq!(b.stats().await.unwrap().dead, 1);
+    assert_eq!(
+        b.enqueue(vec![item.content.clone()]).await.unwrap(),
+        [EnqueueOutcome::Duplicate]
+    );
+
+    assert!(b.requeue_dead(&item.key()).await.unwrap());
+    assert!(!b.requeue_dead(&item.key()).await.unwrap());
+    let again = b.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    assert_eq!(again.key(), item.key());
+    assert_eq!(again.acked_records, 3);
+    assert_eq!(again.attempts, 0);
+    assert!(b.dead_items(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn metadata_is_shared_and_keys_may_hold_any_character() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    let key = format!("poller/cursor/{TENANT}/Audit.Exchange $x");
+    a.put_meta(&key, b"2026-11-26T23:00:00Z".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get_meta(&key).await.unwrap().as_deref(),
+        Some(&b"2026-11-26T23:00:00Z"[..])
+    );
+    assert_eq!(b.get_meta("absent").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_leader_lease_moves_only_after_its_holder_stops_renewing() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let lease_time = Duration::from_secs(2);
+    let start = |name: &str, leadership: Leadership| {
+        let jetstream = a.jetstream().clone();
+        let name = name.to_owned();
+        async move {
+            LeaderLease::open(
+                &jetstream,
+                "test",
+                1,
+                lease_time,
+                name,
+                leadership,
+                Clock::system(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let first = Leadership::contested("first");
+    let first_stop = CancellationToken::new();
+    tokio::spawn(start("first", first.clone()).await.run(first_stop.clone()));
+    wait_until("the first replica leads", DEADLINE, || first.is_leading()).await;
+
+    let second = Leadership::contested("second");
+    let second_stop = CancellationToken::new();
+    tokio::spawn(
+        start("second", second.clone())
+            .await
+            .run(second_stop.clone()),
+    );
+    wait_until("the second replica sees the leader", DEADLINE, || {
+        second.status().leader.as_deref() == Some("first")
+    })
+    .await;
+    // Several renewals later, the lease has not moved.
+    tokio::time::sleep(lease_time * 2).await;
+    assert!(first.is_leading());
+    assert!(!second.is_leading());
+
+    first_stop.cancel(); // the holder dies: it renews no more
+    let stopped = std::time::Instant::now();
+    wait_until("the second replica takes over", DEADLINE, || {
+        second.is_leading()
+    })
+    .await;
+    println!(
+        "the lease moved {} ms after its holder stopped",
+        stopped.elapsed().as_millis()
+    );
+    assert!(!first.is_leading());
+    assert_eq!(second.status().leader.as_deref(), Some("second"));
+    second_stop.cancel();
+}
+
+#[tokio::test]
+async fn a_lost_server_fails_calls_with_a_retryable_error_until_it_is_back() {
+    let mut server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    a.enqueue(vec![content("before")]).await.unwrap();
+    assert!(a.health().connected);
+
+    server.kill();
+    wait_until("the connection is seen lost", DEADLINE, || {
+        !a.health().connected
+    })
+    .await;
+    let error = a.enqueue(vec![content("during")]).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("NATS"), "{error}");
+    assert!(a.store_failures() >= 1);
+
+    server.restart().await;
+    wait_until("the connection is back", DEADLINE, || a.health().connected).await;
+    assert_eq!(
+        a.enqueue(vec![content("during"), content("before")])
+            .await
+            .unwrap(),
+        [EnqueueOutcome::Enqueued, EnqueueOutcome::Duplicate],
+        "what was queued before the loss is still there"
+    );
+    let key: ContentKey = content("before").key();
+    assert!(a.get(&key).await.unwrap().is_some());
+}
