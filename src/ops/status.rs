@@ -7,6 +7,7 @@
 //! ```text
 //! {"generated_at", "queue": {"pending","leased","dead","dead_records","oldest_age_seconds"},
 //!  "engine": {"connected","in_flight"},
+//!  "cluster": {"replica_id","leading","leader","leader_since"},   (several replicas only)
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
 //!    "content_types": [{"content_type", "subscription", "webhook", "last_notification",
 //!      "cursor", "lag_seconds", "queue_depth", "records_forwarded", "lost",
@@ -457,6 +458,18 @@ pub fn render_html(report: &StatusReport) -> String {
             .map(|age| format!(", oldest open item {age} s old"))
             .unwrap_or_default(),
     );
+    if let Some(cluster) = &report.cluster {
+        let _ = write!(
+            page,
+            "<p id=\"cluster\">Replica {replica} · polling and subscriptions on {leader}</p>",
+            replica = escape(cluster.replica_id.as_deref().unwrap_or("?")),
+            leader = match (&cluster.leader, cluster.leading) {
+                (_, true) => "<span class=\"ok\">this replica</span>".to_owned(),
+                (Some(leader), false) => escape(leader),
+                (None, false) => "<span class=\"bad\">no replica (lease vacant)</span>".to_owned(),
+            },
+        );
+    }
     for tenant in &report.tenants {
         render_tenant(&mut page, tenant);
     }

@@ -804,6 +804,21 @@ impl MetaStore for EmbeddedQueue {
     }
 }
 
+impl super::QueueStore for EmbeddedQueue {
+    fn store_failures(&self) -> u64 {
+        EmbeddedQueue::store_failures(self)
+    }
+
+    fn health(&self) -> super::StoreHealth {
+        let failure = self.store_failure();
+        super::StoreHealth {
+            backend: "embedded",
+            connected: failure.is_none(),
+            detail: failure.map(|error| error.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,20 +935,5 @@ mod tests {
             }
             .is_retryable()
         );
-    }
-}
-
-impl super::QueueStore for EmbeddedQueue {
-    fn store_failures(&self) -> u64 {
-        EmbeddedQueue::store_failures(self)
-    }
-
-    fn health(&self) -> super::StoreHealth {
-        let failure = self.store_failure();
-        super::StoreHealth {
-            backend: "embedded",
-            connected: failure.is_none(),
-            detail: failure.map(|error| error.to_string()),
-        }
     }
 }
