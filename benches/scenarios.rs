@@ -7,7 +7,9 @@
 //! `target`/`op` apply to `ratio` when `limit` is set, to `value` otherwise.
 //!
 //! Run: `cargo bench --bench scenarios`; `BENCH_SCENARIO=drain` (or webhook_ingest, latency,
-//! big_blob, many_tenants, quota; comma-separated) picks scenarios. `QUOTA_TRACE=1` prints the
+//! big_blob, many_tenants, quota, scale_out; comma-separated) picks scenarios. `scale_out`
+//! needs Debian's nats-server (or `O365_NATS_SERVER`) and drains `SCALE_BLOBS` blobs with an
+//! embedded-store instance, one replica on NATS and three replicas on NATS, in one run. `QUOTA_TRACE=1` prints the
 //! quota scenario's requests and throttled answers per second, and its acks as they pass each
 //! thousand; `BENCH_RUST_LOG` sets the connector's `RUST_LOG` (default `warn`).
 
@@ -185,11 +187,13 @@ struct ConnectorSetup<'a> {
     tenants: &'a [String],
     webhook: bool,
     poller: &'a str,
+    /// TOML appended to the file (e.g. `[store.nats]`), and `[store]` keys before it.
+    store: (&'a str, &'a str),
 }
 
 fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{webhook}\n[store]\npath = \"{store}\"\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{webhook}\n[store]\npath = \"{store}\"\n{store_keys}\n\
          [engine]\nsocket = \"{socket}\"\n[api]\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\
          requests_per_minute = {rpm}\n[workers]\ncount = {workers}\n[poller]\n{poller}\n",
         webhook = if setup.webhook {
@@ -201,6 +205,7 @@ fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
             String::new()
         },
         store = setup.dir.join("store").display(),
+        store_keys = setup.store.0,
         socket = setup.socket.display(),
         base = setup.api_base,
         rpm = setup.requests_per_minute,
@@ -218,6 +223,7 @@ fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
              client_secret = {{ env = \"BENCH_SECRET\" }}\ncontent_types = [\"Audit.General\"]\n"
         ));
     }
+    toml.push_str(setup.store.1);
     let path = setup.dir.join("connector.toml");
     std::fs::write(&path, toml).unwrap();
     path
@@ -617,6 +623,7 @@ async fn connector_drain(
         tenants: &[TENANT.to_string()],
         webhook: false,
         poller: &eager_poller(1),
+        store: ("", ""),
     };
     let connector = match binary {
         Some(binary) => Connector::start_binary(setup, binary).await,
@@ -634,6 +641,190 @@ async fn connector_drain(
         peak_rss: connector.peak_rss(),
     };
     connector.stop();
+    run
+}
+
+// ---------------------------------------------------------------------------------------
+// scale-out: the drain on NATS JetStream with one and with three replicas
+
+/// A nats-server with JetStream for the scenario (Debian's package, or `O365_NATS_SERVER`);
+/// killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    async fn start(dir: &Path) -> Nats {
+        let port = free_port();
+        let binary = std::env::var_os("O365_NATS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|candidate| candidate.is_file())
+                    .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+            });
+        let child = Command::new(&binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nats-server.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {} ({error}): apt-get install nats-server",
+                    binary.display()
+                )
+            });
+        let nats = Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = async_nats::connect(nats.url.as_str()).await
+                && client.request("$JS.API.INFO", "".into()).await.is_ok()
+            {
+                return nats;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn scale_out(dir: &Path) {
+    let blobs = env_number("SCALE_BLOBS", 1000);
+    let per_blob = env_number("DRAIN_RECORDS", 100);
+    let records = records_file(dir);
+    let mut scenario = Scenario::single_tenant(tenant_scenario(TENANT, &records, per_blob));
+    scenario.throttle.requests_per_window = 0;
+    let api = start_api(scenario).await;
+    let socket = dir.join("engine.sock");
+    let engine = start_engine(&socket).await;
+    publish(&api, blobs).await;
+    let nats = Nats::start(dir).await;
+    let total = (blobs * per_blob) as u64;
+    // The same blobs, drained by an embedded-store instance, then by one and by three
+    // replicas on NATS (each with a fresh stream, so nothing is a duplicate).
+    let embedded =
+        connector_drain(&dir.join("embedded"), &api, &engine, &socket, total, None).await;
+    let one = replicas_drain(dir, 1, &api, &engine, &socket, total, &nats.url).await;
+    let three = replicas_drain(dir, 3, &api, &engine, &socket, total, &nats.url).await;
+    let rate = |run: &DrainRun| total as f64 / run.elapsed;
+    figure(
+        "scale_out",
+        "embedded_records_per_s",
+        rate(&embedded),
+        "records/s",
+        None,
+        None,
+    );
+    figure(
+        "scale_out",
+        "nats_1_replica_records_per_s",
+        rate(&one),
+        "records/s",
+        Some(rate(&embedded)),
+        None,
+    );
+    figure(
+        "scale_out",
+        "nats_3_replicas_records_per_s",
+        rate(&three),
+        "records/s",
+        Some(rate(&one)),
+        None,
+    );
+    for (name, run) in [
+        ("embedded", &embedded),
+        ("nats_1_replica", &one),
+        ("nats_3_replicas", &three),
+    ] {
+        figure(
+            "scale_out",
+            &format!("{name}_cpu_s"),
+            run.cpu,
+            "s",
+            None,
+            None,
+        );
+        figure(
+            "scale_out",
+            &format!("{name}_peak_rss"),
+            run.peak_rss / MIB,
+            "MiB",
+            None,
+            None,
+        );
+    }
+    api.shutdown().await;
+}
+
+/// Starts `count` replicas on NATS (stream prefix of their own), waits until the engine
+/// acked `total` more Logs, stops them. Timed from the first replica's readiness; CPU is
+/// the replicas' sum, RSS the largest.
+async fn replicas_drain(
+    dir: &Path,
+    count: usize,
+    api: &ApiEmulator,
+    engine: &EngineState,
+    socket: &Path,
+    total: u64,
+    nats_url: &str,
+) -> DrainRun {
+    let before = engine.acked.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut connectors = Vec::new();
+    let mut first_ready = None;
+    for index in 0..count {
+        let replica_dir = dir.join(format!("nats-{count}-{index}"));
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        let nats = format!(
+            "[store.nats]\nurls = [\"{nats_url}\"]\nprefix = \"bench{count}\"\nreplica_id = \"r{index}\"\n"
+        );
+        let connector = Connector::start(ConnectorSetup {
+            dir: &replica_dir,
+            socket,
+            api_base: api.base_url(),
+            requests_per_minute: 1_000_000,
+            tenants: &[TENANT.to_string()],
+            webhook: false,
+            poller: &eager_poller(1),
+            store: ("backend = \"nats\"", &nats),
+        })
+        .await;
+        first_ready.get_or_insert_with(Instant::now);
+        connectors.push(connector);
+    }
+    let first_ready = first_ready.expect("at least one replica");
+    wait_until(Duration::from_secs(600), "the drain", || {
+        engine.acked.load(Ordering::Relaxed) >= before + total
+    })
+    .await;
+    let run = DrainRun {
+        startup: (first_ready - started).as_secs_f64(),
+        elapsed: first_ready.elapsed().as_secs_f64(),
+        cpu: connectors.iter().map(Connector::cpu_seconds).sum(),
+        peak_rss: connectors
+            .iter()
+            .map(Connector::peak_rss)
+            .fold(0.0, f64::max),
+    };
+    for connector in connectors {
+        connector.stop();
+    }
     run
 }
 
@@ -750,6 +941,7 @@ async fn webhook_ingest(dir: &Path) {
         tenants: &[TENANT.to_string()],
         webhook: true,
         poller: IDLE_POLLER,
+        store: ("", ""),
     })
     .await;
     let auth_id = WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None).auth_id(TENANT);
@@ -850,6 +1042,7 @@ async fn latency(dir: &Path) {
         tenants: &[TENANT.to_string()],
         webhook: true,
         poller: IDLE_POLLER,
+        store: ("", ""),
     })
     .await;
     let auth_id = WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None).auth_id(TENANT);
@@ -958,6 +1151,7 @@ async fn big_blob(dir: &Path) {
         tenants: &[TENANT.to_string()],
         webhook: false,
         poller: &eager_poller(1),
+        store: ("", ""),
     })
     .await;
     wait_until(Duration::from_secs(600), "the big blob", || {
@@ -1030,6 +1224,7 @@ async fn many_tenants(dir: &Path) {
         tenants: &tenants,
         webhook: false,
         poller: &eager_poller(interval),
+        store: ("", ""),
     })
     .await;
     // Past the start-up (tokens, subscriptions, first listings): every tenant listed once.
@@ -1135,6 +1330,7 @@ async fn quota(dir: &Path) {
         tenants: &[TENANT.to_string()],
         webhook: false,
         poller: &eager_poller(60),
+        store: ("", ""),
     })
     .await;
     let started = Instant::now();
@@ -1251,13 +1447,14 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     eprintln!("store filesystem: {filesystem}");
     type Run = fn(&Path) -> Pin<Box<dyn std::future::Future<Output = ()> + '_>>;
-    let scenarios: [(&str, Run); 6] = [
+    let scenarios: [(&str, Run); 7] = [
         ("drain", |dir| Box::pin(drain(dir))),
         ("webhook_ingest", |dir| Box::pin(webhook_ingest(dir))),
         ("latency", |dir| Box::pin(latency(dir))),
         ("big_blob", |dir| Box::pin(big_blob(dir))),
         ("many_tenants", |dir| Box::pin(many_tenants(dir))),
         ("quota", |dir| Box::pin(quota(dir))),
+        ("scale_out", |dir| Box::pin(scale_out(dir))),
     ];
     for (name, run) in scenarios {
         if wanted(name) {
