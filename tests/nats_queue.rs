@@ -286,6 +286,20 @@ async fn metadata_is_shared_and_keys_may_hold_any_character() {
 }
 
 #[tokio::test]
+async fn replicas_starting_together_keep_one_generated_value() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    let (from_a, from_b) = tokio::join!(
+        a.put_meta_if_absent("webhook/secret", b"from-a".to_vec()),
+        b.put_meta_if_absent("webhook/secret", b"from-b".to_vec()),
+    );
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    assert_eq!(from_a, from_b, "both replicas use the value stored first");
+    assert_eq!(a.get_meta("webhook/secret").await.unwrap(), Some(from_a));
+}
+
+#[tokio::test]
 async fn the_leader_lease_moves_only_after_its_holder_stops_renewing() {
     let server = NatsServer::start().await;
     let a = replica(&server, "a", LEASE).await;

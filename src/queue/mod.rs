@@ -372,6 +372,17 @@ pub trait MetaStore: Send + Sync {
 
     /// Stores `value` under `key`, replacing any previous value.
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError>;
+
+    /// Stores `value` under `key` unless a value is there, and returns the value stored now
+    /// (the earlier one, if any): replicas that start together agree on one generated value.
+    /// Backends shared by several processes override it with an atomic create.
+    async fn put_meta_if_absent(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, QueueError> {
+        if let Some(existing) = self.get_meta(key).await? {
+            return Ok(existing);
+        }
+        self.put_meta(key, value.clone()).await?;
+        Ok(value)
+    }
 }
 
 /// How the store behind the queue is doing, for `/readyz`.

@@ -98,10 +98,15 @@ pub async fn load_or_create_secrets(
     if let Some(stored) = meta.get_meta(SECRET_META_KEY).await? {
         return Ok(WebhookSecrets::new(stored, previous));
     }
+    // Replicas starting together on a shared store keep whichever secret was stored first.
     let generated = WebhookSecrets::generate_secret();
-    meta.put_meta(SECRET_META_KEY, generated.clone()).await?;
-    tracing::info!("generated the webhook secret and kept it in the store");
-    Ok(WebhookSecrets::new(generated, previous))
+    let stored = meta
+        .put_meta_if_absent(SECRET_META_KEY, generated.clone())
+        .await?;
+    if stored == generated {
+        tracing::info!("generated the webhook secret and kept it in the store");
+    }
+    Ok(WebhookSecrets::new(stored, previous))
 }
 
 #[cfg(test)]

@@ -1088,6 +1088,26 @@ impl MetaStore for NatsQueue {
         Ok(value.map(|bytes| bytes.to_vec()))
     }
 
+    async fn put_meta_if_absent(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, QueueError> {
+        self.check_open()?;
+        let encoded = URL_SAFE_NO_PAD.encode(key);
+        match self
+            .meta
+            .create(encoded.as_str(), Bytes::from(value.clone()))
+            .await
+        {
+            Ok(_) => {
+                self.wrote(1);
+                Ok(value)
+            }
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .get_meta(key)
+                .await?
+                .ok_or_else(|| self.failed("read the service metadata", "a value vanished")),
+            Err(error) => Err(self.failed("write the service metadata", error)),
+        }
+    }
+
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), QueueError> {
         self.check_open()?;
         self.meta
