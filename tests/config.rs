@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use o365_connector::cloud::{Cloud, Endpoints};
 use o365_connector::config::{
-    Config, ConfigError, ContentType, Guid, PublisherId, TenantCredential, TimestampSource,
+    Config, ConfigError, ContentType, Guid, PublisherId, StoreBackendKind, TenantCredential,
+    TimestampSource,
 };
 use o365_connector::secret::{ExposeSecret, SecretSource};
 
@@ -79,6 +80,34 @@ fn example_documents_every_key_and_parses_with_the_values_it_shows() {
     );
     assert_eq!(server.max_body_bytes.get(), 1024 * 1024);
     assert_eq!(config.store.path, Path::new("/var/lib/o365-connector"));
+    assert_eq!(config.store.backend, StoreBackendKind::Embedded);
+    let nats = config
+        .store
+        .nats
+        .as_ref()
+        .expect("the example documents [store.nats]");
+    assert_eq!(
+        nats.urls,
+        [
+            "nats://nats-1:4222",
+            "nats://nats-2:4222",
+            "nats://nats-3:4222"
+        ]
+    );
+    assert_eq!(
+        nats.replica_id, None,
+        "commented out: each replica sets its own"
+    );
+    assert!(nats.creds_file.is_none() && nats.tls_ca_file.is_none());
+    assert_eq!(nats.prefix, "o365");
+    assert_eq!(nats.stream_replicas, 3);
+    assert_eq!(
+        (
+            nats.leader_lease_secs.get(),
+            nats.connect_timeout_secs.get()
+        ),
+        (15, 10)
+    );
     assert_eq!(
         config.engine.socket,
         Path::new("/workdir/sockets/engine_server.sock")
@@ -645,6 +674,7 @@ fn example_documents_every_key_of_every_section() {
         "O365_CONNECTOR__ZZ_UNKNOWN",
         "O365_CONNECTOR__SERVER__ZZ_UNKNOWN",
         "O365_CONNECTOR__STORE__ZZ_UNKNOWN",
+        "O365_CONNECTOR__STORE__NATS__ZZ_UNKNOWN",
         "O365_CONNECTOR__ENGINE__ZZ_UNKNOWN",
         "O365_CONNECTOR__API__ZZ_UNKNOWN",
         "O365_CONNECTOR__WORKERS__ZZ_UNKNOWN",
@@ -657,9 +687,12 @@ fn example_documents_every_key_of_every_section() {
         let fields = expected_fields(variable);
         assert!(!fields.is_empty(), "{variable}");
         for field in fields {
+            // A table (`[server]`), an array of tables (`[[tenants]]`), a nested table
+            // (`[store.nats]`) or a key.
             let documented = [
                 format!("[{field}]"),
                 format!("[[{field}]]"),
+                format!(".{field}]"),
                 format!("{field} = "),
             ];
             assert!(
@@ -682,6 +715,7 @@ fn readme_configuration_reference_lists_every_key_of_every_section() {
     for (section, variable) in [
         ("server", "O365_CONNECTOR__SERVER__ZZ_UNKNOWN"),
         ("store", "O365_CONNECTOR__STORE__ZZ_UNKNOWN"),
+        ("store.nats", "O365_CONNECTOR__STORE__NATS__ZZ_UNKNOWN"),
         ("engine", "O365_CONNECTOR__ENGINE__ZZ_UNKNOWN"),
         ("api", "O365_CONNECTOR__API__ZZ_UNKNOWN"),
         ("workers", "O365_CONNECTOR__WORKERS__ZZ_UNKNOWN"),
@@ -700,4 +734,132 @@ fn readme_configuration_reference_lists_every_key_of_every_section() {
             );
         }
     }
+}
+
+/// minimal.toml with `store` added to its `[store]` table (a backend, a `[store.nats]` table).
+fn minimal_with_store(store: &str) -> String {
+    let text = std::fs::read_to_string(fixture("minimal.toml")).unwrap();
+    assert!(text.contains("path = \"state\"\n"));
+    text.replace(
+        "path = \"state\"\n",
+        &format!("path = \"state\"\n{store}\n"),
+    )
+}
+
+fn text_error(text: &str, env: Vec<(String, String)>) -> ConfigError {
+    match Config::from_toml_with_env(text, env) {
+        Ok(config) => panic!("loaded, but should fail: {config:?}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn nats_backend_takes_the_documented_defaults() {
+    let text = minimal_with_store(
+        "backend = \"nats\"\n\n[store.nats]\nurls = [\"nats://nats-1:4222\", \"tls://nats-2:4222\"]",
+    );
+    let config = Config::from_toml_with_env(&text, secrets_env()).unwrap();
+    assert_eq!(config.store.backend, StoreBackendKind::Nats);
+    let nats = config.store.nats.as_ref().unwrap();
+    assert_eq!(nats.urls, ["nats://nats-1:4222", "tls://nats-2:4222"]);
+    assert_eq!(
+        nats.replica_id, None,
+        "default: the host name, chosen at start"
+    );
+    assert_eq!(nats.prefix, "o365");
+    assert_eq!(nats.stream_replicas, 1);
+    assert_eq!(nats.leader_lease_secs.get(), 15);
+    assert_eq!(nats.connect_timeout_secs.get(), 10);
+    assert!(nats.creds_file.is_none() && nats.tls_ca_file.is_none());
+    assert!(nats.tls_cert_file.is_none() && nats.tls_key_file.is_none());
+
+    let embedded = Config::load_with_env(&fixture("minimal.toml"), secrets_env()).unwrap();
+    assert_eq!(embedded.store.backend, StoreBackendKind::Embedded);
+    assert!(embedded.store.nats.is_none());
+}
+
+#[test]
+fn nats_backend_without_its_table_fails_naming_store_nats() {
+    let error = text_error(&minimal_with_store("backend = \"nats\""), secrets_env());
+    assert_eq!(error.keys(), vec!["store.nats"]);
+    let message = error.to_string();
+    assert!(message.contains("store.nats:"), "{message}");
+    assert!(message.contains("urls"), "{message}");
+}
+
+/// Each invalid `[store.nats]` table (with backend = "nats") and the key its error names.
+const INVALID_NATS_TABLES: &[(&str, &str)] = &[
+    ("urls = [\"http://nats-1:4222\"]", "store.nats.urls"),
+    ("urls = []", "store.nats.urls"),
+    (
+        "urls = [\"nats://nats-1:4222\"]\nstream_replicas = 2",
+        "store.nats.stream_replicas",
+    ),
+    (
+        "urls = [\"nats://nats-1:4222\"]\ntls_cert_file = \"client.pem\"",
+        "store.nats.tls_cert_file",
+    ),
+    (
+        "urls = [\"nats://nats-1:4222\"]\nreplica_id = \"replica one\"",
+        "store.nats.replica_id",
+    ),
+    (
+        "urls = [\"nats://nats-1:4222\"]\nreplica_id = \"\"",
+        "store.nats.replica_id",
+    ),
+    (
+        "urls = [\"nats://nats-1:4222\"]\nprefix = \"o365.work\"",
+        "store.nats.prefix",
+    ),
+    (
+        "urls = [\"nats://nats-1:4222\"]\nleader_lease_secs = 1",
+        "store.nats.leader_lease_secs",
+    ),
+];
+
+#[test]
+fn each_invalid_nats_table_fails_with_a_message_naming_the_key() {
+    for (table, key) in INVALID_NATS_TABLES {
+        let text = minimal_with_store(&format!("backend = \"nats\"\n\n[store.nats]\n{table}"));
+        let error = text_error(&text, secrets_env());
+        assert_eq!(error.keys(), vec![*key], "{table}: {error}");
+        let message = error.to_string();
+        assert!(message.contains(&format!("{key}:")), "{table}: {message}");
+    }
+}
+
+#[test]
+fn a_nats_table_is_validated_even_while_the_backend_is_embedded() {
+    let text = minimal_with_store("[store.nats]\nurls = [\"http://nats-1:4222\"]");
+    let error = text_error(&text, secrets_env());
+    assert_eq!(error.keys(), vec!["store.nats.urls"]);
+}
+
+#[test]
+fn the_nats_backend_can_be_chosen_from_the_environment() {
+    let overrides = secrets_env_with(&[
+        ("O365_CONNECTOR__STORE__BACKEND", "nats"),
+        (
+            "O365_CONNECTOR__STORE__NATS__URLS",
+            r#"["nats://nats-1:4222", "nats://nats-2:4222"]"#,
+        ),
+        ("O365_CONNECTOR__STORE__NATS__REPLICA_ID", "connector-2"),
+        ("O365_CONNECTOR__STORE__NATS__STREAM_REPLICAS", "3"),
+    ]);
+    let config = Config::load_with_env(&fixture("minimal.toml"), overrides).unwrap();
+    assert_eq!(config.store.backend, StoreBackendKind::Nats);
+    let nats = config.store.nats.as_ref().unwrap();
+    assert_eq!(nats.urls, ["nats://nats-1:4222", "nats://nats-2:4222"]);
+    assert_eq!(nats.replica_id.as_deref(), Some("connector-2"));
+    assert_eq!(nats.stream_replicas, 3);
+    let keys: Vec<&str> = config
+        .applied_overrides()
+        .iter()
+        .map(|applied| applied.key.as_str())
+        .collect();
+    assert!(keys.contains(&"store.nats.urls"), "{keys:?}");
+
+    let overrides = secrets_env_with(&[("O365_CONNECTOR__STORE__BACKEND", "nats")]);
+    let error = load_error(&fixture("minimal.toml"), overrides);
+    assert_eq!(error.keys(), vec!["store.nats"]);
 }
