@@ -705,7 +705,7 @@ impl Drop for Nats {
 }
 
 async fn scale_out(dir: &Path) {
-    let blobs = env_number("SCALE_BLOBS", 1000);
+    let blobs = env_number("SCALE_BLOBS", 2000);
     let per_blob = env_number("DRAIN_RECORDS", 100);
     let records = records_file(dir);
     let mut scenario = Scenario::single_tenant(tenant_scenario(TENANT, &records, per_blob));
@@ -773,8 +773,8 @@ async fn scale_out(dir: &Path) {
 }
 
 /// Starts `count` replicas on NATS (stream prefix of their own), waits until the engine
-/// acked `total` more Logs, stops them. Timed from the first replica's readiness; CPU is
-/// the replicas' sum, RSS the largest.
+/// acked `total` more Logs, stops them. `startup` is until the first replica was ready,
+/// `elapsed` from then on; CPU is the replicas' sum, RSS the largest.
 async fn replicas_drain(
     dir: &Path,
     count: usize,

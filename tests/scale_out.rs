@@ -277,6 +277,23 @@ impl Cluster {
         publish::publish_now(self.rig.api.state(), TENANT, "Audit.General", blobs).await;
     }
 
+    /// Records the engine acknowledged to this replica, from its metrics.
+    async fn records_acked_by(&self, port: u16) -> u64 {
+        let Ok(answer) = self
+            .http
+            .get(format!("https://localhost:{port}/metrics"))
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let text = answer.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| line.starts_with("o365_connector_records_acked_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     fn answered_by(&self, port: u16) -> u64 {
         self.proxy
             .answered
@@ -373,10 +390,17 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         received - total,
         cluster.proxy.answered.lock().unwrap()
     );
+    let late = cluster.replicas[3].port;
+    let late_acked = cluster.records_acked_by(late).await;
+    println!(
+        "the late replica r4 answered {} webhook calls and forwarded {late_acked} records",
+        cluster.answered_by(late)
+    );
     assert!(
-        cluster.answered_by(cluster.replicas[3].port) > 0,
+        cluster.answered_by(late) > 0,
         "the late replica takes webhook calls"
     );
+    assert!(late_acked > 0, "the late replica takes queued work");
 
     // One poller at a time: in time order, the replicas calling the leader-only endpoints
     // form runs, and a replica never comes back after another took over.
