@@ -386,3 +386,46 @@ async fn a_lost_server_fails_calls_with_a_retryable_error_until_it_is_back() {
     let key: ContentKey = content("before").key();
     assert!(a.get(&key).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_tls_server_is_reached_with_the_configured_ca_and_refused_without_it() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let (certs, _) =
+        o365_connector::server::dev_certs::write_dev_certs(certs_dir.path(), false).unwrap();
+    let server = NatsServer::start_with(vec![
+        "--tls".into(),
+        "--tlscert".into(),
+        certs.server_cert.display().to_string(),
+        "--tlskey".into(),
+        certs.server_key.display().to_string(),
+    ])
+    .await;
+    assert!(server.url.starts_with("tls://"));
+
+    let mut trusted = settings(&server, "a", LEASE);
+    trusted.nats.tls_ca_file = Some(certs.ca.clone());
+    let (client, jetstream) = connect(&trusted).await.unwrap();
+    let queue = NatsQueue::open(client, jetstream, &trusted, Clock::system())
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.enqueue(vec![content("over-tls")]).await.unwrap(),
+        [EnqueueOutcome::Enqueued]
+    );
+
+    let untrusted = settings(&server, "b", LEASE);
+    let error = connect(&untrusted).await.unwrap_err().to_string();
+    assert!(error.contains("store.nats.urls"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_credentials_file_is_named_in_the_error() {
+    let server = NatsServer::start().await;
+    let mut missing = settings(&server, "a", LEASE);
+    missing.nats.creds_file = Some("/nonexistent/o365.creds".into());
+    let error = connect(&missing).await.unwrap_err().to_string();
+    assert!(
+        error.contains("store.nats.creds_file /nonexistent/o365.creds"),
+        "{error}"
+    );
+}

@@ -319,6 +319,20 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         cluster.start_replica(id).await;
     }
     cluster.rig.wait_for_webhooks(&ALL).await;
+    let readiness: serde_json::Value = cluster
+        .http
+        .get(format!(
+            "https://localhost:{}/readyz",
+            cluster.replicas[0].port
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(readiness["store"]["backend"], "nats", "{readiness}");
+    assert_eq!(readiness["store"]["connected"], true, "{readiness}");
     // Slow acks keep records in flight, so each kill lands mid-drain.
     cluster.rig.engine.set_faults(EngineFaults {
         ack_delay: std::time::Duration::from_millis(3),

@@ -11,6 +11,8 @@ use super::DEADLINE;
 /// A running nats-server; killed when dropped.
 pub struct NatsServer {
     child: Option<Child>,
+    /// Extra command-line arguments (e.g. TLS).
+    args: Vec<String>,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     port: u16,
@@ -38,14 +40,26 @@ pub fn nats_server_binary() -> PathBuf {
 impl NatsServer {
     /// Starts a server with JetStream and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// [`Self::start`] with extra arguments; with `--tls`, readiness is waited for on the
+    /// TCP port alone.
+    pub async fn start_with(args: Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let tls = args.iter().any(|arg| arg == "--tls");
         let mut server = Self {
             child: None,
-            url: format!("nats://127.0.0.1:{port}"),
+            args,
+            url: if tls {
+                format!("tls://localhost:{port}")
+            } else {
+                format!("nats://127.0.0.1:{port}")
+            },
             port,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -75,6 +89,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path().join("jetstream"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -82,6 +97,17 @@ impl NatsServer {
         self.child = Some(child);
         let started = std::time::Instant::now();
         loop {
+            if self.url.starts_with("tls://") {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                assert!(started.elapsed() < DEADLINE, "nats-server did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let error = match async_nats::connect(self.url.as_str()).await {
                 Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
                     Ok(reply) if !reply.payload.is_empty() => return,

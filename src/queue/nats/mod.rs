@@ -505,6 +505,66 @@ impl NatsQueue {
         Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
+    /// Turns one delivery into a lease held by this replica, or sets it aside (a paused
+    /// tenant's item, `None`). A message that is not a content reference (not written by a
+    /// connector) is removed, logged and counted.
+    async fn take_delivery(
+        &self,
+        message: jetstream::Message,
+        skip_tenants: &HashSet<String>,
+    ) -> Result<Option<LeasedItem>, QueueError> {
+        let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                stream = %self.stream_name,
+                "a message on the work stream is not a content reference (not written by the connector); removed"
+            );
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(None);
+        };
+        let (consumer_sequence, delivered) = match message.info() {
+            Ok(info) => (info.consumer_sequence, info.delivered.max(1) as u64),
+            Err(error) => return Err(self.failed("read a delivery's metadata", error)),
+        };
+        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let mut progress = self.read_progress(&kv_key).await?;
+        if skip_tenants.contains(&item.tenant_id) {
+            progress.given_back += 1;
+            self.write_progress(&kv_key, &progress).await?;
+            message
+                .ack_with(AckKind::Nak(Some(SKIP_DELAY)))
+                .await
+                .map_err(|error| self.failed("set a paused tenant's item aside", error))?;
+            return Ok(None);
+        }
+        // Deliveries neither given back on purpose nor the current one ended in an expired
+        // lease: each counts as a failed attempt.
+        let expired = (delivered - 1).saturating_sub(progress.given_back);
+        let attempts = progress
+            .retries
+            .saturating_add(u32::try_from(expired).unwrap_or(u32::MAX));
+        let lease = LeaseId(consumer_sequence);
+        let leased = LeasedItem {
+            content: item.content(),
+            lease,
+            lease_until: self.clock.now()
+                + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX),
+            acked_records: progress.acked_records,
+            attempts,
+        };
+        self.held.lock().expect("held deliveries lock").insert(
+            item.key(),
+            Held {
+                lease,
+                message,
+                item,
+                progress,
+                attempts,
+            },
+        );
+        Ok(Some(leased))
+    }
+
     async fn count_keys(&self, bucket: &kv::Store, what: &str) -> Result<u64, QueueError> {
         let mut keys = bucket
             .keys()
@@ -624,58 +684,30 @@ impl ContentQueue for NatsQueue {
             .await
             .map_err(|error| self.failed("lease from the queue", error))?;
         let mut leased = Vec::new();
+        let mut failure = None;
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|error| self.failed("lease from the queue", error))?;
-            let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
-                tracing::error!(
-                    stream = %self.stream_name,
-                    "a message on the work stream is not a content reference; removed"
-                );
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    failure = Some(self.failed("lease from the queue", error));
+                    break;
+                }
             };
-            let (consumer_sequence, delivered) = match message.info() {
-                Ok(info) => (info.consumer_sequence, info.delivered.max(1) as u64),
-                Err(error) => return Err(self.failed("read a delivery's metadata", error)),
-            };
-            let kv_key = item_key(&item.tenant_id, &item.content_id);
-            let progress = self.read_progress(&kv_key).await?;
-            if skip_tenants.contains(&item.tenant_id) {
-                let mut progress = progress;
-                progress.given_back += 1;
-                self.write_progress(&kv_key, &progress).await?;
-                message
-                    .ack_with(AckKind::Nak(Some(SKIP_DELAY)))
-                    .await
-                    .map_err(|error| self.failed("set a paused tenant's item aside", error))?;
-                continue;
+            match self.take_delivery(message.clone(), skip_tenants).await {
+                Ok(Some(item)) => leased.push(item),
+                Ok(None) => {}
+                Err(error) => {
+                    // Handed back at once rather than held until its ack wait passes.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    failure = Some(error);
+                }
             }
-            let expired = (delivered - 1).saturating_sub(progress.given_back);
-            let attempts = progress
-                .retries
-                .saturating_add(u32::try_from(expired).unwrap_or(u32::MAX));
-            let lease = LeaseId(consumer_sequence);
-            let until = self.clock.now()
-                + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX);
-            leased.push(LeasedItem {
-                content: item.content(),
-                lease,
-                lease_until: until,
-                acked_records: progress.acked_records,
-                attempts,
-            });
-            self.held.lock().expect("held deliveries lock").insert(
-                item.key(),
-                Held {
-                    lease,
-                    message,
-                    item,
-                    progress,
-                    attempts,
-                },
-            );
         }
-        Ok(leased)
+        // What was leased is returned (and held); a failure alone is reported.
+        match failure {
+            Some(error) if leased.is_empty() => Err(error),
+            _ => Ok(leased),
+        }
     }
 
     async fn extend_lease(
