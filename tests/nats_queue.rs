@@ -18,8 +18,8 @@ use o365_connector::config::NatsConfig;
 use o365_connector::queue::nats::leader::LeaderLease;
 use o365_connector::queue::nats::{NatsSettings, connect};
 use o365_connector::queue::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, MetaStore,
-    NatsQueue, QueueError, QueueStore, Source,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeasedItem,
+    MetaStore, NatsQueue, QueueError, QueueStore, Source,
 };
 
 const TENANT: &str = "4c0a1a50-aaaa-bbbb-cccc-1234567890ab";
@@ -72,6 +72,19 @@ fn none() -> HashSet<String> {
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// Leases one item from `queue`, trying until one comes back (a nak's delay, an ack wait).
+async fn lease_when_back(queue: &NatsQueue) -> LeasedItem {
+    let started = std::time::Instant::now();
+    loop {
+        let mut leased = queue.lease(1, LEASE, &none()).await.unwrap();
+        if let Some(item) = leased.pop() {
+            return item;
+        }
+        assert!(started.elapsed() < DEADLINE, "the item did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 #[tokio::test]
 async fn a_content_id_is_queued_once_whichever_replica_is_told() {
@@ -156,14 +169,7 @@ async fn a_dead_replicas_item_comes_back_after_the_ack_wait_with_its_acked_offse
     a.record_acked(&held.key(), held.lease, 7).await.unwrap();
     drop(a); // dies: no ack, no nak
 
-    let mut again = Vec::new();
-    let started = std::time::Instant::now();
-    while again.is_empty() {
-        assert!(started.elapsed() < DEADLINE, "the item did not come back");
-        again = b.lease(1, lease, &none()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let item = again.remove(0);
+    let item = lease_when_back(&b).await;
     assert_eq!(item.key(), held.key());
     assert_eq!(
         item.acked_records, 7,
@@ -185,15 +191,8 @@ async fn retry_later_holds_an_item_back_and_release_gives_it_back_at_once() {
         .await
         .unwrap();
     assert!(a.lease(1, LEASE, &none()).await.unwrap().is_empty());
-    let mut leased = Vec::new();
-    let started = std::time::Instant::now();
-    while leased.is_empty() {
-        assert!(started.elapsed() < DEADLINE, "the item did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        leased = a.lease(1, LEASE, &none()).await.unwrap();
-    }
+    let item = lease_when_back(&a).await;
     assert!(Utc::now() >= not_before - TimeDelta::milliseconds(100));
-    let item = leased.remove(0);
     assert_eq!(item.attempts, 1);
     let stored = a.get(&item.key()).await.unwrap().unwrap();
     assert_eq!(stored.last_retry_reason.as_deref(), Some("HTTP 503"));
@@ -210,14 +209,7 @@ async fn a_paused_tenants_items_are_set_aside_without_counting_an_attempt() {
     a.enqueue(vec![content("paused")]).await.unwrap();
     let paused: HashSet<String> = [TENANT.to_owned()].into();
     assert!(a.lease(1, LEASE, &paused).await.unwrap().is_empty());
-    let mut leased = Vec::new();
-    let started = std::time::Instant::now();
-    while leased.is_empty() {
-        assert!(started.elapsed() < DEADLINE, "the item did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        leased = a.lease(1, LEASE, &none()).await.unwrap();
-    }
-    assert_eq!(leased[0].attempts, 0);
+    assert_eq!(lease_when_back(&a).await.attempts, 0);
 }
 
 #[tokio::test]

@@ -4,6 +4,10 @@
 //! reaches the engine (duplicates only for records in flight at a kill, printed), and the
 //! API emulator's request log, by replica id and time, shows the poller and subscription
 //! manager never ran on two replicas at once.
+//!
+//! CI drains 600 records, then 400 more after the kills. The soak variant is the same test
+//! with `O365_SCALE_BLOBS` blobs of 10 records in the first wave, e.g.
+//! `O365_SCALE_BLOBS=3000 cargo test --release --test scale_out -- --nocapture`.
 
 mod common;
 
@@ -338,9 +342,15 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         ack_delay: std::time::Duration::from_millis(3),
         ..EngineFaults::default()
     });
-    let first_wave = 60;
-    for _ in 0..first_wave / 10 {
-        cluster.publish(10).await;
+    let first_wave: usize = std::env::var("O365_SCALE_BLOBS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(60);
+    let mut published = 0;
+    while published < first_wave {
+        let blobs = (first_wave - published).min(500);
+        cluster.publish(blobs).await;
+        published += blobs;
     }
     let total = cluster.rig.published().len() as u64;
     let ports: HashMap<String, u16> = cluster

@@ -121,6 +121,20 @@ async fn subscriptions_directly(
     })
 }
 
+/// The webhook secrets the service uses: configured, or kept in `meta`.
+async fn stored_secrets(
+    config: &Config,
+    meta: &dyn MetaStore,
+) -> anyhow::Result<crate::webhook::WebhookSecrets> {
+    load_or_create_secrets(
+        config.server.webhook_secret.as_ref(),
+        config.server.webhook_secret_previous.as_ref(),
+        meta,
+    )
+    .await
+    .context("cannot load the webhook secret")
+}
+
 /// Each tenant's webhook as the service registers it; the authIds come from the webhook
 /// secret, read from the store when it is not configured (the service is not running, so
 /// the store is free).
@@ -136,13 +150,7 @@ async fn configured_webhooks(
         let (client, jetstream) = crate::queue::nats::connect(&settings).await?;
         let queue =
             crate::queue::NatsQueue::open(client, jetstream, &settings, Clock::system()).await?;
-        let secrets = load_or_create_secrets(
-            config.server.webhook_secret.as_ref(),
-            config.server.webhook_secret_previous.as_ref(),
-            &queue as &dyn MetaStore,
-        )
-        .await
-        .context("cannot load the webhook secret");
+        let secrets = stored_secrets(config, &queue).await;
         queue.close().await?;
         secrets
     } else {
@@ -156,13 +164,7 @@ async fn configured_webhooks(
                 ),
                 other => anyhow::anyhow!("store.path {}: cannot open the store: {other}", store.display()),
             })?;
-        let secrets = load_or_create_secrets(
-            config.server.webhook_secret.as_ref(),
-            config.server.webhook_secret_previous.as_ref(),
-            &queue as &dyn MetaStore,
-        )
-        .await
-        .context("cannot load the webhook secret");
+        let secrets = stored_secrets(config, &queue).await;
         queue.close().await?;
         secrets
     };
