@@ -747,6 +747,55 @@ async fn scale_out(dir: &Path) {
         Some(rate(&one)),
         None,
     );
+    // The push path: notifications answered 200 after the enqueue, one instance on each
+    // store, in this run.
+    let posts = env_number("WEBHOOK_BENCH_POSTS", 20_000);
+    let nats_store = format!(
+        "[store.nats]\nurls = [\"{}\"]\nprefix = \"ingest\"\nreplica_id = \"ingest\"\n",
+        nats.url
+    );
+    let embedded_ingest =
+        ingest(&dir.join("ingest-embedded"), &api, &socket, posts, ("", "")).await;
+    let nats_ingest = ingest(
+        &dir.join("ingest-nats"),
+        &api,
+        &socket,
+        posts,
+        ("backend = \"nats\"", &nats_store),
+    )
+    .await;
+    figure(
+        "scale_out",
+        "embedded_webhook_items_per_s",
+        embedded_ingest.posts_per_s,
+        "items/s",
+        None,
+        None,
+    );
+    figure(
+        "scale_out",
+        "nats_webhook_items_per_s",
+        nats_ingest.posts_per_s,
+        "items/s",
+        Some(embedded_ingest.posts_per_s),
+        None,
+    );
+    figure(
+        "scale_out",
+        "embedded_webhook_p99",
+        embedded_ingest.p99_ms,
+        "ms",
+        None,
+        None,
+    );
+    figure(
+        "scale_out",
+        "nats_webhook_p99",
+        nats_ingest.p99_ms,
+        "ms",
+        None,
+        None,
+    );
     for (name, run) in [
         ("embedded", &embedded),
         ("nats_1_replica", &one),
@@ -770,6 +819,34 @@ async fn scale_out(dir: &Path) {
         );
     }
     api.shutdown().await;
+}
+
+/// One instance with `store`, loaded with `posts` single-item notifications over 64
+/// connections.
+async fn ingest(
+    dir: &Path,
+    api: &ApiEmulator,
+    socket: &Path,
+    posts: usize,
+    store: (&str, &str),
+) -> LoadRun {
+    std::fs::create_dir_all(dir).unwrap();
+    let connector = Connector::start(ConnectorSetup {
+        dir,
+        socket,
+        api_base: api.base_url(),
+        requests_per_minute: 1_000_000,
+        tenants: &[TENANT.to_string()],
+        webhook: true,
+        poller: IDLE_POLLER,
+        store,
+    })
+    .await;
+    let auth_id = WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None).auth_id(TENANT);
+    let url = format!("{}/hook/{TENANT}", connector.listen);
+    let run = load(&url, &auth_id, api.base_url(), posts, 64).await;
+    connector.stop();
+    run
 }
 
 /// Starts `count` replicas on NATS (stream prefix of their own), waits until the engine

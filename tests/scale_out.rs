@@ -348,7 +348,7 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         .unwrap_or(60);
     let mut published = 0;
     while published < first_wave {
-        let blobs = (first_wave - published).min(500);
+        let blobs = (first_wave - published).min(10);
         cluster.publish(blobs).await;
         published += blobs;
     }
