@@ -829,6 +829,18 @@ fn each_invalid_nats_table_fails_with_a_message_naming_the_key() {
 }
 
 #[test]
+fn a_nats_url_with_credentials_is_refused_without_showing_them() {
+    let text = minimal_with_store(
+        "backend = \"nats\"\n\n[store.nats]\nurls = [\"nats://connector:s3cret-pass@nats-1:4222\"]",
+    );
+    let error = text_error(&text, secrets_env());
+    assert_eq!(error.keys(), vec!["store.nats.urls"], "{error}");
+    let message = error.to_string();
+    assert!(message.contains("creds_file"), "{message}");
+    assert!(!message.contains("s3cret-pass"), "{message}");
+}
+
+#[test]
 fn a_nats_table_is_validated_even_while_the_backend_is_embedded() {
     let text = minimal_with_store("[store.nats]\nurls = [\"http://nats-1:4222\"]");
     let error = text_error(&text, secrets_env());

@@ -187,7 +187,8 @@ pub enum StoreBackendKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URLs (`nats://host:4222`, or `tls://host:4222` to require TLS). Required.
+    /// Server URLs (`nats://host:4222`, or `tls://host:4222` to require TLS), without
+    /// credentials (`creds_file` or a TLS client certificate authenticates). Required.
     pub urls: Vec<String>,
     /// A NATS credentials file (user JWT and NKey seed), e.g. from `nsc`. Default: none.
     pub creds_file: Option<PathBuf>,

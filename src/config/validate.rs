@@ -293,6 +293,14 @@ fn check_store(store: &super::StoreConfig, problems: &mut Vec<ValidationError>) 
         ));
     }
     for url in &nats.urls {
+        // Never echoed: a URL may carry a password or token.
+        if url.contains('@') {
+            problems.push(ValidationError::new(
+                "store.nats.urls",
+                "a URL carries credentials (user:password@ or token@), which would show in logs: give NATS credentials in store.nats.creds_file or TLS client certificates instead",
+            ));
+            continue;
+        }
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         if !matches!(scheme, Some("nats" | "tls")) {
             problems.push(ValidationError::new(
