@@ -37,8 +37,7 @@ use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
 use crate::cluster::Leadership;
-use crate::config::Config;
-use crate::config::StoreBackendKind;
+use crate::config::{Config, StoreBackendKind};
 use crate::forward::{Forwarder, ForwarderConfig};
 use crate::ops::health::{EngineHealth, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
@@ -130,10 +129,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         tracing::warn!("{warning}");
     }
     let clock = options.clock.clone();
-    if options.replica_id.is_none() && config.store.backend == StoreBackendKind::Nats {
-        options.replica_id = Some(replica_id_of(&config));
-    }
-    let opened = open_store(&config, &clock, options.replica_id.as_deref()).await?;
+    let opened = open_store(&config, &clock, options.replica_id.take()).await?;
     let queue = opened.queue;
     let leadership = opened.leadership;
     let secrets = load_or_create_secrets(
@@ -147,7 +143,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         config.tenants.iter().map(|tenant| tenant.name.as_str()),
         config.ops.max_tenant_series,
     ));
-    let http = http_client(&config.api, options.replica_id.as_deref())?;
+    let http = http_client(&config.api, opened.replica_id.as_deref())?;
     let tenants = Arc::new(TenantSet::new(
         build_tenants(&config, &http, &clock, &metrics).await?,
     ));
@@ -282,6 +278,8 @@ impl Shared {
 /// The store the service runs on, and who leads.
 struct OpenedStore {
     queue: Arc<dyn QueueStore>,
+    /// Sent in the `User-Agent`: the given id; with NATS, by default the host name.
+    replica_id: Option<String>,
     leadership: Leadership,
     /// The leader lease to run (NATS only).
     lease: Option<LeaderLease>,
@@ -294,19 +292,18 @@ struct OpenedStore {
 async fn open_store(
     config: &Config,
     clock: &Clock,
-    replica_id: Option<&str>,
+    replica_id: Option<String>,
 ) -> anyhow::Result<OpenedStore> {
     let path = &config.store.path;
     std::fs::create_dir_all(path)
         .with_context(|| format!("store.path {}: cannot create the directory", path.display()))?;
     if config.store.backend == StoreBackendKind::Nats {
-        let replica_id = replica_id.map_or_else(|| replica_id_of(config), str::to_owned);
+        let replica_id = replica_id.unwrap_or_else(|| replica_id_of(config));
         let settings = NatsSettings::from_config(config, replica_id.clone())?;
-        let (client, jetstream) = crate::queue::nats::connect(&settings).await?;
-        let queue = NatsQueue::open(client, jetstream.clone(), &settings, clock.clone()).await?;
+        let queue = NatsQueue::connect(&settings, clock.clone()).await?;
         let leadership = Leadership::contested(replica_id.clone());
         let lease = LeaderLease::open(
-            &jetstream,
+            queue.jetstream(),
             &settings.nats.prefix,
             settings.nats.stream_replicas,
             Duration::from_secs(settings.nats.leader_lease_secs.get()),
@@ -318,6 +315,7 @@ async fn open_store(
         tracing::info!(replica = %replica_id, urls = %settings.nats.urls.join(","), "queue on NATS JetStream");
         return Ok(OpenedStore {
             queue: Arc::new(queue),
+            replica_id: Some(replica_id),
             leadership,
             lease: Some(lease),
         });
@@ -334,6 +332,7 @@ async fn open_store(
     }
     Ok(OpenedStore {
         queue: Arc::new(queue),
+        replica_id,
         leadership: Leadership::sole(),
         lease: None,
     })
@@ -403,14 +402,12 @@ fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
     )
     .with_status(shared.status.clone());
     let readiness = ReadinessProbe::new(
-        shared.content_queue(),
-        shared.meta(),
+        shared.queue.clone(),
         config.ops.queue_high_water.get(),
         shared.clock.clone(),
         engine_health(shared.forwarder.clone()),
         shared.problems.clone(),
-    )
-    .with_store(shared.queue.clone());
+    );
     let webhook_state = Arc::new(webhook_state);
     Routes {
         webhook: webhook::router(webhook_state.clone(), &config.server.local_path()),

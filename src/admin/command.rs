@@ -147,9 +147,7 @@ async fn configured_webhooks(
     let secrets = if config.store.backend == crate::config::StoreBackendKind::Nats {
         let replica = format!("admin-{}", std::process::id());
         let settings = crate::queue::nats::NatsSettings::from_config(config, replica)?;
-        let (client, jetstream) = crate::queue::nats::connect(&settings).await?;
-        let queue =
-            crate::queue::NatsQueue::open(client, jetstream, &settings, Clock::system()).await?;
+        let queue = crate::queue::NatsQueue::connect(&settings, Clock::system()).await?;
         let secrets = stored_secrets(config, &queue).await;
         queue.close().await?;
         secrets

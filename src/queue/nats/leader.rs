@@ -46,23 +46,21 @@ impl LeaderLease {
     ) -> anyhow::Result<Self> {
         let store =
             super::open_bucket(jetstream, format!("{prefix}_leader"), lease, replicas).await?;
-        if let Ok(status) = store.status().await
-            && status.max_age() != lease
-        {
-            tracing::warn!(
-                configured_secs = lease.as_secs(),
-                in_use_secs = status.max_age().as_secs(),
-                "store.nats.leader_lease_secs differs from the leader bucket's max age, which stays in use; delete the bucket {prefix}_leader while no replica runs to change it"
-            );
-        }
-        let lease = store
+        let in_use = store
             .status()
             .await
             .map_or(lease, |status| status.max_age());
+        if in_use != lease {
+            tracing::warn!(
+                configured_secs = lease.as_secs(),
+                in_use_secs = in_use.as_secs(),
+                "store.nats.leader_lease_secs differs from the leader bucket's max age, which stays in use; delete the bucket {prefix}_leader while no replica runs to change it"
+            );
+        }
         Ok(Self {
             store,
             replica_id,
-            lease,
+            lease: in_use,
             leadership,
             clock,
         })
@@ -106,11 +104,8 @@ impl LeaderLease {
                     Instant::now() + renew_every
                 }
                 Err(Claim::Failed(error)) => {
+                    // A holder keeps trying until its lease runs out (checked below).
                     tracing::warn!(%error, "cannot reach the leader lease; trying again");
-                    if revision.is_some() && Instant::now() >= valid_until {
-                        revision = None;
-                        self.leadership.lost(None, self.clock.now());
-                    }
                     Instant::now() + retry_every
                 }
             };

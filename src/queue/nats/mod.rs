@@ -97,7 +97,7 @@ impl NatsSettings {
 
 /// Connects to the NATS servers of `nats` and opens JetStream, failing with a message that
 /// names the setting to fix.
-pub async fn connect(
+async fn connect(
     settings: &NatsSettings,
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
     let nats = &settings.nats;
@@ -231,6 +231,11 @@ impl WorkItem {
     fn key(&self) -> ContentKey {
         ContentKey::new(&self.tenant_id, &self.content_id)
     }
+
+    /// Its key in the key-value buckets.
+    fn kv_key(&self) -> String {
+        item_key(&self.tenant_id, &self.content_id)
+    }
 }
 
 /// The seen bucket's value: the reference, and when it was done (its tombstone).
@@ -294,7 +299,6 @@ pub struct NatsQueue {
     subject: String,
     consumer: consumer::PullConsumer,
     seen: kv::Store,
-    seen_bucket: String,
     progress: kv::Store,
     dead: kv::Store,
     dead_records: kv::Store,
@@ -317,8 +321,14 @@ fn json<T: Serialize>(value: &T) -> Bytes {
 }
 
 impl NatsQueue {
+    /// Connects to the servers of `settings` and opens the queue.
+    pub async fn connect(settings: &NatsSettings, clock: Clock) -> anyhow::Result<Self> {
+        let (client, jetstream) = connect(settings).await?;
+        Self::open(client, jetstream, settings, clock).await
+    }
+
     /// Opens (creating when missing) the stream, the consumer and the buckets.
-    pub async fn open(
+    async fn open(
         client: async_nats::Client,
         jetstream: jetstream::Context,
         settings: &NatsSettings,
@@ -386,7 +396,6 @@ impl NatsQueue {
             subject,
             consumer,
             seen,
-            seen_bucket: format!("{prefix}_seen"),
             progress,
             dead,
             dead_records,
@@ -478,7 +487,7 @@ impl NatsQueue {
             (
                 held.message.clone(),
                 held.progress.clone(),
-                item_key(&held.item.tenant_id, &held.item.content_id),
+                held.item.kv_key(),
             )
         })?;
         progress.given_back += 1;
@@ -526,7 +535,7 @@ impl NatsQueue {
             Ok(info) => (info.consumer_sequence, info.delivered.max(1) as u64),
             Err(error) => return Err(self.failed("read a delivery's metadata", error)),
         };
-        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let kv_key = item.kv_key();
         let mut progress = self.read_progress(&kv_key).await?;
         if skip_tenants.contains(&item.tenant_id) {
             progress.given_back += 1;
@@ -565,24 +574,15 @@ impl NatsQueue {
         Ok(Some(leased))
     }
 
-    async fn count_keys(&self, bucket: &kv::Store, what: &str) -> Result<u64, QueueError> {
-        let mut keys = bucket
-            .keys()
+    /// The work stream, with its current state.
+    async fn work_stream(&self) -> Result<stream::Stream, QueueError> {
+        self.jetstream
+            .get_stream(self.stream_name.as_str())
             .await
-            .map_err(|error| self.failed(what, error))?;
-        let mut count = 0;
-        while let Some(key) = keys.next().await {
-            key.map_err(|error| self.failed(what, error))?;
-            count += 1;
-        }
-        Ok(count)
+            .map_err(|error| self.failed("read the work stream", error))
     }
 
-    async fn bucket_values<T: for<'de> Deserialize<'de>>(
-        &self,
-        bucket: &kv::Store,
-        what: &str,
-    ) -> Result<Vec<T>, QueueError> {
+    async fn keys_of(&self, bucket: &kv::Store, what: &str) -> Result<Vec<String>, QueueError> {
         let mut keys = bucket
             .keys()
             .await
@@ -591,6 +591,15 @@ impl NatsQueue {
         while let Some(key) = keys.next().await {
             names.push(key.map_err(|error| self.failed(what, error))?);
         }
+        Ok(names)
+    }
+
+    async fn bucket_values<T: for<'de> Deserialize<'de>>(
+        &self,
+        bucket: &kv::Store,
+        what: &str,
+    ) -> Result<Vec<T>, QueueError> {
+        let names = self.keys_of(bucket, what).await?;
         let values = join_all(names.iter().map(|name| bucket.get(name.as_str()))).await;
         let mut out = Vec::new();
         for value in values {
@@ -736,10 +745,7 @@ impl ContentQueue for NatsQueue {
             (acked_records > held.progress.acked_records).then(|| {
                 let mut progress = held.progress.clone();
                 progress.acked_records = acked_records;
-                (
-                    item_key(&held.item.tenant_id, &held.item.content_id),
-                    progress,
-                )
+                (held.item.kv_key(), progress)
             })
         })?;
         let Some((kv_key, progress)) = update else {
@@ -769,7 +775,7 @@ impl ContentQueue for NatsQueue {
             .await
             .map_err(|error| self.failed("acknowledge a finished item", error))?;
         self.forget(key, lease);
-        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let kv_key = item.kv_key();
         let entry = SeenEntry {
             item,
             done_at: Some(self.clock.now()),
@@ -814,7 +820,7 @@ impl ContentQueue for NatsQueue {
         let (message, item, attempts) = self.held(key, lease, |held| {
             (held.message.clone(), held.item.clone(), held.attempts)
         })?;
-        let kv_key = item_key(&item.tenant_id, &item.content_id);
+        let kv_key = item.kv_key();
         let entry = DeadEntry {
             item,
             reason: reason.to_owned(),
@@ -840,9 +846,7 @@ impl ContentQueue for NatsQueue {
         record: DeadRecord,
     ) -> Result<(), QueueError> {
         self.check_open()?;
-        let kv_key = self.held(key, lease, |held| {
-            item_key(&held.item.tenant_id, &held.item.content_id)
-        })?;
+        let kv_key = self.held(key, lease, |held| held.item.kv_key())?;
         let record_key = format!("{kv_key}.{}", record.index);
         let existed = self
             .dead_records
@@ -922,13 +926,15 @@ impl ContentQueue for NatsQueue {
         Ok(0)
     }
 
+    /// Every queued reference is a message of the work stream until it is acked: one request.
+    async fn open_items(&self) -> Result<u64, QueueError> {
+        self.check_open()?;
+        Ok(self.work_stream().await?.cached_info().state.messages)
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         self.check_open()?;
-        let work = self
-            .jetstream
-            .get_stream(self.stream_name.as_str())
-            .await
-            .map_err(|error| self.failed("read the work stream", error))?;
+        let work = self.work_stream().await?;
         let state = work.cached_info().state.clone();
         let consumer_info = work
             .consumer_info(CONSUMER)
@@ -939,16 +945,20 @@ impl ContentQueue for NatsQueue {
         // buckets are small and have delete markers, so their keys are counted.
         let seen = self
             .jetstream
-            .get_stream(format!("KV_{}", self.seen_bucket))
+            .get_stream(self.seen.stream_name.as_str())
             .await
             .map_err(|error| self.failed("read the seen bucket", error))?
             .cached_info()
             .state
             .messages;
-        let dead = self.count_keys(&self.dead, "count the dead items").await?;
+        let dead = self
+            .keys_of(&self.dead, "count the dead items")
+            .await?
+            .len() as u64;
         let dead_records = self
-            .count_keys(&self.dead_records, "count the dead records")
-            .await?;
+            .keys_of(&self.dead_records, "count the dead records")
+            .await?
+            .len() as u64;
         let mut stats = QueueStats {
             pending: state.messages - leased,
             leased,
@@ -1038,9 +1048,7 @@ impl ContentQueue for NatsQueue {
         entries.truncate(limit);
         let mut items = Vec::with_capacity(entries.len());
         for entry in entries {
-            let progress = self
-                .read_progress(&item_key(&entry.item.tenant_id, &entry.item.content_id))
-                .await?;
+            let progress = self.read_progress(&entry.item.kv_key()).await?;
             items.push(QueueItem {
                 content: entry.item.content(),
                 state: ItemState::Dead {
