@@ -134,7 +134,6 @@ impl Rig {
     async fn readiness(&self) -> Readiness {
         let probe = ReadinessProbe::new(
             self.queue.clone(),
-            self.queue.clone(),
             1_000,
             Clock::system(),
             Arc::new(|| EngineHealth {

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::queue::{ContentQueue, MetaStore, QueueStore, StoreHealth};
+use crate::queue::{QueueStore, StoreHealth};
 
 /// One current problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -132,8 +132,7 @@ pub struct Readiness {
     pub queue_high_water: u64,
     /// The store behind the queue (embedded, or the NATS connection); not ready while
     /// disconnected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store: Option<StoreHealth>,
+    pub store: StoreHealth,
     /// The engine connection (does not affect `ready`).
     pub engine: EngineHealth,
     /// Current problems (do not affect `ready`).
@@ -154,13 +153,11 @@ pub struct ProblemDetail {
 
 /// Computes readiness, probing the store at most every few seconds.
 pub struct ReadinessProbe {
-    queue: Arc<dyn ContentQueue>,
-    meta: Arc<dyn MetaStore>,
+    store: Arc<dyn QueueStore>,
     high_water: u64,
     clock: Clock,
     engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
     problems: Arc<ProblemBoard>,
-    store: Option<Arc<dyn QueueStore>>,
     last_write_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
@@ -168,32 +165,23 @@ pub struct ReadinessProbe {
 const WRITE_PROBE_TTL: Duration = Duration::from_secs(5);
 
 impl ReadinessProbe {
-    /// A probe over the queue (depth), the metadata store (writability), the engine
-    /// health and the problem board.
+    /// A probe over the store (queue depth, writability, connection), the engine health
+    /// and the problem board.
     pub fn new(
-        queue: Arc<dyn ContentQueue>,
-        meta: Arc<dyn MetaStore>,
+        store: Arc<dyn QueueStore>,
         high_water: u64,
         clock: Clock,
         engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
         problems: Arc<ProblemBoard>,
     ) -> Self {
         Self {
-            queue,
-            meta,
+            store,
             high_water,
             clock,
             engine,
             problems,
-            store: None,
             last_write_probe: tokio::sync::Mutex::new(None),
         }
-    }
-
-    /// Also reports the store backend's connection, and is not ready while it is down.
-    pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
-        self.store = Some(store);
-        self
     }
 
     async fn store_writable(&self) -> bool {
@@ -205,7 +193,7 @@ impl ReadinessProbe {
         }
         let stamp = self.clock.now().to_rfc3339().into_bytes();
         let writable = self
-            .meta
+            .store
             .put_meta("ops/readiness-probe", stamp)
             .await
             .is_ok();
@@ -216,8 +204,8 @@ impl ReadinessProbe {
     /// The current readiness.
     pub async fn check(&self) -> Readiness {
         let store_writable = self.store_writable().await;
-        let (stats_ok, open) = match self.queue.stats().await {
-            Ok(stats) => (true, stats.pending + stats.leased),
+        let (stats_ok, open) = match self.store.open_items().await {
+            Ok(open) => (true, open),
             Err(_) => (false, 0),
         };
         let problems = self
@@ -230,10 +218,9 @@ impl ReadinessProbe {
                 problem,
             })
             .collect();
-        let store = self.store.as_ref().map(|store| store.health());
-        let connected = store.as_ref().is_none_or(|store| store.connected);
+        let store = self.store.health();
         Readiness {
-            ready: store_writable && stats_ok && connected && open < self.high_water,
+            ready: store_writable && stats_ok && store.connected && open < self.high_water,
             store_writable,
             store,
             queue_open_items: open,

@@ -347,6 +347,13 @@ pub trait ContentQueue: Send + Sync {
     /// Counts and ages.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
+    /// Items pending or leased (`/readyz` compares it with the high-water mark on every
+    /// probe); a backend with a cheaper count than [`Self::stats`] overrides it.
+    async fn open_items(&self) -> Result<u64, QueueError> {
+        let stats = self.stats().await?;
+        Ok(stats.pending + stats.leased)
+    }
+
     /// One item, in whatever state.
     async fn get(&self, key: &ContentKey) -> Result<Option<QueueItem>, QueueError>;
 
