@@ -140,6 +140,14 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
+    async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn duties_run_only_while_leading_and_stop_when_the_lease_is_lost() {
         let leadership = Leadership::contested("r1");
@@ -165,13 +173,6 @@ mod tests {
                     .await;
             })
         };
-        let wait = |what: &'static str, condition: Box<dyn Fn() -> bool>| async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !condition() {
-                assert!(tokio::time::Instant::now() < deadline, "{what}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
         tokio::task::yield_now().await;
         assert_eq!(
             started.load(Ordering::SeqCst),
@@ -180,31 +181,16 @@ mod tests {
         );
 
         leadership.won(Utc::now());
-        let counter = running.clone();
-        wait(
-            "the duty starts",
-            Box::new(move || counter.load(Ordering::SeqCst) == 1),
-        )
-        .await;
+        wait_for("the duty starts", || running.load(Ordering::SeqCst) == 1).await;
         assert_eq!(leadership.status().leader.as_deref(), Some("r1"));
 
         leadership.lost(Some("r2".into()), Utc::now());
-        let counter = running.clone();
-        wait(
-            "the duty stops",
-            Box::new(move || counter.load(Ordering::SeqCst) == 0),
-        )
-        .await;
+        wait_for("the duty stops", || running.load(Ordering::SeqCst) == 0).await;
         assert_eq!(leadership.status().leader.as_deref(), Some("r2"));
         assert!(!leadership.is_leading());
 
         leadership.won(Utc::now());
-        let counter = started.clone();
-        wait(
-            "it starts again",
-            Box::new(move || counter.load(Ordering::SeqCst) == 2),
-        )
-        .await;
+        wait_for("it starts again", || started.load(Ordering::SeqCst) == 2).await;
         shutdown.cancel();
         task.await.unwrap();
     }

@@ -11,17 +11,10 @@ mod common;
 use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
 
 use common::rig::{Rig, RigOptions, SECRET, TENANT};
-use common::{DEADLINE, start_binary_with_env};
+use common::{DEADLINE, env_number, start_binary_with_env};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::emulator::engine::EngineFaults;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::test]
 async fn sigkill_at_several_points_of_a_drain_loses_nothing() {

@@ -163,15 +163,7 @@ fn substitute(text: &str, values: &HashMap<&str, &str>) -> String {
 #[test]
 fn compose_trial_run_loads_its_configuration_and_wires_the_ports() {
     let env_example = read("compose/env.example");
-    let mut values: HashMap<&str, &str> = env_example
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .collect();
-    values.insert("O365_TENANT_ID", "41463f53-8812-40f4-890f-865bf6e35190");
-    values.insert("O365_CLIENT_ID", "a1b2c3d4-0000-4000-8000-00000000c11e");
-    values.insert("O365_CLIENT_SECRET", "a-client-secret");
-    values.insert("O365_WEBHOOK_SECRET", "a-webhook-secret");
+    let values = compose_values(&env_example);
     let compose_text = substitute(&read("compose/docker-compose.yml"), &values);
     let compose: Value =
         serde_json::to_value(yaml_serde::from_str::<yaml_serde::Value>(&compose_text).unwrap())

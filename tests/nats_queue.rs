@@ -15,8 +15,8 @@ use common::{DEADLINE, wait_until};
 use o365_connector::clock::Clock;
 use o365_connector::cluster::Leadership;
 use o365_connector::config::NatsConfig;
+use o365_connector::queue::nats::NatsSettings;
 use o365_connector::queue::nats::leader::LeaderLease;
-use o365_connector::queue::nats::{NatsSettings, connect};
 use o365_connector::queue::{
     ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeasedItem,
     MetaStore, NatsQueue, QueueError, QueueStore, Source,
@@ -44,11 +44,18 @@ fn settings(server: &NatsServer, replica: &str, lease: Duration) -> NatsSettings
 }
 
 async fn replica(server: &NatsServer, name: &str, lease: Duration) -> NatsQueue {
-    let settings = settings(server, name, lease);
-    let (client, jetstream) = connect(&settings).await.unwrap();
-    NatsQueue::open(client, jetstream, &settings, Clock::system())
+    NatsQueue::connect(&settings(server, name, lease), Clock::system())
         .await
         .unwrap()
+}
+
+/// The error of connecting with `settings`.
+async fn connect_error(settings: &NatsSettings) -> String {
+    NatsQueue::connect(settings, Clock::system())
+        .await
+        .err()
+        .expect("the connection is refused")
+        .to_string()
 }
 
 /// A contentId with the characters Microsoft's have (`$`, `.`), which NATS keys may not.
@@ -329,8 +336,21 @@ async fn the_leader_lease_moves_only_after_its_holder_stops_renewing() {
         second.status().leader.as_deref() == Some("first")
     })
     .await;
-    // Several renewals later, the lease has not moved.
-    tokio::time::sleep(lease_time * 2).await;
+    // Three renewals later, the lease has not moved.
+    let bucket = a.jetstream().get_key_value("test_leader").await.unwrap();
+    let revision = || async {
+        bucket
+            .entry("poller")
+            .await
+            .unwrap()
+            .map_or(0, |e| e.revision)
+    };
+    let taken = revision().await;
+    let started = std::time::Instant::now();
+    while revision().await < taken + 3 {
+        assert!(started.elapsed() < DEADLINE, "the holder renews its lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(first.is_leading());
     assert!(!second.is_leading());
 
@@ -396,17 +416,14 @@ async fn a_tls_server_is_reached_with_the_configured_ca_and_refused_without_it()
 
     let mut trusted = settings(&server, "a", LEASE);
     trusted.nats.tls_ca_file = Some(certs.ca.clone());
-    let (client, jetstream) = connect(&trusted).await.unwrap();
-    let queue = NatsQueue::open(client, jetstream, &trusted, Clock::system())
-        .await
-        .unwrap();
+    let queue = NatsQueue::connect(&trusted, Clock::system()).await.unwrap();
     assert_eq!(
         queue.enqueue(vec![content("over-tls")]).await.unwrap(),
         [EnqueueOutcome::Enqueued]
     );
 
     let untrusted = settings(&server, "b", LEASE);
-    let error = connect(&untrusted).await.unwrap_err().to_string();
+    let error = connect_error(&untrusted).await;
     assert!(error.contains("store.nats.urls"), "{error}");
 }
 
@@ -415,7 +432,7 @@ async fn a_missing_credentials_file_is_named_in_the_error() {
     let server = NatsServer::start().await;
     let mut missing = settings(&server, "a", LEASE);
     missing.nats.creds_file = Some("/nonexistent/o365.creds".into());
-    let error = connect(&missing).await.unwrap_err().to_string();
+    let error = connect_error(&missing).await;
     assert!(
         error.contains("store.nats.creds_file /nonexistent/o365.creds"),
         "{error}"

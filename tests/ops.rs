@@ -14,12 +14,7 @@ use o365_connector::emulator::engine::EngineFaults;
 use serde_json::Value;
 
 fn client(rig: &Rig) -> reqwest::Client {
-    let ca = std::fs::read(&rig.certs.ca).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
+    common::client_trusting(&rig.certs.ca)
 }
 
 fn url(rig: &Rig, path: &str) -> String {

@@ -23,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 
 use common::nats::NatsServer;
 use common::rig::{Rig, RigOptions, SECRET, TENANT};
-use common::{DEADLINE, RunningBinary, start_binary_with_env};
+use common::{
+    DEADLINE, RunningBinary, client_trusting, env_number, free_port, start_binary_with_env,
+};
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::CONTENT_TYPES as ALL;
 use o365_connector::emulator::api::scenario::FaultScenario;
@@ -111,14 +113,6 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     async fn start() -> Cluster {
         let nats = NatsServer::start().await;
@@ -127,20 +121,14 @@ impl Cluster {
         options.throttle.requests_per_window = 0;
         let rig = Rig::start(tempfile::tempdir().unwrap(), options).await;
         let listen_port = rig.config().server.listen.port();
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&rig.certs.ca).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let http = client_trusting(&rig.certs.ca);
         let proxy = Proxy {
             backends: Arc::default(),
             next: Arc::default(),
             answered: Arc::default(),
             http: http.clone(),
         };
-        // The proxy takes the public URL's port (the rig bound it for the service).
+        // The proxy listens on a port of its own, which becomes the public URL's.
         let tls =
             o365_connector::server::server_config(&rig.certs.server_cert, &rig.certs.server_key)
                 .unwrap();
@@ -238,10 +226,11 @@ impl Cluster {
         replica.process.take().unwrap().kill().await;
     }
 
-    async fn status(&self, port: u16) -> Option<serde_json::Value> {
+    /// A replica's JSON answer at `path` (`/status`, `/readyz`), if it answers.
+    async fn get_json(&self, port: u16, path: &str) -> Option<serde_json::Value> {
         let answer = self
             .http
-            .get(format!("https://localhost:{port}/status"))
+            .get(format!("https://localhost:{port}{path}"))
             .send()
             .await
             .ok()?;
@@ -259,7 +248,7 @@ impl Cluster {
         loop {
             let mut seen = Vec::new();
             for replica in &live {
-                let status = self.status(replica.port).await;
+                let status = self.get_json(replica.port, "/status").await;
                 let leader = status
                     .as_ref()
                     .and_then(|status| status["cluster"]["leader"].as_str())
@@ -323,18 +312,10 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         cluster.start_replica(id).await;
     }
     cluster.rig.wait_for_webhooks(&ALL).await;
-    let readiness: serde_json::Value = cluster
-        .http
-        .get(format!(
-            "https://localhost:{}/readyz",
-            cluster.replicas[0].port
-        ))
-        .send()
+    let readiness = cluster
+        .get_json(cluster.replicas[0].port, "/readyz")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("a replica answers /readyz");
     assert_eq!(readiness["store"]["backend"], "nats", "{readiness}");
     assert_eq!(readiness["store"]["connected"], true, "{readiness}");
     // Slow acks keep records in flight, so each kill lands mid-drain.
@@ -342,10 +323,7 @@ async fn three_replicas_lose_nothing_when_a_replica_and_then_the_leader_die() {
         ack_delay: std::time::Duration::from_millis(3),
         ..EngineFaults::default()
     });
-    let first_wave: usize = std::env::var("O365_SCALE_BLOBS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(60);
+    let first_wave = env_number("O365_SCALE_BLOBS", 60) as usize;
     let mut published = 0;
     while published < first_wave {
         let blobs = (first_wave - published).min(10);

@@ -46,13 +46,7 @@ async fn no_secret_token_or_auth_id_appears_in_logs_metrics_status_or_json_outpu
     publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;
     rig.wait_for_every_published_record().await;
 
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&rig.certs.ca).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = common::client_trusting(&rig.certs.ca);
     let mut captured = Vec::new();
     for path in ["/metrics", "/status", "/status.html", "/readyz"] {
         let body = http

@@ -191,12 +191,7 @@ async fn status_shows_each_tenant_and_content_type_with_what_was_delivered() {
 #[tokio::test]
 async fn with_ops_listen_status_and_metrics_leave_the_webhook_listener() {
     let rig = delivered_rig().await;
-    let ca = std::fs::read(&rig.certs.ca).unwrap();
-    let public = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let public = common::client_trusting(&rig.certs.ca);
     let base_url = &rig.service.as_ref().unwrap().base_url;
     for (path, expected) in [
         ("/status", 404),
@@ -229,12 +224,7 @@ async fn without_ops_listen_status_is_served_on_the_webhook_listener() {
     let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
     let service = rig.service.as_ref().unwrap();
     assert!(service.ops_address.is_none());
-    let ca = std::fs::read(&rig.certs.ca).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let client = common::client_trusting(&rig.certs.ca);
     let status: Value = client
         .get(format!("{}/status", service.base_url))
         .send()

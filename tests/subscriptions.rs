@@ -626,12 +626,7 @@ async fn a_webhook_disabled_mid_run_is_re_enabled_by_the_next_check_and_nothing_
         .feed
         .active_webhook(TENANT, EXCHANGE)
         .unwrap();
-    let control = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&rig.certs.ca).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let control = common::client_trusting(&rig.certs.ca);
     let answer = control
         .post(format!("{}/_emulator/control", rig.api.base_url()))
         .json(&serde_json::json!({"disable_webhook": {"tenant": TENANT, "content_type": EXCHANGE}}))

@@ -36,6 +36,32 @@ pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMu
     }
 }
 
+/// A loopback port free at the time of the call (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The number in the environment variable `name`, else `default` (soak knobs).
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An HTTPS client that trusts the CA certificate (PEM) at `ca`, e.g. the dev CA.
+pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
+        .build()
+        .unwrap()
+}
+
 /// The `o365-connector` binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_o365-connector"))
@@ -216,13 +242,7 @@ pub fn serve_webhook_tls(state: Arc<WebhookState>, certs: &DevCertPaths) -> TlsW
     .unwrap()
     .handle(handle.clone());
     tokio::spawn(server.serve(webhook::router(state, "/hook").into_make_service()));
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = client_trusting(&certs.ca);
     TlsWebhook {
         address,
         handle,

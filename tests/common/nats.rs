@@ -46,11 +46,7 @@ impl NatsServer {
     /// [`Self::start`] with extra arguments; with `--tls`, readiness is waited for on the
     /// TCP port alone.
     pub async fn start_with(args: Vec<String>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let tls = args.iter().any(|arg| arg == "--tls");
         let mut server = Self {
             child: None,
