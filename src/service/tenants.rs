@@ -21,7 +21,6 @@
 //! the error says why. Applies are serialized. Metrics keep the per-tenant series chosen at
 //! start (`ops.max_tenant_series`): a tenant added later counts under the aggregate label.
 
-use crate::cluster::Leadership;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
+use crate::cluster::Leadership;
 use crate::config::{Config, TenantConfig};
 use crate::ops::Metrics;
 use crate::ops::status::{StatusSource, StatusTenant};
