@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::api::json;
 use crate::clock::Clock;
 use crate::ops::Metrics;
 use crate::ops::metrics::TenantOutcomeLabels;
@@ -274,9 +275,11 @@ pub async fn resolve_publisher_id(
             response.status()
         )));
     }
-    let configuration: OpenIdConfiguration = response
-        .json()
+    let body = response
+        .bytes()
         .await
+        .map_err(|error| failed(error.to_string()))?;
+    let configuration: OpenIdConfiguration = json::from_slice(&body)
         .map_err(|error| failed(format!("unexpected OpenID configuration: {error}")))?;
     Url::parse(&configuration.issuer)
         .ok()
@@ -515,7 +518,7 @@ impl TokenProvider {
             .await
             .map_err(|error| unavailable(error.without_url().to_string()))?;
         if status.is_success() {
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|error| {
+            let parsed: TokenResponse = json::from_slice(&body).map_err(|error| {
                 unavailable(format!("token response is not the expected JSON: {error}"))
             })?;
             return Ok(self.cache_entry(parsed, issued_at));
@@ -523,7 +526,7 @@ impl TokenProvider {
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(unavailable(format!("HTTP {status}")));
         }
-        let error_body: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let error_body: TokenErrorBody = json::from_slice(&body).unwrap_or_default();
         let aadsts = error_body.error_codes.first().copied();
         Err(AuthError::Refused {
             tenant_id: config.tenant_id.clone(),
@@ -596,6 +599,20 @@ mod tests {
             &std::fs::read("tests/fixtures/app-cert/app-key.pem").unwrap(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn token_answers_with_a_byte_order_mark_parse() {
+        let success = "\u{FEFF}{\"token_type\":\"Bearer\",\"expires_in\":\"3599\",\"access_token\":\"eyJ0\"}";
+        let parsed: TokenResponse = json::from_slice(success.as_bytes()).unwrap();
+        assert_eq!(parsed.access_token.expose_secret(), "eyJ0");
+        assert!(matches!(parsed.expires_in, NumberOrString::String(ref text) if text == "3599"));
+        let refused = "\u{FEFF}{\"error\":\"invalid_client\",\"error_codes\":[7000215]}";
+        let parsed: TokenErrorBody = json::from_slice(refused.as_bytes()).unwrap();
+        assert_eq!(
+            (parsed.error.as_str(), parsed.error_codes),
+            ("invalid_client", vec![7000215])
+        );
     }
 
     #[test]

@@ -184,10 +184,11 @@ struct ErrorBody {
     message: Option<String>,
 }
 
-/// The AF code and message of an error body. Tolerates the single-quoted variant shown in
-/// Microsoft's troubleshooting page.
+/// The AF code and message of an error body, with or without a byte-order mark. Tolerates
+/// the single-quoted variant shown in Microsoft's troubleshooting page.
 pub fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
-    let parse = |bytes: &[u8]| serde_json::from_slice::<ErrorEnvelope>(bytes).ok();
+    let body = super::json::without_bom(body);
+    let parse = |bytes: &[u8]| super::json::from_slice::<ErrorEnvelope>(bytes).ok();
     let envelope =
         parse(body).or_else(|| parse(String::from_utf8_lossy(body).replace('\'', "\"").as_bytes()));
     match envelope {
@@ -286,5 +287,23 @@ mod tests {
         assert!(message.contains("Retry"));
         let quoted = br#"{'error':{'code':'AF429','message':'Too many requests. Method=GetBlob, PublisherId=00000000-0000-0000-0000-000000000000'}}"#;
         assert_eq!(parse_error_body(quoted).0.as_deref(), Some("AF429"));
+    }
+
+    #[test]
+    fn error_bodies_with_a_byte_order_mark_keep_their_af_code_and_message() {
+        let documented = std::fs::read("tests/fixtures/ms-docs/ms_docs_error_body.json").unwrap();
+        let marked = [&crate::api::json::UTF8_BOM[..], &documented].concat();
+        assert_eq!(parse_error_body(&marked), parse_error_body(&documented));
+        let quoted = "\u{FEFF}{'error':{'code':'AF20051','message':'expired'}}";
+        assert_eq!(
+            parse_error_body(quoted.as_bytes()),
+            (Some("AF20051".into()), "expired".into())
+        );
+        let plain = "\u{FEFF}The service is unavailable.";
+        assert_eq!(
+            parse_error_body(plain.as_bytes()).1,
+            "The service is unavailable.",
+            "a text body is quoted without the mark"
+        );
     }
 }

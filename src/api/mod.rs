@@ -12,12 +12,15 @@
 //! - `PublisherIdentifier` is sent on every operation and blob fetch when configured.
 //! - Errors are classified once, here ([`error::classify`]); callers decide by
 //!   [`ErrorKind`], never by parsing messages.
+//! - Every JSON answer is parsed by [`json::from_slice`], so a leading UTF-8 byte-order
+//!   mark (which Microsoft sends since May 2025) is accepted everywhere.
 //!
 //! Single attempts otherwise: retry policies belong to the callers (workers, poller,
 //! subscription manager), which know what a retry costs.
 
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod types;
 
 use std::num::NonZeroU32;
@@ -335,7 +338,7 @@ impl ApiClient {
             .bytes()
             .await
             .map_err(|error| self.transport(operation, error))?;
-        serde_json::from_slice(&body).map_err(|error| ApiError::Decode {
+        json::from_slice(&body).map_err(|error| ApiError::Decode {
             tenant_id: self.config.tenant_id.clone(),
             operation,
             reason: error.to_string(),

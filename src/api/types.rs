@@ -117,25 +117,25 @@ mod tests {
     }
 
     #[test]
-    fn documented_listings_parse() {
-        let listing =
-            std::fs::read("tests/fixtures/ms-docs/ms_docs_list_content_response.json").unwrap();
-        let items: Vec<ContentItem> = serde_json::from_slice(&listing).unwrap();
-        assert!(!items.is_empty());
-        let subscriptions =
-            std::fs::read("tests/fixtures/ms-docs/ms_docs_list_subscriptions_response.json")
-                .unwrap();
-        let subscriptions: Vec<SubscriptionStatus> =
-            serde_json::from_slice(&subscriptions).unwrap();
-        assert!(
-            subscriptions
-                .iter()
-                .any(|s| s.status.is_none() && s.webhook.is_none())
-        );
-        let notifications =
-            std::fs::read("tests/fixtures/ms-docs/ms_docs_list_notifications_response.json")
-                .unwrap();
-        let notifications: Vec<ContentItem> = serde_json::from_slice(&notifications).unwrap();
-        assert!(!notifications.is_empty());
+    fn documented_listings_parse_with_and_without_a_byte_order_mark() {
+        let read = |name: &str| std::fs::read(format!("tests/fixtures/ms-docs/{name}")).unwrap();
+        let listing = read("ms_docs_list_content_response.json");
+        let subscriptions = read("ms_docs_list_subscriptions_response.json");
+        let notifications = read("ms_docs_list_notifications_response.json");
+        for bom in [&[][..], &crate::api::json::UTF8_BOM[..]] {
+            let marked = |body: &[u8]| [bom, body].concat();
+            let items: Vec<ContentItem> = crate::api::json::from_slice(&marked(&listing)).unwrap();
+            assert!(!items.is_empty());
+            let subscriptions: Vec<SubscriptionStatus> =
+                crate::api::json::from_slice(&marked(&subscriptions)).unwrap();
+            assert!(
+                subscriptions
+                    .iter()
+                    .any(|s| s.status.is_none() && s.webhook.is_none())
+            );
+            let notifications: Vec<ContentItem> =
+                crate::api::json::from_slice(&marked(&notifications)).unwrap();
+            assert!(!notifications.is_empty());
+        }
     }
 }

@@ -12,7 +12,8 @@
 //!    whatever its body (Microsoft's documented body is not even JSON);
 //! 5. content type must be JSON; Microsoft's non-standard `application/json; utf-8` is
 //!    accepted, as are `charset=utf-8` and no parameter → 415;
-//! 6. the body must be a JSON array of objects ([`parse_notifications`]) → 400.
+//! 6. the body must be a JSON array of objects, with or without a leading UTF-8 byte-order
+//!    mark ([`parse_notifications`]) → 400.
 //!
 //! Then every item is validated ([`validate_item`]): the tenant matches the URL, the
 //! clientId is the tenant's app, the content type is enabled for the tenant, and the
@@ -40,6 +41,7 @@ use chrono::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::api::json;
 use crate::api::types::parse_api_time;
 use crate::cloud::same_origin;
 use crate::config::ContentType;
@@ -370,7 +372,8 @@ struct NotificationItem {
     content_expiration: Option<String>,
 }
 
-/// Parses a notification body (a JSON array of objects, else [`WebhookError::Malformed`])
+/// Parses a notification body (a JSON array of objects, with or without a leading UTF-8
+/// byte-order mark, else [`WebhookError::Malformed`])
 /// and checks each item against `tenant` ([`validate_item`]): one verdict per item, in the
 /// body's order. Pure: the handler counts, logs and enqueues; the fuzz target calls it too.
 pub fn parse_notifications(
@@ -378,7 +381,7 @@ pub fn parse_notifications(
     body: &[u8],
 ) -> Result<Vec<Result<ContentRef, String>>, WebhookError> {
     let notifications: Vec<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_slice(body).map_err(|error| WebhookError::Malformed(error.to_string()))?;
+        json::from_slice(body).map_err(|error| WebhookError::Malformed(error.to_string()))?;
     Ok(notifications
         .into_iter()
         .map(|notification| validate_item(tenant, notification))
@@ -470,6 +473,24 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
         headers
+    }
+
+    #[test]
+    fn a_notification_body_with_a_byte_order_mark_parses_like_one_without() {
+        let tenant = WebhookTenant {
+            tenant_id: "41463f53-8812-40f4-890f-865bf6e35190".into(),
+            client_id: "a1b2c3d4-0000-4000-8000-00000000c11e".into(),
+            content_types: HashSet::from([ContentType::AuditExchange]),
+            api_base: Url::parse("https://manage.office.com").unwrap(),
+        };
+        let body = r#"[{"tenantId":"41463f53-8812-40f4-890f-865bf6e35190","clientId":"a1b2c3d4-0000-4000-8000-00000000c11e","contentType":"Audit.Exchange","contentId":"20260101$1","contentUri":"https://manage.office.com/api/v1.0/41463f53-8812-40f4-890f-865bf6e35190/activity/feed/audit/20260101$1","contentCreated":"2026-01-01T00:00:00.000Z","contentExpiration":"2026-01-08T00:00:00.000Z"}]"#;
+        let plain = parse_notifications(&tenant, body.as_bytes()).unwrap();
+        let marked = parse_notifications(&tenant, format!("\u{FEFF}{body}").as_bytes()).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(
+            plain[0].as_ref().unwrap(),
+            marked[0].as_ref().expect("the marked item is valid")
+        );
     }
 
     #[test]
