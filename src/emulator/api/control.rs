@@ -16,6 +16,7 @@
 //! - Set faults (the complete set: omitted fields are off) of one tenant, or of every
 //!   tenant when `tenant` is omitted:
 //!   `{"faults": {"tenant": "41463f53-…", "duplicate_notifications": true, "late_content_hours": 3}}`
+//!   (every field of [`FaultScenario`], e.g. `"bom_bodies": true` for byte-order marks)
 //! - Disable a webhook as Microsoft does after failures:
 //!   `{"disable_webhook": {"tenant": "41463f53-…", "content_type": "Audit.Exchange"}}`
 //! - Move the clock (seconds, may be negative): `{"advance_clock_secs": 3600}`

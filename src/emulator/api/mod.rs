@@ -15,12 +15,15 @@
 //! - [`publish`]: blob publication and webhook delivery (validation and notifications).
 //! - [`control`]: `/_emulator/*`, inspection and run-time control.
 //! - [`error`]: Microsoft's error envelope and the rejection bookkeeping.
+//! - [`bom`]: the `bom_bodies` fault, a UTF-8 byte-order mark in front of every JSON body
+//!   of a tenant, as Microsoft sends since May 2025.
 //!
 //! Every request is logged (time, tenant, endpoint, status, `User-Agent`) and every
 //! rejection counted by code and rule, for `GET /_emulator/requests` and `/rejections`.
 //! Time comes from the library's [`Clock`], so tests move it to exercise 24-hour and
 //! 7-day rules.
 
+pub mod bom;
 pub mod control;
 pub mod error;
 pub mod feed;
@@ -251,12 +254,16 @@ impl ApiEmulator {
 }
 
 /// The whole HTTP surface: login endpoints, the feed, and `/_emulator/*`, behind the
-/// inspection middleware.
+/// `bom_bodies` fault and the inspection middleware.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .merge(token::routes())
         .merge(feed::routes(state.clone()))
         .merge(control::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            bom::prefix_json_bodies,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), inspect))
         .with_state(state)
 }

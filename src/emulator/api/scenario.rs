@@ -30,6 +30,7 @@
 //!
 //! [tenants.faults]
 //! server_error_rate = 0.1               # share of API requests answered 5xx
+//! bom_bodies = true                     # a UTF-8 BOM before every JSON body, as since May 2025
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -179,6 +180,11 @@ pub struct FaultScenario {
     /// settles; 0 (default) turns it off.
     #[serde(default)]
     pub webhook_pending_secs: u64,
+    /// Put the UTF-8 byte-order mark `EF BB BF` in front of every JSON body served for
+    /// the tenant (token and error answers, OpenID discovery, subscriptions, listings, AF
+    /// errors, blobs) and of every notification POSTed to its webhook, as Microsoft has
+    /// since May 2025 (see [`super::bom`]).
+    pub bom_bodies: bool,
 }
 
 impl Default for ThrottleScenario {

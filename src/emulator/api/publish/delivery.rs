@@ -11,7 +11,8 @@
 //! - A notification POST carries Microsoft's non-standard
 //!   `Content-Type: application/json; utf-8`, `Webhook-AuthID` when set, and a JSON array
 //!   of `{tenantId, clientId, contentType, contentId, contentUri, contentCreated,
-//!   contentExpiration}`. Anything but HTTP 200 is a failure and is retried with
+//!   contentExpiration}` (after a UTF-8 byte-order mark with the tenant's `bom_bodies`
+//!   fault). Anything but HTTP 200 is a failure and is retried with
 //!   exponential backoff (`base_delay_ms * 2^(attempt-1)`, capped at `max_delay_ms`,
 //!   deterministic so tests can reason about it). Every attempt is recorded for
 //!   `/subscriptions/notifications`. After `max_failures` consecutive failed attempts for
@@ -311,10 +312,15 @@ async fn deliver_with_retries(state: &ApiState, notification: &Notification) -> 
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        let body = if state.feed.faults(&notification.tenant_id).bom_bodies {
+            super::super::bom::prefixed(&notification.body)
+        } else {
+            notification.body.clone()
+        };
         let post = state.publisher.client().post_notification(
             &notification.target.address,
             notification.target.auth_id.as_deref(),
-            notification.body.clone(),
+            body,
         );
         let result = tokio::select! {
             () = state.shutdown.cancelled() => return false,
