@@ -603,7 +603,8 @@ mod tests {
 
     #[test]
     fn token_answers_with_a_byte_order_mark_parse() {
-        let success = "\u{FEFF}{\"token_type\":\"Bearer\",\"expires_in\":\"3599\",\"access_token\":\"eyJ0\"}";
+        let success =
+            "\u{FEFF}{\"token_type\":\"Bearer\",\"expires_in\":\"3599\",\"access_token\":\"eyJ0\"}";
         let parsed: TokenResponse = json::from_slice(success.as_bytes()).unwrap();
         assert_eq!(parsed.access_token.expose_secret(), "eyJ0");
         assert!(matches!(parsed.expires_in, NumberOrString::String(ref text) if text == "3599"));

@@ -48,9 +48,16 @@ mod tests {
         assert_eq!(without_bom(&with_bom(b"{}")), b"{}");
         assert_eq!(without_bom(b"{}"), b"{}");
         assert_eq!(without_bom(&UTF8_BOM), b"");
-        assert_eq!(without_bom(b"\xEF\xBB"), b"\xEF\xBB", "an incomplete mark stays");
+        assert_eq!(
+            without_bom(b"\xEF\xBB"),
+            b"\xEF\xBB",
+            "an incomplete mark stays"
+        );
         assert!(from_slice::<serde_json::Value>(&with_bom(&with_bom(b"{}"))).is_err());
         assert!(from_slice::<serde_json::Value>(&[b" ", &UTF8_BOM[..], b"{}"].concat()).is_err());
-        assert!(from_slice::<serde_json::Value>(&UTF8_BOM).is_err(), "a mark alone is no JSON");
+        assert!(
+            from_slice::<serde_json::Value>(&UTF8_BOM).is_err(),
+            "a mark alone is no JSON"
+        );
     }
 }

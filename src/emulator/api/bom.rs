@@ -20,12 +20,12 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use axum::body::HttpBody as _;
 
 use super::{ApiState, tenant_in_path, token};
 use crate::api::json::UTF8_BOM;
@@ -103,7 +103,9 @@ mod tests {
         assert!(is_json(&response));
         let response = prefix_response(response);
         assert_eq!(response.headers()[header::CONTENT_LENGTH], "6");
-        let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 64)
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"\xEF\xBB\xBF[1]");
         assert_eq!(&prefixed(b"[]")[..], b"\xEF\xBB\xBF[]");
     }
