@@ -560,3 +560,89 @@ async fn the_http_client_trusts_the_configured_ca_file_over_tls() {
     assert!(error.to_string().contains("api.ca_file"), "{error}");
     emulator.shutdown().await;
 }
+
+/// Since May 2025 Microsoft puts a UTF-8 byte-order mark in front of its JSON; with the
+/// emulator's `bom_bodies` fault every answer the client reads carries one.
+#[tokio::test]
+async fn every_json_answer_is_understood_with_a_leading_byte_order_mark() {
+    use o365_connector::auth::resolve_publisher_id;
+    use o365_connector::config::PublisherId;
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let clock = Clock::manual(start_time());
+    let mut marked = tenant();
+    marked.faults.bom_bodies = true;
+    let emulator = emulator(Scenario::single_tenant(marked), clock.clone()).await;
+    let http = reqwest::Client::new();
+    let discovery = endpoints(&emulator).openid_configuration_url("contoso.onmicrosoft.com");
+    let raw = |url: Url| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    assert!(raw(discovery.clone()).await.starts_with(BOM), "marked");
+
+    // OpenID discovery, a refused token's error, then a token.
+    let domain: PublisherId = "contoso.onmicrosoft.com".parse().unwrap();
+    let resolved = resolve_publisher_id(&http, &endpoints(&emulator), &domain).await;
+    assert_eq!(resolved.unwrap(), TENANT);
+    let refused = provider(&emulator, secret("wrong-secret-value"), clock.clone())
+        .token()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            AuthError::Refused {
+                aadsts: Some(7000215),
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let client = client(
+        &emulator,
+        provider(&emulator, secret(SECRET), clock.clone()),
+    );
+    // An AF error body, a start, AF20024 (an error body that means success), the list.
+    let missing = client
+        .stop_subscription("Audit.Exchange")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.af_code(), missing.kind()),
+        (Some("AF20022"), Some(ErrorKind::SubscriptionMissing)),
+        "{missing}"
+    );
+    let started = client.start_subscription("Audit.Exchange", None).await;
+    assert!(
+        matches!(started, Ok(StartOutcome::Started(_))),
+        "{started:?}"
+    );
+    let again = client.start_subscription("Audit.Exchange", None).await;
+    assert_eq!(again.unwrap(), StartOutcome::AlreadyEnabled);
+    assert_eq!(client.list_subscriptions().await.unwrap().len(), 1);
+    // A listing; the blob keeps its mark for the splitter, which skips it.
+    clock.advance(Duration::minutes(1));
+    add_blobs(&emulator, 1, clock.now()).await;
+    clock.advance(Duration::minutes(1));
+    let page = client
+        .list_content("Audit.Exchange", start_time(), clock.now())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    let blob = client.fetch_blob(&page.items[0].content_uri).await.unwrap();
+    assert_eq!(
+        blob.bytes().await.unwrap().as_ref(),
+        b"\xEF\xBB\xBF[{\"Id\":\"r0\"}]"
+    );
+
+    // Switched off at run time like every fault.
+    let answer = http
+        .post(format!("{}/_emulator/control", emulator.base_url()))
+        .body(r#"{"faults": {"bom_bodies": false}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(raw(discovery).await.starts_with(b"{"), "no longer marked");
+    emulator.shutdown().await;
+}

@@ -85,13 +85,14 @@ async fn wait_until_queue_drained(rig: &Rig) {
     }
 }
 
-#[tokio::test]
-async fn every_published_record_reaches_the_engine_exactly_once_and_byte_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = RigOptions::fixture_records(dir.path());
-    let rig = Rig::start(dir, options).await;
-    rig.wait_for_webhooks(&ALL).await;
-    let records = records_by_sha(&rig);
+/// Publishes every fixture record in `Audit.General` blobs and two `DLP.All` blobs, waits
+/// until the engine acked a Log per valid record and the queue drained, and asserts that
+/// each valid record arrived exactly once, byte-identical. Returns what was published and
+/// the records by SHA-256.
+async fn publish_fixtures_and_expect_each_record_once(
+    rig: &Rig,
+) -> (Vec<PublishedRecord>, HashMap<String, Vec<u8>>) {
+    let records = records_by_sha(rig);
     let blobs = records.len().div_ceil(10) + 1;
     publish::publish_now(rig.api.state(), TENANT, "Audit.General", blobs).await;
     publish::publish_now(rig.api.state(), TENANT, "DLP.All", 2).await;
@@ -99,14 +100,43 @@ async fn every_published_record_reaches_the_engine_exactly_once_and_byte_identic
     let expected = expected(&published, &records);
     let expected_total: usize = expected.values().sum();
     rig.wait_for_acked(expected_total as u64).await;
-    wait_until_queue_drained(&rig).await;
-
-    let logs = rig.engine.logs();
+    wait_until_queue_drained(rig).await;
     assert_eq!(
-        delivered(&logs),
+        delivered(&rig.engine.logs()),
         expected,
         "each valid record exactly once, byte-identical"
     );
+    (published, records)
+}
+
+/// Content references enqueued from `source` (`webhook`, `poll`), by the metrics.
+fn enqueued_from(rig: &Rig, source: &str) -> String {
+    let metrics = rig.service.as_ref().unwrap().metrics.encode();
+    let prefix = format!("o365_connector_enqueued_total{{source=\"{source}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn blob_count(published: &[PublishedRecord]) -> usize {
+    let blobs: std::collections::HashSet<&str> = published
+        .iter()
+        .map(|record| record.content_id.as_str())
+        .collect();
+    blobs.len()
+}
+
+#[tokio::test]
+async fn every_published_record_reaches_the_engine_exactly_once_and_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RigOptions::fixture_records(dir.path());
+    let rig = Rig::start(dir, options).await;
+    rig.wait_for_webhooks(&ALL).await;
+    let (published, records) = publish_fixtures_and_expect_each_record_once(&rig).await;
+
+    let logs = rig.engine.logs();
     let invalid: Vec<_> = published
         .iter()
         .filter(|record| !is_record(&records[&record.sha256]))
@@ -159,6 +189,57 @@ async fn every_published_record_reaches_the_engine_exactly_once_and_byte_identic
             assert_eq!(log.timestamp, format!("{creation}Z"));
         }
     }
+    rig.shutdown().await;
+}
+
+/// Microsoft's byte-order marks (since May 2025) on the token, listing, subscriptions, error
+/// and OpenID discovery answers and on the blobs: polling alone still delivers everything.
+#[tokio::test]
+async fn with_byte_order_marks_polling_delivers_every_record_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::fixture_records(dir.path());
+    options.tenant.faults = FaultScenario {
+        bom_bodies: true,
+        webhook_delivery_off: true,
+        ..FaultScenario::default()
+    };
+    options.tenant.domain = Some("contoso.onmicrosoft.com".into());
+    options.extra_config = "\n[poller]\npoll_interval_secs = 1\nlag_secs = 0\n".into();
+    options.in_process = false;
+    let mut rig = Rig::start(dir, options).await;
+    // The last table is the tenant's: its publisher domain is resolved by OpenID discovery.
+    rig.config_text
+        .push_str("publisher_id = \"contoso.onmicrosoft.com\"\n");
+    rig.start_service(None).await;
+    rig.wait_for_webhooks(&ALL).await;
+    let (published, _) = publish_fixtures_and_expect_each_record_once(&rig).await;
+    assert_eq!(
+        enqueued_from(&rig, "poll"),
+        blob_count(&published).to_string()
+    );
+    assert_eq!(enqueued_from(&rig, "webhook"), "0");
+    let discovery =
+        rig.api.state().inspection().requests.iter().any(|request| {
+            request.endpoint.contains("openid-configuration") && request.status == 200
+        });
+    assert!(discovery, "the publisher domain was resolved");
+    rig.shutdown().await;
+}
+
+/// The same marks on the webhook notifications too: every record arrives by webhook.
+#[tokio::test]
+async fn with_byte_order_marks_webhook_notifications_deliver_every_record_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::fixture_records(dir.path());
+    options.tenant.faults.bom_bodies = true;
+    let rig = Rig::start(dir, options).await;
+    rig.wait_for_webhooks(&ALL).await;
+    let (published, _) = publish_fixtures_and_expect_each_record_once(&rig).await;
+    assert_eq!(
+        enqueued_from(&rig, "webhook"),
+        blob_count(&published).to_string(),
+        "every blob was notified, none found by the poller first"
+    );
     rig.shutdown().await;
 }
 
