@@ -38,7 +38,7 @@
 //! authority with `RST_STREAM(PROTOCOL_ERROR)`, before the service sees it, and has no option
 //! to relax that. gRPC C-core clients (Python grpcio, C++, Ruby …) send the socket path,
 //! percent-encoded, for `unix:/path` targets (`tmp%2Fengine.sock`), which is such an authority;
-//! they must set `grpc.default_authority` (e.g. `localhost`). Go and tonic clients work as is.
+//! they must set `grpc.default_authority` (e.g. `localhost`); tonic clients work as they are.
 
 use std::collections::VecDeque;
 use std::fs::File;
