@@ -23,7 +23,9 @@ use crate::config::{Config, ContentType};
 use crate::demo::{self, DemoOptions};
 use crate::emulator::api::scenario::{Scenario, TenantScenario};
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
-use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
+use crate::emulator::engine::{
+    EngineEmulator, EngineEmulatorConfig, EngineFaults, GO_GRPC_MAX_RECEIVE_BYTES,
+};
 use crate::server::dev_certs::{self, DevCertOutcome};
 use crate::server::tls_reload::ReloadRequests;
 use crate::service::{self, ServiceOptions};
@@ -378,6 +380,17 @@ pub struct EngineArgs {
     /// Never acknowledge Logs.
     #[arg(long)]
     pub no_ack: bool,
+    /// End each Input stream with Unavailable when its Nth Log arrives (not acknowledged).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub unavailable_after: Option<u64>,
+    /// Refuse (InvalidArgument, ending the stream) every Log whose raw contains TEXT.
+    #[arg(long, value_name = "TEXT", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub refuse_marker: Option<String>,
+    /// Largest serialized Log accepted; a larger one ends its stream with ResourceExhausted,
+    /// as the engine's Go gRPC server does (default: Go's 4 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = GO_GRPC_MAX_RECEIVE_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_message_bytes: usize,
 }
 
 /// `certs …`
@@ -558,7 +571,10 @@ async fn emulate_engine(args: EngineArgs, shutdown: CancellationToken) -> anyhow
             drop_after: args.drop_after,
             ack_delay: Duration::from_millis(args.ack_delay_ms),
             no_ack: args.no_ack,
+            unavailable_after: args.unavailable_after,
+            refuse_marker: args.refuse_marker,
         },
+        max_message_bytes: args.max_message_bytes,
     };
     let emulator = EngineEmulator::start(config)
         .await

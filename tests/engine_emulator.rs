@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::spec_client::{self, SpecAck, SpecLog, SpecMessage};
 use common::{DEADLINE, start_binary, wait_until};
 use o365_connector::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
+use prost::Message as _;
 
 const INPUT: &str = "/plugins.Engine/Input";
 const NOTIFY: &str = "/plugins.Engine/Notify";
@@ -31,10 +32,23 @@ async fn send_all(
     emulator: &EngineEmulator,
     ids: &[String],
 ) -> (Vec<String>, Option<tonic::Status>) {
-    let channel = spec_client::connect(emulator.socket_path())
-        .await
-        .expect("connects");
-    let logs: Vec<SpecLog> = ids.iter().map(|id| spec_client::log(id)).collect();
+    send_all_to(emulator.socket_path(), ids).await
+}
+
+/// [`send_all`] to the emulator listening on `socket` (e.g. the command's).
+async fn send_all_to(
+    socket: &std::path::Path,
+    ids: &[String],
+) -> (Vec<String>, Option<tonic::Status>) {
+    send_logs(socket, ids.iter().map(|id| spec_client::log(id)).collect()).await
+}
+
+/// [`send_all`] with the Logs given whole, to the emulator listening on `socket`.
+async fn send_logs(
+    socket: &std::path::Path,
+    logs: Vec<SpecLog>,
+) -> (Vec<String>, Option<tonic::Status>) {
+    let channel = spec_client::connect(socket).await.expect("connects");
     let mut acks = spec_client::open::<SpecLog, SpecAck>(channel, INPUT, tokio_stream::iter(logs))
         .await
         .expect("stream opens");
@@ -281,4 +295,205 @@ async fn emulate_engine_command_serves_until_sigterm_and_exits_zero() {
     .await;
     assert_eq!(running.terminate().await, Some(0));
     assert!(!socket.exists(), "the socket file is removed on exit");
+}
+
+/// A Log whose protobuf encoding is exactly `size` bytes, its `raw` padded with `x`.
+fn log_of_size(id: &str, size: usize) -> SpecLog {
+    let mut log = spec_client::log(id);
+    let overhead = log.encoded_len() - log.raw.len();
+    // The length prefix of `raw` grows with it: try the few paddings around the estimate.
+    for padding in size.saturating_sub(overhead + 8)..=size.saturating_sub(overhead) {
+        log.raw = "x".repeat(padding);
+        if log.encoded_len() == size {
+            return log;
+        }
+    }
+    panic!("no padding gives a Log of {size} bytes");
+}
+
+/// A Log carrying `marker` in its raw record.
+fn log_with(id: &str, marker: &str) -> SpecLog {
+    let mut log = spec_client::log(id);
+    log.raw = format!(r#"{{"Id":"{id}","Operation":"{marker}"}}"#);
+    log
+}
+
+fn recorded<'a>(
+    logs: &'a [o365_connector::emulator::engine::ReceivedLog],
+    id: &str,
+) -> Vec<&'a o365_connector::emulator::engine::ReceivedLog> {
+    logs.iter().filter(|log| log.id == id).collect()
+}
+
+#[tokio::test]
+async fn oversized_log_ends_the_stream_as_go_grpc_does_after_acking_the_earlier_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&dir, EngineFaults::default()).await;
+    // 5 MiB of raw: the size in Go's own example message.
+    let logs = vec![
+        spec_client::log("log-0"),
+        spec_client::log("log-1"),
+        log_of_size("log-2", 5_243_086),
+        spec_client::log("log-3"),
+    ];
+    let (acked, status) = send_logs(emulator.socket_path(), logs).await;
+    assert_eq!(acked, ["log-0", "log-1"]);
+    let status = status.expect("the stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "grpc: received message larger than max (5243086 vs. 4194304)"
+    );
+    let logs = emulator.logs();
+    let oversized = recorded(&logs, "log-2");
+    assert_eq!(oversized.len(), 1, "recorded once");
+    assert!(!oversized[0].acked);
+    assert!(
+        recorded(&logs, "log-3").is_empty(),
+        "nothing after it is read"
+    );
+    assert_eq!(emulator.counts().logs_refused, 1);
+    assert_eq!(emulator.counts().logs_acked, 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn log_of_exactly_the_message_limit_is_acked_and_one_byte_more_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineEmulatorConfig::in_memory(dir.path().join("engine.sock"));
+    config.max_message_bytes = 1024;
+    let emulator = EngineEmulator::start(config).await.unwrap();
+    let (acked, status) = send_logs(emulator.socket_path(), vec![log_of_size("at", 1024)]).await;
+    assert_eq!(acked, ["at"]);
+    assert!(status.is_none(), "clean end, got {status:?}");
+    let (acked, status) = send_logs(emulator.socket_path(), vec![log_of_size("over", 1025)]).await;
+    assert!(acked.is_empty());
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "grpc: received message larger than max (1025 vs. 1024)"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuse_marker_refuses_the_poison_log_every_time_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = EngineFaults {
+        refuse_marker: Some("POISON".into()),
+        ..EngineFaults::default()
+    };
+    let emulator = start(&dir, faults).await;
+    let logs = vec![
+        spec_client::log("log-0"),
+        spec_client::log("log-1"),
+        log_with("log-2", "POISON"),
+        spec_client::log("log-3"),
+    ];
+    let (acked, status) = send_logs(emulator.socket_path(), logs).await;
+    assert_eq!(acked, ["log-0", "log-1"]);
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "engine emulator: refused log log-2");
+
+    // Resent first on a new stream, as a retrying client would: refused again.
+    let logs = vec![log_with("log-2", "POISON"), spec_client::log("log-3")];
+    let (acked, status) = send_logs(emulator.socket_path(), logs).await;
+    assert!(acked.is_empty());
+    assert_eq!(
+        status.expect("refused").code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let logs = emulator.logs();
+    let poison = recorded(&logs, "log-2");
+    assert_eq!(poison.len(), 2, "recorded each time it was sent");
+    assert!(poison.iter().all(|log| !log.acked));
+    assert!(recorded(&logs, "log-3").is_empty());
+    assert_eq!(emulator.counts().logs_refused, 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuse_marker_set_at_run_time_applies_to_the_next_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&dir, EngineFaults::default()).await;
+    let (acked, _) = send_logs(emulator.socket_path(), vec![log_with("a", "POISON")]).await;
+    assert_eq!(acked, ["a"], "no marker yet");
+    emulator.set_faults(EngineFaults {
+        refuse_marker: Some("POISON".into()),
+        ..EngineFaults::default()
+    });
+    let (acked, status) = send_logs(emulator.socket_path(), vec![log_with("b", "POISON")]).await;
+    assert!(acked.is_empty());
+    assert_eq!(
+        status.expect("refused").code(),
+        tonic::Code::InvalidArgument
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn unavailable_after_ends_each_stream_with_an_outage_status_at_the_nth_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = EngineFaults {
+        unavailable_after: Some(2),
+        ..EngineFaults::default()
+    };
+    let emulator = start(&dir, faults).await;
+    for round in 0..2 {
+        let sent = ids(round * 10..round * 10 + 4);
+        let (acked, status) = send_all(&emulator, &sent).await;
+        assert_eq!(acked, sent[..1]);
+        let status = status.expect("the stream ends");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "engine emulator: unavailable-after fault");
+    }
+    let logs = emulator.logs();
+    assert!(!recorded(&logs, "log-1")[0].acked);
+    assert!(recorded(&logs, "log-2").is_empty());
+    assert_eq!(emulator.counts().logs_refused, 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn emulate_engine_command_takes_the_message_limit_and_the_new_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let running = start_binary(&[
+        "emulate",
+        "engine",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--max-message-bytes",
+        "2048",
+        "--refuse-marker",
+        "POISON",
+        "--unavailable-after",
+        "3",
+    ])
+    .await;
+
+    let logs = vec![spec_client::log("log-0"), log_of_size("big", 2049)];
+    let (acked, status) = send_logs(&socket, logs).await;
+    assert_eq!(acked, ["log-0"]);
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "grpc: received message larger than max (2049 vs. 2048)"
+    );
+
+    let (acked, status) = send_logs(&socket, vec![log_with("bad", "POISON")]).await;
+    assert!(acked.is_empty());
+    assert_eq!(
+        status.expect("refused").message(),
+        "engine emulator: refused log bad"
+    );
+
+    let (acked, status) = send_all_to(&socket, &ids(0..3)).await;
+    assert_eq!(acked, ["log-0", "log-1"]);
+    assert_eq!(status.expect("outage").code(), tonic::Code::Unavailable);
+    assert_eq!(running.terminate().await, Some(0));
 }

@@ -11,10 +11,34 @@
 //! Faults, settable at start and at run time ([`EngineFaults`]):
 //! - `drop_after`: each stream is aborted when its Nth Log arrives; that Log is recorded
 //!   unacknowledged, the ones before it are acknowledged first.
+//! - `unavailable_after`: likewise, but the stream ends with `Unavailable`, the status of an
+//!   engine going away (an outage, which a client retries).
+//! - `refuse_marker`: a Log whose `raw` contains this text ends its stream with
+//!   `InvalidArgument` ("engine emulator: refused log ID"), a poison record: it is refused
+//!   every time it is sent, after the Logs before it on the stream are acknowledged.
 //! - `ack_delay`: each Ack is sent this long after its Log arrived (order kept).
 //! - `no_ack`: Logs are recorded and never acknowledged.
 //! - [`EngineEmulator::refuse_connections_for`]: new connections are closed at once for a
 //!   period, as a restarting engine would refuse them.
+//!
+//! Message limit, as a Go gRPC server has it: a Log whose serialized size exceeds
+//! [`EngineEmulatorConfig::max_message_bytes`] (Go's default receive limit, 4 MiB) ends its
+//! stream with `ResourceExhausted` and Go's own message, `grpc: received message larger than
+//! max (SIZE vs. LIMIT)`, after the Logs before it are acknowledged. The Log is recorded as
+//! received and unacknowledged (the engine never processes it). tonic's own decoding limit is
+//! lifted so that this check, not tonic's (`OutOfRange`, another message), answers. The size
+//! is the Log's protobuf encoding as prost computes it, which equals the gRPC frame's length
+//! for every canonical encoder (Go, prost, C-core).
+//!
+//! In every case a refused Log (over the limit, poison, or the Nth under a stream fault) is
+//! recorded unacknowledged and counted in [`EngineCounts::logs_refused`]; nothing after it on
+//! that stream is read.
+//!
+//! Interop: the HTTP/2 layer (h2) rejects a request whose `:authority` is not a valid URI
+//! authority with `RST_STREAM(PROTOCOL_ERROR)`, before the service sees it, and has no option
+//! to relax that. gRPC C-core clients (Python grpcio, C++, Ruby …) send the socket path,
+//! percent-encoded, for `unix:/path` targets (`tmp%2Fengine.sock`), which is such an authority;
+//! they must set `grpc.default_authority` (e.g. `localhost`); tonic clients work as they are.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -44,7 +68,16 @@ pub struct EngineFaults {
     pub ack_delay: Duration,
     /// Never acknowledge Logs.
     pub no_ack: bool,
+    /// End each `Input` stream with `Unavailable` when its Nth Log arrives (that Log is not
+    /// acknowledged): an outage as a client sees it. Default: off.
+    pub unavailable_after: Option<u64>,
+    /// Refuse, with `InvalidArgument`, every Log whose `raw` contains this text, each time it
+    /// is sent, ending its stream. Default: off.
+    pub refuse_marker: Option<String>,
 }
+
+/// The receive limit of a Go gRPC server (`grpc.MaxRecvMsgSize`'s default): 4 MiB.
+pub const GO_GRPC_MAX_RECEIVE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How to start an [`EngineEmulator`].
 #[derive(Clone, Debug)]
@@ -58,6 +91,9 @@ pub struct EngineEmulatorConfig {
     pub keep_in_memory: bool,
     /// Faults to inject from the start.
     pub faults: EngineFaults,
+    /// Largest serialized Log accepted, in bytes; a larger one ends its stream with
+    /// `ResourceExhausted`. Default [`GO_GRPC_MAX_RECEIVE_BYTES`] (4,194,304), as the engine.
+    pub max_message_bytes: usize,
 }
 
 impl EngineEmulatorConfig {
@@ -68,6 +104,7 @@ impl EngineEmulatorConfig {
             out: None,
             keep_in_memory: true,
             faults: EngineFaults::default(),
+            max_message_bytes: GO_GRPC_MAX_RECEIVE_BYTES,
         }
     }
 }
@@ -120,6 +157,9 @@ pub struct EngineCounts {
     pub streams_opened: u64,
     /// Connections closed at once while refusing.
     pub connections_refused: u64,
+    /// Logs that ended their stream with an error status instead of an Ack (over the
+    /// message limit, carrying the refuse marker, or the Nth under a stream fault).
+    pub logs_refused: u64,
 }
 
 struct Recorder {
@@ -133,6 +173,7 @@ struct Recorder {
 struct Shared {
     recorder: Mutex<Recorder>,
     faults: Mutex<EngineFaults>,
+    max_message_bytes: usize,
     refuse_until: Mutex<Option<Instant>>,
     /// Bumped on every change to the recorder, so waiters wake up.
     changed: watch::Sender<u64>,
@@ -245,6 +286,7 @@ impl EngineEmulator {
                 counts: EngineCounts::default(),
             }),
             faults: Mutex::new(config.faults),
+            max_message_bytes: config.max_message_bytes,
             refuse_until: Mutex::new(None),
             changed: watch::channel(0).0,
             shutdown: CancellationToken::new(),
@@ -264,9 +306,11 @@ impl EngineEmulator {
             shared: shared.clone(),
         };
         let shutdown = shared.shutdown.clone();
+        // Unbounded here so that the emulator's own limit, with Go's status, always answers.
+        let service = EngineServer::new(service).max_decoding_message_size(usize::MAX);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(EngineServer::new(service))
+                .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()),
         );
         Ok(Self {
@@ -394,8 +438,8 @@ struct EngineService {
 enum Pending {
     /// A Log to acknowledge once it is due.
     Acknowledge { log: Log, received_at: Instant },
-    /// The Nth Log under `drop_after`: recorded unacknowledged, then the stream aborts.
-    Abort { log: Log },
+    /// A refused Log: recorded unacknowledged, then the stream ends with `status`.
+    Refuse { log: Log, status: Status },
 }
 
 #[tonic::async_trait]
@@ -482,26 +526,61 @@ async fn receive_logs(
         received_on_stream += 1;
         shared.record(|recorder| recorder.counts.logs_received += 1);
         let faults = shared.faults();
-        if faults.no_ack {
+        let refusal = refusal_of(&log, shared.max_message_bytes, &faults).or_else(|| {
+            // `no_ack` keeps the stream open whatever its position faults say.
+            (!faults.no_ack)
+                .then(|| stream_fault_at(received_on_stream, &faults))
+                .flatten()
+        });
+        if faults.no_ack && refusal.is_none() {
             shared.record_log(log, false);
             continue;
         }
-        let abort = faults.drop_after == Some(received_on_stream);
-        let item = if abort {
-            Pending::Abort { log }
-        } else {
-            Pending::Acknowledge {
+        let refused = refusal.is_some();
+        let item = match refusal {
+            Some(status) => Pending::Refuse { log, status },
+            None => Pending::Acknowledge {
                 log,
                 received_at: Instant::now(),
-            }
+            },
         };
-        if pending.send(item).await.is_err() || abort {
+        if let Err(mpsc::error::SendError(item)) = pending.send(item).await {
+            // The acknowledging half has stopped (the client went away): still on record.
+            let (Pending::Acknowledge { log, .. } | Pending::Refuse { log, .. }) = item;
+            shared.record_log(log, false);
+            return;
+        }
+        if refused {
             return;
         }
     }
 }
 
-/// Sends the Acks of one `Input` stream, each when due, and aborts it under `drop_after`.
+/// The status a Log is refused with for what it is: over the message limit (Go's status and
+/// message, checked first as Go checks it before decoding), or carrying the refuse marker.
+fn refusal_of(log: &Log, max_message_bytes: usize, faults: &EngineFaults) -> Option<Status> {
+    let size = prost::Message::encoded_len(log);
+    if size > max_message_bytes {
+        return Some(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({size} vs. {max_message_bytes})"
+        )));
+    }
+    let marker = faults.refuse_marker.as_deref()?;
+    log.raw
+        .contains(marker)
+        .then(|| Status::invalid_argument(format!("engine emulator: refused log {}", log.id)))
+}
+
+/// The status a stream ends with at its `nth` Log under `drop_after` or `unavailable_after`.
+fn stream_fault_at(nth: u64, faults: &EngineFaults) -> Option<Status> {
+    if faults.drop_after == Some(nth) {
+        return Some(Status::aborted("engine emulator: drop-after fault"));
+    }
+    (faults.unavailable_after == Some(nth))
+        .then(|| Status::unavailable("engine emulator: unavailable-after fault"))
+}
+
+/// Sends the Acks of one `Input` stream, each when due, and ends it at a refused Log.
 /// Logs whose Ack could not be sent (the client went away) are recorded unacknowledged.
 async fn acknowledge_logs(
     shared: Arc<Shared>,
@@ -527,18 +606,17 @@ async fn acknowledge_logs(
                     break;
                 }
             }
-            Pending::Abort { log } => {
+            Pending::Refuse { log, status } => {
+                shared.record(|recorder| recorder.counts.logs_refused += 1);
                 shared.record_log(log, false);
-                let _ = acks
-                    .send(Err(Status::aborted("engine emulator: drop-after fault")))
-                    .await;
+                let _ = acks.send(Err(status)).await;
                 break;
             }
         }
     }
     pending.close();
     while let Ok(item) = pending.try_recv() {
-        let (Pending::Acknowledge { log, .. } | Pending::Abort { log }) = item;
+        let (Pending::Acknowledge { log, .. } | Pending::Refuse { log, .. }) = item;
         unsendable.push_back(log);
     }
     for log in unsendable {
