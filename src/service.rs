@@ -38,8 +38,8 @@ use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
 use crate::cluster::Leadership;
 use crate::config::{Config, StoreBackendKind};
-use crate::forward::{Forwarder, ForwarderConfig};
-use crate::ops::health::{EngineHealth, ProblemBoard, ReadinessProbe};
+use crate::forward::{Forwarder, ForwarderConfig, default_max_in_flight_bytes};
+use crate::ops::health::{EngineHealth, EngineStall, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
 use crate::ops::{self, Metrics, OpsState};
@@ -149,6 +149,9 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
     ));
     let forwarder = Arc::new(Forwarder::start(ForwarderConfig {
         clock: clock.clone(),
+        max_message_bytes: config.engine.max_message_bytes,
+        max_in_flight_bytes: default_max_in_flight_bytes(config.engine.max_message_bytes),
+        stall_after: Duration::from_secs(config.engine.stall_secs.get()),
         ..ForwarderConfig::new(&config.engine.socket)
     }));
     let problems = Arc::new(ProblemBoard::default());
@@ -500,6 +503,29 @@ fn start_admin_listener(config: &Config, context: AdminContext) -> Option<AdminS
     }
 }
 
+/// Logs and reports to the console a stall of the engine when it begins (once), and its
+/// end; returns whether a stall is reported now.
+fn report_stall(forwarder: &Forwarder, reported: bool) -> bool {
+    match (forwarder.stall(), reported) {
+        (Some(stall), false) => {
+            tracing::error!(
+                unacked_logs = stall.unacked,
+                unacked_secs = stall.unacked_for.as_secs(),
+                last_error = stall.last_error.as_deref().unwrap_or(""),
+                "{}",
+                EngineStall::ADVICE
+            );
+            forwarder.notify_integration_failure(crate::forward::DATA_TYPE, &stall.to_string());
+            true
+        }
+        (None, true) => {
+            tracing::info!("the engine acknowledges logs again; the stall is over");
+            false
+        }
+        (_, reported) => reported,
+    }
+}
+
 /// The forwarder's connection, as readiness and status report it.
 fn engine_health(forwarder: Arc<Forwarder>) -> Arc<dyn Fn() -> EngineHealth + Send + Sync> {
     Arc::new(move || {
@@ -507,6 +533,7 @@ fn engine_health(forwarder: Arc<Forwarder>) -> Arc<dyn Fn() -> EngineHealth + Se
         EngineHealth {
             connected: stats.engine_connected,
             in_flight: stats.in_flight,
+            stalled: forwarder.stall().map(|stall| EngineStall::new(&stall)),
         }
     })
 }
@@ -677,6 +704,7 @@ async fn upkeep(
     let mut last_purge = tokio::time::Instant::now();
     let mut reconnects_counted = 0;
     let mut store_failures_counted = 0;
+    let mut stall_reported = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -699,6 +727,7 @@ async fn upkeep(
             });
             metrics.queue_oldest_age_seconds.set(age.max(0.0));
         }
+        stall_reported = report_stall(&forwarder, stall_reported);
         let engine = forwarder.stats();
         metrics
             .engine_connected

@@ -139,6 +139,7 @@ impl Rig {
             Arc::new(|| EngineHealth {
                 connected: true,
                 in_flight: 0,
+                stalled: None,
             }),
             Arc::new(ProblemBoard::default()),
         );

@@ -535,3 +535,192 @@ async fn undeliverable_notification_is_given_up_and_counted() {
     assert_eq!(forwarder.stats().notifications_sent, 0);
     forwarder.shutdown(Duration::ZERO).await;
 }
+
+/// A Log whose `raw` carries `marker` (and so may be refused by the emulator's fault).
+fn log_with(n: usize, marker: &str) -> Log {
+    let raw = format!(r#"{{"Id":"poison-{n}","Operation":"{marker}"}}"#);
+    build_log(
+        &context(),
+        raw.as_bytes(),
+        n as u64,
+        CONTENT_URI,
+        collected(),
+    )
+}
+
+#[tokio::test]
+async fn a_poison_log_is_refused_after_three_lone_attempts_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let faults = EngineFaults {
+        refuse_marker: Some("POISON".into()),
+        ..EngineFaults::default()
+    };
+    let emulator = start_emulator(&socket, faults).await;
+    let forwarder = start_forwarder(&socket, 64);
+    let mut sent = logs(0..5);
+    let poison = log_with(5, "POISON");
+    sent.insert(2, poison.clone());
+    sent.extend(logs(6..10));
+    let started = std::time::Instant::now();
+    let mut receipts = send_all(&forwarder, &sent).await;
+
+    let poison_receipt = receipts.remove(2);
+    let outcome = tokio::time::timeout(DEADLINE, poison_receipt)
+        .await
+        .expect("the poison Log is given up in time");
+    let expected_sha: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(poison.raw.as_bytes()).into()
+    };
+    match outcome {
+        Err(ForwardError::Refused { status, raw_sha256 }) => {
+            assert!(status.starts_with("InvalidArgument"), "{status}");
+            assert_eq!(
+                raw_sha256, expected_sha,
+                "the dead letter can name the record"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    all_acked(receipts).await;
+    println!(
+        "poison Log given up after {:?} (reconnect policy for_test)",
+        started.elapsed()
+    );
+    let stats = forwarder.stats();
+    assert_eq!(stats.refused, 1);
+    let received = emulator.logs();
+    let poison_sends = received.iter().filter(|log| log.id == poison.id).count();
+    assert_eq!(
+        poison_sends,
+        1 + o365_connector::forward::POISON_ATTEMPTS as usize,
+        "once with the others, then alone three times"
+    );
+    let acked: HashSet<&str> = received
+        .iter()
+        .filter(|log| log.acked)
+        .map(|log| log.id.as_str())
+        .collect();
+    for log in sent.iter().filter(|log| log.id != poison.id) {
+        assert!(acked.contains(log.id.as_str()), "{} acked", log.id);
+    }
+}
+
+#[tokio::test]
+async fn an_engine_answering_unavailable_is_an_outage_and_never_costs_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let faults = EngineFaults {
+        unavailable_after: Some(1),
+        ..EngineFaults::default()
+    };
+    let emulator = start_emulator(&socket, faults).await;
+    let forwarder = start_forwarder(&socket, 64);
+    let sent = logs(0..20);
+    let receipts = send_all(&forwarder, &sent).await;
+    // Many more failures than a poison Log is allowed: none of them may give one up.
+    wait_until("ten streams ended UNAVAILABLE", DEADLINE, || {
+        forwarder.stats().reconnects >= 10
+    })
+    .await;
+    emulator.set_faults(EngineFaults::default());
+    all_acked(receipts).await;
+    assert_eq!(forwarder.stats().refused, 0);
+}
+
+#[tokio::test]
+async fn a_log_over_the_message_limit_is_never_sent_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let emulator = start_emulator(&socket, EngineFaults::default()).await;
+    let forwarder = start_forwarder(&socket, 64);
+    let big = log_with(0, &"x".repeat(5 * 1024 * 1024));
+    let outcome = forwarder.send(big).await;
+    match outcome {
+        Err(ForwardError::TooLarge { size, limit }) => {
+            assert!(size > 5 * 1024 * 1024);
+            assert_eq!(limit, 4 * 1024 * 1024);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let reserved = forwarder.reserve(4 * 1024 * 1024 + 1).await;
+    assert!(matches!(reserved, Err(ForwardError::TooLarge { .. })));
+    let receipts = send_all(&forwarder, &logs(0..5)).await;
+    all_acked(receipts).await;
+    assert_eq!(emulator.counts().logs_refused, 0, "the engine never saw it");
+    assert_eq!(forwarder.stats().too_large, 2);
+}
+
+#[tokio::test]
+async fn the_window_holds_no_more_bytes_than_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    // Acks come late enough that the window is full while the fourth Log asks for room.
+    let faults = EngineFaults {
+        ack_delay: Duration::from_secs(2),
+        ..EngineFaults::default()
+    };
+    let _emulator = start_emulator(&socket, faults).await;
+    let mut config = ForwarderConfig::new(&socket);
+    config.reconnect = RetryPolicy::for_test();
+    config.max_message_bytes = 1024 * 1024;
+    config.max_in_flight_bytes = 3 * 1024 * 1024;
+    let forwarder = Forwarder::start(config);
+    let sent: Vec<Log> = (0..5)
+        .map(|n| log_with(n, &"y".repeat(900 * 1024)))
+        .collect();
+    let size = {
+        use prost::Message as _;
+        sent[0].encoded_len()
+    };
+    let mut receipts = Vec::new();
+    for log in &sent[..3] {
+        receipts.push(forwarder.send(log.clone()).await.expect("room for three"));
+    }
+    assert_eq!(forwarder.stats().in_flight_bytes, 3 * size as u64);
+    let mut fourth = Box::pin(forwarder.send(sent[3].clone()));
+    assert!(
+        (&mut fourth).now_or_never().is_none(),
+        "a fourth Log does not fit in 3 MiB"
+    );
+    assert!(forwarder.stats().in_flight_bytes <= 3 * 1024 * 1024);
+    let receipt = tokio::time::timeout(DEADLINE, fourth)
+        .await
+        .expect("room once the first is acked")
+        .expect("accepted");
+    receipts.push(receipt);
+    receipts.push(forwarder.send(sent[4].clone()).await.expect("accepted"));
+    all_acked(receipts).await;
+    assert_eq!(forwarder.stats().in_flight_bytes, 0);
+}
+
+#[tokio::test]
+async fn a_stall_is_described_while_logs_wait_and_clears_at_the_next_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let faults = EngineFaults {
+        no_ack: true,
+        ..EngineFaults::default()
+    };
+    let emulator = start_emulator(&socket, faults).await;
+    let mut config = ForwarderConfig::new(&socket);
+    config.reconnect = RetryPolicy::for_test();
+    config.stall_after = Duration::from_millis(300);
+    let forwarder = Forwarder::start(config);
+    assert_eq!(forwarder.stall(), None, "nothing in flight, no stall");
+    let receipts = send_all(&forwarder, &logs(0..3)).await;
+    wait_until("the stall shows", DEADLINE, || forwarder.stall().is_some()).await;
+    let stall = forwarder.stall().unwrap();
+    assert_eq!(stall.unacked, 3);
+    let text = stall.to_string();
+    assert!(
+        text.starts_with("engine stalled: 3 Logs unacknowledged for "),
+        "{text}"
+    );
+    emulator.set_faults(EngineFaults::default());
+    let mut receipts = receipts;
+    receipts.extend(send_all(&forwarder, &logs(3..4)).await);
+    all_acked(receipts).await;
+    assert_eq!(forwarder.stall(), None, "the next Ack ends it");
+}

@@ -251,6 +251,15 @@ pub struct EngineConfig {
     /// `"collection"` (when collected). Default: `"event"`.
     #[serde(default)]
     pub timestamp: TimestampSource,
+    /// The largest message the engine accepts, in bytes: its gRPC receive limit. A record
+    /// whose Log would be larger is never sent; it is dead-lettered by reference as
+    /// oversized. Default: 4194304 (4 MiB, gRPC's default receive limit); at least 65536.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Logs in flight with no Ack from the engine for this long is a stall, shown on
+    /// `/readyz` and `/status` and reported to the console, in seconds. Default: 60.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: NonZeroU64,
 }
 
 /// `[api]`: settings of the Management Activity API clients, shared by all tenants.
@@ -771,6 +780,8 @@ impl Default for EngineConfig {
             socket: default_engine_socket(),
             utm_tenant_id: default_utm_tenant_id(),
             timestamp: TimestampSource::default(),
+            max_message_bytes: default_max_message_bytes(),
+            stall_secs: default_stall_secs(),
         }
     }
 }
@@ -858,6 +869,14 @@ fn default_request_timeout_secs() -> NonZeroU64 {
 
 fn default_max_body_bytes() -> NonZeroUsize {
     NonZeroUsize::new(1024 * 1024).expect("non-zero constant")
+}
+
+fn default_max_message_bytes() -> usize {
+    crate::forward::DEFAULT_MAX_MESSAGE_BYTES
+}
+
+fn default_stall_secs() -> NonZeroU64 {
+    NonZeroU64::new(60).expect("non-zero constant")
 }
 
 fn default_engine_socket() -> PathBuf {

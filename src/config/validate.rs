@@ -12,6 +12,10 @@ use url::Url;
 use super::{Config, ServerConfig, TenantConfig, is_literal};
 use crate::secret::SecretError;
 
+/// The smallest `engine.max_message_bytes` accepted: below it, ordinary audit records
+/// (a few KiB, some tens of KiB) would be dead-lettered as oversized.
+const MIN_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// One problem in the configuration: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -61,6 +65,15 @@ pub(super) fn problems(config: &Config) -> Vec<ValidationError> {
         problems.push(ValidationError::new(
             "engine.socket",
             "is empty: give the engine's Unix socket",
+        ));
+    }
+    if config.engine.max_message_bytes < MIN_MESSAGE_BYTES {
+        problems.push(ValidationError::new(
+            "engine.max_message_bytes",
+            format!(
+                "is {}: give the engine's gRPC receive limit in bytes, at least {MIN_MESSAGE_BYTES} (default 4194304)",
+                config.engine.max_message_bytes
+            ),
         ));
     }
     if config.engine.utm_tenant_id.trim().is_empty() {

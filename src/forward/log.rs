@@ -95,6 +95,25 @@ pub fn build_log(
     }
 }
 
+/// The longest record (`Log.raw`, in bytes) whose Log of this context fits in
+/// `max_message_bytes` encoded, whatever its id and timestamp: the message limit less the
+/// Log's other fields at their longest (a 64-character id, a 30-character timestamp) and
+/// `raw`'s own tag and length prefix. A longer record can never be sent.
+pub fn max_raw_bytes(context: &LogContext, max_message_bytes: usize) -> usize {
+    use prost::Message as _;
+    let longest_other_fields = Log {
+        id: "0".repeat(64),
+        data_type: DATA_TYPE.to_owned(),
+        data_source: context.group_name.clone(),
+        timestamp: "2015-06-29T20:03:19.123456789Z".to_owned(),
+        tenant_id: context.utm_tenant_id.clone(),
+        raw: String::new(),
+    }
+    .encoded_len();
+    // `raw`: one tag byte and a length varint of at most 5 bytes (lengths below 4 GiB).
+    max_message_bytes.saturating_sub(longest_other_fields + 1 + 5)
+}
+
 /// `Log.id` per spec §4: hex SHA-256 of `utmTenantId|utmTenantId/groupName|uri|recordId`,
 /// with the URI's query string dropped.
 pub fn log_id(context: &LogContext, content_uri: &str, record_id: &str) -> String {
@@ -131,7 +150,28 @@ fn json_text_or_string(raw: &RawValue) -> String {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
+
+    #[test]
+    fn a_record_of_max_raw_bytes_fits_the_message_limit_and_one_byte_more_does_not() {
+        let context = context(TimestampSource::Collection);
+        let limit = 4096;
+        let budget = max_raw_bytes(&context, limit);
+        let record = |len: usize| format!("{{\"Id\":\"x\",\"P\":\"{}\"}}", "a".repeat(len - 17));
+        let fits = build_log(&context, record(budget).as_bytes(), 0, URI, Utc::now());
+        assert_eq!(fits.raw.len(), budget);
+        assert!(
+            fits.encoded_len() <= limit,
+            "{} > {limit}",
+            fits.encoded_len()
+        );
+        assert!(
+            budget + 120 > limit,
+            "the margin stays small: budget {budget} of {limit}"
+        );
+    }
 
     const URI: &str = "https://manage.office.com/api/v1.0/t/activity/feed/audit/blob1";
 

@@ -26,6 +26,28 @@
 //!   stream that stays open but stops acknowledging is not abandoned (resending would only
 //!   duplicate): the window fills and backpressure holds the callers until acks resume or
 //!   the stream breaks.
+//! - **Message limit.** A Log whose encoding is larger than `max_message_bytes` (the
+//!   engine's gRPC receive limit, 4 MiB by default as in Go's gRPC) is never put on a
+//!   stream: [`Forwarder::send`] answers [`ForwardError::TooLarge`], and the caller
+//!   dead-letters the record by reference. One such Log would otherwise end every stream it
+//!   is sent on, forever.
+//! - **Poison Logs.** An *outage* is a refused connection, a transport error, the status
+//!   `UNAVAILABLE` or a stream the engine ends without a status: reconnect and resend, never
+//!   give up. Any other status (`RESOURCE_EXHAUSTED`, `INVALID_ARGUMENT`, `INTERNAL`, …)
+//!   may be the fault of a Log: the next stream carries the first unacknowledged Log
+//!   *alone*; when it is acked, the rest follows on the same stream. When it fails
+//!   [`POISON_ATTEMPTS`] times in a row alone with a non-outage status, its receipt
+//!   resolves to [`ForwardError::Refused`] (counted in `refused`), it leaves the window
+//!   and the stream goes on with the next. The delay one poison Log causes is at most
+//!   `POISON_ATTEMPTS + 1` reconnect delays (each at most the reconnect policy's longest,
+//!   10 s with [`RetryPolicy::aggressive`], so 40 s) plus as many round trips.
+//! - **Memory bounded in bytes.** Besides `max_in_flight` Logs, the window holds at most
+//!   `max_in_flight_bytes` of encoded Logs; a caller waits for room in both before its Log
+//!   is built ([`Forwarder::reserve`]), so the submission queue, the window and the
+//!   request stream (which share each Log's one buffer) never hold more.
+//! - **Stalls are visible.** While Logs are in flight and none is acknowledged for
+//!   `stall_after`, [`Forwarder::stall`] describes it (how many, how long, the last stream
+//!   error); it clears at the next Ack.
 //! - **Shutdown.** [`Forwarder::shutdown`] stops accepting Logs, waits up to its deadline
 //!   for the window to be acknowledged, then closes the stream and reports how many Logs
 //!   were left unacknowledged; their receipts resolve to
@@ -69,8 +91,25 @@ use crate::retry::RetryPolicy;
 /// Default size of the window of unacknowledged Logs.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
 
+/// Default engine message limit: gRPC's default receive limit (4 MiB), which a Go gRPC
+/// server such as UTMStack's engine has unless configured otherwise.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default stall threshold: Logs in flight and no Ack for this long is a stall.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// Times the first unacknowledged Log is sent alone and refused (non-outage status)
+/// before it is given up as poison.
+pub const POISON_ATTEMPTS: u32 = 3;
+
 /// Notifications waiting for the notify task; more are dropped and counted.
 const NOTIFY_QUEUE: usize = 64;
+
+/// The byte bound of the window for a message limit: eight messages of the largest size,
+/// and never less than 32 MiB (so small records are bounded by `max_in_flight` instead).
+pub fn default_max_in_flight_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(8).max(32 * 1024 * 1024)
+}
 
 /// How to start a [`Forwarder`].
 #[derive(Clone, Debug)]
@@ -79,6 +118,16 @@ pub struct ForwarderConfig {
     pub socket: PathBuf,
     /// Logs accepted and not yet acknowledged, at most. Default: [`DEFAULT_MAX_IN_FLIGHT`].
     pub max_in_flight: NonZeroUsize,
+    /// The largest encoded Log the engine accepts, in bytes. Default:
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
+    /// Encoded bytes of the Logs accepted and not yet acknowledged, at most; at least
+    /// `max_message_bytes` (a smaller value is raised to it). Default:
+    /// [`default_max_in_flight_bytes`].
+    pub max_in_flight_bytes: usize,
+    /// Logs in flight with no Ack for this long is a stall ([`Forwarder::stall`]).
+    /// Default: [`DEFAULT_STALL_AFTER`].
+    pub stall_after: Duration,
     /// Delays between attempts to open a stream. Default: [`RetryPolicy::aggressive`];
     /// a policy that gives up is treated as retrying at its longest delay.
     pub reconnect: RetryPolicy,
@@ -87,12 +136,15 @@ pub struct ForwarderConfig {
 }
 
 impl ForwarderConfig {
-    /// Defaults for the engine at `socket`: a window of 2048, aggressive reconnects, the
-    /// system clock.
+    /// Defaults for the engine at `socket`: a window of 2048 Logs and 32 MiB, a 4 MiB
+    /// message limit, a 60 s stall threshold, aggressive reconnects, the system clock.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
             max_in_flight: NonZeroUsize::new(DEFAULT_MAX_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_in_flight_bytes: default_max_in_flight_bytes(DEFAULT_MAX_MESSAGE_BYTES),
+            stall_after: DEFAULT_STALL_AFTER,
             reconnect: RetryPolicy::aggressive(),
             clock: Clock::system(),
         }
@@ -101,7 +153,7 @@ impl ForwarderConfig {
 
 /// Why a Log was not (or not yet) confirmed by the engine. Messages never carry a Log's
 /// content: DLP records hold the secrets they matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardError {
     /// The forwarder is shutting down and accepts no more Logs.
     #[error("the engine forwarder is shutting down; leave the content item for redelivery")]
@@ -111,17 +163,36 @@ pub enum ForwardError {
         "the engine forwarder stopped before the engine acknowledged the log; leave the content item for redelivery"
     )]
     NotAcknowledged,
+    /// The encoded Log is larger than the engine accepts; it was never sent.
+    #[error(
+        "the log is {size} bytes encoded, over the engine's message limit of {limit} bytes (engine.max_message_bytes)"
+    )]
+    TooLarge {
+        /// The encoded size (or, from [`Forwarder::reserve`], the size asked for).
+        size: usize,
+        /// `max_message_bytes`.
+        limit: usize,
+    },
+    /// The engine refused the Log [`POISON_ATTEMPTS`] times, sent alone on fresh streams,
+    /// with a status that is not an outage: it was given up as poison.
+    #[error("the engine refused the log {POISON_ATTEMPTS} times on its own: {status}")]
+    Refused {
+        /// The engine's last status, as `Code: message`.
+        status: String,
+        /// SHA-256 of the record (`Log.raw`), so the dead letter can name it.
+        raw_sha256: [u8; 32],
+    },
 }
 
-/// Resolves when the engine acknowledged one Log: `Ok(())`, or
-/// [`ForwardError::NotAcknowledged`] if the forwarder stopped first. Receipts resolve in
-/// the order their Logs were accepted.
+/// Resolves when the engine acknowledged one Log: `Ok(())`; [`ForwardError::Refused`]
+/// when the engine refused it as poison; or [`ForwardError::NotAcknowledged`] if the
+/// forwarder stopped first. Receipts resolve in the order their Logs were accepted.
 ///
 /// Polling a receipt is exempt from tokio's cooperative budget, so checking many resolved
 /// receipts in a row (`now_or_never` in a loop) sees each one resolved.
 #[must_use = "a Log is only safe once its receipt resolves"]
 pub struct AckReceipt {
-    acked: tokio::task::Unconstrained<oneshot::Receiver<()>>,
+    acked: tokio::task::Unconstrained<oneshot::Receiver<Result<(), ForwardError>>>,
 }
 
 impl std::fmt::Debug for AckReceipt {
@@ -136,7 +207,7 @@ impl Future for AckReceipt {
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.acked)
             .poll(context)
-            .map(|result| result.map_err(|_| ForwardError::NotAcknowledged))
+            .map(|result| result.unwrap_or(Err(ForwardError::NotAcknowledged)))
     }
 }
 
@@ -148,7 +219,7 @@ pub struct ShutdownReport {
 }
 
 /// A snapshot of the forwarder's counters, for metrics and `/readyz` detail.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwarderStats {
     /// Logs put on an open stream for the first time.
     pub logs_sent: u64,
@@ -162,6 +233,17 @@ pub struct ForwarderStats {
     pub unmatched_acks: u64,
     /// Logs in the window (accepted, not yet acknowledged).
     pub in_flight: u64,
+    /// Encoded bytes reserved by the Logs in the window and those being built for it.
+    pub in_flight_bytes: u64,
+    /// Logs refused by the engine as poison and given up ([`ForwardError::Refused`]).
+    pub refused: u64,
+    /// Logs turned away before sending for being over the message limit.
+    pub too_large: u64,
+    /// How long Logs have been in flight without any Ack (since the window last became
+    /// non-empty or the last Ack, whichever is later); `None` while the window is empty.
+    pub unacked_for: Option<Duration>,
+    /// Why the last stream failed, while no Ack has come since.
+    pub last_error: Option<String>,
     /// Whether a stream to the engine is open now.
     pub engine_connected: bool,
     /// Since when the engine has been unreachable, when it is (from start until the first
@@ -184,8 +266,13 @@ struct Counters {
     reconnects: AtomicU64,
     unmatched_acks: AtomicU64,
     in_flight: AtomicU64,
+    refused: AtomicU64,
+    too_large: AtomicU64,
     engine_connected: AtomicBool,
     disconnected_since: Mutex<Option<Instant>>,
+    /// Since when Logs have waited for an Ack (see [`ForwarderStats::unacked_for`]).
+    waiting_since: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
     notifications_sent: AtomicU64,
     notifications_failed: AtomicU64,
     notifications_dropped: AtomicU64,
@@ -198,10 +285,7 @@ impl Counters {
 
     fn set_connected(&self, connected: bool) {
         self.engine_connected.store(connected, Ordering::Relaxed);
-        let mut since = self
-            .disconnected_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut since = lock(&self.disconnected_since);
         match (connected, *since) {
             (true, _) => *since = None,
             (false, None) => *since = Some(Instant::now()),
@@ -209,12 +293,29 @@ impl Counters {
         }
     }
 
-    fn snapshot(&self) -> ForwarderStats {
+    /// Progress (or its absence) of the window: `waiting` is whether Logs are in flight
+    /// after the change.
+    fn set_waiting(&self, waiting: bool, progressed: bool) {
+        let mut since = lock(&self.waiting_since);
+        match (waiting, *since) {
+            (false, _) => *since = None,
+            (true, None) => *since = Some(Instant::now()),
+            (true, Some(_)) if progressed => *since = Some(Instant::now()),
+            (true, Some(_)) => {}
+        }
+        if progressed {
+            *lock(&self.last_error) = None;
+        }
+    }
+
+    fn set_last_error(&self, reason: &str) {
+        *lock(&self.last_error) = Some(reason.to_owned());
+    }
+
+    fn snapshot(&self, window_bytes: &Semaphore, max_in_flight_bytes: usize) -> ForwarderStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let since = *self
-            .disconnected_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let since = *lock(&self.disconnected_since);
+        let free_bytes = window_bytes.available_permits().min(max_in_flight_bytes);
         ForwarderStats {
             logs_sent: read(&self.logs_sent),
             logs_acked: read(&self.logs_acked),
@@ -222,6 +323,11 @@ impl Counters {
             reconnects: read(&self.reconnects),
             unmatched_acks: read(&self.unmatched_acks),
             in_flight: read(&self.in_flight),
+            in_flight_bytes: (max_in_flight_bytes - free_bytes) as u64,
+            refused: read(&self.refused),
+            too_large: read(&self.too_large),
+            unacked_for: lock(&self.waiting_since).map(|since| since.elapsed()),
+            last_error: lock(&self.last_error).clone(),
             engine_connected: self.engine_connected.load(Ordering::Relaxed),
             disconnected_for: since.map(|since| since.elapsed()),
             notifications_sent: read(&self.notifications_sent),
@@ -234,8 +340,46 @@ impl Counters {
 /// A Log on its way into the window, with its slot and the receipt's sender.
 struct Submission {
     log: wire::EncodedLog,
-    acked: oneshot::Sender<()>,
-    slot: OwnedSemaphorePermit,
+    acked: oneshot::Sender<Result<(), ForwardError>>,
+    room: Room,
+}
+
+/// A Log's room in the window: one slot and its bytes, freed when dropped.
+#[derive(Debug)]
+struct Room {
+    _slot: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// Room in the window for one Log of at most `bytes` encoded bytes, taken by
+/// [`Forwarder::reserve`] before the Log is built, so a worker waiting for room holds
+/// no encoded Log. Dropping it frees the room.
+#[must_use = "the room is freed when the reservation is dropped"]
+#[derive(Debug)]
+pub struct Reservation {
+    forwarder: Forwarder,
+    room: Room,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Encodes `log` and accepts it into the window; returns the receipt that resolves
+    /// when the engine acknowledged it. Fails with [`ForwardError::TooLarge`] when the
+    /// encoding is over the message limit or over the reserved size (the Log is not
+    /// sent), and with [`ForwardError::Closed`] once a shutdown has begun.
+    pub async fn send(self, log: Log) -> Result<AckReceipt, ForwardError> {
+        let encoded = wire::EncodedLog::new(log);
+        let size = encoded.bytes.len();
+        let limit = self.forwarder.inner.max_message_bytes;
+        if size > limit || size > self.bytes {
+            Counters::add(&self.forwarder.inner.counters.too_large, 1);
+            return Err(ForwardError::TooLarge {
+                size,
+                limit: limit.min(self.bytes),
+            });
+        }
+        self.forwarder.submit(encoded, self.room).await
+    }
 }
 
 /// Handle on the forwarder; cheap to clone, shared by all workers.
@@ -246,6 +390,10 @@ pub struct Forwarder {
 
 struct Inner {
     window: Arc<Semaphore>,
+    window_bytes: Arc<Semaphore>,
+    max_message_bytes: usize,
+    max_in_flight_bytes: usize,
+    stall_after: Duration,
     submissions: mpsc::Sender<Submission>,
     drain_by: watch::Sender<Option<tokio::time::Instant>>,
     notifications: mpsc::Sender<Message>,
@@ -271,6 +419,10 @@ impl Forwarder {
         let channel = unix_channel(&config.socket);
         let client = EngineClient::new(channel.clone());
         let max_in_flight = config.max_in_flight.get();
+        let max_in_flight_bytes = config
+            .max_in_flight_bytes
+            .max(config.max_message_bytes)
+            .min(Semaphore::MAX_PERMITS);
         let counters = Arc::new(Counters::default());
         counters.set_connected(false);
         let (submissions, submissions_rx) = mpsc::channel(max_in_flight);
@@ -298,6 +450,10 @@ impl Forwarder {
         Self {
             inner: Arc::new(Inner {
                 window: Arc::new(Semaphore::new(max_in_flight)),
+                window_bytes: Arc::new(Semaphore::new(max_in_flight_bytes)),
+                max_message_bytes: config.max_message_bytes,
+                max_in_flight_bytes,
+                stall_after: config.stall_after,
                 submissions,
                 drain_by,
                 notifications,
@@ -311,9 +467,43 @@ impl Forwarder {
     }
 
     /// Accepts `log` into the window, waiting for room, and returns the receipt that
-    /// resolves when the engine acknowledged it. Fails with [`ForwardError::Closed`] once
-    /// a shutdown has begun.
+    /// resolves when the engine acknowledged it. Fails with [`ForwardError::TooLarge`]
+    /// when its encoding is over the message limit (it is never sent), and with
+    /// [`ForwardError::Closed`] once a shutdown has begun.
     pub async fn send(&self, log: Log) -> Result<AckReceipt, ForwardError> {
+        let encoded = wire::EncodedLog::new(log);
+        let size = encoded.bytes.len();
+        let room = self.take_room(size).await?;
+        self.submit(encoded, room).await
+    }
+
+    /// Waits for room in the window for one Log of at most `bytes` encoded bytes (one
+    /// slot and `bytes` of the byte bound). Fails with [`ForwardError::TooLarge`] at once
+    /// when `bytes` is over the message limit, and with [`ForwardError::Closed`] once a
+    /// shutdown has begun.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ForwardError> {
+        let room = self.take_room(bytes).await?;
+        Ok(Reservation {
+            forwarder: self.clone(),
+            room,
+            bytes,
+        })
+    }
+
+    /// The largest encoded Log the engine accepts (`max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes
+    }
+
+    async fn take_room(&self, bytes: usize) -> Result<Room, ForwardError> {
+        let limit = self.inner.max_message_bytes;
+        if bytes > limit {
+            Counters::add(&self.inner.counters.too_large, 1);
+            return Err(ForwardError::TooLarge { size: bytes, limit });
+        }
+        // Never more than the bound (which is at least the limit), so this cannot wait
+        // forever; at most u32::MAX at a time, as the semaphore takes it.
+        let byte_permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
         let slot = self
             .inner
             .window
@@ -321,12 +511,22 @@ impl Forwarder {
             .acquire_owned()
             .await
             .map_err(|_| ForwardError::Closed)?;
+        let bytes = self
+            .inner
+            .window_bytes
+            .clone()
+            .acquire_many_owned(byte_permits)
+            .await
+            .map_err(|_| ForwardError::Closed)?;
+        Ok(Room {
+            _slot: slot,
+            _bytes: bytes,
+        })
+    }
+
+    async fn submit(&self, log: wire::EncodedLog, room: Room) -> Result<AckReceipt, ForwardError> {
         let (acked, receipt) = oneshot::channel();
-        let submission = Submission {
-            log: wire::EncodedLog::new(log),
-            acked,
-            slot,
-        };
+        let submission = Submission { log, acked, room };
         self.inner
             .submissions
             .send(submission)
@@ -373,7 +573,20 @@ impl Forwarder {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ForwarderStats {
-        self.inner.counters.snapshot()
+        self.inner
+            .counters
+            .snapshot(&self.inner.window_bytes, self.inner.max_in_flight_bytes)
+    }
+
+    /// The stall of the moment: Logs in flight and no Ack for at least `stall_after`.
+    pub fn stall(&self) -> Option<Stall> {
+        let stats = self.stats();
+        let unacked_for = stats.unacked_for?;
+        (unacked_for >= self.inner.stall_after && stats.in_flight > 0).then(|| Stall {
+            unacked: stats.in_flight,
+            unacked_for,
+            last_error: stats.last_error,
+        })
     }
 
     /// Stops accepting Logs, waits up to `deadline` for the window to be acknowledged,
@@ -381,6 +594,7 @@ impl Forwarder {
     /// resolve to [`ForwardError::NotAcknowledged`]). A second call returns an empty report.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.inner.window.close();
+        self.inner.window_bytes.close();
         let deadline_at = tokio::time::Instant::now() + deadline;
         self.inner.drain_by.send_replace(Some(deadline_at));
         self.inner.notify_stop.cancel();
@@ -394,6 +608,38 @@ impl Forwarder {
             None => ShutdownReport::default(),
         }
     }
+}
+
+/// The engine makes no progress: Logs in flight and no Ack for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// Logs in the window.
+    pub unacked: u64,
+    /// Since the window last moved.
+    pub unacked_for: Duration,
+    /// Why the last stream failed, if one did since the last Ack.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "engine stalled: {} Logs unacknowledged for {} s",
+            self.unacked,
+            self.unacked_for.as_secs()
+        )?;
+        match &self.last_error {
+            Some(error) => write!(formatter, ": {error}"),
+            None => formatter.write_str(": the stream is open but no Ack arrives"),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {

@@ -7,6 +7,12 @@
 //! - **failed** (error status, end of stream, transport error, refused connection): the
 //!   window is kept whole; after a backoff delay a new stream opens. Logs accepted during
 //!   the delay join the window and go out on the next stream.
+//! - **isolating** (after a failure that is not an outage, see [`is_outage`]): the next
+//!   stream carries only the first Log of the window; Logs accepted meanwhile join the
+//!   window only. Its Ack ends the isolation: the rest of the window follows on the same
+//!   stream, in order. When the lone Log fails [`POISON_ATTEMPTS`] times in a row with a
+//!   non-outage status, it leaves the window as refused and the next stream carries the
+//!   whole window again.
 //! - **draining** (shutdown requested): no new Logs arrive (the window is closed); the task
 //!   stops once the window is empty or the deadline passes, whichever comes first.
 //!
@@ -27,9 +33,12 @@ use tonic::Streaming;
 use tonic::client::Grpc;
 use tonic::transport::Channel;
 
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
 use super::wire::{EncodedLog, open_input};
-use super::{Counters, ShutdownReport, Submission};
-use crate::proto::Ack;
+use super::{Counters, ForwardError, POISON_ATTEMPTS, Room, ShutdownReport, Submission};
+use crate::proto::{Ack, Log};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Unmatched acks are logged at most this often.
@@ -41,9 +50,9 @@ const BATCH: usize = 256;
 /// A Log in the window.
 struct InFlight {
     log: EncodedLog,
-    acked: oneshot::Sender<()>,
-    /// Frees the window slot when the entry is dropped.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    acked: oneshot::Sender<Result<(), ForwardError>>,
+    /// Frees the window slot and bytes when the entry is dropped.
+    _room: Room,
     /// Whether this Log was put on a stream that opened (so it may have reached the
     /// engine): putting it on a later stream counts as a resend.
     on_opened_stream: bool,
@@ -51,8 +60,8 @@ struct InFlight {
 
 /// Why a stream (or the wait before the next one) ended.
 enum StreamEnd {
-    /// The stream broke; reconnect after a delay.
-    Failed(String),
+    /// The stream broke; reconnect after a delay. `outage` per [`is_outage`].
+    Failed { reason: String, outage: bool },
     /// Drained, deadline passed, or every handle dropped: stop.
     Stop,
 }
@@ -78,6 +87,9 @@ pub(super) struct StreamTask {
     /// Logs resent when the current stream opened.
     resent_on_stream: u64,
     unmatched_logged_at: Option<Instant>,
+    /// `Some(n)` while isolating the first Log of the window: it has been refused `n`
+    /// times alone so far.
+    isolating: Option<u32>,
 }
 
 impl StreamTask {
@@ -105,6 +117,7 @@ impl StreamTask {
             stream_acked: false,
             resent_on_stream: 0,
             unmatched_logged_at: None,
+            isolating: None,
         }
     }
 
@@ -118,10 +131,13 @@ impl StreamTask {
             if self.stream_acked {
                 backoff = None;
             }
-            let StreamEnd::Failed(reason) = end else {
+            let StreamEnd::Failed { reason, outage } = end else {
                 break;
             };
             self.note_failure(&reason);
+            if !outage {
+                self.suspect_first_log(&reason);
+            }
             let delay = backoff
                 .get_or_insert_with(|| self.reconnect.backoff())
                 .next_delay(None)
@@ -139,8 +155,8 @@ impl StreamTask {
         self.stream_open = false;
         self.stream_acked = false;
         let (outbound, outbound_rx) = mpsc::channel::<Bytes>(self.max_in_flight);
-        if let Err(reason) = self.resend_window(&outbound) {
-            return StreamEnd::Failed(reason);
+        if let Err(reason) = self.put_window_on_stream(&outbound) {
+            return failed_transport(reason);
         }
         let mut client = self.client.clone();
         let opening = open_input(&mut client, ReceiverStream::new(outbound_rx));
@@ -156,15 +172,15 @@ impl StreamTask {
                         acks = Some(response.into_inner());
                         self.note_connected();
                     }
-                    Err(status) => return StreamEnd::Failed(describe(&status)),
+                    Err(status) => return failed(&status),
                 },
                 next = next_ack(&mut acks) => {
                     let broken = match acks.as_mut() {
-                        Some(acks) => self.handle_acks(next, acks),
+                        Some(acks) => self.handle_acks(next, acks, &outbound),
                         None => None,
                     };
-                    if let Some(reason) = broken {
-                        return StreamEnd::Failed(reason);
+                    if let Some(end) = broken {
+                        return end;
                     }
                 }
                 submission = self.submissions.recv(), if !self.submissions_closed => {
@@ -173,7 +189,7 @@ impl StreamTask {
                         continue;
                     };
                     if let Err(reason) = self.accept_batch(submission, &outbound) {
-                        return StreamEnd::Failed(reason);
+                        return failed_transport(reason);
                     }
                 }
                 changed = self.drain_by.changed(), if self.deadline.is_none() => {
@@ -210,9 +226,11 @@ impl StreamTask {
         }
     }
 
-    /// Puts the whole window on a new stream, in order.
-    fn resend_window(&mut self, outbound: &mpsc::Sender<Bytes>) -> Result<(), String> {
-        for entry in &mut self.window {
+    /// Puts the window on a new stream, in order: the whole window, or only its first Log
+    /// while isolating it.
+    fn put_window_on_stream(&mut self, outbound: &mpsc::Sender<Bytes>) -> Result<(), String> {
+        let count = self.on_stream_count();
+        for entry in self.window.iter().take(count) {
             // Capacity is the window size, so only a closed stream refuses.
             // Counted as sent or resent once the stream opens (`note_connected`).
             outbound
@@ -222,19 +240,47 @@ impl StreamTask {
         Ok(())
     }
 
+    /// How many Logs at the front of the window belong on the current stream.
+    fn on_stream_count(&self) -> usize {
+        match self.isolating {
+            Some(_) => self.window.len().min(1),
+            None => self.window.len(),
+        }
+    }
+
+    /// The isolated Log was acked: the rest of the window follows on the same stream.
+    fn end_isolation(&mut self, outbound: &mpsc::Sender<Bytes>) -> Result<(), String> {
+        self.isolating = None;
+        for entry in &mut self.window {
+            outbound
+                .try_send(entry.log.bytes.clone())
+                .map_err(|_| "the request stream closed".to_owned())?;
+            let counter = if entry.on_opened_stream {
+                &self.counters.resent
+            } else {
+                &self.counters.logs_sent
+            };
+            Counters::add(counter, 1);
+            entry.on_opened_stream = true;
+        }
+        Ok(())
+    }
+
     /// Accepts `first` and whatever else is already queued (up to [`BATCH`]), so that a
-    /// busy stream costs one wake-up per batch rather than per Log.
+    /// busy stream costs one wake-up per batch rather than per Log. While isolating, they
+    /// only join the window.
     fn accept_batch(
         &mut self,
         first: Submission,
         outbound: &mpsc::Sender<Bytes>,
     ) -> Result<(), String> {
-        self.accept(first, Some(outbound))?;
+        let outbound = self.isolating.is_none().then_some(outbound);
+        self.accept(first, outbound)?;
         for _ in 1..BATCH {
             let Ok(next) = self.submissions.try_recv() else {
                 break;
             };
-            self.accept(next, Some(outbound))?;
+            self.accept(next, outbound)?;
         }
         Ok(())
     }
@@ -248,7 +294,7 @@ impl StreamTask {
         let mut entry = InFlight {
             log: submission.log,
             acked: submission.acked,
-            _slot: submission.slot,
+            _room: submission.room,
             on_opened_stream: false,
         };
         let mut result = Ok(());
@@ -263,40 +309,103 @@ impl StreamTask {
             }
         }
         self.window.push_back(entry);
-        self.publish_window_size();
+        self.publish_window_size(false);
         result
     }
 
-    /// Handles `first` and every Ack already received (up to [`BATCH`]); returns why the
-    /// stream broke, if it did.
+    /// Handles `first` and every Ack already received (up to [`BATCH`]); returns how the
+    /// stream ended, if it did.
     fn handle_acks(
         &mut self,
         first: Result<Option<Ack>, tonic::Status>,
         acks: &mut Streaming<Ack>,
-    ) -> Option<String> {
+        outbound: &mpsc::Sender<Bytes>,
+    ) -> Option<StreamEnd> {
         let mut next = Some(first);
         for _ in 0..BATCH {
             // `message` is cancel safe: a pending poll dropped here loses nothing.
             let received = next.take().or_else(|| acks.message().now_or_never())?;
             match received {
-                Ok(Some(ack)) => self.handle_ack(&ack),
-                Ok(None) => return Some("the engine ended the stream".to_owned()),
-                Err(status) => return Some(describe(&status)),
+                Ok(Some(ack)) => {
+                    if let Err(reason) = self.handle_ack(&ack, outbound) {
+                        return Some(failed_transport(reason));
+                    }
+                }
+                // No status: the engine closed the stream (restarting, say), not a verdict
+                // on a Log.
+                Ok(None) => return Some(failed_transport("the engine ended the stream".into())),
+                Err(status) => return Some(failed(&status)),
             }
         }
         None
     }
 
-    fn handle_ack(&mut self, ack: &Ack) {
+    fn handle_ack(&mut self, ack: &Ack, outbound: &mpsc::Sender<Bytes>) -> Result<(), String> {
         self.stream_acked = true;
         self.note_recovered();
-        match acknowledge(&mut self.window, &ack.last_id) {
+        // While isolating, only the lone Log is on the stream.
+        let searched = self.on_stream_count();
+        match acknowledge(&mut self.window, searched, &ack.last_id) {
             Some(confirmed) => {
                 Counters::add(&self.counters.logs_acked, confirmed as u64);
-                self.publish_window_size();
+                self.publish_window_size(true);
+                if self.isolating.is_some() {
+                    return self.end_isolation(outbound);
+                }
             }
             None => self.note_unmatched_ack(),
         }
+        Ok(())
+    }
+
+    /// A stream failed with a status that may be the first Log's fault: isolate it, or,
+    /// after [`POISON_ATTEMPTS`] refusals alone, give it up.
+    fn suspect_first_log(&mut self, reason: &str) {
+        if self.window.is_empty() {
+            self.isolating = None;
+            return;
+        }
+        let refusals = match self.isolating {
+            None => {
+                tracing::warn!(
+                    reason,
+                    "the engine refused a stream; sending the first unacknowledged log alone to find out whether it is the cause"
+                );
+                self.isolating = Some(0);
+                return;
+            }
+            Some(refusals) => refusals + 1,
+        };
+        if refusals < POISON_ATTEMPTS {
+            self.isolating = Some(refusals);
+            return;
+        }
+        self.isolating = None;
+        self.give_up_first(reason);
+    }
+
+    /// The first Log of the window is poison: its receipt resolves to
+    /// [`ForwardError::Refused`] and it leaves the window.
+    fn give_up_first(&mut self, reason: &str) {
+        let Some(entry) = self.window.pop_front() else {
+            return;
+        };
+        let raw_sha256 = match Log::decode(entry.log.bytes.clone()) {
+            Ok(log) => Sha256::digest(log.raw.as_bytes()).into(),
+            Err(_) => [0; 32],
+        };
+        Counters::add(&self.counters.refused, 1);
+        tracing::error!(
+            log_id = %entry.log.id,
+            attempts = POISON_ATTEMPTS,
+            reason,
+            "the engine refused a log every time it was sent alone; giving it up (its record is dead-lettered by reference)"
+        );
+        let _ = entry.acked.send(Err(ForwardError::Refused {
+            status: reason.to_owned(),
+            raw_sha256,
+        }));
+        self.publish_window_size(true);
     }
 
     fn note_unmatched_ack(&mut self) {
@@ -322,13 +431,16 @@ impl StreamTask {
         self.stream_open = true;
         self.counters.set_connected(true);
         let mut resent = 0u64;
-        for entry in &mut self.window {
+        let mut first_sends = 0u64;
+        let count = self.on_stream_count();
+        for entry in self.window.iter_mut().take(count) {
             if entry.on_opened_stream {
                 resent += 1;
+            } else {
+                first_sends += 1;
             }
             entry.on_opened_stream = true;
         }
-        let first_sends = self.window.len() as u64 - resent;
         Counters::add(&self.counters.resent, resent);
         Counters::add(&self.counters.logs_sent, first_sends);
         self.resent_on_stream = resent;
@@ -355,6 +467,7 @@ impl StreamTask {
 
     fn note_failure(&mut self, reason: &str) {
         self.counters.set_connected(false);
+        self.counters.set_last_error(reason);
         if self.outage_since.is_none() {
             self.outage_since = Some(Instant::now());
             tracing::warn!(
@@ -384,11 +497,14 @@ impl StreamTask {
         self.deadline.is_some() && self.window.is_empty() && no_more_logs
     }
 
-    fn publish_window_size(&self) {
+    /// Publishes the window's size; `progressed` when Logs left it (acked or given up).
+    fn publish_window_size(&self, progressed: bool) {
         self.counters.in_flight.store(
             self.window.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.counters
+            .set_waiting(!self.window.is_empty(), progressed);
     }
 
     /// Ends the task: whatever is still in the window or queued is unacknowledged; dropping
@@ -400,7 +516,7 @@ impl StreamTask {
             unacked += 1;
         }
         self.window.clear();
-        self.publish_window_size();
+        self.publish_window_size(false);
         self.counters.set_connected(false);
         if unacked > 0 {
             tracing::warn!(
@@ -412,14 +528,18 @@ impl StreamTask {
     }
 }
 
-/// The ack rule: an Ack for `id` confirms the earliest Log in the window with that id and
-/// every Log before it. Pops them, resolves their receipts, and returns how many; `None`
-/// (window untouched) when no Log in the window has that id.
-fn acknowledge(window: &mut VecDeque<InFlight>, id: &str) -> Option<usize> {
-    let position = window.iter().position(|entry| entry.log.id == id)?;
+/// The ack rule: an Ack for `id` confirms the earliest Log with that id among the first
+/// `searched` of the window (those on the stream) and every Log before it. Pops them,
+/// resolves their receipts, and returns how many; `None` (window untouched) when none of
+/// them has that id.
+fn acknowledge(window: &mut VecDeque<InFlight>, searched: usize, id: &str) -> Option<usize> {
+    let position = window
+        .iter()
+        .take(searched)
+        .position(|entry| entry.log.id == id)?;
     for entry in window.drain(..=position) {
         // The caller may have stopped waiting; the Log is acked either way.
-        let _ = entry.acked.send(());
+        let _ = entry.acked.send(Ok(()));
     }
     Some(position + 1)
 }
@@ -438,6 +558,34 @@ async fn sleep_until(deadline: Option<TokioInstant>) {
     }
 }
 
+/// Whether a failed stream is an outage (reconnect and resend, never blame a Log): the
+/// status `UNAVAILABLE`, or a transport error (a status tonic made from an I/O, HTTP/2 or
+/// connection error carries that error as its source, or is `CANCELLED` by a reset). Any
+/// other status came from the engine and may be a Log's fault.
+fn is_outage(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled
+    ) || status.source().is_some()
+}
+
+/// The end of a stream that failed with `status`.
+fn failed(status: &tonic::Status) -> StreamEnd {
+    StreamEnd::Failed {
+        reason: describe(status),
+        outage: is_outage(status),
+    }
+}
+
+/// The end of a stream that broke below gRPC (closed, ended without a status).
+fn failed_transport(reason: String) -> StreamEnd {
+    StreamEnd::Failed {
+        reason,
+        outage: true,
+    }
+}
+
 /// A stream failure in words, without any Log content.
 fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
@@ -451,8 +599,13 @@ mod tests {
 
     use super::*;
 
-    fn window_of(ids: &[&str]) -> (VecDeque<InFlight>, Vec<oneshot::Receiver<()>>) {
-        let slots = Arc::new(Semaphore::new(ids.len()));
+    fn window_of(
+        ids: &[&str],
+    ) -> (
+        VecDeque<InFlight>,
+        Vec<oneshot::Receiver<Result<(), ForwardError>>>,
+    ) {
+        let slots = Arc::new(Semaphore::new(ids.len() * 2));
         let mut receipts = Vec::new();
         let window = ids
             .iter()
@@ -465,7 +618,10 @@ mod tests {
                         bytes: Bytes::new(),
                     },
                     acked,
-                    _slot: slots.clone().try_acquire_owned().unwrap(),
+                    _room: Room {
+                        _slot: slots.clone().try_acquire_owned().unwrap(),
+                        _bytes: slots.clone().try_acquire_owned().unwrap(),
+                    },
                     on_opened_stream: true,
                 }
             })
@@ -481,29 +637,33 @@ mod tests {
     fn an_ack_confirms_the_earliest_log_with_its_id_and_everything_before() {
         let (mut window, mut receipts) = window_of(&["a", "b", "a", "c", "a"]);
         assert_eq!(
-            acknowledge(&mut window, "b"),
+            acknowledge(&mut window, usize::MAX, "b"),
             Some(2),
             "b and the a before it"
         );
         assert_eq!(ids(&window), ["a", "c", "a"]);
         assert_eq!(
-            acknowledge(&mut window, "a"),
+            acknowledge(&mut window, usize::MAX, "a"),
             Some(1),
             "only the earliest a"
         );
         assert_eq!(ids(&window), ["c", "a"]);
-        assert_eq!(receipts[0].try_recv(), Ok(()));
-        assert_eq!(receipts[1].try_recv(), Ok(()));
-        assert_eq!(receipts[2].try_recv(), Ok(()));
+        assert_eq!(receipts[0].try_recv(), Ok(Ok(())));
+        assert_eq!(receipts[1].try_recv(), Ok(Ok(())));
+        assert_eq!(receipts[2].try_recv(), Ok(Ok(())));
         assert!(receipts[3].try_recv().is_err(), "c is not acked yet");
-        assert_eq!(acknowledge(&mut window, "a"), Some(2), "c and the last a");
+        assert_eq!(
+            acknowledge(&mut window, usize::MAX, "a"),
+            Some(2),
+            "c and the last a"
+        );
         assert!(window.is_empty());
     }
 
     #[test]
     fn an_ack_for_an_unknown_id_leaves_the_window_alone() {
         let (mut window, mut receipts) = window_of(&["a", "b"]);
-        assert_eq!(acknowledge(&mut window, "z"), None);
+        assert_eq!(acknowledge(&mut window, usize::MAX, "z"), None);
         assert_eq!(ids(&window), ["a", "b"]);
         assert!(receipts[0].try_recv().is_err());
     }

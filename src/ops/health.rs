@@ -117,6 +117,30 @@ pub struct EngineHealth {
     pub connected: bool,
     /// Records sent and not yet acknowledged.
     pub in_flight: u64,
+    /// Logs in flight and no Ack for `engine.stall_secs`: what, and what to do.
+    pub stalled: Option<EngineStall>,
+}
+
+/// The engine makes no progress, as `/readyz` and `/status` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EngineStall {
+    /// "engine stalled: N Logs unacknowledged for S s: <last error>".
+    pub message: String,
+    /// What to do.
+    pub advice: &'static str,
+}
+
+impl EngineStall {
+    /// The advice of every stall.
+    pub const ADVICE: &'static str = "the engine is not acknowledging logs: check that the UTMStack engine (EventProcessor) is running and healthy and that engine.socket is its socket; nothing is lost meanwhile, the queue holds the content";
+
+    /// The stall as shown.
+    pub fn new(stall: &crate::forward::Stall) -> Self {
+        Self {
+            message: stall.to_string(),
+            advice: Self::ADVICE,
+        }
+    }
 }
 
 /// The readiness answer.

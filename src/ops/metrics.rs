@@ -111,6 +111,12 @@ pub struct Metrics {
     pub records_acked: Family<ContentLabels, Counter>,
     /// Records that are not valid JSON objects, dead-lettered by reference.
     pub records_invalid: Family<ContentLabels, Counter>,
+    /// Records whose Log would exceed the engine's message limit, dead-lettered by
+    /// reference and never sent.
+    pub records_oversized: Family<ContentLabels, Counter>,
+    /// Records the engine refused as poison (every time they were sent alone),
+    /// dead-lettered by reference.
+    pub records_refused: Family<ContentLabels, Counter>,
     /// Blobs Microsoft reported expired (AF20051) before they were fetched: a counted loss.
     pub content_expired: Family<ContentLabels, Counter>,
     /// Blobs Microsoft kept reporting missing (AF20050) after retries.
@@ -189,6 +195,8 @@ impl Metrics {
             records_forwarded: Family::default(),
             records_acked: Family::default(),
             records_invalid: Family::default(),
+            records_oversized: Family::default(),
+            records_refused: Family::default(),
             content_expired: Family::default(),
             content_missing: Family::default(),
             content_unrecoverable: Family::default(),
@@ -241,6 +249,8 @@ impl Metrics {
                     &self.records_forwarded,
                     &self.records_acked,
                     &self.records_invalid,
+                    &self.records_oversized,
+                    &self.records_refused,
                     &self.content_expired,
                     &self.content_missing,
                     &self.content_unrecoverable,
@@ -344,6 +354,16 @@ impl Metrics {
             "records_invalid",
             "Records that are not valid JSON objects, dead-lettered by reference",
             self.records_invalid.clone(),
+        );
+        registry.register(
+            "records_oversized",
+            "Records whose Log would exceed the engine's message limit, dead-lettered by reference",
+            self.records_oversized.clone(),
+        );
+        registry.register(
+            "records_refused",
+            "Records the engine refused every time they were sent alone, dead-lettered by reference",
+            self.records_refused.clone(),
         );
         registry.register(
             "content_expired",

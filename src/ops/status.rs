@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {"generated_at", "queue": {"pending","leased","dead","dead_records","oldest_age_seconds"},
-//!  "engine": {"connected","in_flight"},
+//!  "engine": {"connected","in_flight","stalled"},
 //!  "cluster": {"replica_id","leading","leader","leader_since"},   (several replicas only)
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
 //!    "content_types": [{"content_type", "subscription", "webhook", "last_notification",
@@ -20,7 +20,8 @@
 //! store under `poller/cursor/{tenant id}/{content type}` (RFC 3339 text); `queue_depth`
 //! per content type needs a queue that counts by content type (the whole queue's counts
 //! are in `queue`); `records_forwarded` (records the engine acknowledged) and `lost`
-//! (blobs Microsoft expired, AF20051, or kept missing, AF20050) come from the metrics, and
+//! (blobs Microsoft expired, AF20051, or kept missing, AF20050; records dead-lettered as
+//! oversized or refused by the engine) come from the metrics, and
 //! are `null` for tenants beyond `ops.max_tenant_series`, whose series are aggregated.
 //! Tenant-wide problems (content type `*` on the problem board) are the tenant's
 //! `errors`.
@@ -150,8 +151,9 @@ pub struct ContentTypeStatus {
     pub queue_depth: Option<u64>,
     /// Records the engine acknowledged since start; `null` beyond the per-tenant series.
     pub records_forwarded: Option<u64>,
-    /// Blobs lost since start (expired or missing at Microsoft); `null` beyond the
-    /// per-tenant series.
+    /// Blobs and records given up since start: blobs expired or missing at Microsoft, and
+    /// records dead-lettered as oversized or refused by the engine (lost until requeued);
+    /// `null` beyond the per-tenant series.
     pub lost: Option<u64>,
     /// Current problems.
     pub errors: Vec<StatusError>,
@@ -334,7 +336,10 @@ impl StatusSource {
             queue_depth: None,
             records_forwarded: own_series.then(|| count(&self.metrics.records_acked)),
             lost: own_series.then(|| {
-                count(&self.metrics.content_expired) + count(&self.metrics.content_missing)
+                count(&self.metrics.content_expired)
+                    + count(&self.metrics.content_missing)
+                    + count(&self.metrics.records_oversized)
+                    + count(&self.metrics.records_refused)
             }),
             errors: problems
                 .remove(&(tenant.name.clone(), content_type.to_string()))
@@ -458,6 +463,14 @@ pub fn render_html(report: &StatusReport) -> String {
             .map(|age| format!(", oldest open item {age} s old"))
             .unwrap_or_default(),
     );
+    if let Some(stall) = &report.engine.stalled {
+        let _ = write!(
+            page,
+            "<p id=\"engine-stall\" class=\"bad\">{message}. {advice}</p>",
+            message = escape(&stall.message),
+            advice = escape(stall.advice),
+        );
+    }
     if let Some(cluster) = &report.cluster {
         let _ = write!(
             page,
@@ -562,6 +575,7 @@ mod tests {
             engine: EngineHealth {
                 connected: false,
                 in_flight: 0,
+                stalled: None,
             },
             tenants: vec![TenantStatus {
                 name: "<b>contoso</b>".into(),

@@ -16,8 +16,17 @@
 //! when Microsoft says it is gone: AF20051 (expired: a counted, logged loss) and AF20050
 //! after repeated attempts (counted as missing); and a blob whose JSON structure cannot be
 //! recovered is dead-lettered from that point, with the reason.
+//!
+//! A record is given up alone, dead-lettered by reference (index, byte range, SHA-256,
+//! reason) while the rest of its blob goes on, when it is not a valid record, when its Log
+//! would exceed the engine's message limit (never sent: it would end every stream), or
+//! when the engine refused it as poison ([`ForwardError::Refused`]). Each is counted
+//! (`records_invalid`, `records_oversized`, `records_refused`), logged and reported, and
+//! stays requeue-able while Microsoft keeps the blob. The settled prefix moves past such a
+//! record only once its dead letter is stored.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +39,8 @@ use tokio_util::task::TaskTracker;
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
-use crate::forward::log::build_log;
-use crate::forward::{AckReceipt, Forwarder};
+use crate::forward::log::{build_log, max_raw_bytes};
+use crate::forward::{AckReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::health::ProblemBoard;
 use crate::ops::metrics::ContentOutcomeLabels;
@@ -39,9 +48,14 @@ use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
 use prometheus_client::metrics::counter::Counter;
+use sha2::{Digest, Sha256};
 
 /// The problem kind the workers set (and clear) on the board.
 const FETCH_PROBLEM: &str = "fetch_refused";
+
+/// The problem kind of records given up alone (oversized, refused by the engine): it
+/// stays until the records are requeued or the service restarts, as the loss does.
+const RECORDS_PROBLEM: &str = "records_dead_lettered";
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
@@ -166,13 +180,31 @@ enum PassEnd {
     },
 }
 
+/// A record on its way to the engine: its receipt, and where it is in the blob (for its
+/// dead letter, should the engine refuse it).
+struct Forwarded {
+    receipt: AckReceipt,
+    byte_range: Range<u64>,
+}
+
 /// Receipts of forwarded records in order, and the length of the settled prefix.
 struct Progress {
     settled: u64,
-    waiting: VecDeque<(u64, Option<AckReceipt>)>,
+    /// Records not yet settled, in blob order; `None`: settled already (dead-lettered),
+    /// waiting only for the records before it.
+    waiting: VecDeque<(u64, Option<Forwarded>)>,
     failed: bool,
     /// Acks received and not yet added to the `records_acked` metric.
     acks_unmetered: u64,
+}
+
+/// A forwarded record the engine refused as poison; its dead letter must be stored before
+/// the settled prefix moves past it.
+struct Refused {
+    index: u64,
+    byte_range: Range<u64>,
+    status: String,
+    raw_sha256: [u8; 32],
 }
 
 impl Progress {
@@ -194,44 +226,98 @@ impl Progress {
         }
     }
 
-    /// Takes every receipt at the front that has resolved, without waiting.
-    fn poll_ready(&mut self) {
-        while let Some((index, receipt)) = self.waiting.front_mut() {
-            let settled = match receipt {
-                None => true,
-                Some(receipt) => match receipt.now_or_never() {
-                    Some(Ok(())) => {
-                        self.acks_unmetered += 1;
-                        true
-                    }
-                    Some(Err(_)) => {
-                        self.failed = true;
-                        false
-                    }
-                    None => false,
-                },
-            };
-            if !settled {
-                return;
+    /// Settles every record at the front whose receipt resolved, without waiting; stops at
+    /// a refused one and hands it back (taken off the front, not yet settled).
+    fn poll_ready(&mut self) -> Option<Refused> {
+        loop {
+            let (index, forwarded) = self.waiting.front_mut()?;
+            let index = *index;
+            if let Some(forwarded) = forwarded {
+                let outcome = (&mut forwarded.receipt).now_or_never()?;
+                if let Some(refused) = self.take_outcome(index, outcome) {
+                    return Some(refused);
+                }
+                if self.failed {
+                    return None;
+                }
             }
-            self.settled = *index + 1;
+            self.settled = index + 1;
             self.waiting.pop_front();
         }
     }
 
-    /// Waits for every receipt in order; stops at the first one that fails.
-    async fn wait_all(&mut self) {
-        while let Some((index, receipt)) = self.waiting.pop_front() {
-            if let Some(receipt) = receipt {
-                if receipt.await.is_err() {
-                    self.failed = true;
-                    self.waiting.clear();
-                    return;
+    /// Waits for the receipts in order, settling each; stops at a refused one (handed
+    /// back, as [`Self::poll_ready`]) or at the first that fails (`failed`).
+    async fn wait_ready(&mut self) -> Option<Refused> {
+        loop {
+            let (index, forwarded) = self.waiting.front_mut()?;
+            let index = *index;
+            if let Some(forwarded) = forwarded {
+                let outcome = (&mut forwarded.receipt).await;
+                if let Some(refused) = self.take_outcome(index, outcome) {
+                    return Some(refused);
                 }
-                self.acks_unmetered += 1;
+                if self.failed {
+                    self.waiting.clear();
+                    return None;
+                }
             }
             self.settled = index + 1;
+            self.waiting.pop_front();
         }
+    }
+
+    /// Applies the resolved receipt of the front record: an ack is counted, a refusal
+    /// taken off the front and returned, any other error marks the pass failed.
+    fn take_outcome(&mut self, index: u64, outcome: Result<(), ForwardError>) -> Option<Refused> {
+        match outcome {
+            Ok(()) => self.acks_unmetered += 1,
+            Err(ForwardError::Refused { status, raw_sha256 }) => {
+                let (_, forwarded) = self.waiting.pop_front()?;
+                let byte_range = forwarded.map_or(0..0, |forwarded| forwarded.byte_range);
+                return Some(Refused {
+                    index,
+                    byte_range,
+                    status,
+                    raw_sha256,
+                });
+            }
+            Err(_) => self.failed = true,
+        }
+        None
+    }
+}
+
+/// Settles what has resolved (all of it, waiting, when `wait`), storing the dead letter
+/// of each refused record before the prefix moves past it. Fails when a dead letter
+/// cannot be stored: the pass then retries, and the record is sent again.
+async fn settle(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    progress: &mut Progress,
+    wait: bool,
+) -> Result<(), String> {
+    loop {
+        let refused = if wait {
+            progress.wait_ready().await
+        } else {
+            progress.poll_ready()
+        };
+        let Some(refused) = refused else {
+            return Ok(());
+        };
+        let record = DeadRecord {
+            index: refused.index,
+            byte_range: (refused.byte_range.start, refused.byte_range.end),
+            sha256: refused.raw_sha256,
+            reason: format!(
+                "refused by the engine every time it was sent alone: {}",
+                refused.status
+            ),
+        };
+        dead_letter_record(context, tenant, item, record, RecordFault::Refused).await?;
+        progress.settled = refused.index + 1;
     }
 }
 
@@ -255,8 +341,10 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         Err(error) => return handle_fetch_error(context, &tenant, &item, error).await,
     };
     let mut progress = Progress::new(item.acked_records);
-    let end = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
-    progress.wait_all().await;
+    let mut end = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
+    if let Err(reason) = settle(context, &tenant, &item, &mut progress, true).await {
+        end = PassEnd::Retry(reason);
+    }
     let labels = context
         .metrics
         .content(&tenant.name, &item.content.content_type);
@@ -322,6 +410,10 @@ async fn forward_blob(
         .clone();
     let records_acked = context.metrics.records_acked.get_or_create(&labels).clone();
     let collected_at = context.clock.now();
+    // What a Log adds to its record at most: a record longer than the limit less this can
+    // never be sent.
+    let max_message_bytes = context.forwarder.max_message_bytes();
+    let log_overhead = max_message_bytes - max_raw_bytes(&tenant.log_context, max_message_bytes);
     let mut lease_until = item.lease_until;
     let mut recorded = progress.settled;
     let mut next_index = 0u64;
@@ -337,23 +429,57 @@ async fn forward_blob(
             Some(Ok(event)) => event,
         };
         match event {
-            SplitEvent::Record { index, bytes, .. } => {
+            SplitEvent::Record {
+                index,
+                bytes,
+                byte_range,
+            } => {
                 next_index = index + 1;
                 if index < item.acked_records {
                     continue;
                 }
-                let log = build_log(
-                    &tenant.log_context,
-                    &bytes,
-                    index,
-                    &item.content.content_uri,
-                    collected_at,
-                );
-                match context.forwarder.send(log).await {
-                    Ok(receipt) => progress.waiting.push_back((index, Some(receipt))),
+                // Room for the Log first, so a worker waiting for the engine holds only the
+                // record's bytes, never an encoded Log as well.
+                let reserved = context.forwarder.reserve(bytes.len() + log_overhead).await;
+                let sent = match reserved {
+                    Ok(room) => {
+                        let uri = &item.content.content_uri;
+                        let log = build_log(&tenant.log_context, &bytes, index, uri, collected_at);
+                        room.send(log).await
+                    }
+                    Err(error) => Err(error),
+                };
+                match sent {
+                    Ok(receipt) => {
+                        records_forwarded.inc();
+                        let forwarded = Forwarded {
+                            receipt,
+                            byte_range,
+                        };
+                        progress.waiting.push_back((index, Some(forwarded)));
+                    }
+                    Err(ForwardError::TooLarge { size, limit }) => {
+                        let record = DeadRecord {
+                            index,
+                            byte_range: (byte_range.start, byte_range.end),
+                            sha256: Sha256::digest(&bytes).into(),
+                            reason: oversized_reason(size, limit),
+                        };
+                        if let Err(reason) = dead_letter_record(
+                            context,
+                            tenant,
+                            item,
+                            record,
+                            RecordFault::Oversized,
+                        )
+                        .await
+                        {
+                            return PassEnd::Retry(reason);
+                        }
+                        progress.waiting.push_back((index, None));
+                    }
                     Err(_) => return PassEnd::Interrupted,
                 }
-                records_forwarded.inc();
             }
             SplitEvent::BadRecord {
                 index,
@@ -369,23 +495,13 @@ async fn forward_blob(
                     index,
                     byte_range: (byte_range.start, byte_range.end),
                     sha256,
-                    reason: reason.clone(),
+                    reason,
                 };
-                if let Err(error) = context
-                    .queue
-                    .add_dead_record(&item.key(), item.lease, record)
-                    .await
+                if let Err(reason) =
+                    dead_letter_record(context, tenant, item, record, RecordFault::Invalid).await
                 {
-                    return PassEnd::Retry(format!("cannot dead-letter record {index}: {error}"));
+                    return PassEnd::Retry(reason);
                 }
-                context.metrics.records_invalid.get_or_create(&labels).inc();
-                tracing::warn!(tenant = %tenant.name, content_type, content_id = %item.content.content_id, index, %reason, "invalid record dead-lettered");
-                context.reporter.report(
-                    context,
-                    &tenant.name,
-                    content_type,
-                    "invalid records dead-lettered",
-                );
                 progress.waiting.push_back((index, None));
             }
             SplitEvent::Unrecoverable { offset, reason } => {
@@ -402,11 +518,94 @@ async fn forward_blob(
                 ));
             }
         }
-        progress.poll_ready();
+        if let Err(reason) = settle(context, tenant, item, progress, false).await {
+            return PassEnd::Retry(reason);
+        }
         progress.meter(&records_acked);
         save_progress(context, progress, &mut recorded, item).await;
         lease_until = keep_lease(context, item, lease_until).await;
     }
+}
+
+/// Why a record is dead-lettered on its own while its blob goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordFault {
+    /// Not valid UTF-8, not valid JSON, or not an object.
+    Invalid,
+    /// Its Log would exceed the engine's message limit.
+    Oversized,
+    /// The engine refused it every time it was sent alone.
+    Refused,
+}
+
+/// The dead-letter reason of a record whose Log would be `size` bytes (or, for a record
+/// too long to hold, whose record is) against a message limit of `limit`.
+fn oversized_reason(size: usize, limit: usize) -> String {
+    format!(
+        "record too large for the engine: its Log would be {size} bytes, over engine.max_message_bytes = {limit}"
+    )
+}
+
+/// Stores `record` as a dead letter of `item`, counts it, logs it and reports it to the
+/// console; an oversized or refused record also sets the records problem (a loss until
+/// requeued). Fails, with the reason to retry the pass, when the store refuses the write.
+async fn dead_letter_record(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    record: DeadRecord,
+    fault: RecordFault,
+) -> Result<(), String> {
+    let index = record.index;
+    let reason = record.reason.clone();
+    let byte_range = record.byte_range;
+    if let Err(error) = context
+        .queue
+        .add_dead_record(&item.key(), item.lease, record)
+        .await
+    {
+        return Err(format!("cannot dead-letter record {index}: {error}"));
+    }
+    let content_type = item.content.content_type.as_str();
+    let content_id = item.content.content_id.as_str();
+    let labels = context.metrics.content(&tenant.name, content_type);
+    let (family, what, advice) = match fault {
+        RecordFault::Invalid => {
+            context.metrics.records_invalid.get_or_create(&labels).inc();
+            tracing::warn!(tenant = %tenant.name, content_type, content_id, index, %reason, "invalid record dead-lettered");
+            context.reporter.report(
+                context,
+                &tenant.name,
+                content_type,
+                "invalid records dead-lettered",
+            );
+            return Ok(());
+        }
+        RecordFault::Oversized => (
+            &context.metrics.records_oversized,
+            "records too large for the engine dead-lettered",
+            "raise the engine's gRPC receive limit and engine.max_message_bytes to match, then `o365-connector deadletters requeue` these records",
+        ),
+        RecordFault::Refused => (
+            &context.metrics.records_refused,
+            "records refused by the engine dead-lettered",
+            "look in the engine's log for why it refused them, fix that, then `o365-connector deadletters requeue` these records",
+        ),
+    };
+    family.get_or_create(&labels).inc();
+    tracing::error!(tenant = %tenant.name, content_type, content_id, index, bytes_start = byte_range.0, bytes_end = byte_range.1, %reason, "record dead-lettered: it is lost until requeued");
+    context
+        .reporter
+        .report(context, &tenant.name, content_type, what);
+    context.problems.set(
+        &tenant.name,
+        content_type,
+        RECORDS_PROBLEM,
+        format!("{what}; last: contentId {content_id}, record {index}: {reason}"),
+        advice,
+        context.clock.now(),
+    );
+    Ok(())
 }
 
 /// Records settled progress in the queue every [`PROGRESS_EVERY`] records, so a crash
