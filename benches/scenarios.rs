@@ -7,7 +7,7 @@
 //! `target`/`op` apply to `ratio` when `limit` is set, to `value` otherwise.
 //!
 //! Run: `cargo bench --bench scenarios`; `BENCH_SCENARIO=drain` (or webhook_ingest, latency,
-//! big_blob, many_tenants, quota, scale_out; comma-separated) picks scenarios. `scale_out`
+//! big_blob, huge_records, many_tenants, quota, scale_out; comma-separated) picks scenarios. `scale_out`
 //! needs Debian's nats-server (or `O365_NATS_SERVER`) and drains `SCALE_BLOBS` blobs with an
 //! embedded-store instance, one replica on NATS and three replicas on NATS, in one run. `QUOTA_TRACE=1` prints the
 //! quota scenario's requests and throttled answers per second, and its acks as they pass each
@@ -1260,6 +1260,67 @@ async fn big_blob(dir: &Path) {
 }
 
 // ---------------------------------------------------------------------------------------
+// huge records
+
+/// Records of 3.9 MiB each, just under the engine's 4 MiB message limit, 10 per blob:
+/// the forwarder's window, the workers' buffers and the queues between them are bounded
+/// in bytes, so the connector's peak RSS stays under 256 MiB (issue "Delivery never
+/// stalls", point 5). `HUGE_RECORDS` sets how many (default 200).
+async fn huge_records(dir: &Path) {
+    use std::io::Write as _;
+    let count = env_number("HUGE_RECORDS", 200) as usize;
+    let payload = "p".repeat((3.9 * MIB) as usize - 100);
+    let records = dir.join("huge.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&records).unwrap());
+    for n in 0..count {
+        writeln!(
+            file,
+            r#"{{"CreationTime":"2026-01-02T03:04:05","Id":"huge-{n}","Operation":"MipLabel","Payload":"{payload}"}}"#
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+    let per_blob = 10;
+    let mut scenario = Scenario::single_tenant(tenant_scenario(TENANT, &records, per_blob));
+    scenario.throttle.requests_per_window = 0;
+    let api = start_api(scenario).await;
+    let socket = dir.join("engine.sock");
+    let engine = start_engine(&socket).await;
+    publish(&api, count.div_ceil(per_blob)).await;
+    let started = Instant::now();
+    let connector = Connector::start(ConnectorSetup {
+        dir,
+        socket: &socket,
+        api_base: api.base_url(),
+        requests_per_minute: 1_000_000,
+        tenants: &[TENANT.to_string()],
+        webhook: false,
+        poller: &eager_poller(1),
+        store: ("", ""),
+    })
+    .await;
+    wait_until(Duration::from_secs(600), "every huge record", || {
+        engine.acked.load(Ordering::Relaxed) >= count as u64
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let scenario = "huge_records";
+    figure(scenario, "records", count as f64, "records", None, None);
+    figure(
+        scenario,
+        "peak_rss",
+        connector.peak_rss() / MIB,
+        "MiB",
+        None,
+        Some((256.0, "le")),
+    );
+    figure(scenario, "elapsed_s", elapsed, "s", None, None);
+    connector.stop();
+    api.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // many tenants
 
 fn tenant_ids(count: usize) -> Vec<String> {
@@ -1531,11 +1592,12 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     eprintln!("store filesystem: {filesystem}");
     type Run = fn(&Path) -> Pin<Box<dyn std::future::Future<Output = ()> + '_>>;
-    let scenarios: [(&str, Run); 7] = [
+    let scenarios: [(&str, Run); 8] = [
         ("drain", |dir| Box::pin(drain(dir))),
         ("webhook_ingest", |dir| Box::pin(webhook_ingest(dir))),
         ("latency", |dir| Box::pin(latency(dir))),
         ("big_blob", |dir| Box::pin(big_blob(dir))),
+        ("huge_records", |dir| Box::pin(huge_records(dir))),
         ("many_tenants", |dir| Box::pin(many_tenants(dir))),
         ("quota", |dir| Box::pin(quota(dir))),
         ("scale_out", |dir| Box::pin(scale_out(dir))),
