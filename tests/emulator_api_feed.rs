@@ -1173,6 +1173,74 @@ async fn server_error_fault_answers_microsofts_af50000_until_turned_off() {
 }
 
 #[tokio::test]
+async fn blob_404_null_fault_answers_the_blobs_it_names_with_a_bare_404_even_once_expired() {
+    let world = World::single().await;
+    for content_type in ["Audit.SharePoint", "Audit.Exchange"] {
+        assert_eq!(
+            world.start_subscription(content_type, None).await.status,
+            200
+        );
+    }
+    let named = world.add_blob("Audit.SharePoint", &sample(), start_time());
+    let same_type = world.add_blob("Audit.SharePoint", &sample(), start_time());
+    let other_type = world.add_blob("Audit.Exchange", &sample(), start_time());
+    let control = format!("{}/_emulator/control", world.emulator.base_url());
+    let set_selector = |selector: Value| {
+        let request = world
+            .http
+            .post(&control)
+            .json(&json!({"faults": {"blob_404_null": selector}}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let cases = [
+        (json!("all"), [true, true, true]),
+        (json!("Audit.SharePoint"), [true, true, false]),
+        (json!(named.content_id), [true, false, false]),
+        (Value::Null, [false, false, false]),
+    ];
+    let mut refusals = 0;
+    for (selector, refused) in cases {
+        assert_eq!(set_selector(selector.clone()).await, 200, "{selector}");
+        for (entry, refused) in [&named, &same_type, &other_type].into_iter().zip(refused) {
+            let response = world
+                .http
+                .get(&entry.content_uri)
+                .bearer_auth(world.token())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap();
+            if refused {
+                refusals += 1;
+                assert_eq!((status, &body[..]), (404, &b"null"[..]), "{selector}");
+            } else {
+                assert_eq!(status, 200, "{selector} {}", entry.content_id);
+            }
+        }
+    }
+    assert_eq!(world.rule_count("blob_404_null"), refusals);
+    assert_eq!(
+        set_selector(json!("")).await,
+        400,
+        "an empty selector is refused"
+    );
+
+    // Past its expiration the named blob still answers the bare 404 (where Microsoft says
+    // AF20051), with the emulator's time in `Date`; the others answer AF20051.
+    assert_eq!(set_selector(json!(named.content_id)).await, 200);
+    world.advance(chrono::Duration::days(8));
+    let refused = world.get_url(&named.content_uri).await;
+    assert_eq!((refused.status, refused.code()), (404, ""));
+    let expected_date = (start_time() + chrono::Duration::days(8))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    assert_eq!(refused.header("date"), Some(expected_date.as_str()));
+    let expired = world.get_url(&same_type.content_uri).await;
+    assert_eq!((expired.status, expired.code()), (400, "AF20051"));
+}
+
+#[tokio::test]
 async fn latency_fault_delays_answers() {
     let mut tenant = tenant_scenario(TENANT);
     tenant.faults.latency_ms = 300;

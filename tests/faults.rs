@@ -619,14 +619,18 @@ async fn a_blob_refused_with_404_null_is_retried_then_counted_lost_after_its_exp
             attempts_and_death(item).0 >= 2
         })
         .await;
-        let warnings = captured.lines_with(&["WARN", "contoso", "Audit.Exchange", &entry.content_id]);
+        let warnings =
+            captured.lines_with(&["WARN", "contoso", "Audit.Exchange", &entry.content_id]);
         assert_eq!(warnings.len(), 1, "one WARN per refused blob: {warnings:?}");
     }
     let rows = refused_rows(&exchange_status(&rig).await);
     assert_eq!(rows.len(), 1, "one grouped row: {rows:?}");
     assert_eq!(rows[0]["count"], 2, "{rows:?}");
     assert!(
-        rows[0]["message"].as_str().unwrap().starts_with("2 blobs refused"),
+        rows[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 blobs refused"),
         "{rows:?}"
     );
 
@@ -647,10 +651,18 @@ async fn a_blob_refused_with_404_null_is_retried_then_counted_lost_after_its_exp
     rig.wait_for_acked(10).await;
     let exchange = exchange_status(&rig).await;
     let rows = refused_rows(&exchange);
-    assert_eq!(rows.len(), 1, "a good blob of the type does not clear it: {exchange}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "a good blob of the type does not clear it: {exchange}"
+    );
     assert_eq!(rows[0]["count"], 1, "{rows:?}");
     assert_eq!(exchange["lost"], 0, "{exchange}");
-    assert!(captured.lines_with(&["ERROR", &stays_refused.content_id]).is_empty());
+    assert!(
+        captured
+            .lines_with(&["ERROR", &stays_refused.content_id])
+            .is_empty()
+    );
 
     // Eight days pass at Microsoft: the next fetch, made after the blob's
     // contentExpiration by Microsoft's `Date`, is refused too, and the blob is given up.
@@ -668,11 +680,20 @@ async fn a_blob_refused_with_404_null_is_retried_then_counted_lost_after_its_exp
         ),
         "{metrics}"
     );
-    let errors = captured.lines_with(&["ERROR", "contoso", "Audit.Exchange", &stays_refused.content_id]);
+    let errors = captured.lines_with(&[
+        "ERROR",
+        "contoso",
+        "Audit.Exchange",
+        &stays_refused.content_id,
+    ]);
     assert_eq!(errors.len(), 1, "{errors:?}");
     let exchange = exchange_status(&rig).await;
     assert_eq!(exchange["lost"], 1, "{exchange}");
     assert_eq!(refused_rows(&exchange), Vec::<serde_json::Value>::new());
-    assert_eq!(rig.engine.counts().logs_acked, 10, "only the recovered blob's records");
+    assert_eq!(
+        rig.engine.counts().logs_acked,
+        10,
+        "only the recovered blob's records"
+    );
     rig.shutdown().await;
 }

@@ -328,7 +328,10 @@ mod tests {
     #[test]
     fn a_bare_400_403_or_404_is_a_refusal_and_coded_or_other_answers_are_not() {
         for status in [400, 403, 404] {
-            assert!(blob_error(status, b"null").refused_without_code(), "{status}");
+            assert!(
+                blob_error(status, b"null").refused_without_code(),
+                "{status}"
+            );
             assert!(blob_error(status, b"").refused_without_code(), "{status}");
         }
         let expired = br#"{"error":{"code":"AF20051","message":"expired"}}"#;
@@ -336,9 +339,13 @@ mod tests {
         let throttled = br#"{"error":{"code":"AF429","message":"slow down"}}"#;
         assert!(!blob_error(403, throttled).refused_without_code());
         for status in [401, 408, 429, 500] {
-            assert!(!blob_error(status, b"null").refused_without_code(), "{status}");
+            assert!(
+                !blob_error(status, b"null").refused_without_code(),
+                "{status}"
+            );
         }
-        let audit_off = b"Microsoft.Office.Compliance.Audit.DataServiceException: Tenant x does not exist.";
+        let audit_off =
+            b"Microsoft.Office.Compliance.Audit.DataServiceException: Tenant x does not exist.";
         assert!(!blob_error(400, audit_off).refused_without_code());
     }
 

@@ -613,15 +613,22 @@ async fn handle_refused(
         detail: &detail,
         advice: REFUSED_ADVICE,
     };
-    let first_report = context
-        .problems
-        .hold_blob(&tenant.name, content_type, held, context.clock.now());
+    let first_report =
+        context
+            .problems
+            .hold_blob(&tenant.name, content_type, held, context.clock.now());
     if first_report {
         tracing::warn!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob without an AF code; retrying on backoff until its contentExpiration passes by Microsoft's clock, then it is counted lost");
     } else {
         tracing::debug!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob again");
     }
-    retry_later(context, item, next_backoff(context, item), &error.to_string()).await;
+    retry_later(
+        context,
+        item,
+        next_backoff(context, item),
+        &error.to_string(),
+    )
+    .await;
 }
 
 /// The blob was refused by a fetch made after its `contentExpiration`: a counted loss.

@@ -209,9 +209,9 @@ impl FaultScenario {
 
     /// True when the `blob_404_null` fault covers this blob.
     pub fn answers_404_null(&self, content_type: &str, content_id: &str) -> bool {
-        self.blob_404_null
-            .as_deref()
-            .is_some_and(|selector| [BLOB_SELECTOR_ALL, content_type, content_id].contains(&selector))
+        self.blob_404_null.as_deref().is_some_and(|selector| {
+            [BLOB_SELECTOR_ALL, content_type, content_id].contains(&selector)
+        })
     }
 }
 
