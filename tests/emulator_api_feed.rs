@@ -271,6 +271,16 @@ impl World {
         self.send(self.http.get(url), Some(&self.token())).await
     }
 
+    /// `GET url` with a valid token, the response unread (status, headers, raw body).
+    async fn fetch_raw(&self, url: &str) -> reqwest::Response {
+        self.http
+            .get(url)
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn start_subscription(&self, content_type: &str, webhook: Option<Value>) -> Answer {
         let url = format!(
             "{}/subscriptions/start?contentType={content_type}&PublisherIdentifier={PUBLISHER}",
@@ -1025,15 +1035,11 @@ async fn blob_is_the_records_byte_exact_as_one_json_array() {
     let records = records("04-sharepoint.ndjson");
     let entry = world.add_blob("Audit.SharePoint", &records, start_time());
     let response = world
-        .http
-        .get(format!(
+        .fetch_raw(&format!(
             "{}?PublisherIdentifier={PUBLISHER}",
             entry.content_uri
         ))
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -1202,13 +1208,7 @@ async fn blob_404_null_fault_answers_the_blobs_it_names_with_a_bare_404_even_onc
     for (selector, refused) in cases {
         assert_eq!(set_selector(selector.clone()).await, 200, "{selector}");
         for (entry, refused) in [&named, &same_type, &other_type].into_iter().zip(refused) {
-            let response = world
-                .http
-                .get(&entry.content_uri)
-                .bearer_auth(world.token())
-                .send()
-                .await
-                .unwrap();
+            let response = world.fetch_raw(&entry.content_uri).await;
             let status = response.status().as_u16();
             let body = response.bytes().await.unwrap();
             if refused {
@@ -1270,13 +1270,7 @@ async fn truncate_fault_breaks_the_transfer_instead_of_sending_a_short_complete_
             ..FaultScenario::default()
         },
     );
-    let response = world
-        .http
-        .get(&entry.content_uri)
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+    let response = world.fetch_raw(&entry.content_uri).await;
     assert_eq!(response.status(), 200);
     let declared: usize = response.headers()["content-length"]
         .to_str()
@@ -1290,13 +1284,7 @@ async fn truncate_fault_breaks_the_transfer_instead_of_sending_a_short_complete_
         "a truncated blob is a transport error"
     );
     feed.set_faults(Some(TENANT), FaultScenario::default());
-    let whole = world
-        .http
-        .get(&entry.content_uri)
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+    let whole = world.fetch_raw(&entry.content_uri).await;
     assert_eq!(whole.bytes().await.unwrap().len(), full);
 }
 

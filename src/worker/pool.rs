@@ -609,7 +609,7 @@ async fn handle_refused(
     let held = HeldBlob {
         kind: REFUSED_PROBLEM,
         content_id,
-        summary: "refused by the API without an AF code, retried until their contentExpiration passes",
+        summary: "refused by the API without an AF code (each retried until its contentExpiration passes)",
         detail: &detail,
         advice: REFUSED_ADVICE,
     };
