@@ -271,6 +271,16 @@ impl World {
         self.send(self.http.get(url), Some(&self.token())).await
     }
 
+    /// `GET url` with a valid token, the response unread (status, headers, raw body).
+    async fn fetch_raw(&self, url: &str) -> reqwest::Response {
+        self.http
+            .get(url)
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn start_subscription(&self, content_type: &str, webhook: Option<Value>) -> Answer {
         let url = format!(
             "{}/subscriptions/start?contentType={content_type}&PublisherIdentifier={PUBLISHER}",
@@ -1025,15 +1035,11 @@ async fn blob_is_the_records_byte_exact_as_one_json_array() {
     let records = records("04-sharepoint.ndjson");
     let entry = world.add_blob("Audit.SharePoint", &records, start_time());
     let response = world
-        .http
-        .get(format!(
+        .fetch_raw(&format!(
             "{}?PublisherIdentifier={PUBLISHER}",
             entry.content_uri
         ))
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -1173,6 +1179,68 @@ async fn server_error_fault_answers_microsofts_af50000_until_turned_off() {
 }
 
 #[tokio::test]
+async fn blob_404_null_fault_answers_the_blobs_it_names_with_a_bare_404_even_once_expired() {
+    let world = World::single().await;
+    for content_type in ["Audit.SharePoint", "Audit.Exchange"] {
+        assert_eq!(
+            world.start_subscription(content_type, None).await.status,
+            200
+        );
+    }
+    let named = world.add_blob("Audit.SharePoint", &sample(), start_time());
+    let same_type = world.add_blob("Audit.SharePoint", &sample(), start_time());
+    let other_type = world.add_blob("Audit.Exchange", &sample(), start_time());
+    let control = format!("{}/_emulator/control", world.emulator.base_url());
+    let set_selector = |selector: Value| {
+        let request = world
+            .http
+            .post(&control)
+            .json(&json!({"faults": {"blob_404_null": selector}}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let cases = [
+        (json!("all"), [true, true, true]),
+        (json!("Audit.SharePoint"), [true, true, false]),
+        (json!(named.content_id), [true, false, false]),
+        (Value::Null, [false, false, false]),
+    ];
+    let mut refusals = 0;
+    for (selector, refused) in cases {
+        assert_eq!(set_selector(selector.clone()).await, 200, "{selector}");
+        for (entry, refused) in [&named, &same_type, &other_type].into_iter().zip(refused) {
+            let response = world.fetch_raw(&entry.content_uri).await;
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap();
+            if refused {
+                refusals += 1;
+                assert_eq!((status, &body[..]), (404, &b"null"[..]), "{selector}");
+            } else {
+                assert_eq!(status, 200, "{selector} {}", entry.content_id);
+            }
+        }
+    }
+    assert_eq!(world.rule_count("blob_404_null"), refusals);
+    assert_eq!(
+        set_selector(json!("")).await,
+        400,
+        "an empty selector is refused"
+    );
+
+    // Past its expiration the named blob still answers the bare 404 (where Microsoft says
+    // AF20051), with the emulator's time in `Date`; the others answer AF20051.
+    assert_eq!(set_selector(json!(named.content_id)).await, 200);
+    world.advance(chrono::Duration::days(8));
+    let refused = world.get_url(&named.content_uri).await;
+    assert_eq!((refused.status, refused.code()), (404, ""));
+    let expected_date = (start_time() + chrono::Duration::days(8))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    assert_eq!(refused.header("date"), Some(expected_date.as_str()));
+    let expired = world.get_url(&same_type.content_uri).await;
+    assert_eq!((expired.status, expired.code()), (400, "AF20051"));
+}
+
+#[tokio::test]
 async fn latency_fault_delays_answers() {
     let mut tenant = tenant_scenario(TENANT);
     tenant.faults.latency_ms = 300;
@@ -1202,13 +1270,7 @@ async fn truncate_fault_breaks_the_transfer_instead_of_sending_a_short_complete_
             ..FaultScenario::default()
         },
     );
-    let response = world
-        .http
-        .get(&entry.content_uri)
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+    let response = world.fetch_raw(&entry.content_uri).await;
     assert_eq!(response.status(), 200);
     let declared: usize = response.headers()["content-length"]
         .to_str()
@@ -1222,13 +1284,7 @@ async fn truncate_fault_breaks_the_transfer_instead_of_sending_a_short_complete_
         "a truncated blob is a transport error"
     );
     feed.set_faults(Some(TENANT), FaultScenario::default());
-    let whole = world
-        .http
-        .get(&entry.content_uri)
-        .bearer_auth(world.token())
-        .send()
-        .await
-        .unwrap();
+    let whole = world.fetch_raw(&entry.content_uri).await;
     assert_eq!(whole.bytes().await.unwrap().len(), full);
 }
 

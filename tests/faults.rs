@@ -7,6 +7,9 @@
 //! its `#[ignore]`d soak twin (`cargo test --test faults -- --ignored --nocapture`).
 //! Assertions wait on conditions with deadlines; times are printed, never asserted. The other fault tests live where their subject does: engine outages and
 //! single API faults in `delivery.rs`, SIGKILLs of the real binary in `crash.rs`.
+//!
+//! Also here, one fault whose handling runs over days of Microsoft's clock: a blob the API
+//! answers `404` with body `null` (no AF code) is retried, shown and finally counted lost.
 
 mod common;
 
@@ -17,11 +20,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::DEADLINE;
+use common::logs::CapturedLogs;
 use common::rig::{Rig, RigOptions, TENANT, sha256_hex};
 use o365_connector::emulator::api::scenario::{
     CONTENT_TYPES, FaultScenario, ThrottleResponse, ThrottleScenario,
 };
 use o365_connector::emulator::api::{ApiState, RequestRecord, publish};
+use o365_connector::queue::{ContentKey, ItemState, QueueItem};
 
 /// Lifetime of the tokens the emulator issues. The connector refreshes at half of it and
 /// uses a token until it ends, so an outage longer than this leaves it with none.
@@ -525,4 +530,170 @@ fn assert_token_outage_not_retried_hot(
         "{} token requests refused during a {outage_secs} s outage: retried hot",
         refused.len()
     );
+}
+
+/// The item's failed attempts so far, and whether it was dead-lettered (with the reason).
+fn attempts_and_death(item: &QueueItem) -> (u32, Option<&str>) {
+    match &item.state {
+        ItemState::Pending { attempts, .. } | ItemState::Leased { attempts, .. } => {
+            (*attempts, None)
+        }
+        ItemState::Dead { attempts, reason } => (*attempts, Some(reason.as_str())),
+        ItemState::Done { .. } => (0, None),
+    }
+}
+
+/// Waits until the queue item of `content_id` satisfies `condition`; returns it.
+async fn wait_for_item(
+    rig: &Rig,
+    content_id: &str,
+    what: &str,
+    condition: impl Fn(&QueueItem) -> bool,
+) -> QueueItem {
+    let queue = &rig.service.as_ref().unwrap().queue;
+    let key = ContentKey::new(TENANT, content_id);
+    let started = std::time::Instant::now();
+    loop {
+        let item = queue.get(&key).await.unwrap();
+        if let Some(item) = item.filter(&condition) {
+            return item;
+        }
+        assert!(started.elapsed() < DEADLINE, "{content_id}: never {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /status` on the ops listener; the Audit.Exchange entry.
+async fn exchange_status(rig: &Rig) -> serde_json::Value {
+    let address = rig.service.as_ref().unwrap().ops_address.unwrap();
+    let status: serde_json::Value = reqwest::get(format!("http://{address}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["tenants"][0]["content_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["content_type"] == "Audit.Exchange")
+        .unwrap()
+        .clone()
+}
+
+/// The `content_refused` errors of a content type's status, after checking that every
+/// error there has advice.
+fn refused_rows(entry: &serde_json::Value) -> Vec<serde_json::Value> {
+    let errors = entry["errors"].as_array().unwrap();
+    for error in errors {
+        let advice = error["advice"].as_str().unwrap_or_default();
+        assert!(!advice.trim().is_empty(), "no advice: {error}");
+    }
+    errors
+        .iter()
+        .filter(|error| error["kind"] == "content_refused")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_blob_refused_with_404_null_is_retried_then_counted_lost_after_its_expiration_by_microsofts_clock()
+ {
+    let captured = CapturedLogs::start_on_this_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let refuse_exchange = FaultScenario {
+        blob_404_null: Some("Audit.Exchange".into()),
+        ..FaultScenario::default()
+    };
+    let mut options = RigOptions::synthetic(refuse_exchange);
+    options.extra_config = "listen = \"127.0.0.1:0\"\n".into();
+    let rig = Rig::start(dir, options).await;
+    rig.wait_for_webhooks(&["Audit.Exchange"]).await;
+    let entries = publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;
+    let (stays_refused, recovers) = (&entries[0], &entries[1]);
+
+    // Both are refused again and again, each with one WARN naming it, and held as one
+    // grouped problem with their count.
+    for entry in &entries {
+        wait_for_item(&rig, &entry.content_id, "refused twice", |item| {
+            attempts_and_death(item).0 >= 2
+        })
+        .await;
+        let warnings =
+            captured.lines_with(&["WARN", "contoso", "Audit.Exchange", &entry.content_id]);
+        assert_eq!(warnings.len(), 1, "one WARN per refused blob: {warnings:?}");
+    }
+    let rows = refused_rows(&exchange_status(&rig).await);
+    assert_eq!(rows.len(), 1, "one grouped row: {rows:?}");
+    assert_eq!(rows[0]["count"], 2, "{rows:?}");
+    assert!(
+        rows[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 blobs refused"),
+        "{rows:?}"
+    );
+
+    // Microsoft serves the second blob again (through the control route, as an operator of
+    // the emulator would): it is delivered, and the first stays a problem.
+    let control = format!("{}/_emulator/control", rig.api.base_url());
+    let answer = common::client_trusting(&rig.certs.ca)
+        .post(control)
+        .json(&serde_json::json!({"faults": {"blob_404_null": stays_refused.content_id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    wait_for_item(&rig, &recovers.content_id, "completed", |item| {
+        matches!(item.state, ItemState::Done { .. })
+    })
+    .await;
+    rig.wait_for_acked(10).await;
+    let exchange = exchange_status(&rig).await;
+    let rows = refused_rows(&exchange);
+    assert_eq!(
+        rows.len(),
+        1,
+        "a good blob of the type does not clear it: {exchange}"
+    );
+    assert_eq!(rows[0]["count"], 1, "{rows:?}");
+    assert_eq!(exchange["lost"], 0, "{exchange}");
+    assert!(
+        captured
+            .lines_with(&["ERROR", &stays_refused.content_id])
+            .is_empty()
+    );
+
+    // Eight days pass at Microsoft: the next fetch, made after the blob's
+    // contentExpiration by Microsoft's `Date`, is refused too, and the blob is given up.
+    rig.api.state().clock.advance(chrono::Duration::days(8));
+    let dead = wait_for_item(&rig, &stays_refused.content_id, "dead-lettered", |item| {
+        attempts_and_death(item).1.is_some()
+    })
+    .await;
+    let reason = attempts_and_death(&dead).1.unwrap().to_string();
+    assert!(reason.contains("contentExpiration"), "{reason}");
+    let metrics = rig.service.as_ref().unwrap().metrics.encode();
+    assert!(
+        metrics.contains(
+            "o365_connector_content_refused_total{tenant=\"contoso\",content_type=\"Audit.Exchange\"} 1"
+        ),
+        "{metrics}"
+    );
+    let errors = captured.lines_with(&[
+        "ERROR",
+        "contoso",
+        "Audit.Exchange",
+        &stays_refused.content_id,
+    ]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let exchange = exchange_status(&rig).await;
+    assert_eq!(exchange["lost"], 1, "{exchange}");
+    assert_eq!(refused_rows(&exchange), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        rig.engine.counts().logs_acked,
+        10,
+        "only the recovered blob's records"
+    );
+    rig.shutdown().await;
 }

@@ -404,60 +404,10 @@ async fn shutdown_waits_for_acks_of_logs_in_flight() {
     emulator.shutdown().await;
 }
 
-/// Log lines written on one test's thread.
-#[derive(Clone, Default)]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-thread_local! {
-    static CAPTURE: std::cell::RefCell<Option<CapturedLogs>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Writes to the capture of the current thread, if any; drops the rest.
-struct ThreadCaptureWriter;
-
-impl std::io::Write for ThreadCaptureWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        CAPTURE.with(|capture| {
-            if let Some(captured) = &*capture.borrow() {
-                captured.0.lock().unwrap().extend_from_slice(bytes);
-            }
-        });
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLogs {
-    /// Captures what is logged on this thread from now on. One global subscriber routes
-    /// by thread: a scoped subscriber (`set_default`) would race with the other tests over
-    /// tracing's global callsite cache.
-    fn start_on_this_thread() -> Self {
-        static INSTALL: std::sync::Once = std::sync::Once::new();
-        INSTALL.call_once(|| {
-            let _ = tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .with_writer(|| ThreadCaptureWriter)
-                .try_init();
-        });
-        let captured = Self::default();
-        CAPTURE.with(|capture| *capture.borrow_mut() = Some(captured.clone()));
-        captured
-    }
-
-    fn lines_containing(&self, needle: &str) -> usize {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines().filter(|line| line.contains(needle)).count()
-    }
-}
-
 #[tokio::test]
 async fn an_outage_is_logged_once_as_a_warning_and_its_recovery_once_as_info() {
     // A current-thread test runtime: the forwarder's tasks log on this thread.
-    let captured = CapturedLogs::start_on_this_thread();
+    let captured = common::logs::CapturedLogs::start_on_this_thread();
 
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("engine.sock");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -96,6 +97,8 @@ pub enum ApiError {
         message: String,
         /// `Retry-After`, when given.
         retry_after: Option<Duration>,
+        /// The answer's `Date` header: the service's time when it refused, when given.
+        server_date: Option<DateTime<Utc>>,
     },
     /// No token could be had.
     #[error(transparent)]
@@ -168,6 +171,31 @@ impl ApiError {
             Self::Service { af_code, .. } => af_code.as_deref(),
             _ => None,
         }
+    }
+
+    /// The service's time (its `Date` header) on the answer that failed, when it sent one.
+    pub fn server_date(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Service { server_date, .. } => *server_date,
+            _ => None,
+        }
+    }
+
+    /// True for an HTTP 400, 403 or 404 that carries no AF code (and no message this
+    /// classification recognises): the service refused without saying why. Microsoft
+    /// answers expired content with AF20051; a bare refusal is retried and given up only
+    /// once the content's own expiration has passed (see the worker pool). 401, 408 and
+    /// 429 are classified on their own and never land here.
+    pub fn refused_without_code(&self) -> bool {
+        matches!(
+            self,
+            Self::Service {
+                kind: ErrorKind::BadRequest,
+                status: 400 | 403 | 404,
+                af_code: None,
+                ..
+            }
+        )
     }
 }
 
@@ -277,6 +305,49 @@ mod tests {
             ),
             ErrorKind::AuditDisabled
         );
+    }
+
+    fn blob_error(status: u16, body: &[u8]) -> ApiError {
+        let (af_code, message) = parse_error_body(body);
+        let kind = classify(
+            StatusCode::from_u16(status).unwrap(),
+            af_code.as_deref(),
+            &message,
+        );
+        ApiError::Service {
+            tenant_id: "t".into(),
+            operation: "blob",
+            kind,
+            status,
+            af_code,
+            message,
+            retry_after: None,
+            server_date: None,
+        }
+    }
+
+    #[test]
+    fn a_bare_400_403_or_404_is_a_refusal_and_coded_or_other_answers_are_not() {
+        for status in [400, 403, 404] {
+            assert!(
+                blob_error(status, b"null").refused_without_code(),
+                "{status}"
+            );
+            assert!(blob_error(status, b"").refused_without_code(), "{status}");
+        }
+        let expired = br#"{"error":{"code":"AF20051","message":"expired"}}"#;
+        assert!(!blob_error(400, expired).refused_without_code());
+        let throttled = br#"{"error":{"code":"AF429","message":"slow down"}}"#;
+        assert!(!blob_error(403, throttled).refused_without_code());
+        for status in [401, 408, 429, 500] {
+            assert!(
+                !blob_error(status, b"null").refused_without_code(),
+                "{status}"
+            );
+        }
+        let audit_off =
+            b"Microsoft.Office.Compliance.Audit.DataServiceException: Tenant x does not exist.";
+        assert!(!blob_error(400, audit_off).refused_without_code());
     }
 
     #[test]

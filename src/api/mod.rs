@@ -311,6 +311,7 @@ impl ApiClient {
     async fn service_error(&self, operation: &'static str, response: Response) -> ApiError {
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let server_date = server_date(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         let (af_code, message) = error::parse_error_body(&body);
         let kind = error::classify(status, af_code.as_deref(), &message);
@@ -326,6 +327,7 @@ impl ApiClient {
             af_code,
             message,
             retry_after,
+            server_date,
         }
     }
 

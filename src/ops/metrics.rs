@@ -123,6 +123,9 @@ pub struct Metrics {
     pub content_missing: Family<ContentLabels, Counter>,
     /// Blobs whose structure could not be recovered, dead-lettered from that point.
     pub content_unrecoverable: Family<ContentLabels, Counter>,
+    /// Blobs the API kept refusing without an AF code (400, 403, 404) until after their
+    /// `contentExpiration` by Microsoft's clock: dead-lettered by reference, a counted loss.
+    pub content_refused: Family<ContentLabels, Counter>,
     /// Management API requests by operation, outcome and AF code.
     pub api_requests: Family<ApiRequestLabels, Counter>,
     /// Throttling answers received, by tenant.
@@ -200,6 +203,7 @@ impl Metrics {
             content_expired: Family::default(),
             content_missing: Family::default(),
             content_unrecoverable: Family::default(),
+            content_refused: Family::default(),
             api_requests: Family::default(),
             throttled: Family::default(),
             token_requests: Family::default(),
@@ -254,6 +258,7 @@ impl Metrics {
                     &self.content_expired,
                     &self.content_missing,
                     &self.content_unrecoverable,
+                    &self.content_refused,
                     &self.subscription_stops,
                 ] {
                     family.get_or_create(&labels).inc_by(0);
@@ -379,6 +384,11 @@ impl Metrics {
             "content_unrecoverable",
             "Blobs whose JSON structure could not be recovered",
             self.content_unrecoverable.clone(),
+        );
+        registry.register(
+            "content_refused",
+            "Blobs the API refused without an AF code until after their contentExpiration: lost",
+            self.content_refused.clone(),
         );
         registry.register(
             "api_requests",

@@ -11,7 +11,7 @@
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
 //!    "content_types": [{"content_type", "subscription", "webhook", "last_notification",
 //!      "cursor", "lag_seconds", "queue_depth", "records_forwarded", "lost",
-//!      "errors": [{"kind", "message", "advice", "since"}]}]}]}
+//!      "errors": [{"kind", "message", "advice", "since", "count"?}]}]}]}
 //! ```
 //!
 //! A field is `null` when nothing reports it (yet): `subscription`, `webhook` and
@@ -20,11 +20,12 @@
 //! store under `poller/cursor/{tenant id}/{content type}` (RFC 3339 text); `queue_depth`
 //! per content type needs a queue that counts by content type (the whole queue's counts
 //! are in `queue`); `records_forwarded` (records the engine acknowledged) and `lost`
-//! (blobs Microsoft expired, AF20051, or kept missing, AF20050; records dead-lettered as
-//! oversized or refused by the engine) come from the metrics, and
-//! are `null` for tenants beyond `ops.max_tenant_series`, whose series are aggregated.
-//! Tenant-wide problems (content type `*` on the problem board) are the tenant's
-//! `errors`.
+//! (blobs Microsoft expired, AF20051, kept missing, AF20050, or kept refusing without an
+//! AF code past their expiration; records dead-lettered as oversized or refused by the
+//! engine) come from the metrics, and are `null` for tenants beyond
+//! `ops.max_tenant_series`, whose series are aggregated. Tenant-wide problems (content type
+//! `*` on the problem board) are the tenant's `errors`. An error about particular blobs is
+//! one entry with their `count` (absent on the others).
 //!
 //! Nothing secret is shown: no client secret, no token, no authId, no webhook secret.
 //! Problem messages are written never to carry one.
@@ -151,9 +152,9 @@ pub struct ContentTypeStatus {
     pub queue_depth: Option<u64>,
     /// Records the engine acknowledged since start; `null` beyond the per-tenant series.
     pub records_forwarded: Option<u64>,
-    /// Blobs and records given up since start: blobs expired or missing at Microsoft, and
-    /// records dead-lettered as oversized or refused by the engine (lost until requeued);
-    /// `null` beyond the per-tenant series.
+    /// Blobs and records given up since start: blobs expired or missing at Microsoft, or
+    /// refused by it until they expired, and records dead-lettered as oversized or refused
+    /// by the engine (lost until requeued); `null` beyond the per-tenant series.
     pub lost: Option<u64>,
     /// Current problems.
     pub errors: Vec<StatusError>,
@@ -170,6 +171,9 @@ pub struct StatusError {
     pub advice: String,
     /// Since when.
     pub since: DateTime<Utc>,
+    /// How many blobs the problem covers, for a problem about particular blobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl From<Problem> for StatusError {
@@ -179,6 +183,7 @@ impl From<Problem> for StatusError {
             message: problem.message,
             advice: problem.advice,
             since: problem.since,
+            count: problem.count,
         }
     }
 }
@@ -340,6 +345,7 @@ impl StatusSource {
                     + count(&self.metrics.content_missing)
                     + count(&self.metrics.records_oversized)
                     + count(&self.metrics.records_refused)
+                    + count(&self.metrics.content_refused)
             }),
             errors: problems
                 .remove(&(tenant.name.clone(), content_type.to_string()))
@@ -596,6 +602,7 @@ mod tests {
                         message: "<script>alert(1)</script>".into(),
                         advice: "fix \"it\"".into(),
                         since: now,
+                        count: None,
                     }],
                 }],
             }],

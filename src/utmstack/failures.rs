@@ -119,6 +119,7 @@ mod tests {
             message: "token request refused".into(),
             advice: "fix the secret".into(),
             since,
+            count: None,
         }
     }
 

@@ -24,6 +24,14 @@
 //! (`records_invalid`, `records_oversized`, `records_refused`), logged and reported, and
 //! stays requeue-able while Microsoft keeps the blob. The settled prefix moves past such a
 //! record only once its dead letter is stored.
+//!
+//! A blob the API refuses without an AF code (HTTP 400, 403 or 404; 401, 408 and 429 have
+//! their own handling) is retried on the item's backoff, with one WARN per blob and the
+//! blob held on the board's `content_refused` problem. Once its listed `contentExpiration`
+//! has passed by Microsoft's clock (the failed answer's `Date`) and that fetch, made after
+//! the instant, was still refused, it is given up: dead-lettered by reference, counted in
+//! `content_refused`, logged as an ERROR. The problem holds each blob until that blob
+//! completes or is dead-lettered, whatever other blobs of its type do meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -42,7 +50,7 @@ use crate::clock::Clock;
 use crate::forward::log::{build_log, max_raw_bytes};
 use crate::forward::{AckReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
-use crate::ops::health::ProblemBoard;
+use crate::ops::health::{HeldBlob, ProblemBoard};
 use crate::ops::metrics::ContentOutcomeLabels;
 use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
@@ -56,6 +64,14 @@ const FETCH_PROBLEM: &str = "fetch_refused";
 /// The problem kind of records given up alone (oversized, refused by the engine): it
 /// stays until the records are requeued or the service restarts, as the loss does.
 const RECORDS_PROBLEM: &str = "records_dead_lettered";
+/// The problem kind holding the blobs the API refuses without an AF code, per blob.
+const REFUSED_PROBLEM: &str = "content_refused";
+
+/// What to do about blobs refused without an AF code.
+const REFUSED_ADVICE: &str = "nothing is needed while the blobs are not yet expired: each is retried on its backoff and, once its contentExpiration has passed by Microsoft's clock and a last fetch is refused, counted lost (content_refused_total); if many blobs are refused, check that api_url points at Microsoft's API for the tenant's cloud and whether Microsoft reports an incident";
+
+/// What to do about other refusals that name no advice of their own.
+const BAD_REQUEST_ADVICE: &str = "the API refused the blob request (see the AF code in the message); the connector retries every 15 minutes and keeps the content; if it persists, check the tenant's configuration (tenant_id, cloud, publisher_id) and report the message";
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
@@ -372,6 +388,12 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
             context
                 .problems
                 .clear(&tenant.name, content_type, &[FETCH_PROBLEM]);
+            context.problems.release_blob(
+                &tenant.name,
+                content_type,
+                REFUSED_PROBLEM,
+                &item.content.content_id,
+            );
             if let Err(error) = context.queue.complete(&key, item.lease).await {
                 tracing::warn!(%key, %error, "cannot complete the item; it will be redelivered");
             }
@@ -676,6 +698,7 @@ async fn handle_fetch_error(
             );
             dead_letter(
                 context,
+                tenant,
                 item,
                 "content expired before it could be fetched (AF20051)",
             )
@@ -687,6 +710,7 @@ async fn handle_fetch_error(
             tracing::error!(tenant = %tenant.name, content_type, content_id, attempts = item.attempts + 1, "content still does not exist (AF20050); counted as missing");
             dead_letter(
                 context,
+                tenant,
                 item,
                 "content does not exist (AF20050) after repeated attempts",
             )
@@ -725,14 +749,17 @@ async fn handle_fetch_error(
             // the item is kept as a dead letter (requeue-able) and counted.
             tracing::error!(tenant = %tenant.name, content_type, content_id, %error, "refusing to fetch content from a foreign host");
             count_blob(context, tenant, content_type, "foreign_url");
-            dead_letter(context, item, &error.to_string()).await;
+            dead_letter(context, tenant, item, &error.to_string()).await;
+        }
+        _ if error.refused_without_code() => {
+            handle_refused(context, tenant, item, &error).await;
         }
         _ => {
             // Configuration problems (credentials, consent, roles, audit off): keep the
             // content, show the problem, try again later.
             count_blob(context, tenant, content_type, "refused");
             let advice = match &error {
-                ApiError::Service { kind, .. } => kind.advice().unwrap_or(""),
+                ApiError::Service { kind, .. } => kind.advice().unwrap_or(BAD_REQUEST_ADVICE),
                 _ => "check the tenant's credentials and the app registration",
             };
             context.problems.set(
@@ -752,6 +779,81 @@ async fn handle_fetch_error(
             retry_later(context, item, delay, &error.to_string()).await;
         }
     }
+}
+
+/// A blob refused without an AF code: given up when this refusal came after its
+/// `contentExpiration` by Microsoft's clock, otherwise retried on the item's backoff and
+/// held on the board.
+async fn handle_refused(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    error: &ApiError,
+) {
+    let content_type = item.content.content_type.as_str();
+    let content_id = item.content.content_id.as_str();
+    let expiration = item.content.content_expiration;
+    // Microsoft's time of this very refusal; its clock, not ours, says when content
+    // expires. Without a `Date` (never seen from Microsoft) the latest one, then ours.
+    let server_now = error
+        .server_date()
+        .or_else(|| tenant.client.last_server_date())
+        .unwrap_or_else(|| context.clock.now());
+    if server_now >= expiration {
+        return give_up_refused(context, tenant, item, error, server_now).await;
+    }
+    count_blob(context, tenant, content_type, "retry");
+    let detail = format!("{content_id}: {error}");
+    let held = HeldBlob {
+        kind: REFUSED_PROBLEM,
+        content_id,
+        summary: "refused by the API without an AF code (each retried until its contentExpiration passes)",
+        detail: &detail,
+        advice: REFUSED_ADVICE,
+    };
+    let first_report =
+        context
+            .problems
+            .hold_blob(&tenant.name, content_type, held, context.clock.now());
+    if first_report {
+        tracing::warn!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob without an AF code; retrying on backoff until its contentExpiration passes by Microsoft's clock, then it is counted lost");
+    } else {
+        tracing::debug!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob again");
+    }
+    retry_later(
+        context,
+        item,
+        next_backoff(context, item),
+        &error.to_string(),
+    )
+    .await;
+}
+
+/// The blob was refused by a fetch made after its `contentExpiration`: a counted loss.
+async fn give_up_refused(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    error: &ApiError,
+    server_now: DateTime<Utc>,
+) {
+    let content_type = item.content.content_type.as_str();
+    let content_id = item.content.content_id.as_str();
+    let expiration = item.content.content_expiration;
+    let labels = context.metrics.content(&tenant.name, content_type);
+    context.metrics.content_refused.get_or_create(&labels).inc();
+    count_blob(context, tenant, content_type, "refused_expired");
+    tracing::error!(tenant = %tenant.name, content_type, content_id, %expiration, microsoft_time = %server_now, %error, "the API kept refusing the blob without an AF code until after its contentExpiration: dead-lettered, its records are lost");
+    context.reporter.report(
+        context,
+        &tenant.name,
+        content_type,
+        "content refused by the API until it expired",
+    );
+    let reason = format!(
+        "refused without an AF code until after its contentExpiration {expiration} (Microsoft's time {server_now}): {error}"
+    );
+    dead_letter(context, tenant, item, &reason).await;
 }
 
 async fn give_up_unrecoverable(
@@ -792,6 +894,7 @@ async fn give_up_unrecoverable(
     );
     dead_letter(
         context,
+        tenant,
         item,
         &format!("JSON structure lost at byte {offset} (record {index}): {reason}"),
     )
@@ -834,7 +937,14 @@ async fn release(context: &WorkerContext, item: &LeasedItem) {
     log_queue_error(item, context.queue.release(&item.key(), item.lease).await);
 }
 
-async fn dead_letter(context: &WorkerContext, item: &LeasedItem, reason: &str) {
+/// Dead-letters the item; it no longer counts on the board's refused-blobs problem.
+async fn dead_letter(context: &WorkerContext, tenant: &Tenant, item: &LeasedItem, reason: &str) {
+    context.problems.release_blob(
+        &tenant.name,
+        &item.content.content_type,
+        REFUSED_PROBLEM,
+        &item.content.content_id,
+    );
     log_queue_error(
         item,
         context

@@ -2,6 +2,7 @@
 //! the real binary, and a gRPC client of the engine built only from the spec's field tables.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod nats;
 pub mod rig;
 

@@ -16,7 +16,9 @@
 //! - Set faults (the complete set: omitted fields are off) of one tenant, or of every
 //!   tenant when `tenant` is omitted:
 //!   `{"faults": {"tenant": "41463f53-…", "duplicate_notifications": true, "late_content_hours": 3}}`
-//!   (every field of [`FaultScenario`], e.g. `"bom_bodies": true` for byte-order marks)
+//!   (every field of [`FaultScenario`], e.g. `"bom_bodies": true` for byte-order marks);
+//!   listed blobs answering `404` with body `null`: `{"faults": {"blob_404_null": "all"}}`
+//!   (or a content type, or one contentId)
 //! - Disable a webhook as Microsoft does after failures:
 //!   `{"disable_webhook": {"tenant": "41463f53-…", "content_type": "Audit.Exchange"}}`
 //! - Move the clock (seconds, may be negative): `{"advance_clock_secs": 3600}`
@@ -192,12 +194,8 @@ fn set_faults(
     };
     let faults: FaultScenario = serde_json::from_value(Value::Object(arguments))
         .map_err(|error| ControlError::BadCommand(format!("invalid faults: {error}")))?;
-    for rate in [faults.server_error_rate, faults.truncate_rate] {
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(ControlError::BadCommand(
-                "fault rates are between 0 and 1".into(),
-            ));
-        }
+    if let Some(problem) = faults.problem() {
+        return Err(ControlError::BadCommand(problem));
     }
     state.feed.set_faults(tenant.as_deref(), faults);
     Ok(Json(json!({"ok": true})))

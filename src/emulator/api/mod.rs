@@ -21,7 +21,8 @@
 //! Every request is logged (time, tenant, endpoint, status, `User-Agent`) and every
 //! rejection counted by code and rule, for `GET /_emulator/requests` and `/rejections`.
 //! Time comes from the library's [`Clock`], so tests move it to exercise 24-hour and
-//! 7-day rules.
+//! 7-day rules; every answer's `Date` header reads that clock too, as Microsoft's `Date`
+//! is Microsoft's time (the client judges clock skew and content expiration by it).
 
 pub mod bom;
 pub mod control;
@@ -265,7 +266,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
             bom::prefix_json_bodies,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), inspect))
+        .layer(middleware::from_fn_with_state(state.clone(), stamp_date))
         .with_state(state)
+}
+
+/// Sets `Date` (IMF-fixdate, RFC 9110) from the emulator's clock; the HTTP server only
+/// adds its own system-time `Date` when the answer has none.
+async fn stamp_date(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let date = state
+        .clock
+        .now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(value) = header::HeaderValue::from_str(&date) {
+        response.headers_mut().insert(header::DATE, value);
+    }
+    response
 }
 
 /// Logs every request and counts every rejection.

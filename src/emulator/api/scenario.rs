@@ -31,6 +31,7 @@
 //! [tenants.faults]
 //! server_error_rate = 0.1               # share of API requests answered 5xx
 //! bom_bodies = true                     # a UTF-8 BOM before every JSON body, as since May 2025
+//! blob_404_null = "Audit.Exchange"      # listed blobs answer 404 `null`: "all", a content type or a contentId
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -185,7 +186,43 @@ pub struct FaultScenario {
     /// errors, blobs) and of every notification POSTed to its webhook, as Microsoft has
     /// since May 2025 (see [`super::bom`]).
     pub bom_bodies: bool,
+    /// Listed blobs answer HTTP 404 with the body `null` (no AF code), as an independent
+    /// mock of the API answered expired content, whatever their expiration: `"all"`, the
+    /// blobs of one content type (API spelling), or the one blob with this contentId.
+    /// Off when absent.
+    pub blob_404_null: Option<String>,
 }
+
+impl FaultScenario {
+    /// Why these faults cannot be injected, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        for rate in [self.server_error_rate, self.truncate_rate] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Some("fault rates are between 0 and 1".into());
+            }
+        }
+        if self
+            .blob_404_null
+            .as_deref()
+            .is_some_and(|selector| selector.trim().is_empty())
+        {
+            return Some(
+                "blob_404_null is \"all\", a content type or a contentId, not empty".into(),
+            );
+        }
+        None
+    }
+
+    /// True when the `blob_404_null` fault covers this blob.
+    pub fn answers_404_null(&self, content_type: &str, content_id: &str) -> bool {
+        self.blob_404_null.as_deref().is_some_and(|selector| {
+            [BLOB_SELECTOR_ALL, content_type, content_id].contains(&selector)
+        })
+    }
+}
+
+/// The `blob_404_null` selector of every blob.
+pub const BLOB_SELECTOR_ALL: &str = "all";
 
 impl Default for ThrottleScenario {
     fn default() -> Self {
@@ -349,10 +386,8 @@ impl Scenario {
                     ));
                 }
             }
-            for rate in [tenant.faults.server_error_rate, tenant.faults.truncate_rate] {
-                if !(0.0..=1.0).contains(&rate) {
-                    return invalid(format!("tenant {name}: fault rates are between 0 and 1"));
-                }
+            if let Some(problem) = tenant.faults.problem() {
+                return invalid(format!("tenant {name}: {problem}"));
             }
         }
         Ok(())

@@ -9,6 +9,11 @@
 //! HTTP 400 AF20051. Otherwise 200, `Content-Type: application/json; charset=utf-8`, the
 //! stored bytes with their `Content-Length`.
 //!
+//! The `blob_404_null` fault answers a listed blob it covers (all, a content type, or one
+//! contentId) with HTTP 404 and the body `null`, no AF code, after the checks above and
+//! before the expiration check: what an independent mock of the API answered for expired
+//! content, where Microsoft sends AF20051.
+//!
 //! The `truncate_rate` fault (a deterministic share, see `world::take_credit`) answers
 //! 200 with the full `Content-Length` but a body that yields half the bytes and then
 //! fails, so the server drops the connection before the declared length: the client sees
@@ -30,15 +35,17 @@ use super::request::{Caller, Params, authorize, dlp_allowed};
 use super::subscriptions::subscription_disabled;
 use super::world::{content_id_well_formed, take_credit};
 use crate::emulator::api::ApiState;
-use crate::emulator::api::error::AfError;
+use crate::emulator::api::error::{AfError, Rejection};
 
 /// How long a truncated body pauses before failing, so its head reaches the client.
 const TRUNCATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A blob about to be served.
-struct Served {
-    body: Bytes,
-    truncate: bool,
+enum Served {
+    /// The blob's bytes, cut short when `truncate`.
+    Blob { body: Bytes, truncate: bool },
+    /// The `blob_404_null` fault: HTTP 404, body `null`.
+    NotFoundNull,
 }
 
 /// `GET …/audit/{contentId}`.
@@ -94,6 +101,9 @@ impl FeedState {
             return Err(not_found());
         }
         dlp_allowed(caller, &content_type)?;
+        if tenant.faults.answers_404_null(&content_type, content_id) {
+            return Ok(Served::NotFoundNull);
+        }
         if now >= blob.entry.content_expiration {
             return Err(AfError::bad_request(
                 "AF20051",
@@ -106,21 +116,40 @@ impl FeedState {
         let body = blob.body.clone();
         let rate = tenant.faults.truncate_rate;
         let truncate = take_credit(&mut tenant.truncate_credit, rate);
-        Ok(Served { body, truncate })
+        Ok(Served::Blob { body, truncate })
     }
 }
 
 fn blob_response(served: Served) -> Response {
-    let length = served.body.len();
-    let body = if served.truncate {
-        truncated_body(served.body)
+    let (body, truncate) = match served {
+        Served::Blob { body, truncate } => (body, truncate),
+        Served::NotFoundNull => return not_found_null(),
+    };
+    let length = body.len();
+    let body = if truncate {
+        truncated_body(body)
     } else {
-        Body::from(served.body)
+        Body::from(body)
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+/// HTTP 404 with the JSON body `null`, counted as a rejection of the `blob_404_null` rule
+/// (code `HTTP404`: there is no AF code).
+fn not_found_null() -> Response {
+    let mut response = Response::new(Body::from("null"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    response.extensions_mut().insert(Rejection {
+        code: "HTTP404".into(),
+        rule: "blob_404_null",
+    });
     response
 }
 
