@@ -339,7 +339,7 @@ async fn forward_blob(
         match event {
             SplitEvent::Record { index, bytes, .. } => {
                 next_index = index + 1;
-                if index < item.acked_records {
+                if item.already_settled(index) {
                     continue;
                 }
                 let log = build_log(
@@ -362,7 +362,7 @@ async fn forward_blob(
                 reason,
             } => {
                 next_index = index + 1;
-                if index < item.acked_records {
+                if item.already_settled(index) {
                     continue;
                 }
                 let record = DeadRecord {
@@ -417,7 +417,7 @@ async fn save_progress(
     recorded: &mut u64,
     item: &LeasedItem,
 ) {
-    if progress.settled < *recorded + PROGRESS_EVERY {
+    if progress.settled < recorded.saturating_add(PROGRESS_EVERY) {
         return;
     }
     if context
