@@ -589,7 +589,11 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(report)?;
     } else {
-        println!("requeued {} dead item(s)", report.requeued.len());
+        println!(
+            "requeued {} dead item(s) and {} dead record(s)",
+            report.requeued.len(),
+            report.records.len()
+        );
         let rows: Vec<Vec<String>> = report
             .requeued
             .iter()
@@ -611,6 +615,34 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
                 )
             );
         }
+        let rows: Vec<Vec<String>> = report
+            .records
+            .iter()
+            .map(|record| {
+                vec![
+                    record.tenant.clone(),
+                    or_dash(&record.content_type),
+                    record.content_id.clone(),
+                    record.index.to_string(),
+                    record.reason.clone(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            print!(
+                "{}",
+                table(
+                    &[
+                        "TENANT",
+                        "CONTENT TYPE",
+                        "CONTENT ID",
+                        "INDEX",
+                        "WAS DEAD FOR"
+                    ],
+                    &rows
+                )
+            );
+        }
     }
     if report.expired > 0 {
         eprintln!(
@@ -618,8 +650,20 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
             report.expired
         );
     }
+    if report.records_in_progress > 0 {
+        eprintln!(
+            "note: {} dead record(s) belong to blobs still being fetched; requeue them once those are done",
+            report.records_in_progress
+        );
+    }
+    if report.records_expired > 0 {
+        eprintln!(
+            "note: {} dead record(s) belong to blobs Microsoft no longer serves; they cannot be requeued",
+            report.records_expired
+        );
+    }
     if report.truncated {
-        eprintln!("note: more dead items match; run the requeue again");
+        eprintln!("note: more dead letters match; run the requeue again");
     }
     Ok(())
 }
