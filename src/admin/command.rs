@@ -21,8 +21,8 @@ use super::client::{self, AdminClientError};
 use super::operations::{self, check_backfill_range};
 use super::protocol::{
     AdminEvent, AdminRequest, BackfillProgress, BackfillReport, BackfillRequest,
-    DeadLetterSelection, DeadLettersReport, RequeueReport, SubscriptionChangesReport,
-    SubscriptionsReport,
+    DeadLetterSelection, DeadLettersReport, DeadRecordRow, RequeueReport,
+    SubscriptionChangesReport, SubscriptionsReport,
 };
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
@@ -544,8 +544,19 @@ fn print_dead_letters(report: &DeadLettersReport, json: bool) -> anyhow::Result<
         );
     }
     println!("dead records: {}", report.dead_records.len());
-    let rows: Vec<Vec<String>> = report
-        .dead_records
+    print_dead_record_table(&report.dead_records);
+    if report.truncated {
+        eprintln!(
+            "note: only the first {} are listed",
+            operations::DEAD_LETTER_LIMIT
+        );
+    }
+    Ok(())
+}
+
+/// Dead records by reference, as a table (nothing when there are none).
+fn print_dead_record_table(records: &[DeadRecordRow]) {
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|record| {
             vec![
@@ -576,13 +587,6 @@ fn print_dead_letters(report: &DeadLettersReport, json: bool) -> anyhow::Result<
             )
         );
     }
-    if report.truncated {
-        eprintln!(
-            "note: only the first {} are listed",
-            operations::DEAD_LETTER_LIMIT
-        );
-    }
-    Ok(())
 }
 
 fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
@@ -615,34 +619,7 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
                 )
             );
         }
-        let rows: Vec<Vec<String>> = report
-            .records
-            .iter()
-            .map(|record| {
-                vec![
-                    record.tenant.clone(),
-                    or_dash(&record.content_type),
-                    record.content_id.clone(),
-                    record.index.to_string(),
-                    record.reason.clone(),
-                ]
-            })
-            .collect();
-        if !rows.is_empty() {
-            print!(
-                "{}",
-                table(
-                    &[
-                        "TENANT",
-                        "CONTENT TYPE",
-                        "CONTENT ID",
-                        "INDEX",
-                        "WAS DEAD FOR"
-                    ],
-                    &rows
-                )
-            );
-        }
+        print_dead_record_table(&report.records);
     }
     if report.expired > 0 {
         eprintln!(
