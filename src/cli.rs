@@ -169,7 +169,7 @@ pub enum DeadLettersCommand {
     /// Dead items (tenant, content type, contentId, reason, dead records) and dead records
     /// (index, byte range, SHA-256, reason; never content).
     List(DeadLettersListArgs),
-    /// Put dead items back to pending.
+    /// Put dead items back to pending, and send dead records of done blobs again.
     Requeue(DeadLettersRequeueArgs),
 }
 
@@ -198,10 +198,10 @@ pub struct DeadLettersRequeueArgs {
     /// Only this tenant (its configured name).
     #[arg(long, value_name = "NAME")]
     pub tenant: Option<String>,
-    /// The dead item with this contentId.
+    /// The dead item, or the dead records, of the blob with this contentId.
     #[arg(long, value_name = "ID", conflicts_with = "all")]
     pub content_id: Option<String>,
-    /// Every dead item (of --tenant, if given).
+    /// Every dead item and dead record (of --tenant, if given).
     #[arg(long)]
     pub all: bool,
 }

@@ -726,6 +726,7 @@ async fn upkeep(
                 (clock.now() - oldest).num_milliseconds() as f64 / 1e3
             });
             metrics.queue_oldest_age_seconds.set(age.max(0.0));
+            metrics.dead_records_lost.set(stats.lost_records() as i64);
         }
         stall_reported = report_stall(&forwarder, stall_reported);
         let engine = forwarder.stats();

@@ -1,7 +1,8 @@
 //! The operator commands (`subscriptions`, `backfill`, `deadletters`) as the real binary
 //! runs them against a service started in-process: through its admin socket in the store
 //! directory, and, without a running service, `subscriptions` directly against the API
-//! emulator while the others say the service must run.
+//! emulator while the others say the service must run. A requeued dead record travels the
+//! whole way: blob fetched again from the API emulator, record acked by the engine emulator.
 
 mod common;
 
@@ -12,14 +13,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
-use common::rig::{Rig, RigOptions, SECRET, TENANT, sha256_hex};
+use common::rig::{Rig, RigOptions, SECRET, TENANT, acked_by_sha, sha256_hex};
 use common::{DEADLINE, binary};
 use o365_connector::clock::Clock;
 use o365_connector::emulator::api::publish;
+use o365_connector::emulator::api::publish::records::synthetic_record;
 use o365_connector::emulator::api::scenario::FaultScenario;
 use o365_connector::queue::{
-    ContentKey, ContentQueue, ContentRef, EmbeddedQueue, ItemState, Source,
+    ContentKey, ContentQueue, ContentRef, EmbeddedQueue, ItemState, QueueStats, Source,
 };
 
 /// A tenant the configuration does not know: its items are never fetched.
@@ -430,6 +433,141 @@ async fn deadletters_list_shows_dead_records_and_items_by_reference_and_requeue_
         none_left.stderr.contains("no dead item"),
         "{}",
         none_left.stderr
+    );
+    rig.shutdown().await;
+}
+
+/// Waits until the item of `key` is done and the queue's counts satisfy `counts`.
+async fn wait_for_done(rig: &Rig, key: &ContentKey, counts: impl Fn(&QueueStats) -> bool) {
+    let queue = rig.service.as_ref().unwrap().queue.clone();
+    let started = std::time::Instant::now();
+    loop {
+        let item = queue.get(key).await.unwrap();
+        let stats = queue.stats().await.unwrap();
+        if item
+            .as_ref()
+            .is_some_and(|item| matches!(item.state, ItemState::Done { .. }))
+            && counts(&stats)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "not done: {item:?}, {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn deadletters_requeue_sends_the_fixed_record_of_a_done_blob_once_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
+    rig.wait_for_webhooks(&["Audit.Exchange"]).await;
+    let state = rig.api.state();
+    let created = Utc::now();
+    let record = |sequence| synthetic_record(TENANT, "Audit.Exchange", created, sequence);
+    let (first, fixed, last) = (record(0), record(1), record(2));
+    let broken = Bytes::from_static(br#"{"Id": "broken", "Operation": }"#);
+    let entry = state
+        .feed
+        .add_blob(
+            &state.base_url,
+            TENANT,
+            "Audit.Exchange",
+            &[first.clone(), broken, last.clone()],
+            created,
+        )
+        .expect("the subscription is enabled");
+    let key = ContentKey::new(TENANT, &entry.content_id);
+    let queue = rig.service.as_ref().unwrap().queue.clone();
+    queue
+        .enqueue(vec![ContentRef {
+            tenant_id: TENANT.into(),
+            content_type: entry.content_type.clone(),
+            content_id: entry.content_id.clone(),
+            content_uri: entry.content_uri.clone(),
+            content_created: entry.content_created,
+            content_expiration: entry.content_expiration,
+            source: Source::Poll,
+        }])
+        .await
+        .unwrap();
+    wait_for_done(&rig, &key, |stats| stats.dead_records == 1).await;
+    let service = rig.service.as_ref().unwrap();
+    let client = common::client_trusting(&rig.certs.ca);
+    let status: serde_json::Value = client
+        .get(format!("{}/status", service.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["queue"]["lost_records"], 1,
+        "a dead record not requeued is lost: {status}"
+    );
+
+    // The bad record is fixed where the blob is served; the requeue sends it, and only it.
+    assert!(state.feed.replace_blob_records(
+        TENANT,
+        &entry.content_id,
+        &[first.clone(), fixed.clone(), last.clone()]
+    ));
+    let report = json(
+        &command(
+            &rig,
+            &[
+                "deadletters",
+                "requeue",
+                "--content-id",
+                &entry.content_id,
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        report["requeued"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let records = report["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{report}");
+    assert_eq!(records[0]["index"], 1);
+    assert_eq!(records[0]["content_type"], "Audit.Exchange");
+    wait_for_done(&rig, &key, |stats| stats.dead_records == 0).await;
+    rig.wait_for_acked(3).await;
+
+    let logs = rig.all_logs();
+    assert_eq!(logs.len(), 3, "nothing but the fixed record was sent again");
+    let acked = acked_by_sha(&logs);
+    for (name, bytes) in [("first", &first), ("fixed", &fixed), ("last", &last)] {
+        assert_eq!(acked.get(&sha256_hex(bytes)), Some(&1), "{name} acked once");
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.dead_records, stats.lost_records()), (0, 0));
+    let again = json(
+        &command(
+            &rig,
+            &[
+                "deadletters",
+                "requeue",
+                "--all",
+                "--tenant",
+                "contoso",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        (
+            again["requeued"].as_array().unwrap().len(),
+            again["records"].as_array().unwrap().len()
+        ),
+        (0, 0),
+        "nothing is left to requeue: {again}"
     );
     rig.shutdown().await;
 }

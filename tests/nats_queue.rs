@@ -18,8 +18,8 @@ use o365_connector::config::NatsConfig;
 use o365_connector::queue::nats::NatsSettings;
 use o365_connector::queue::nats::leader::LeaderLease;
 use o365_connector::queue::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeasedItem,
-    MetaStore, NatsQueue, QueueError, QueueStore, Source,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
+    LeasedItem, MetaStore, NatsQueue, QueueError, QueueStore, Source,
 };
 
 const TENANT: &str = "4c0a1a50-aaaa-bbbb-cccc-1234567890ab";
@@ -266,6 +266,131 @@ async fn dead_items_are_listed_and_an_operator_requeue_keeps_the_acked_offset() 
     assert_eq!(again.acked_records, 3);
     assert_eq!(again.attempts, 0);
     assert!(b.dead_items(10).await.unwrap().is_empty());
+}
+
+fn dead_record(index: u64, reason: &str) -> DeadRecord {
+    DeadRecord {
+        index,
+        byte_range: (index * 100, index * 100 + 60),
+        sha256: [index as u8; 32],
+        reason: reason.to_owned(),
+    }
+}
+
+/// (dead records, requeued, lost) from the queue's counts.
+async fn record_counts(queue: &NatsQueue) -> (u64, u64, u64) {
+    let stats = queue.stats().await.unwrap();
+    (
+        stats.dead_records,
+        stats.requeued_records,
+        stats.lost_records(),
+    )
+}
+
+#[tokio::test]
+async fn a_done_items_requeued_dead_records_are_redone_alone_by_any_replica_and_then_cleared() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let b = replica(&server, "b", LEASE).await;
+    a.enqueue(vec![content("redo")]).await.unwrap();
+    let first = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let key = first.key();
+    for index in [1, 4] {
+        a.add_dead_record(&key, first.lease, dead_record(index, "invalid JSON"))
+            .await
+            .unwrap();
+    }
+    a.complete(&key, first.lease).await.unwrap();
+    assert_eq!(record_counts(&b).await, (2, 0, 2), "both records are lost");
+
+    assert!(b.requeue_dead(&key).await.unwrap());
+    assert!(
+        !b.requeue_dead(&key).await.unwrap(),
+        "a pending item is not requeued twice"
+    );
+    assert_eq!(record_counts(&a).await, (2, 2, 0), "requeued, not lost");
+    let item = a.get(&key).await.unwrap().expect("kept");
+    assert!(
+        matches!(item.state, ItemState::Pending { .. }),
+        "{:?}",
+        item.state
+    );
+    let redo = lease_when_back(&a).await;
+    assert_eq!(
+        (redo.key(), redo.acked_records, redo.attempts),
+        (key.clone(), EVERY_RECORD, 0)
+    );
+    let sent: Vec<u64> = (0..10)
+        .filter(|index| !redo.already_settled(*index))
+        .collect();
+    assert_eq!(sent, [1, 4], "only the requeued records are sent again");
+
+    let still_bad = dead_record(4, "invalid JSON again");
+    a.add_dead_record(&key, redo.lease, still_bad.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        record_counts(&b).await,
+        (2, 1, 1),
+        "failing again, it is lost again"
+    );
+    a.record_acked(&key, redo.lease, 2).await.unwrap();
+    a.complete(&key, redo.lease).await.unwrap();
+    assert_eq!(record_counts(&b).await, (1, 0, 1));
+    assert_eq!(
+        b.dead_records(10).await.unwrap(),
+        [(key.clone(), still_bad)],
+        "the record sent is cleared, the one that failed again is kept"
+    );
+    let done = b.get(&key).await.unwrap().expect("kept");
+    assert!(
+        matches!(done.state, ItemState::Done { .. }),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(done.dead_records, 1);
+    assert_eq!(
+        b.enqueue(vec![item.content.clone()]).await.unwrap(),
+        [EnqueueOutcome::Duplicate],
+        "still deduplicated"
+    );
+}
+
+#[tokio::test]
+async fn a_requeued_dead_item_redoes_its_dead_records_below_the_acked_offset_until_it_dies_again() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    a.enqueue(vec![content("dead-redo")]).await.unwrap();
+    let first = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let key = first.key();
+    a.add_dead_record(&key, first.lease, dead_record(2, "invalid JSON"))
+        .await
+        .unwrap();
+    a.record_acked(&key, first.lease, 5).await.unwrap();
+    a.dead_letter(&key, first.lease, "blob truncated for good")
+        .await
+        .unwrap();
+
+    assert!(a.requeue_dead(&key).await.unwrap());
+    assert_eq!(record_counts(&a).await, (1, 1, 0));
+    let again = lease_when_back(&a).await;
+    assert_eq!((again.acked_records, again.attempts), (5, 0));
+    let sent: Vec<u64> = (0..8)
+        .filter(|index| !again.already_settled(*index))
+        .collect();
+    assert_eq!(
+        sent,
+        [2, 5, 6, 7],
+        "the requeued record, then the rest after the offset"
+    );
+    a.dead_letter(&key, again.lease, "blob truncated for good")
+        .await
+        .unwrap();
+    assert_eq!(
+        record_counts(&a).await,
+        (1, 0, 1),
+        "dying again, its record is lost again"
+    );
 }
 
 #[tokio::test]

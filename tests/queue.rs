@@ -1,5 +1,5 @@
-//! The durable content queue (embedded backend): dedupe, leases, progress, dead letters,
-//! tombstones, group commit, and a writer killed mid-commit.
+//! The durable content queue (embedded backend): dedupe, leases, progress, dead letters and
+//! their requeue, tombstones, group commit, and a writer killed mid-commit.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use o365_connector::clock::Clock;
 use o365_connector::queue::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EmbeddedQueue, EnqueueOutcome, ItemState,
-    MetaStore, QueueError, Source,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EmbeddedQueue, EnqueueOutcome,
+    ItemState, MetaStore, QueueError, Source,
 };
 use sha2::{Digest, Sha256};
 
@@ -704,4 +704,221 @@ async fn leases_of_a_process_that_died_are_released_at_the_next_open() {
         1,
         "leasable at once, not after the old lease expires"
     );
+}
+
+fn dead_record(index: u64, reason: &str) -> DeadRecord {
+    DeadRecord {
+        index,
+        byte_range: (index * 100, index * 100 + 60),
+        sha256: Sha256::digest(format!("record {index}").as_bytes()).into(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// (dead records, requeued, lost) from the store's counts.
+async fn record_counts(queue: &EmbeddedQueue) -> (u64, u64, u64) {
+    let stats = queue.stats().await.expect("stats");
+    (
+        stats.dead_records,
+        stats.requeued_records,
+        stats.lost_records(),
+    )
+}
+
+#[tokio::test]
+async fn requeued_dead_records_of_a_done_item_are_redone_alone_and_cleared_when_it_completes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (queue, clock) = open_manual(dir.path()).await;
+    let key = ContentKey::new(TENANT, "done-with-bad-records");
+    queue
+        .enqueue(vec![content(TENANT, "done-with-bad-records", clock.now())])
+        .await
+        .expect("enqueue");
+    let first = queue
+        .lease(1, LEASE, &no_skip())
+        .await
+        .expect("lease")
+        .remove(0);
+    for index in [1, 4] {
+        queue
+            .add_dead_record(&key, first.lease, dead_record(index, "invalid JSON"))
+            .await
+            .expect("dead record");
+    }
+    queue.complete(&key, first.lease).await.expect("complete");
+    assert_eq!(
+        record_counts(&queue).await,
+        (2, 0, 2),
+        "both records are lost"
+    );
+    assert!(
+        !queue
+            .requeue_dead(&ContentKey::new(TENANT, "absent"))
+            .await
+            .expect("requeue runs"),
+        "nothing to requeue"
+    );
+
+    assert!(queue.requeue_dead(&key).await.expect("requeued"));
+    assert!(
+        !queue.requeue_dead(&key).await.expect("requeue runs"),
+        "a pending item is not requeued twice"
+    );
+    assert_eq!(record_counts(&queue).await, (2, 2, 0), "requeued, not lost");
+    // The redo set is durable with the state change.
+    queue.close().await.expect("close");
+    let (queue, clock) = open_manual(dir.path()).await;
+    let item = queue.get(&key).await.expect("read").expect("kept");
+    assert!(
+        matches!(item.state, ItemState::Pending { attempts: 0, .. }),
+        "{:?}",
+        item.state
+    );
+    let redo = queue
+        .lease(1, LEASE, &no_skip())
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!(redo.acked_records, EVERY_RECORD);
+    assert_eq!(
+        redo.redo_records.iter().copied().collect::<Vec<_>>(),
+        [1, 4]
+    );
+    let sent: Vec<u64> = (0..10)
+        .filter(|index| !redo.already_settled(*index))
+        .collect();
+    assert_eq!(sent, [1, 4], "only the requeued records are sent again");
+
+    // Record 4 is still bad: dead-lettered again, it is lost again; record 1 goes through.
+    let still_bad = dead_record(4, "invalid JSON again");
+    queue
+        .add_dead_record(&key, redo.lease, still_bad.clone())
+        .await
+        .expect("dead record");
+    assert_eq!(record_counts(&queue).await, (2, 1, 1));
+    queue
+        .record_acked(&key, redo.lease, 2)
+        .await
+        .expect("progress");
+    assert_eq!(
+        queue
+            .get(&key)
+            .await
+            .expect("read")
+            .expect("kept")
+            .acked_records,
+        EVERY_RECORD,
+        "progress never moves the acked count back"
+    );
+    queue.complete(&key, redo.lease).await.expect("complete");
+    assert_eq!(record_counts(&queue).await, (1, 0, 1));
+    assert_eq!(
+        queue.dead_records(10).await.expect("list"),
+        [(key.clone(), still_bad)],
+        "the record sent is cleared, the one that failed again is kept"
+    );
+    let done = queue.get(&key).await.expect("read").expect("kept");
+    assert!(
+        matches!(done.state, ItemState::Done { .. }),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(done.dead_records, 1);
+
+    clock.set(done.content.content_expiration);
+    assert!(
+        !queue.requeue_dead(&key).await.expect("requeue runs"),
+        "Microsoft no longer serves the blob: its records cannot be requeued"
+    );
+    assert_eq!(record_counts(&queue).await, (1, 0, 1));
+    queue.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_requeued_dead_item_redoes_its_dead_records_below_the_acked_prefix_and_dying_again_loses_them()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (queue, clock) = open_manual(dir.path()).await;
+    let key = ContentKey::new(TENANT, "dead-with-bad-record");
+    queue
+        .enqueue(vec![
+            content(TENANT, "dead-with-bad-record", clock.now()),
+            content(TENANT, "in-progress", clock.now()),
+        ])
+        .await
+        .expect("enqueue");
+    let leased = queue.lease(2, LEASE, &no_skip()).await.expect("lease");
+    let (first, other) = (&leased[0], &leased[1]);
+    assert_eq!(first.key(), key);
+    queue
+        .add_dead_record(&key, first.lease, dead_record(2, "invalid JSON"))
+        .await
+        .expect("dead record");
+    queue
+        .record_acked(&key, first.lease, 5)
+        .await
+        .expect("progress");
+    queue
+        .dead_letter(&key, first.lease, "blob truncated for good")
+        .await
+        .expect("dead letter");
+    queue
+        .add_dead_record(&other.key(), other.lease, dead_record(0, "invalid JSON"))
+        .await
+        .expect("dead record");
+    assert!(
+        !queue
+            .requeue_dead(&other.key())
+            .await
+            .expect("requeue runs"),
+        "a leased item's dead records wait until it is done"
+    );
+
+    assert!(queue.requeue_dead(&key).await.expect("requeued"));
+    assert_eq!(record_counts(&queue).await, (2, 1, 1));
+    let again = queue
+        .lease(1, LEASE, &no_skip())
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!(
+        (again.key(), again.acked_records, again.attempts),
+        (key.clone(), 5, 0)
+    );
+    let sent: Vec<u64> = (0..8)
+        .filter(|index| !again.already_settled(*index))
+        .collect();
+    assert_eq!(
+        sent,
+        [2, 5, 6, 7],
+        "the requeued record, then the rest after the acked prefix"
+    );
+    queue
+        .dead_letter(&key, again.lease, "blob truncated for good")
+        .await
+        .expect("dead letter");
+    assert_eq!(
+        record_counts(&queue).await,
+        (2, 0, 2),
+        "dying again, its record is lost again"
+    );
+
+    assert!(queue.requeue_dead(&key).await.expect("requeued"));
+    let last = queue
+        .lease(1, LEASE, &no_skip())
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!(last.redo_records.iter().copied().collect::<Vec<_>>(), [2]);
+    queue.complete(&key, last.lease).await.expect("complete");
+    assert_eq!(
+        record_counts(&queue).await,
+        (1, 0, 1),
+        "only the other item's record is left"
+    );
+    assert_eq!(
+        queue.dead_records(10).await.expect("list"),
+        [(other.key(), dead_record(0, "invalid JSON"))]
+    );
+    queue.close().await.expect("close");
 }

@@ -21,8 +21,8 @@ use super::client::{self, AdminClientError};
 use super::operations::{self, check_backfill_range};
 use super::protocol::{
     AdminEvent, AdminRequest, BackfillProgress, BackfillReport, BackfillRequest,
-    DeadLetterSelection, DeadLettersReport, RequeueReport, SubscriptionChangesReport,
-    SubscriptionsReport,
+    DeadLetterSelection, DeadLettersReport, DeadRecordRow, RequeueReport,
+    SubscriptionChangesReport, SubscriptionsReport,
 };
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
@@ -544,8 +544,19 @@ fn print_dead_letters(report: &DeadLettersReport, json: bool) -> anyhow::Result<
         );
     }
     println!("dead records: {}", report.dead_records.len());
-    let rows: Vec<Vec<String>> = report
-        .dead_records
+    print_dead_record_table(&report.dead_records);
+    if report.truncated {
+        eprintln!(
+            "note: only the first {} are listed",
+            operations::DEAD_LETTER_LIMIT
+        );
+    }
+    Ok(())
+}
+
+/// Dead records by reference, as a table (nothing when there are none).
+fn print_dead_record_table(records: &[DeadRecordRow]) {
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|record| {
             vec![
@@ -576,20 +587,17 @@ fn print_dead_letters(report: &DeadLettersReport, json: bool) -> anyhow::Result<
             )
         );
     }
-    if report.truncated {
-        eprintln!(
-            "note: only the first {} are listed",
-            operations::DEAD_LETTER_LIMIT
-        );
-    }
-    Ok(())
 }
 
 fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(report)?;
     } else {
-        println!("requeued {} dead item(s)", report.requeued.len());
+        println!(
+            "requeued {} dead item(s) and {} dead record(s)",
+            report.requeued.len(),
+            report.records.len()
+        );
         let rows: Vec<Vec<String>> = report
             .requeued
             .iter()
@@ -611,6 +619,7 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
                 )
             );
         }
+        print_dead_record_table(&report.records);
     }
     if report.expired > 0 {
         eprintln!(
@@ -618,8 +627,20 @@ fn print_requeued(report: &RequeueReport, json: bool) -> anyhow::Result<()> {
             report.expired
         );
     }
+    if report.records_in_progress > 0 {
+        eprintln!(
+            "note: {} dead record(s) belong to blobs still being fetched; requeue them once those are done",
+            report.records_in_progress
+        );
+    }
+    if report.records_expired > 0 {
+        eprintln!(
+            "note: {} dead record(s) belong to blobs Microsoft no longer serves; they cannot be requeued",
+            report.records_expired
+        );
+    }
     if report.truncated {
-        eprintln!("note: more dead items match; run the requeue again");
+        eprintln!("note: more dead letters match; run the requeue again");
     }
     Ok(())
 }

@@ -9,9 +9,12 @@
 //!   its count of new and known blobs is exact; what was enqueued before a cancellation
 //!   stays enqueued;
 //! - one (tenant, content type) failing never stops the others;
+//! - a requeue takes dead items and the dead records of done blobs alike
+//!   ([`ContentQueue::requeue_dead`]), and reports every selected dead record it could not
+//!   requeue, with why (blob still in progress, or no longer served by Microsoft);
 //! - nothing secret (authIds, tokens) and no record content is ever put in a report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -31,7 +34,7 @@ use crate::api::{ErrorKind, StartOutcome};
 use crate::clock::Clock;
 use crate::config::ContentType;
 use crate::poller::{earliest_listable, list_range};
-use crate::queue::{ContentKey, Source};
+use crate::queue::{ContentKey, DeadRecord, Source};
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, ItemState, QueueError, QueueItem};
 use crate::tenant::{Tenant, TenantSet, Tenants};
 
@@ -79,8 +82,10 @@ pub enum AdminError {
     /// `deadletters requeue` without `--content-id` or `--all`.
     #[error("say which dead items to requeue: --content-id ID or --all")]
     RequeueNeedsSelection,
-    /// No dead item has this contentId.
-    #[error("no dead item with contentId {0}; list them with `deadletters list`")]
+    /// No dead item and no dead record has this contentId.
+    #[error(
+        "no dead item and no dead record with contentId {0}; list them with `deadletters list`"
+    )]
     NoSuchDeadItem(String),
     /// The queue failed.
     #[error(transparent)]
@@ -548,38 +553,59 @@ pub async fn list_dead_letters(
             .dead_items
             .push(dead_item_row(&context.tenants.current(), item));
     }
-    let mut content_types: HashMap<ContentKey, Option<String>> = HashMap::new();
-    for (key, record) in records
-        .into_iter()
-        .filter(|(key, _)| matches(&tenant_id, &selection.content_id, key))
-    {
-        let content_type = match content_types.get(&key) {
-            Some(known) => known.clone(),
-            None => {
-                let found = context
-                    .queue
-                    .get(&key)
-                    .await?
-                    .map(|item| item.content.content_type);
-                content_types.insert(key.clone(), found.clone());
-                found
-            }
-        };
-        report.dead_records.push(DeadRecordRow {
-            tenant: tenant_name(&context.tenants.current(), &key.tenant_id),
-            tenant_id: key.tenant_id.clone(),
+    for (key, records) in records_by_blob(records, &tenant_id, &selection.content_id) {
+        let content_type = context
+            .queue
+            .get(&key)
+            .await?
+            .map(|item| item.content.content_type);
+        report.dead_records.extend(dead_record_rows(
+            &context.tenants.current(),
+            &key,
             content_type,
-            content_id: key.content_id.clone(),
-            index: record.index,
-            byte_range: record.byte_range,
-            sha256: hex::encode(record.sha256),
-            reason: record.reason,
-        });
+            records,
+        ));
     }
     Ok(report)
 }
 
-/// Puts the selected dead items back to pending (see [`ContentQueue::requeue_dead`]).
+/// The listed dead records of the selected blobs, by blob.
+fn records_by_blob(
+    records: Vec<(ContentKey, DeadRecord)>,
+    tenant_id: &Option<String>,
+    content_id: &Option<String>,
+) -> BTreeMap<ContentKey, Vec<DeadRecord>> {
+    let mut by_blob: BTreeMap<ContentKey, Vec<DeadRecord>> = BTreeMap::new();
+    for (key, record) in records {
+        if matches(tenant_id, content_id, &key) {
+            by_blob.entry(key).or_default().push(record);
+        }
+    }
+    by_blob
+}
+
+fn dead_record_rows(
+    tenants: &Tenants,
+    key: &ContentKey,
+    content_type: Option<String>,
+    records: Vec<DeadRecord>,
+) -> impl Iterator<Item = DeadRecordRow> + use<> {
+    let tenant = tenant_name(tenants, &key.tenant_id);
+    let key = key.clone();
+    records.into_iter().map(move |record| DeadRecordRow {
+        tenant: tenant.clone(),
+        tenant_id: key.tenant_id.clone(),
+        content_type: content_type.clone(),
+        content_id: key.content_id.clone(),
+        index: record.index,
+        byte_range: record.byte_range,
+        sha256: hex::encode(record.sha256),
+        reason: record.reason,
+    })
+}
+
+/// Requeues the selected dead items, with their dead records, and the dead records of the
+/// selected done blobs (see [`ContentQueue::requeue_dead`]).
 pub async fn requeue_dead_letters(
     context: &AdminContext,
     selection: &DeadLetterSelection,
@@ -587,35 +613,78 @@ pub async fn requeue_dead_letters(
     if selection.content_id.is_none() && !selection.all {
         return Err(AdminError::RequeueNeedsSelection);
     }
-    let tenant_id = selected_tenant_id(&context.tenants.current(), selection)?;
+    let tenants = context.tenants.current();
+    let tenant_id = selected_tenant_id(&tenants, selection)?;
     let items = context.queue.dead_items(DEAD_LETTER_LIMIT).await?;
+    let records = context.queue.dead_records(DEAD_LETTER_LIMIT).await?;
     let mut report = RequeueReport {
-        truncated: items.len() >= DEAD_LETTER_LIMIT,
+        truncated: items.len() >= DEAD_LETTER_LIMIT || records.len() >= DEAD_LETTER_LIMIT,
         ..RequeueReport::default()
     };
+    let mut records = records_by_blob(records, &tenant_id, &selection.content_id);
+    let matched = !records.is_empty();
     let now = context.clock.now();
+    let mut matched_items = false;
     for item in items
         .iter()
         .filter(|item| matches(&tenant_id, &selection.content_id, &item.content.key()))
     {
-        if !context.queue.requeue_dead(&item.content.key()).await? {
+        matched_items = true;
+        let key = item.content.key();
+        if !context.queue.requeue_dead(&key).await? {
             continue;
         }
-        tracing::info!(key = %item.content.key(), "operator requeued a dead item");
+        let item_records = records.remove(&key).unwrap_or_default();
+        tracing::info!(%key, records = item_records.len(), "operator requeued a dead item");
         report.expired += usize::from(item.content.content_expiration <= now);
+        report.requeued.push(dead_item_row(&tenants, item));
+        let content_type = Some(item.content.content_type.clone());
         report
-            .requeued
-            .push(dead_item_row(&context.tenants.current(), item));
+            .records
+            .extend(dead_record_rows(&tenants, &key, content_type, item_records));
+    }
+    for (key, blob_records) in records {
+        requeue_blob_records(context, &tenants, &key, blob_records, &mut report).await?;
     }
     if let Some(content_id) = &selection.content_id
-        && report.requeued.is_empty()
+        && !matched
+        && !matched_items
     {
         return Err(AdminError::NoSuchDeadItem(content_id.clone()));
     }
-    if !report.requeued.is_empty() {
+    if !report.requeued.is_empty() || !report.records.is_empty() {
         context.work_available.notify_waiters();
     }
     Ok(report)
+}
+
+/// Requeues the dead records of one blob that is not a dead item, or counts why not.
+async fn requeue_blob_records(
+    context: &AdminContext,
+    tenants: &Tenants,
+    key: &ContentKey,
+    records: Vec<DeadRecord>,
+    report: &mut RequeueReport,
+) -> Result<(), AdminError> {
+    let count = records.len() as u64;
+    let item = context.queue.get(key).await?;
+    if context.queue.requeue_dead(key).await? {
+        tracing::info!(%key, records = count, "operator requeued dead records");
+        let content_type = item.map(|item| item.content.content_type);
+        report
+            .records
+            .extend(dead_record_rows(tenants, key, content_type, records));
+        return Ok(());
+    }
+    match item.map(|item| item.state) {
+        Some(ItemState::Pending { .. } | ItemState::Leased { .. }) => {
+            report.records_in_progress += count;
+        }
+        // A dead item beyond the listing limit: the next run takes it.
+        Some(ItemState::Dead { .. }) => report.truncated = true,
+        Some(ItemState::Done { .. }) | None => report.records_expired += count,
+    }
+    Ok(())
 }
 
 #[cfg(test)]

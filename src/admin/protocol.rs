@@ -73,7 +73,7 @@ pub enum AdminRequest {
     Backfill(BackfillRequest),
     /// List dead items and dead records.
     DeadLettersList(DeadLetterSelection),
-    /// Put dead items back to pending.
+    /// Put dead items back to pending, and the dead records of done blobs with them.
     DeadLettersRequeue(DeadLetterSelection),
 }
 
@@ -248,11 +248,24 @@ pub struct DeadLettersReport {
 /// Answer to `deadletters requeue`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequeueReport {
-    /// The items put back to pending.
+    /// The dead items put back to pending.
     pub requeued: Vec<DeadItemRow>,
     /// Of those, how many have content that already expired (they will die again).
     pub expired: usize,
-    /// More dead items matched than one requeue handles; run it again.
+    /// The dead records requeued (of the requeued dead items and of done blobs): their
+    /// blob is fetched again and only they are sent (plus, for a dead item, the records
+    /// after its acked prefix); each is removed once the engine acked it.
+    #[serde(default)]
+    pub records: Vec<DeadRecordRow>,
+    /// Selected dead records not requeued because their blob is still pending or being
+    /// fetched: requeue them once it is done.
+    #[serde(default)]
+    pub records_in_progress: u64,
+    /// Selected dead records not requeued because Microsoft no longer serves their blob
+    /// (past its `contentExpiration`): lost for good.
+    #[serde(default)]
+    pub records_expired: u64,
+    /// More dead letters matched than one requeue handles; run it again.
     pub truncated: bool,
 }
 

@@ -136,6 +136,8 @@ pub struct Metrics {
     pub queue_items: Family<StateLabels, Gauge>,
     /// Age in seconds of the oldest item not yet done.
     pub queue_oldest_age_seconds: Gauge<f64, AtomicU64>,
+    /// Dead-lettered records not requeued: lost until an operator requeues them.
+    pub dead_records_lost: Gauge,
     /// Storage failures (full disk, i/o error) that failed a store commit and took the store
     /// down until it was reopened.
     pub store_errors: Counter,
@@ -209,6 +211,7 @@ impl Metrics {
             token_requests: Family::default(),
             queue_items: Family::default(),
             queue_oldest_age_seconds: Gauge::default(),
+            dead_records_lost: Gauge::default(),
             store_errors: Counter::default(),
             engine_connected: Gauge::default(),
             engine_in_flight: Gauge::default(),
@@ -414,6 +417,11 @@ impl Metrics {
             "queue_oldest_age_seconds",
             "Age of the oldest content queue item not yet done",
             self.queue_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "dead_records_lost",
+            "Dead-lettered records not requeued: lost until an operator requeues them (deadletters requeue)",
+            self.dead_records_lost.clone(),
         );
         registry.register(
             "store_errors",

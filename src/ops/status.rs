@@ -5,7 +5,8 @@
 //! The JSON shape is a contract (dashboards and scripts read it); fields are only added:
 //!
 //! ```text
-//! {"generated_at", "queue": {"pending","leased","dead","dead_records","oldest_age_seconds"},
+//! {"generated_at", "queue": {"pending","leased","dead","dead_records","lost_records",
+//!    "oldest_age_seconds"},
 //!  "engine": {"connected","in_flight","stalled"},
 //!  "cluster": {"replica_id","leading","leader","leader_since"},   (several replicas only)
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
@@ -114,6 +115,8 @@ pub struct QueueStatus {
     pub dead: u64,
     /// Dead-lettered records.
     pub dead_records: u64,
+    /// Of those, the ones not requeued: lost until an operator requeues them.
+    pub lost_records: u64,
     /// Age of the oldest item not yet done, in seconds; `null` when none is open.
     pub oldest_age_seconds: Option<i64>,
 }
@@ -372,6 +375,7 @@ impl StatusSource {
             leased: stats.leased,
             dead: stats.dead,
             dead_records: stats.dead_records,
+            lost_records: stats.lost_records(),
             oldest_age_seconds: stats
                 .oldest_open_enqueued
                 .map(|oldest| (now - oldest).num_seconds().max(0)),

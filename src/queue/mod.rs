@@ -14,12 +14,19 @@
 //! poller advances its cursor only after [`ContentQueue::enqueue`] returned; a worker calls
 //! [`ContentQueue::complete`] only after the engine acked the blob's last record, and records
 //! its progress with [`ContentQueue::record_acked`] so that a restart resumes mid-blob.
+//!
+//! A record dead-lettered inside a blob (not valid JSON, and later oversized or refused by
+//! the engine) is lost until an operator requeues it: [`ContentQueue::requeue_dead`] makes
+//! its item pending again with the record's index in [`LeasedItem::redo_records`], the
+//! worker fetches the blob again (while Microsoft keeps it) and forwards only what
+//! [`LeasedItem::already_settled`] does not rule out, and `complete` then removes the dead
+//! records it sent. [`QueueStats::lost_records`] counts the dead records not requeued.
 
 pub mod embedded;
 pub mod nats;
 pub mod state;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -122,6 +129,10 @@ pub struct QueueItem {
     pub enqueued_at: DateTime<Utc>,
 }
 
+/// The `acked_records` of a done item requeued for its dead records: every record of the
+/// blob was settled before, so only [`LeasedItem::redo_records`] are sent again.
+pub const EVERY_RECORD: u64 = u64::MAX;
+
 /// An item handed to a worker by [`ContentQueue::lease`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeasedItem {
@@ -131,8 +142,12 @@ pub struct LeasedItem {
     pub lease: LeaseId,
     /// When the lease expires unless extended.
     pub lease_until: DateTime<Utc>,
-    /// Records already acked: the worker skips this many records of the blob.
+    /// Records already acked: the worker skips this many records of the blob (all of them,
+    /// [`EVERY_RECORD`], for a done item requeued for its dead records).
     pub acked_records: u64,
+    /// Indices of dead records an operator requeued: sent again even below
+    /// `acked_records`. Empty unless the item was requeued with dead records.
+    pub redo_records: BTreeSet<u64>,
     /// Failed attempts before this lease.
     pub attempts: u32,
 }
@@ -141,6 +156,13 @@ impl LeasedItem {
     /// The dedupe key of the leased item.
     pub fn key(&self) -> ContentKey {
         self.content.key()
+    }
+
+    /// True when record `index` of the blob needs nothing from this pass: the engine
+    /// acked it before and no operator requeued it. The worker forwards every other
+    /// record (and dead-letters it again if it is still bad).
+    pub fn already_settled(&self, index: u64) -> bool {
+        index < self.acked_records && !self.redo_records.contains(&index)
     }
 }
 
@@ -169,8 +191,10 @@ pub struct QueueStats {
     pub done: u64,
     /// Dead-lettered items.
     pub dead: u64,
-    /// Dead-lettered records (of items dead or not).
+    /// Dead-lettered records (of items dead or not), requeued ones included.
     pub dead_records: u64,
+    /// Of those, records an operator requeued that wait for their item to send them again.
+    pub requeued_records: u64,
     /// Enqueue time of the oldest item still pending or leased.
     pub oldest_open_enqueued: Option<DateTime<Utc>>,
     /// `contentCreated` of that same item.
@@ -211,12 +235,12 @@ pub enum QueueError {
     },
     /// The store was written by an incompatible version of the connector.
     #[error(
-        "queue store format version {found} is not supported (this build reads version {supported})"
+        "queue store format version {found} is not supported (this build reads versions up to {supported}); run a newer connector"
     )]
     UnsupportedFormat {
         /// The version found in the file.
         found: u64,
-        /// The version this build reads and writes.
+        /// The newest version this build reads (and the one it writes).
         supported: u64,
     },
     /// The caller's lease is no longer the item's current lease (it expired and another
@@ -235,6 +259,13 @@ pub enum QueueError {
     /// The queue was closed (shutdown).
     #[error("the queue is closed")]
     Closed,
+}
+
+impl QueueStats {
+    /// Dead records not requeued: lost until an operator requeues them.
+    pub fn lost_records(&self) -> u64 {
+        self.dead_records.saturating_sub(self.requeued_records)
+    }
 }
 
 impl QueueError {
@@ -267,6 +298,20 @@ impl QueueError {
 /// Items are leased at least once and may be processed more than once (a lease that expires
 /// while its worker still runs): `acked_records` lets the next holder skip what the engine
 /// already has.
+///
+/// Dead records and their requeue:
+/// - a dead record is *lost* until an operator requeues it with [`Self::requeue_dead`],
+///   then *requeued* until its item completes ([`QueueStats::requeued_records`]);
+/// - the set of requeued indices is stored with the state change that makes the item
+///   pending, in one atomic write, and handed to every later lease as
+///   [`LeasedItem::redo_records`] until the item completes or dies;
+/// - `complete` removes the dead records the item was requeued for, in the same atomic
+///   write on the embedded store, before the item can no longer be redelivered on NATS:
+///   a crash at any point either keeps the entry (the record is sent again: a duplicate,
+///   never a loss) or comes after the engine acked the record;
+/// - `add_dead_record` on a requeued index (the record failed again) replaces the entry
+///   and makes it lost again; `dead_letter` makes every requeued record of the item lost
+///   again.
 #[async_trait]
 pub trait ContentQueue: Send + Sync {
     /// Stores each reference not already known, as pending and due now. Returns one outcome
@@ -300,7 +345,8 @@ pub trait ContentQueue: Send + Sync {
         acked_records: u64,
     ) -> Result<(), QueueError>;
 
-    /// Every record is acked: the item becomes a done tombstone until its `contentExpiration`.
+    /// Every record is acked: the item becomes a done tombstone until its `contentExpiration`,
+    /// and the dead records it was requeued for (and did not dead-letter again) are removed.
     async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError>;
 
     /// The attempt failed: the item is pending again from `not_before`, one attempt counted,
@@ -316,7 +362,8 @@ pub trait ContentQueue: Send + Sync {
     /// Gives the item back unprocessed (shutdown): pending and due now, no attempt counted.
     async fn release(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError>;
 
-    /// Gives up on the item: it becomes a dead letter with `reason` (never record content).
+    /// Gives up on the item: it becomes a dead letter with `reason` (never record content);
+    /// dead records it was requeued for count as lost again.
     async fn dead_letter(
         &self,
         key: &ContentKey,
@@ -325,7 +372,8 @@ pub trait ContentQueue: Send + Sync {
     ) -> Result<(), QueueError>;
 
     /// Records one record of the item as dead (by reference) while the item goes on.
-    /// Recording the same index twice keeps the last one.
+    /// Recording the same index twice keeps the last one; a requeued record recorded again
+    /// is no longer requeued (lost again).
     async fn add_dead_record(
         &self,
         key: &ContentKey,
@@ -333,12 +381,19 @@ pub trait ContentQueue: Send + Sync {
         record: DeadRecord,
     ) -> Result<(), QueueError>;
 
-    /// An operator's requeue of a dead item: it becomes pending and due now with its attempts
-    /// reset ([`state::Transition::Requeue`]); its acked-record count and dead records are
-    /// kept, so records the engine already has are skipped and earlier dead records stay as
-    /// evidence. Returns `true` when the item was dead and is now pending, `false` when no
-    /// dead item has this key (absent, or in another state: nothing changed). Durable when
-    /// it returns.
+    /// An operator's requeue of the dead letters of `key`, durable when it returns:
+    /// - a **dead** item becomes pending and due now with its attempts reset
+    ///   ([`state::Transition::Requeue`]); its acked-record count is kept, so records the
+    ///   engine already has are skipped, and every dead record of the item is requeued
+    ///   (sent again even below the acked count);
+    /// - a **done** item with dead records, whose content Microsoft still serves (before
+    ///   its `contentExpiration`), becomes pending and due now, attempts at zero
+    ///   ([`state::Transition::RedoRecords`]), with `acked_records` = [`EVERY_RECORD`] and
+    ///   its dead records requeued: only they are sent again.
+    ///
+    /// Returns `true` when the item is pending now, `false` when nothing changed: no such
+    /// item, an item pending or leased (its dead records wait until it is done or dead), a
+    /// done item without dead records or whose content expired.
     async fn requeue_dead(&self, key: &ContentKey) -> Result<bool, QueueError>;
 
     /// Removes done tombstones whose content expired; returns how many were removed.

@@ -8,7 +8,9 @@
 //!      │   retry_later (attempt counted)  │                        │
 //!      └── lease expiry: the item can be leased again; the new lease counts the lost one as an attempt
 //!      ▲                                                            │
-//!      └──────────── requeue (operator; attempts reset to 0) ◄──────┘
+//!      ├──────────── requeue (operator; attempts reset to 0) ◄──────┘
+//!      │
+//!      └──────────── redo records (operator; a done item with dead records) ◄── Done
 //! ```
 //!
 //! Every transition out of `Leased` names the lease it acts under; a lease that is no longer the
@@ -18,7 +20,10 @@
 //! `Done` is final: only the tombstone purge removes it. `Dead` is final for the pipeline; only
 //! an operator moves it on, with [`Transition::Requeue`] (`o365-connector deadletters requeue`),
 //! back to `Pending`, due at once, with its attempts reset (the item's acked-record count is
-//! kept, so records the engine already has are not sent again).
+//! kept, so records the engine already has are not sent again). A `Done` item leaves its
+//! tombstone only by [`Transition::RedoRecords`]: an operator requeued the records it
+//! dead-lettered, and it is pending again to send those alone (the queue checks that it has
+//! dead records and that its content is still served; the state does not know either).
 
 use chrono::{DateTime, Utc};
 
@@ -118,6 +123,12 @@ pub enum Transition {
         /// When it becomes leasable (normally now).
         not_before: DateTime<Utc>,
     },
+    /// An operator requeues the dead records of a done item: pending from `not_before`,
+    /// no attempt counted. Only from `Done`; it names no lease.
+    RedoRecords {
+        /// When it becomes leasable (normally now).
+        not_before: DateTime<Utc>,
+    },
 }
 
 /// Why a transition was refused.
@@ -132,6 +143,9 @@ pub enum TransitionError {
     /// A requeue was asked for an item that is not dead.
     #[error("the item is not dead")]
     NotDead,
+    /// A redo of dead records was asked for an item that is not done.
+    #[error("the item is not done")]
+    NotDone,
 }
 
 impl ItemState {
@@ -159,6 +173,7 @@ impl ItemState {
         match transition {
             Transition::Lease { lease, until } => return self.lease(lease, until, now),
             Transition::Requeue { not_before } => return self.requeue(not_before),
+            Transition::RedoRecords { not_before } => return self.redo_records(not_before),
             _ => {}
         }
         let ItemState::Leased {
@@ -171,7 +186,9 @@ impl ItemState {
         };
         let attempts = *attempts;
         let (held, next) = match transition {
-            Transition::Lease { .. } | Transition::Requeue { .. } => {
+            Transition::Lease { .. }
+            | Transition::Requeue { .. }
+            | Transition::RedoRecords { .. } => {
                 unreachable!("handled above")
             }
             Transition::Extend { lease, until } => {
@@ -220,6 +237,16 @@ impl ItemState {
                 attempts: 0,
             }),
             _ => Err(TransitionError::NotDead),
+        }
+    }
+
+    fn redo_records(&self, not_before: DateTime<Utc>) -> Result<ItemState, TransitionError> {
+        match self {
+            ItemState::Done { .. } => Ok(ItemState::Pending {
+                not_before,
+                attempts: 0,
+            }),
+            _ => Err(TransitionError::NotDone),
         }
     }
 
@@ -397,6 +424,36 @@ mod tests {
             assert_eq!(
                 state.apply(requeue.clone(), at(5)),
                 Err(TransitionError::NotDead),
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redo_records_makes_only_a_done_item_pending_again() {
+        let done = ItemState::Done {
+            tombstone_until: at(999),
+        };
+        let redo = Transition::RedoRecords { not_before: at(5) };
+        assert_eq!(
+            done.apply(redo.clone(), at(5)),
+            Ok(ItemState::Pending {
+                not_before: at(5),
+                attempts: 0
+            })
+        );
+        let dead = ItemState::Dead {
+            reason: "content expired".into(),
+            attempts: 4,
+        };
+        let pending = ItemState::Pending {
+            not_before: at(1),
+            attempts: 2,
+        };
+        for state in [dead, pending, leased(1, 60, 0)] {
+            assert_eq!(
+                state.apply(redo.clone(), at(5)),
+                Err(TransitionError::NotDone),
                 "{state:?}"
             );
         }

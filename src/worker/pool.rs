@@ -457,7 +457,7 @@ async fn forward_blob(
                 byte_range,
             } => {
                 next_index = index + 1;
-                if index < item.acked_records {
+                if item.already_settled(index) {
                     continue;
                 }
                 // Room for the Log first, so a worker waiting for the engine holds only the
@@ -510,7 +510,7 @@ async fn forward_blob(
                 reason,
             } => {
                 next_index = index + 1;
-                if index < item.acked_records {
+                if item.already_settled(index) {
                     continue;
                 }
                 let record = DeadRecord {
@@ -638,7 +638,7 @@ async fn save_progress(
     recorded: &mut u64,
     item: &LeasedItem,
 ) {
-    if progress.settled < *recorded + PROGRESS_EVERY {
+    if progress.settled < recorded.saturating_add(PROGRESS_EVERY) {
         return;
     }
     if context

@@ -14,6 +14,7 @@
 //! | `dead`         | `seq`                                 | `(tenant id, contentId)`              |
 //! | `open`         | `seq`                                 | `(tenant id, contentId)`              |
 //! | `dead_records` | `(tenant id, contentId, record index)`| postcard `StoredDeadRecord`           |
+//! | `redo_records` | `(tenant id, contentId, record index)`| `()` (since version 2)                |
 //! | `meta`         | name (`&str`)                         | bytes (service metadata, may be secret)|
 //! | `counters`     | name (`&str`)                         | `u64`: `format_version`, `next_seq`, `next_lease` |
 //!
@@ -21,7 +22,16 @@
 //! from it and written in the same transaction: an item is in exactly one of `pending`,
 //! `leased`, `done`, `dead` (the one its state names), and in `open` while pending or leased.
 //! Dead records stay after their item is completed or its tombstone purged: they are the
-//! evidence of a loss, kept until an operator removes them.
+//! evidence of a loss, kept until an operator requeues them and their item completes again.
+//!
+//! `redo_records` holds the dead records an operator requeued: an entry exists only beside
+//! a `dead_records` entry of the same key, and only while its item is pending or leased.
+//! It is written in the transaction that makes the item pending (`requeue_dead`), read at
+//! each lease (the item's [`LeasedItem::redo_records`](crate::queue::LeasedItem)), and
+//! removed with its dead record when the item completes, alone when the record is
+//! dead-lettered again, or when the item dies. A done item requeued for its dead records
+//! stores `acked_records` = [`EVERY_RECORD`](crate::queue::EVERY_RECORD). The count of
+//! lost records is `len(dead_records) - len(redo_records)`, O(1).
 //! The indexes make `lease` a range scan over due entries, tombstone purge a range scan over
 //! expired ones, and the counts in `stats` O(1) table lengths.
 //!
@@ -29,6 +39,11 @@
 //! documented wire format (postcard 1.x), and no schema compiler. Fields are positional, so
 //! the structs below may only change with a new `format_version`; enum variants may only be
 //! appended. The version is checked at open.
+//!
+//! Versions: **1** — the tables above but `redo_records`. **2** — adds `redo_records`;
+//! values unchanged. A version-1 store is upgraded when opened: the new table is created
+//! empty (a version-1 store has no requeued records) and the version set to 2, in one
+//! transaction. A build that knows only version 1 then refuses the store.
 
 use chrono::{DateTime, Utc};
 use redb::TableDefinition;
@@ -39,7 +54,10 @@ use crate::queue::{
 };
 
 /// The format this build reads and writes.
-pub(super) const FORMAT_VERSION: u64 = 1;
+pub(super) const FORMAT_VERSION: u64 = 2;
+
+/// Older formats this build upgrades at open (see the version list above).
+pub(super) const UPGRADABLE_VERSIONS: [u64; 1] = [1];
 
 /// A `(tenant id, contentId)` pair as stored in keys and index values.
 pub(super) type KeyPair = (&'static str, &'static str);
@@ -52,6 +70,8 @@ pub(super) const DEAD: TableDefinition<u64, KeyPair> = TableDefinition::new("dea
 pub(super) const OPEN: TableDefinition<u64, KeyPair> = TableDefinition::new("open");
 pub(super) const DEAD_RECORDS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("dead_records");
+pub(super) const REDO_RECORDS: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("redo_records");
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -146,6 +146,19 @@ fn check_format_version(counters: &mut Table<'_, &'static str, u64>) -> Result<(
             Ok(())
         }
         Some(version) if version == format::FORMAT_VERSION => Ok(()),
+        // The tables of newer versions were just created by `Tables::open`: the upgrade
+        // commits with them.
+        Some(version) if format::UPGRADABLE_VERSIONS.contains(&version) => {
+            counters
+                .insert(format::COUNTER_FORMAT_VERSION, format::FORMAT_VERSION)
+                .map_err(storage_error)?;
+            tracing::info!(
+                from = version,
+                to = format::FORMAT_VERSION,
+                "queue store format upgraded"
+            );
+            Ok(())
+        }
         Some(found) => Err(QueueError::UnsupportedFormat {
             found,
             supported: format::FORMAT_VERSION,

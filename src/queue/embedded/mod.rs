@@ -45,8 +45,8 @@ use self::handle::StoreHandle;
 use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
-    LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
+    LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
 };
 use crate::retry::RetryPolicy;
 
@@ -208,6 +208,21 @@ pub(super) fn io_error(error: std::io::Error) -> QueueError {
 
 fn pair(key: &ContentKey) -> (&str, &str) {
     (key.tenant_id.as_str(), key.content_id.as_str())
+}
+
+/// The record indices of `key` in a table keyed by `(tenant id, contentId, index)`, in order.
+fn record_indices<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, &'static str, u64), V>,
+    key: &ContentKey,
+) -> Result<Vec<u64>, QueueError> {
+    let (tenant_id, content_id) = pair(key);
+    let range = (tenant_id, content_id, 0)..=(tenant_id, content_id, u64::MAX);
+    let mut indices = Vec::new();
+    for entry in table.range(range).map_err(storage_error)? {
+        let (record_key, _) = entry.map_err(storage_error)?;
+        indices.push(record_key.value().2);
+    }
+    Ok(indices)
 }
 
 fn lease_until(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
@@ -393,11 +408,15 @@ fn lease_due(
         let ItemState::Leased { attempts, .. } = item.state else {
             continue;
         };
+        let redo_records = record_indices(&tables.redo_records, &key)?
+            .into_iter()
+            .collect();
         leased.push(LeasedItem {
             content: item.content,
             lease,
             lease_until: until,
             acked_records: item.acked_records,
+            redo_records,
             attempts,
         });
     }
@@ -486,6 +505,11 @@ fn store_dead_record(
         .insert(record_key, bytes.as_slice())
         .map_err(storage_error)?
         .is_some();
+    // A requeued record that failed again is lost again, not waiting to be sent.
+    tables
+        .redo_records
+        .remove(record_key)
+        .map_err(storage_error)?;
     if replaced {
         return Ok(());
     }
@@ -494,7 +518,9 @@ fn store_dead_record(
     store_item(tables, key, seq, Some(&state), &item)
 }
 
-/// Dead → pending (attempts reset, last retry reason cleared); `false` when not dead.
+/// Dead → pending (attempts reset, last retry reason cleared), or done with dead records →
+/// pending with every record settled; either way the item's dead records are requeued.
+/// `false` when neither applies.
 fn requeue_dead_item(
     tables: &mut Tables<'_>,
     key: &ContentKey,
@@ -503,16 +529,68 @@ fn requeue_dead_item(
     let Some((mut item, seq)) = load_item(&tables.items, key)? else {
         return Ok(false);
     };
-    let Ok(next) = item
-        .state
-        .apply(Transition::Requeue { not_before: now }, now)
-    else {
+    let dead_indices = record_indices(&tables.dead_records, key)?;
+    let transition = match item.state {
+        ItemState::Dead { .. } => Transition::Requeue { not_before: now },
+        ItemState::Done { .. }
+            if !dead_indices.is_empty() && item.content.content_expiration > now =>
+        {
+            item.acked_records = EVERY_RECORD;
+            Transition::RedoRecords { not_before: now }
+        }
+        _ => return Ok(false),
+    };
+    let Ok(next) = item.state.apply(transition, now) else {
         return Ok(false);
     };
     let previous = std::mem::replace(&mut item.state, next);
     item.last_retry_reason = None;
     store_item(tables, key, seq, Some(&previous), &item)?;
+    for index in dead_indices {
+        tables
+            .redo_records
+            .insert((key.tenant_id.as_str(), key.content_id.as_str(), index), ())
+            .map_err(storage_error)?;
+    }
     Ok(true)
+}
+
+/// Leased → done; the dead records the item was requeued for were sent: removed.
+fn complete_item(
+    tables: &mut Tables<'_>,
+    key: &ContentKey,
+    lease: LeaseId,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let (item, _) = load_leased(tables, key, lease)?;
+    let tombstone_until = item.content.content_expiration;
+    let redone = remove_redo_records(tables, key)?;
+    for &index in &redone {
+        tables
+            .dead_records
+            .remove((key.tenant_id.as_str(), key.content_id.as_str(), index))
+            .map_err(storage_error)?;
+    }
+    let transition = Transition::Complete {
+        lease,
+        tombstone_until,
+    };
+    transition_item(tables, key, transition, now, |item| {
+        item.dead_records = item.dead_records.saturating_sub(redone.len() as u64);
+    })
+    .map(drop)
+}
+
+/// Removes (and returns) the requeued record indices of `key`.
+fn remove_redo_records(tables: &mut Tables<'_>, key: &ContentKey) -> Result<Vec<u64>, QueueError> {
+    let indices = record_indices(&tables.redo_records, key)?;
+    for &index in &indices {
+        tables
+            .redo_records
+            .remove((key.tenant_id.as_str(), key.content_id.as_str(), index))
+            .map_err(storage_error)?;
+    }
+    Ok(indices)
 }
 
 fn purge_tombstones(tables: &mut Tables<'_>, now: DateTime<Utc>) -> Result<u64, QueueError> {
@@ -561,6 +639,7 @@ fn read_stats(txn: &ReadTransaction) -> Result<QueueStats, QueueError> {
         done: length(&open_read_table(txn, format::DONE)?)?,
         dead: length(&open_read_table(txn, format::DEAD)?)?,
         dead_records: length(&open_read_table(txn, format::DEAD_RECORDS)?)?,
+        requeued_records: length(&open_read_table(txn, format::REDO_RECORDS)?)?,
         oldest_open_enqueued: oldest_open.as_ref().map(|(item, _)| item.enqueued_at),
         oldest_open_created: oldest_open
             .as_ref()
@@ -660,22 +739,8 @@ impl ContentQueue for EmbeddedQueue {
     async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
         let key = key.clone();
         self.writer
-            .write(move |tables, now| {
-                let (item, _) = load_leased(tables, &key, lease)?;
-                let tombstone_until = item.content.content_expiration;
-                transition_item(
-                    tables,
-                    &key,
-                    Transition::Complete {
-                        lease,
-                        tombstone_until,
-                    },
-                    now,
-                    |_| {},
-                )
-            })
+            .write(move |tables, now| complete_item(tables, &key, lease, now))
             .await
-            .map(drop)
     }
 
     async fn retry_later(
@@ -707,10 +772,18 @@ impl ContentQueue for EmbeddedQueue {
         lease: LeaseId,
         reason: &str,
     ) -> Result<(), QueueError> {
-        let reason = reason.to_owned();
-        self.transition(key, Transition::DeadLetter { lease, reason }, |_| {})
+        let key = key.clone();
+        let transition = Transition::DeadLetter {
+            lease,
+            reason: reason.to_owned(),
+        };
+        self.writer
+            .write(move |tables, now| {
+                transition_item(tables, &key, transition, now, |_| {})?;
+                // Its requeued records were not sent: lost again.
+                remove_redo_records(tables, &key).map(drop)
+            })
             .await
-            .map(drop)
     }
 
     async fn add_dead_record(
@@ -911,6 +984,94 @@ mod tests {
             .expect("leased");
         assert_eq!(leased.len(), 2, "the requeued item is leasable again");
         queue.close().await.expect("closed");
+    }
+
+    /// Rewrites the store at `path` as the given format version would have it: the version
+    /// counter set, and for version 1 no `redo_records` table.
+    fn rewrite_as_version(path: &Path, version: u64) {
+        let database = redb::Database::create(path).expect("store opens raw");
+        let txn = database.begin_write().expect("write");
+        {
+            let mut counters = txn.open_table(format::COUNTERS).expect("counters");
+            counters
+                .insert(format::COUNTER_FORMAT_VERSION, version)
+                .expect("version written");
+        }
+        if version == 1 {
+            assert!(txn.delete_table(format::REDO_RECORDS).expect("deleted"));
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn stored_version(path: &Path) -> Option<u64> {
+        let database = redb::Database::create(path).expect("store opens raw");
+        let txn = database.begin_read().expect("read");
+        let counters = txn.open_table(format::COUNTERS).expect("counters");
+        counters
+            .get(format::COUNTER_FORMAT_VERSION)
+            .expect("read")
+            .map(|value| value.value())
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_opens_upgraded_and_its_dead_records_can_be_requeued() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store opens");
+        queue
+            .enqueue(vec![reference("old")])
+            .await
+            .expect("enqueued");
+        let none = HashSet::new();
+        let leased = queue
+            .lease(1, Duration::from_secs(60), &none)
+            .await
+            .expect("leased")
+            .remove(0);
+        let record = DeadRecord {
+            index: 0,
+            byte_range: (1, 9),
+            sha256: [3; 32],
+            reason: "invalid JSON".into(),
+        };
+        queue
+            .add_dead_record(&leased.key(), leased.lease, record)
+            .await
+            .expect("dead record");
+        queue
+            .complete(&leased.key(), leased.lease)
+            .await
+            .expect("completed");
+        let path = queue.path().to_path_buf();
+        queue.close().await.expect("closed");
+        rewrite_as_version(&path, 1);
+
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("a version-1 store opens");
+        let item = queue.get(&leased.key()).await.expect("read").expect("kept");
+        assert!(
+            matches!(item.state, ItemState::Done { .. }),
+            "{:?}",
+            item.state
+        );
+        assert_eq!(queue.stats().await.expect("stats").lost_records(), 1);
+        assert!(queue.requeue_dead(&leased.key()).await.expect("requeued"));
+        assert_eq!(queue.stats().await.expect("stats").lost_records(), 0);
+        queue.close().await.expect("closed");
+        assert_eq!(stored_version(&path), Some(format::FORMAT_VERSION));
+
+        rewrite_as_version(&path, format::FORMAT_VERSION + 1);
+        let refused = EmbeddedQueue::open(dir.path(), Clock::system()).await;
+        assert_eq!(
+            refused.err(),
+            Some(QueueError::UnsupportedFormat {
+                found: format::FORMAT_VERSION + 1,
+                supported: format::FORMAT_VERSION
+            }),
+            "a newer store is refused, not misread"
+        );
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub(super) struct Tables<'txn> {
     pub(super) dead: Table<'txn, u64, KeyPair>,
     pub(super) open: Table<'txn, u64, KeyPair>,
     pub(super) dead_records: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    pub(super) redo_records: Table<'txn, (&'static str, &'static str, u64), ()>,
     pub(super) meta: Table<'txn, &'static str, &'static [u8]>,
     pub(super) counters: Table<'txn, &'static str, u64>,
 }
@@ -75,6 +76,9 @@ impl<'txn> Tables<'txn> {
             open: txn.open_table(format::OPEN).map_err(storage_error)?,
             dead_records: txn
                 .open_table(format::DEAD_RECORDS)
+                .map_err(storage_error)?,
+            redo_records: txn
+                .open_table(format::REDO_RECORDS)
                 .map_err(storage_error)?,
             meta: txn.open_table(format::META).map_err(storage_error)?,
             counters: txn.open_table(format::COUNTERS).map_err(storage_error)?,

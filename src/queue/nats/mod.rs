@@ -32,11 +32,21 @@
 //! the server syncs every write); with `stream_replicas = 3` in a NATS cluster, a write is
 //! acknowledged once a majority stored it.
 //!
+//! **Requeued dead records.** `requeue_dead` writes the item's progress first (attempts
+//! reset, `redo_records` = the indices of its dead records, and for a done item
+//! `acked_records` = [`EVERY_RECORD`]), then publishes the reference again, then clears the
+//! dead entry (or the tombstone's `done_at`), and last flags each dead record `requeued`
+//! (what `stats` counts): a crash in between leaves a requeue that is redone by the next
+//! one, or records counted lost a little longer, never a record dropped. `complete` removes
+//! the requeued dead records *before* its ack: a crash after that redelivers the item and
+//! sends them again (a duplicate), and once acked they were all acked by the engine.
+//! `add_dead_record` on a requeued index and `dead_letter` clear the flag: lost again.
+//!
 //! `purge_expired_tombstones` has nothing to do: the seen bucket's max age removes them.
 
 pub mod leader;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::IntoFuture;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,8 +63,9 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EnqueueOutcome, ItemState, LeaseId,
-    LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, QueueStore, Source, StoreHealth,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
+    LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, QueueStore, Source,
+    StoreHealth,
 };
 use crate::clock::Clock;
 use crate::config::{Config, NatsConfig};
@@ -260,6 +271,9 @@ struct Progress {
     /// Deliveries handed back on purpose (release, retry, paused tenant).
     given_back: u64,
     last_retry_reason: Option<String>,
+    /// Dead records an operator requeued, sent again until the item completes.
+    #[serde(default)]
+    redo_records: BTreeSet<u64>,
 }
 
 /// The dead bucket's value.
@@ -280,6 +294,9 @@ struct DeadRecordEntry {
     end: u64,
     sha256: String,
     reason: String,
+    /// Requeued by an operator and waiting for its item to send it again; lost while false.
+    #[serde(default)]
+    requeued: bool,
 }
 
 /// A delivery this replica holds.
@@ -314,6 +331,12 @@ pub struct NatsQueue {
 /// A key-value key for `tenant/contentId` (contentIds hold characters keys may not).
 fn item_key(tenant_id: &str, content_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{tenant_id}/{content_id}"))
+}
+
+/// The dead-records bucket's key of record `index` of the item keyed `kv_key` (base64url
+/// has no `.`, so `{kv_key}.` prefixes exactly that item's records).
+fn dead_record_key(kv_key: &str, index: u64) -> String {
+    format!("{kv_key}.{index}")
 }
 
 fn json<T: Serialize>(value: &T) -> Bytes {
@@ -559,6 +582,7 @@ impl NatsQueue {
             lease_until: self.clock.now()
                 + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX),
             acked_records: progress.acked_records,
+            redo_records: progress.redo_records.clone(),
             attempts,
         };
         self.held.lock().expect("held deliveries lock").insert(
@@ -592,6 +616,101 @@ impl NatsQueue {
             names.push(key.map_err(|error| self.failed(what, error))?);
         }
         Ok(names)
+    }
+
+    /// The dead-record entries of the item whose bucket key is `kv_key`, by index.
+    async fn dead_records_of(&self, kv_key: &str) -> Result<Vec<DeadRecordEntry>, QueueError> {
+        let prefix = format!("{kv_key}.");
+        let names: Vec<String> = self
+            .keys_of(&self.dead_records, "list the dead records")
+            .await?
+            .into_iter()
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(entry) = self.dead_record_entry(&name).await? {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by_key(|entry| entry.index);
+        Ok(entries)
+    }
+
+    async fn dead_record_entry(&self, name: &str) -> Result<Option<DeadRecordEntry>, QueueError> {
+        let value = self
+            .dead_records
+            .get(name)
+            .await
+            .map_err(|error| self.failed("read a dead record", error))?;
+        Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Sets the `requeued` flag of the item's dead records at `indices` (those still kept).
+    async fn flag_requeued(
+        &self,
+        kv_key: &str,
+        indices: &BTreeSet<u64>,
+        requeued: bool,
+    ) -> Result<(), QueueError> {
+        for index in indices {
+            let name = dead_record_key(kv_key, *index);
+            let Some(mut entry) = self.dead_record_entry(&name).await? else {
+                continue;
+            };
+            if entry.requeued == requeued {
+                continue;
+            }
+            entry.requeued = requeued;
+            self.dead_records
+                .put(name.as_str(), json(&entry))
+                .await
+                .map_err(|error| self.failed("flag a dead record", error))?;
+            self.wrote(1);
+        }
+        Ok(())
+    }
+
+    /// Publishes the reference of an item again (a requeue), with a message id of its own.
+    async fn publish_again(&self, key: &ContentKey, item: &WorkItem) -> Result<(), QueueError> {
+        let requeued_at = self.clock.now();
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(json(item))
+            .message_id(format!(
+                "{}/{}/requeue/{}",
+                key.tenant_id,
+                key.content_id,
+                requeued_at.timestamp_nanos_opt().unwrap_or_default()
+            ));
+        self.jetstream
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(|error| self.failed("requeue an item", error))?
+            .await
+            .map_err(|error| self.failed("requeue an item", error))?;
+        self.wrote(1);
+        Ok(())
+    }
+
+    /// The done tombstone of `kv_key` when it has dead records to requeue and Microsoft
+    /// still serves its content: the seen entry and those records' indices.
+    async fn redoable_tombstone(
+        &self,
+        kv_key: &str,
+    ) -> Result<Option<(SeenEntry, BTreeSet<u64>)>, QueueError> {
+        let Some(entry) = self.seen_entry(kv_key).await? else {
+            return Ok(None);
+        };
+        if entry.done_at.is_none() || entry.item.content_expiration <= self.clock.now() {
+            return Ok(None);
+        }
+        let indices: BTreeSet<u64> = self
+            .dead_records_of(kv_key)
+            .await?
+            .iter()
+            .map(|record| record.index)
+            .collect();
+        Ok((!indices.is_empty()).then_some((entry, indices)))
     }
 
     async fn bucket_values<T: for<'de> Deserialize<'de>>(
@@ -767,6 +886,15 @@ impl ContentQueue for NatsQueue {
                 held.progress.clone(),
             )
         })?;
+        // Every requeued record was sent and acked: their dead records go, before the ack,
+        // so a crash in between redelivers the item rather than losing an entry.
+        for index in &progress.redo_records {
+            self.dead_records
+                .delete(dead_record_key(&item.kv_key(), *index).as_str())
+                .await
+                .map_err(|error| self.failed("remove a requeued dead record", error))?;
+            self.wrote(1);
+        }
         // The ack first: once it is confirmed the item can no longer come back. A crash
         // before the tombstone is written leaves the contentId marked seen, so a repeated
         // notification is still a duplicate.
@@ -780,7 +908,9 @@ impl ContentQueue for NatsQueue {
             item,
             done_at: Some(self.clock.now()),
             acked_records: progress.acked_records,
-            dead_records: progress.dead_records,
+            dead_records: progress
+                .dead_records
+                .saturating_sub(progress.redo_records.len() as u64),
         };
         self.seen
             .put(kv_key.as_str(), json(&entry))
@@ -817,10 +947,17 @@ impl ContentQueue for NatsQueue {
         reason: &str,
     ) -> Result<(), QueueError> {
         self.check_open()?;
-        let (message, item, attempts) = self.held(key, lease, |held| {
-            (held.message.clone(), held.item.clone(), held.attempts)
+        let (message, item, attempts, redo_records) = self.held(key, lease, |held| {
+            (
+                held.message.clone(),
+                held.item.clone(),
+                held.attempts,
+                held.progress.redo_records.clone(),
+            )
         })?;
         let kv_key = item.kv_key();
+        // Its requeued records were not sent: lost again (a later requeue redoes them).
+        self.flag_requeued(&kv_key, &redo_records, false).await?;
         let entry = DeadEntry {
             item,
             reason: reason.to_owned(),
@@ -847,13 +984,8 @@ impl ContentQueue for NatsQueue {
     ) -> Result<(), QueueError> {
         self.check_open()?;
         let kv_key = self.held(key, lease, |held| held.item.kv_key())?;
-        let record_key = format!("{kv_key}.{}", record.index);
-        let existed = self
-            .dead_records
-            .get(record_key.as_str())
-            .await
-            .map_err(|error| self.failed("read a dead record", error))?
-            .is_some();
+        let record_key = dead_record_key(&kv_key, record.index);
+        let existed = self.dead_record_entry(&record_key).await?.is_some();
         let entry = DeadRecordEntry {
             tenant_id: key.tenant_id.clone(),
             content_id: key.content_id.clone(),
@@ -862,17 +994,22 @@ impl ContentQueue for NatsQueue {
             end: record.byte_range.1,
             sha256: hex::encode(record.sha256),
             reason: record.reason,
+            requeued: false,
         };
         self.dead_records
             .put(record_key.as_str(), json(&entry))
             .await
             .map_err(|error| self.failed("keep a dead record", error))?;
         self.wrote(1);
-        if !existed {
-            let progress = self.held(key, lease, |held| {
+        // A requeued record that failed again is lost again, not waiting to be sent.
+        let changed = self.held(key, lease, |held| {
+            let was_requeued = held.progress.redo_records.remove(&entry.index);
+            if !existed {
                 held.progress.dead_records += 1;
-                held.progress.clone()
-            })?;
+            }
+            (!existed || was_requeued).then(|| held.progress.clone())
+        })?;
+        if let Some(progress) = changed {
             self.write_progress(&kv_key, &progress).await?;
         }
         Ok(())
@@ -881,43 +1018,54 @@ impl ContentQueue for NatsQueue {
     async fn requeue_dead(&self, key: &ContentKey) -> Result<bool, QueueError> {
         self.check_open()?;
         let kv_key = item_key(&key.tenant_id, &key.content_id);
-        let Some(bytes) = self
+        let dead = self
             .dead
             .get(kv_key.as_str())
             .await
             .map_err(|error| self.failed("read a dead item", error))?
-        else {
+            .and_then(|bytes| serde_json::from_slice::<DeadEntry>(&bytes).ok());
+        // Progress before the publish, so the first new delivery already counts from zero
+        // and knows what to redo.
+        let redo_records = if let Some(entry) = dead {
+            // Attempts start again; the acked-record offset stays.
+            let redo_records: BTreeSet<u64> = self
+                .dead_records_of(&kv_key)
+                .await?
+                .iter()
+                .map(|record| record.index)
+                .collect();
+            let mut progress = self.read_progress(&kv_key).await?;
+            progress.retries = 0;
+            progress.given_back = 0;
+            progress.redo_records = redo_records.clone();
+            self.write_progress(&kv_key, &progress).await?;
+            self.publish_again(key, &entry.item).await?;
+            self.dead
+                .delete(kv_key.as_str())
+                .await
+                .map_err(|error| self.failed("remove a requeued dead item", error))?;
+            self.wrote(1);
+            redo_records
+        } else if let Some((mut entry, redo_records)) = self.redoable_tombstone(&kv_key).await? {
+            let progress = Progress {
+                acked_records: EVERY_RECORD,
+                dead_records: entry.dead_records,
+                redo_records: redo_records.clone(),
+                ..Progress::default()
+            };
+            self.write_progress(&kv_key, &progress).await?;
+            self.publish_again(key, &entry.item).await?;
+            entry.done_at = None;
+            self.seen
+                .put(kv_key.as_str(), json(&entry))
+                .await
+                .map_err(|error| self.failed("reopen a done item", error))?;
+            self.wrote(1);
+            redo_records
+        } else {
             return Ok(false);
         };
-        let Ok(entry) = serde_json::from_slice::<DeadEntry>(&bytes) else {
-            return Ok(false);
-        };
-        // Attempts start again; the acked-record offset and dead records stay. Written
-        // before the publish, so the first new delivery already counts from zero.
-        let mut progress = self.read_progress(&kv_key).await?;
-        progress.retries = 0;
-        progress.given_back = 0;
-        self.write_progress(&kv_key, &progress).await?;
-        let requeued_at = self.clock.now();
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(json(&entry.item))
-            .message_id(format!(
-                "{}/{}/requeue/{}",
-                key.tenant_id,
-                key.content_id,
-                requeued_at.timestamp_nanos_opt().unwrap_or_default()
-            ));
-        self.jetstream
-            .send_publish(self.subject.clone(), publish)
-            .await
-            .map_err(|error| self.failed("requeue a dead item", error))?
-            .await
-            .map_err(|error| self.failed("requeue a dead item", error))?;
-        self.dead
-            .delete(kv_key.as_str())
-            .await
-            .map_err(|error| self.failed("remove a requeued dead item", error))?;
-        self.wrote(3);
+        self.flag_requeued(&kv_key, &redo_records, true).await?;
         Ok(true)
     }
 
@@ -955,16 +1103,21 @@ impl ContentQueue for NatsQueue {
             .keys_of(&self.dead, "count the dead items")
             .await?
             .len() as u64;
-        let dead_records = self
-            .keys_of(&self.dead_records, "count the dead records")
-            .await?
-            .len() as u64;
+        let dead_record_entries: Vec<DeadRecordEntry> = self
+            .bucket_values(&self.dead_records, "count the dead records")
+            .await?;
+        let dead_records = dead_record_entries.len() as u64;
+        let requeued_records = dead_record_entries
+            .iter()
+            .filter(|entry| entry.requeued)
+            .count() as u64;
         let mut stats = QueueStats {
             pending: state.messages - leased,
             leased,
             done: seen.saturating_sub(state.messages + dead),
             dead,
             dead_records,
+            requeued_records,
             commits: self.writes.load(Ordering::Relaxed),
             write_requests: self.writes.load(Ordering::Relaxed),
             ..QueueStats::default()

@@ -155,6 +155,30 @@ impl FeedState {
         Some(entry)
     }
 
+    /// Serves `records` from now on as the body of the stored blob `content_id` (its
+    /// listing entry unchanged); `false` when the tenant has no such blob. Microsoft's blobs
+    /// never change: this lets a test fix a bad record and check that a requeue sends it.
+    pub fn replace_blob_records(
+        &self,
+        tenant_id: &str,
+        content_id: &str,
+        records: &[Bytes],
+    ) -> bool {
+        let mut world = self.world();
+        let Some(tenant) = world.tenant_mut(tenant_id) else {
+            return false;
+        };
+        let Some(blob) = tenant
+            .blobs
+            .iter_mut()
+            .find(|blob| blob.entry.content_id == content_id)
+        else {
+            return false;
+        };
+        blob.body = json_array(records);
+        true
+    }
+
     /// The webhook to notify for (tenant, content type): the subscription is enabled and
     /// its webhook neither disabled nor expired.
     pub fn active_webhook(&self, tenant_id: &str, content_type: &str) -> Option<WebhookTarget> {
