@@ -196,3 +196,88 @@ async fn a_record_the_engine_keeps_refusing_is_dead_lettered_and_delivery_goes_o
     }
     rig.shutdown().await;
 }
+
+/// GETs `path` on the service's listener and returns the JSON body.
+async fn get_json(rig: &Rig, path: &str) -> serde_json::Value {
+    let service = rig.service.as_ref().unwrap();
+    let url = format!("https://localhost:{}{path}", service.address.port());
+    common::client_trusting(&rig.certs.ca)
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_engine_that_stops_acknowledging_is_a_stall_on_readyz_status_and_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::synthetic(Default::default());
+    options.in_process = false;
+    let mut rig = Rig::start(dir, options).await;
+    let socket_line = rig
+        .config_text
+        .lines()
+        .find(|line| line.starts_with("socket = ") && line.contains("engine.sock"))
+        .unwrap()
+        .to_owned();
+    rig.config_text = rig
+        .config_text
+        .replace(&socket_line, &format!("{socket_line}\nstall_secs = 1"));
+    rig.start_service(None).await;
+    rig.wait_for_webhooks(&["Audit.General"]).await;
+    rig.engine.set_faults(EngineFaults {
+        no_ack: true,
+        ..EngineFaults::default()
+    });
+    publish::publish_now(rig.api.state(), TENANT, "Audit.General", 1).await;
+
+    let started = std::time::Instant::now();
+    let readiness = loop {
+        let readiness = get_json(&rig, "/readyz").await;
+        if !readiness["engine"]["stalled"].is_null() {
+            break readiness;
+        }
+        assert!(started.elapsed() < DEADLINE, "no stall shown: {readiness}");
+        common::pause_after_check(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        readiness["ready"], true,
+        "a stalled engine does not fail readiness"
+    );
+    let message = readiness["engine"]["stalled"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("engine stalled: ") && message.contains("Logs unacknowledged for"),
+        "{message}"
+    );
+    assert!(
+        !readiness["engine"]["stalled"]["advice"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let status = get_json(&rig, "/status").await;
+    assert!(!status["engine"]["stalled"].is_null(), "{status}");
+    wait_until("the console told of the stall", DEADLINE, || {
+        rig.engine
+            .messages()
+            .iter()
+            .any(|message| message.message.contains("engine stalled"))
+    })
+    .await;
+
+    // Acks again: the next Log's Ack confirms the earlier ones, and the stall ends.
+    rig.engine.set_faults(EngineFaults::default());
+    publish::publish_now(rig.api.state(), TENANT, "Audit.General", 1).await;
+    let forwarder = rig.service.as_ref().unwrap().forwarder.clone();
+    wait_until("every Log acknowledged", DEADLINE, || {
+        let stats = forwarder.stats();
+        stats.logs_acked >= 20 && stats.in_flight == 0
+    })
+    .await;
+    let readiness = get_json(&rig, "/readyz").await;
+    assert!(readiness["engine"]["stalled"].is_null(), "{readiness}");
+    rig.shutdown().await;
+}
