@@ -393,3 +393,44 @@ async fn content_that_expired_before_it_was_fetched_is_a_counted_loss() {
     assert_eq!(rig.engine.counts().logs_received, 0);
     rig.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_record_over_the_engine_message_limit_is_dead_lettered_and_the_next_one_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::fixture_records(dir.path());
+    let (before, after) = (r#"{"Id":"before"}"#, r#"{"Id":"after"}"#);
+    let big = format!(
+        r#"{{"Id":"big","Padding":"{}"}}"#,
+        "x]}\\\"".repeat(4 << 20)
+    );
+    let records_file = dir.path().join("oversized.ndjson");
+    std::fs::write(&records_file, format!("{before}\n{big}\n{after}\n")).unwrap();
+    options.tenant.publication.records = Some(records_file);
+    options.tenant.publication.records_per_blob = 3;
+    let rig = Rig::start(dir, options).await;
+    rig.wait_for_webhooks(&ALL).await;
+    publish::publish_now(rig.api.state(), TENANT, "Audit.General", 1).await;
+    rig.wait_for_acked(2).await;
+    wait_until_queue_drained(&rig).await;
+
+    let forwarded: Vec<String> = rig.engine.logs().into_iter().map(|log| log.raw).collect();
+    assert!(forwarded.contains(&before.to_owned()), "the record before");
+    assert!(forwarded.contains(&after.to_owned()), "the record after");
+    assert!(forwarded.iter().all(|raw| raw.len() < big.len()));
+    let dead = rig.service.as_ref().unwrap().queue.dead_records(10).await;
+    let [(_, dead)] = &dead.unwrap()[..] else {
+        panic!("one dead record expected");
+    };
+    assert_eq!(dead.index, 1);
+    assert_eq!(dead.byte_range.1 - dead.byte_range.0, big.len() as u64);
+    assert_eq!(hex::encode(dead.sha256), sha256_hex(big.as_bytes()));
+    assert_eq!(
+        dead.reason,
+        format!(
+            "record of {} bytes exceeds the engine message limit (4194304 bytes less the Log's \
+             other fields)",
+            big.len()
+        )
+    );
+    rig.shutdown().await;
+}
