@@ -1,7 +1,9 @@
 //! Throughput of the streaming blob splitter on a ~50 MB blob of real audit records (the
 //! valid fixtures of `tests/fixtures/events`, repeated), fed in 64 KiB chunks as an HTTP body
 //! arrives, against the limit: serde_json splitting the whole blob at once into
-//! `Vec<&RawValue>` (no streaming, no per-record validation beyond its own parse).
+//! `Vec<&RawValue>` (no streaming, no per-record validation beyond its own parse). Also the
+//! rate at which an oversized element streams by (scanned and hashed, never buffered): the
+//! same blob wrapped as the one element of an outer array.
 //!
 //! Run: `cargo bench --bench splitter` (release). `SPLITTER_BENCH_MB` sets the blob size
 //! (default 50), `SPLITTER_BENCH_ROUNDS` the rounds (default 5; the best round is reported).
@@ -11,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use o365_connector::worker::MAX_RECORD_BYTES;
 use o365_connector::worker::splitter::{SplitEvent, Splitter, validate_record};
 use serde_json::value::RawValue;
 
@@ -41,6 +44,9 @@ fn main() {
             "serde_json record count"
         );
     });
+
+    let wrapped = Bytes::from([b"[".as_slice(), &blob, b"]"].concat());
+    let oversized = best_of(rounds, || scan_one_oversized_element(&wrapped, blob.len()));
 
     let elements: Vec<&RawValue> = serde_json::from_slice(&blob).expect("blob is valid JSON");
     let validation = best_of(rounds, || {
@@ -82,6 +88,12 @@ fn main() {
         megabytes / validation.as_secs_f64(),
         "MB/s",
     );
+    print_figure(
+        "oversized_element_scan_and_hash",
+        "throughput",
+        megabytes / oversized.as_secs_f64(),
+        "MB/s",
+    );
     print_figure("splitter", "blob_size", megabytes, "MB");
 }
 
@@ -94,7 +106,7 @@ fn environment_number(name: &str, default: u64) -> u64 {
 
 /// Feeds the blob in `chunk_bytes` chunks (as reqwest hands them over) and counts records.
 fn split_in_chunks(blob: &Bytes, chunk_bytes: usize) -> u64 {
-    let mut splitter = Splitter::new();
+    let mut splitter = Splitter::new(MAX_RECORD_BYTES);
     let mut records = 0u64;
     let mut start = 0;
     while start < blob.len() {
@@ -115,6 +127,27 @@ fn split_in_chunks(blob: &Bytes, chunk_bytes: usize) -> u64 {
         other => panic!("unexpected end {other:?}"),
     }
     records
+}
+
+/// Feeds `wrapped` (an array whose one element is `element_bytes` long) in 64 KiB chunks
+/// to a splitter whose limit that element exceeds, and checks it comes out as Oversized.
+fn scan_one_oversized_element(wrapped: &Bytes, element_bytes: usize) {
+    let mut splitter = Splitter::new(MAX_RECORD_BYTES.min(element_bytes - 1));
+    let mut events = Vec::new();
+    for start in (0..wrapped.len()).step_by(CHUNK_BYTES) {
+        let end = (start + CHUNK_BYTES).min(wrapped.len());
+        events.extend(splitter.feed(wrapped.slice(start..end)));
+    }
+    events.extend(splitter.finish());
+    match &events[..] {
+        [
+            SplitEvent::Oversized { size, .. },
+            SplitEvent::Complete { records: 1 },
+        ] => {
+            assert_eq!(*size, element_bytes as u64);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
 }
 
 /// The valid fixture records, repeated until the blob reaches `target_bytes`.

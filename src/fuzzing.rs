@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use reqwest::Url;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ContentType};
 use crate::utmstack::crypto::DerivedKey;
@@ -64,11 +65,12 @@ pub fn webhook_body(data: &[u8]) {
 /// [`SMALL_MAX_ELEMENT_BYTES`]); then the `k` chunk sizes (each `size + 1`, cycled; `k = 0`
 /// is one chunk); then the body.
 ///
-/// Checked: every record's bytes are the body's at its `byte_range` and pass
-/// [`validate_record`], a bad record's fail it; indices count from 0 without gaps; nothing
-/// follows an Unrecoverable; and when the body is a JSON array (serde_json's word), the
-/// records are exactly its elements, byte for byte, then `Complete`, unless an element is
-/// over the cap or not an object.
+/// Checked: every record's bytes are the body's at its `byte_range`, fit the cap and pass
+/// [`validate_record`], a bad record's fail it; an oversized element's size, range and
+/// SHA-256 are its bytes' and it is over the cap; indices count from 0 without gaps;
+/// nothing follows an Unrecoverable; and when the body is a JSON array of objects
+/// (serde_json's word), the records are exactly its elements within the cap, byte for
+/// byte, the oversized ones exactly those over it, then `Complete`.
 pub fn splitter(data: &[u8]) {
     let Some((&control, rest)) = data.split_first() else {
         return;
@@ -78,10 +80,10 @@ pub fn splitter(data: &[u8]) {
     let max_element_bytes = if control & 0x08 != 0 {
         SMALL_MAX_ELEMENT_BYTES
     } else {
-        crate::worker::splitter::DEFAULT_MAX_ELEMENT_BYTES
+        crate::worker::MAX_RECORD_BYTES
     };
     let body = Bytes::copy_from_slice(body);
-    let mut splitter = Splitter::with_max_element_bytes(max_element_bytes);
+    let mut splitter = Splitter::new(max_element_bytes);
     let mut events = Vec::new();
     let mut start = 0;
     for size in sizes.iter().cycle() {
@@ -96,12 +98,12 @@ pub fn splitter(data: &[u8]) {
         events.extend(splitter.feed(body.slice(start..)));
     }
     events.extend(splitter.finish());
-    check_split_events(&body, &events);
+    check_split_events(&body, &events, max_element_bytes);
     check_split_matches_serde_json(&body, &events, max_element_bytes);
 }
 
 /// The invariants that hold for any body.
-fn check_split_events(body: &[u8], events: &[SplitEvent]) {
+fn check_split_events(body: &[u8], events: &[SplitEvent], max_element_bytes: usize) {
     let mut next_index = 0;
     for (position, event) in events.iter().enumerate() {
         let is_last = position + 1 == events.len();
@@ -119,6 +121,27 @@ fn check_split_events(body: &[u8], events: &[SplitEvent]) {
                     "record bytes are the body's"
                 );
                 assert!(validate_record(bytes).is_ok(), "a record is valid");
+                assert!(bytes.len() <= max_element_bytes, "a record fits the cap");
+            }
+            SplitEvent::Oversized {
+                index,
+                byte_range,
+                sha256,
+                size,
+            } => {
+                assert_eq!(*index, next_index, "indices count every element");
+                next_index += 1;
+                let element = &body[range(byte_range)];
+                assert_eq!(element.len() as u64, *size, "the size is the range's");
+                assert!(
+                    element.len() > max_element_bytes,
+                    "oversized is over the cap"
+                );
+                assert_eq!(
+                    sha256[..],
+                    Sha256::digest(element)[..],
+                    "the SHA-256 is the element's"
+                );
             }
             SplitEvent::BadRecord {
                 index, byte_range, ..
@@ -154,7 +177,8 @@ fn check_split_events(body: &[u8], events: &[SplitEvent]) {
     );
 }
 
-/// When serde_json reads the body as an array of objects: the records are its elements.
+/// When serde_json reads the body as an array of objects: the records are its elements
+/// within the cap, the oversized ones those over it.
 fn check_split_matches_serde_json(body: &[u8], events: &[SplitEvent], max_element_bytes: usize) {
     let Ok(text) = std::str::from_utf8(body) else {
         return;
@@ -168,40 +192,32 @@ fn check_split_matches_serde_json(body: &[u8], events: &[SplitEvent], max_elemen
     {
         return;
     }
-    let fitting = elements
-        .iter()
-        .take_while(|element| element.get().len() <= max_element_bytes)
-        .count();
-    let records: Vec<&[u8]> = events
+    let found: Vec<(bool, &[u8])> = events
         .iter()
         .filter_map(|event| match event {
-            SplitEvent::Record { bytes, .. } => Some(&bytes[..]),
+            SplitEvent::Record { bytes, .. } => Some((true, &bytes[..])),
+            SplitEvent::Oversized { byte_range, .. } => Some((false, &body[range(byte_range)])),
             _ => None,
         })
         .collect();
-    let expected: Vec<&[u8]> = elements[..fitting]
+    let expected: Vec<(bool, &[u8])> = elements
         .iter()
-        .map(|element| element.get().as_bytes())
+        .map(|element| {
+            let bytes = element.get().as_bytes();
+            (bytes.len() <= max_element_bytes, bytes)
+        })
         .collect();
     assert_eq!(
-        records, expected,
-        "the records are the array's elements, byte for byte"
+        found, expected,
+        "the records and oversized elements are the array's elements, byte for byte"
     );
-    let last = events.last();
-    if fitting == elements.len() {
-        assert_eq!(
-            last,
-            Some(&SplitEvent::Complete {
-                records: elements.len() as u64
-            }),
-            "a valid array completes"
-        );
-    } else {
-        assert!(
-            matches!(last, Some(SplitEvent::Unrecoverable { .. })),
-            "an element over the cap is Unrecoverable"
-        );
-    }
+    assert_eq!(
+        events.last(),
+        Some(&SplitEvent::Complete {
+            records: elements.len() as u64
+        }),
+        "a valid array completes"
+    );
 }
 
 fn range(byte_range: &std::ops::Range<u64>) -> std::ops::Range<usize> {

@@ -1,5 +1,6 @@
 //! The streaming blob splitter against serde_json's own split (property tests), the real
-//! audit-record fixtures, truncated bodies, broken structure and the async adapter.
+//! audit-record fixtures, truncated bodies, broken structure, elements over the record
+//! limit and the async adapter.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use o365_connector::worker::MAX_RECORD_BYTES;
 use o365_connector::worker::splitter::{SplitEvent, SplitStream, Splitter};
 use proptest::prelude::*;
 use serde_json::value::RawValue;
@@ -30,7 +32,7 @@ fn split_with(splitter: Splitter, body: &[u8], chunk_sizes: &[usize]) -> Vec<Spl
 }
 
 fn split(body: &[u8], chunk_sizes: &[usize]) -> Vec<SplitEvent> {
-    split_with(Splitter::new(), body, chunk_sizes)
+    split_with(Splitter::new(MAX_RECORD_BYTES), body, chunk_sizes)
 }
 
 /// Chunk sizes from a small deterministic generator, 1 to `max` bytes each.
@@ -632,38 +634,6 @@ fn invalid_json_inside_well_delimited_braces_is_a_bad_record() {
 }
 
 #[test]
-fn an_element_over_the_size_cap_is_unrecoverable_with_the_reason() {
-    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(200));
-    let body = format!(r#"[{{"small":1}}, {big}, {{"after":1}}]"#);
-    for chunk_sizes in [&[1usize][..], &[64], &[usize::MAX]] {
-        let events = split_with(
-            Splitter::with_max_element_bytes(100),
-            body.as_bytes(),
-            chunk_sizes,
-        );
-        assert!(
-            matches!(events[0], SplitEvent::Record { index: 0, .. }),
-            "{events:?}"
-        );
-        let (offset, reason) = unrecoverable_offset(&events);
-        assert_eq!(offset, 14);
-        assert!(
-            reason
-                .contains("element 1 starting at byte 14 is longer than the maximum of 100 bytes"),
-            "{reason}"
-        );
-        assert_eq!(events.len(), 2);
-    }
-    let exactly_at_cap = format!(r#"[{{"a":"{}"}}]"#, "x".repeat(92));
-    let events = split_with(
-        Splitter::with_max_element_bytes(100),
-        exactly_at_cap.as_bytes(),
-        &[7],
-    );
-    assert!(matches!(events[0], SplitEvent::Record { .. }), "{events:?}");
-}
-
-#[test]
 fn debug_of_a_record_shows_its_length_not_its_bytes() {
     let events = split(br#"[{"password":"hunter2"}]"#, &[usize::MAX]);
     let debug = format!("{:?}", events[0]);
@@ -674,7 +644,7 @@ fn debug_of_a_record_shows_its_length_not_its_bytes() {
 #[test]
 fn records_inside_one_chunk_are_slices_of_it() {
     let chunk = Bytes::from_static(br#"[{"a":1},{"b":2}]"#);
-    let mut splitter = Splitter::new();
+    let mut splitter = Splitter::new(MAX_RECORD_BYTES);
     let events = splitter.feed(chunk.clone());
     let SplitEvent::Record { bytes, .. } = &events[1] else {
         panic!("{events:?}");
@@ -696,7 +666,7 @@ async fn split_stream_reads_one_chunk_at_a_time() {
     let body = futures_util::stream::iter(chunks).inspect(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    let mut stream = SplitStream::new(body, Splitter::new());
+    let mut stream = SplitStream::new(body, Splitter::new(MAX_RECORD_BYTES));
     let first = stream.next_event().await.expect("event").expect("no error");
     assert!(matches!(first, SplitEvent::Record { index: 0, .. }));
     assert_eq!(polled.load(Ordering::SeqCst), 1);
@@ -717,7 +687,10 @@ async fn split_stream_yields_a_transport_error_and_ends() {
         Err(std::io::Error::other("connection reset")),
         Ok(Bytes::from_static(b":2}]")),
     ];
-    let mut stream = SplitStream::new(futures_util::stream::iter(chunks), Splitter::new());
+    let mut stream = SplitStream::new(
+        futures_util::stream::iter(chunks),
+        Splitter::new(MAX_RECORD_BYTES),
+    );
     assert!(matches!(
         stream.next_event().await,
         Some(Ok(SplitEvent::Record { index: 0, .. }))
@@ -737,7 +710,7 @@ async fn split_stream_stops_reading_after_an_unrecoverable() {
     let body = futures_util::stream::iter(chunks).inspect(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    let events: Vec<SplitEvent> = SplitStream::new(body, Splitter::new())
+    let events: Vec<SplitEvent> = SplitStream::new(body, Splitter::new(MAX_RECORD_BYTES))
         .map(|event| event.expect("no error"))
         .collect()
         .await;
@@ -753,11 +726,212 @@ async fn split_stream_stops_reading_after_an_unrecoverable() {
 async fn split_stream_reports_truncation_when_the_body_ends_early() {
     let chunks: Vec<Result<Bytes, std::io::Error>> =
         vec![Ok(Bytes::from_static(br#"[{"a":1},{"b":"#))];
-    let events: Vec<SplitEvent> =
-        SplitStream::new(futures_util::stream::iter(chunks), Splitter::new())
-            .map(|event| event.expect("no error"))
-            .collect()
-            .await;
+    let events: Vec<SplitEvent> = SplitStream::new(
+        futures_util::stream::iter(chunks),
+        Splitter::new(MAX_RECORD_BYTES),
+    )
+    .map(|event| event.expect("no error"))
+    .collect()
+    .await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1], SplitEvent::Truncated { offset: 14 });
+}
+
+// ---------------------------------------------------------------- over the record limit
+
+/// Feeds `body` in `chunk_bytes` slices of it, then finishes; also returns the most the
+/// splitter held for an element after any chunk.
+fn split_watching_memory(
+    max_element_bytes: usize,
+    body: &Bytes,
+    chunk_bytes: usize,
+) -> (Vec<SplitEvent>, usize) {
+    let mut splitter = Splitter::new(max_element_bytes);
+    let mut events = Vec::new();
+    let mut most_held = 0;
+    for start in (0..body.len()).step_by(chunk_bytes) {
+        let end = (start + chunk_bytes).min(body.len());
+        events.extend(splitter.feed(body.slice(start..end)));
+        most_held = most_held.max(splitter.buffered_bytes());
+    }
+    events.extend(splitter.finish());
+    (events, most_held)
+}
+
+/// A valid record of at least `min_bytes` whose strings hold what could fool a scanner:
+/// brackets and braces, escaped quotes and backslashes (`\\` before a `\"`), `\u` escapes
+/// and multi-byte characters.
+fn record_of_at_least(min_bytes: usize) -> String {
+    let item = r#"{"s":"x]}\"\\[{\\\"é漢😀\u00e9","n":[1,{"k":"}]"}]},"#;
+    let mut record = String::with_capacity(min_bytes + 2 * item.len());
+    record.push_str(r#"{"items":["#);
+    while record.len() < min_bytes {
+        record.push_str(item);
+    }
+    record.push_str("{}]}");
+    record
+}
+
+fn oversized_event(index: u64, start: usize, element: &str) -> SplitEvent {
+    SplitEvent::Oversized {
+        index,
+        byte_range: start as u64..(start + element.len()) as u64,
+        sha256: Sha256::digest(element.as_bytes()).into(),
+        size: element.len() as u64,
+    }
+}
+
+#[test]
+fn a_20_mib_record_is_oversized_in_bounded_memory_and_the_record_after_it_comes_out() {
+    let big = record_of_at_least(20 * 1024 * 1024);
+    assert!(serde_json::from_str::<serde::de::IgnoredAny>(&big).is_ok());
+    let (first, last) = (r#"{"Id":"first"}"#, r#"{"Id":"last"}"#);
+    let body = Bytes::from(format!("[{first},\n{big} ,{last}]"));
+    let expected_oversized = oversized_event(1, 1 + first.len() + 2, &big);
+    for chunk_bytes in [1, 7, 64 * 1024] {
+        let (events, most_held) = split_watching_memory(MAX_RECORD_BYTES, &body, chunk_bytes);
+        assert_eq!(events.len(), 4, "{chunk_bytes}-byte chunks: {events:?}");
+        assert!(
+            matches!(&events[0], SplitEvent::Record { index: 0, bytes, .. } if bytes[..] == *first.as_bytes()),
+            "{events:?}"
+        );
+        assert_eq!(events[1], expected_oversized, "{chunk_bytes}-byte chunks");
+        assert!(
+            matches!(&events[2], SplitEvent::Record { index: 2, bytes, .. } if bytes[..] == *last.as_bytes()),
+            "{events:?}"
+        );
+        assert_eq!(events[3], SplitEvent::Complete { records: 3 });
+        assert!(
+            most_held <= MAX_RECORD_BYTES,
+            "{chunk_bytes}-byte chunks: held {most_held} bytes, over the limit"
+        );
+    }
+}
+
+#[test]
+fn an_element_over_the_limit_is_oversized_and_the_next_record_comes_out() {
+    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(200));
+    let body = format!(r#"[{{"small":1}}, {big}, {{"after":1}}]"#);
+    for chunk_sizes in [&[1usize][..], &[64], &[usize::MAX]] {
+        let events = split_with(Splitter::new(100), body.as_bytes(), chunk_sizes);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(matches!(events[0], SplitEvent::Record { index: 0, .. }));
+        assert_eq!(events[1], oversized_event(1, 14, &big));
+        assert!(matches!(events[2], SplitEvent::Record { index: 2, .. }));
+        assert_eq!(events[3], SplitEvent::Complete { records: 3 });
+    }
+    let exactly_at_limit = format!(r#"[{{"a":"{}"}}]"#, "x".repeat(92));
+    let events = split_with(Splitter::new(100), exactly_at_limit.as_bytes(), &[7]);
+    assert!(matches!(events[0], SplitEvent::Record { .. }), "{events:?}");
+}
+
+#[test]
+fn strings_in_an_oversized_element_are_scanned_across_every_chunk_boundary() {
+    // `]`, `}` and `"` inside strings, escaped quotes, an escaped backslash right before a
+    // closing quote, a `\u` escape and a four-byte character: a chunk may cut any of them.
+    let big = r#"{"a":"\\","b":"\"]}","c":["}",{"d":"\\\"[😀"}],"e":"\u005d"}"#;
+    let body = format!(r#"[{big},{{"next":"]"}}]"#);
+    let limit = 16;
+    let expected = oversized_event(0, 1, big);
+    for cut in 0..=body.len() {
+        let events = split_with(Splitter::new(limit), body.as_bytes(), &[cut, body.len()]);
+        assert_eq!(events.len(), 3, "cut at {cut}: {events:?}");
+        assert_eq!(events[0], expected, "cut at {cut}");
+        assert!(
+            matches!(&events[1], SplitEvent::Record { index: 1, bytes, .. } if bytes[..] == *br#"{"next":"]"}"#),
+            "cut at {cut}: {events:?}"
+        );
+        assert_eq!(events[2], SplitEvent::Complete { records: 2 });
+    }
+    assert_eq!(
+        split_with(Splitter::new(limit), body.as_bytes(), &[1])[0],
+        expected
+    );
+}
+
+#[test]
+fn an_element_over_the_limit_still_open_at_a_clean_end_is_unrecoverable_not_truncated() {
+    let unclosed_string = format!(r#"[{{"a":1}},{{"b":"{}"#, "x".repeat(200));
+    let unclosed_bracket = format!(r#"[{{"a":1}},{{"b":[{}"#, "1,".repeat(100));
+    for body in [unclosed_string, unclosed_bracket] {
+        for chunk_sizes in [&[1usize][..], &[33], &[usize::MAX]] {
+            let events = split_with(Splitter::new(100), body.as_bytes(), chunk_sizes);
+            assert!(matches!(events[0], SplitEvent::Record { index: 0, .. }));
+            let (offset, reason) = unrecoverable_offset(&events);
+            assert_eq!(offset, 9, "{events:?}");
+            assert!(
+                reason.contains("element 1 starting at byte 9 is still open when the body ends"),
+                "{reason}"
+            );
+            assert!(reason.contains("limit of 100 bytes"), "{reason}");
+            assert_eq!(events.len(), 2);
+        }
+    }
+    let within_limit = br#"[{"a":1},{"b":"xx"#;
+    assert_eq!(
+        split(within_limit, &[3]).last(),
+        Some(&SplitEvent::Truncated {
+            offset: within_limit.len() as u64
+        })
+    );
+}
+
+#[test]
+fn nesting_deeper_than_the_limit_is_counted_and_the_element_still_delimited() {
+    let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+    let body = format!(r#"[{deep},{{"next":1}}]"#);
+    for chunk_sizes in [&[1usize][..], &[5], &[usize::MAX]] {
+        let events = split_with(Splitter::new(16), body.as_bytes(), chunk_sizes);
+        assert_eq!(events[0], oversized_event(0, 1, &deep), "{events:?}");
+        assert!(matches!(events[1], SplitEvent::Record { index: 1, .. }));
+        assert_eq!(events[2], SplitEvent::Complete { records: 2 });
+    }
+}
+
+#[test]
+fn deep_nesting_within_the_limit_is_a_record_at_any_depth() {
+    for depth in [129, 500, 100_000] {
+        let record = format!(r#"{{"a":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let body = format!("[{record}]");
+        for chunk_sizes in [&[4096usize][..], &[usize::MAX]] {
+            let events = split(body.as_bytes(), chunk_sizes);
+            assert!(
+                matches!(&events[0], SplitEvent::Record { index: 0, bytes, .. } if bytes.len() == record.len()),
+                "depth {depth}: {events:?}"
+            );
+            assert_eq!(events[1], SplitEvent::Complete { records: 1 });
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn elements_over_a_random_limit_are_oversized_and_the_others_split_as_usual(
+        (blob, elements) in mixed_blob(),
+        limit in 1usize..64,
+        chunk_sizes in prop::collection::vec(1usize..40, 1..20),
+    ) {
+        let events = split_with(Splitter::new(limit), blob.as_bytes(), &chunk_sizes);
+        let found: Vec<(u64, &[u8], bool)> = events
+            .iter()
+            .filter_map(|event| match event {
+                SplitEvent::Oversized { index, byte_range, sha256, size } => {
+                    let bytes = &blob.as_bytes()[byte_range.start as usize..byte_range.end as usize];
+                    assert_eq!(*size, bytes.len() as u64);
+                    assert_eq!(sha256[..], Sha256::digest(bytes)[..]);
+                    Some((*index, bytes, true))
+                }
+                other => element_bytes(blob.as_bytes(), other).map(|(index, bytes)| (index, bytes, false)),
+            })
+            .collect();
+        prop_assert_eq!(found.len(), elements.len(), "events {:?}", events);
+        for (position, (element, (index, bytes, oversized))) in elements.iter().zip(&found).enumerate() {
+            prop_assert_eq!(*index, position as u64);
+            prop_assert_eq!(element.as_bytes(), *bytes);
+            prop_assert_eq!(*oversized, element.len() > limit, "element {}: {}", position, element);
+        }
+        prop_assert_eq!(events.last(), Some(&SplitEvent::Complete { records: elements.len() as u64 }));
+    }
 }

@@ -3,3 +3,19 @@
 
 pub mod pool;
 pub mod splitter;
+
+/// The engine's message limit the workers assume until `engine.max_message_bytes` is
+/// configured: 4 MiB (4,194,304 bytes), gRPC's default receive limit, which the engine
+/// keeps.
+pub const ENGINE_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a Log's fields other than `raw` may take of one message, in bytes: 64 KiB. They
+/// are the id (64 hex digits), the data type, the data source (the group name), an RFC 3339
+/// timestamp, the UTMStack tenant id and protobuf's tags and lengths: well under 1 KiB in
+/// practice, so the margin covers long group names with room to spare.
+pub const LOG_OTHER_FIELDS_MARGIN_BYTES: usize = 64 * 1024;
+
+/// The largest record forwarded as one Log, in bytes: [`ENGINE_MAX_MESSAGE_BYTES`] less
+/// [`LOG_OTHER_FIELDS_MARGIN_BYTES`]. The splitter reports a longer one as
+/// [`splitter::SplitEvent::Oversized`], and the worker dead-letters it by reference.
+pub const MAX_RECORD_BYTES: usize = ENGINE_MAX_MESSAGE_BYTES - LOG_OTHER_FIELDS_MARGIN_BYTES;

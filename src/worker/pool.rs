@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::splitter::{SplitEvent, SplitStream, Splitter};
+use super::{ENGINE_MAX_MESSAGE_BYTES, MAX_RECORD_BYTES};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::forward::log::{build_log, max_raw_bytes};
@@ -439,7 +440,7 @@ async fn forward_blob(
     let mut lease_until = item.lease_until;
     let mut recorded = progress.settled;
     let mut next_index = 0u64;
-    let mut split = SplitStream::new(response.bytes_stream(), Splitter::new());
+    let mut split = SplitStream::new(response.bytes_stream(), Splitter::new(MAX_RECORD_BYTES));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return PassEnd::Interrupted,
@@ -449,6 +450,24 @@ async fn forward_blob(
             None => return PassEnd::Retry("the blob body ended without a verdict".into()),
             Some(Err(error)) => return PassEnd::Retry(format!("blob transfer failed: {error}")),
             Some(Ok(event)) => event,
+        };
+        // An oversized record is dead-lettered by reference like an invalid one.
+        let event = match event {
+            SplitEvent::Oversized {
+                index,
+                byte_range,
+                sha256,
+                size,
+            } => SplitEvent::BadRecord {
+                index,
+                byte_range,
+                sha256,
+                reason: format!(
+                    "record of {size} bytes exceeds the engine message limit \
+                     ({ENGINE_MAX_MESSAGE_BYTES} bytes less the Log's other fields)"
+                ),
+            },
+            event => event,
         };
         match event {
             SplitEvent::Record {
@@ -526,6 +545,7 @@ async fn forward_blob(
                 }
                 progress.waiting.push_back((index, None));
             }
+            SplitEvent::Oversized { .. } => unreachable!("turned into a BadRecord above"),
             SplitEvent::Unrecoverable { offset, reason } => {
                 return PassEnd::Unrecoverable {
                     index: next_index,

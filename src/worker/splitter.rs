@@ -41,24 +41,38 @@
 //! - **Indices count every element**, good or bad, from 0, so they match the element's
 //!   position in Microsoft's array (and the API emulator's `index`): skipping the first
 //!   `acked_records` events that carry an index resumes a blob exactly where it stopped.
-//! - **Validation.** A record is valid UTF-8, valid JSON (serde_json's grammar, depth limit
-//!   128) and a JSON object. An element that is delimited fine but fails any of these is a
-//!   [`SplitEvent::BadRecord`]: the caller dead-letters it by reference and goes on. Its
-//!   `reason` never quotes the record (DLP records hold the secrets they matched).
+//! - **Validation.** A record is valid UTF-8, valid JSON (serde_json's grammar) and a JSON
+//!   object. There is no nesting limit: serde_json skips a value it does not keep
+//!   (`IgnoredAny`) with a heap stack, not recursion, so depths of 129, 500 or 100,000 are
+//!   records like any other, the stack bounded by the element's length. An element that is
+//!   delimited fine but fails any of these is a [`SplitEvent::BadRecord`]: the caller
+//!   dead-letters it by reference and goes on. Its `reason` never quotes the record (DLP
+//!   records hold the secrets they matched).
+//! - **One limit.** The caller gives `max_element_bytes`, the largest record it can forward
+//!   (the engine's message limit less the Log's other fields). A longer element is never
+//!   buffered: once it passes the limit, the splitter drops what it held, keeps scanning its
+//!   strings, escapes and brackets without storing them, hashes its bytes as they stream by,
+//!   and at its end reports [`SplitEvent::Oversized`] with its true byte range, SHA-256 and
+//!   size; the next element comes out as usual. It is not checked for UTF-8 or JSON (it
+//!   cannot be held), only delimited. A chunk may cut it anywhere, inside an escape or a
+//!   multi-byte character: the scanner's state carries over.
 //! - **Unrecoverable** means the array's structure is lost at `offset`: nothing after it can
 //!   be delimited with confidence, so no event follows, and the caller dead-letters the blob
 //!   from that point. Records yielded before it stay valid.
 //! - **End of body.** [`Splitter::finish`] gives [`SplitEvent::Complete`] only when the closing
 //!   `]` was seen, and [`SplitEvent::Truncated`] when the body ended before it (an element cut
 //!   in the middle is never yielded): the caller refetches and resumes from its acked count.
-//! - **Memory.** Only the current element is buffered, and only when it spans chunks: an
-//!   element inside one chunk is a zero-copy slice of that chunk (it keeps the chunk alive
-//!   while the record is in flight). An element longer than `max_element_bytes` (default
-//!   [`DEFAULT_MAX_ELEMENT_BYTES`], 16 MiB) is Unrecoverable, not a BadRecord: an unclosed
-//!   string or bracket looks exactly like a huge element until the body ends, and without a
-//!   cap it would be buffered whole and then reported as a truncation to retry forever. Real
-//!   audit records are a few KiB, far below the cap (and gRPC's default message limit is
-//!   4 MiB).
+//!   An element over the limit that is still open when the body ends cleanly is
+//!   Unrecoverable at its start, not Truncated: an unclosed string or bracket looks exactly
+//!   like a huge element until the body ends, and a refetch would find it open again (a
+//!   transfer that really was cut is a transport error, which the caller sees as such).
+//! - **Memory.** Only the current element is buffered, and only when it spans chunks and is
+//!   within the limit: an element inside one chunk is a zero-copy slice of that chunk (it
+//!   keeps the chunk alive while the record is in flight). The buffer never grows past
+//!   `max_element_bytes` ([`Splitter::buffered_bytes`]); an oversized element costs a
+//!   SHA-256 state and its bracket stack, one byte per open bracket, capped at
+//!   `max_element_bytes` too: brackets deeper than that (only in an element over the limit)
+//!   are counted, not matched by kind, which still delimits the element.
 
 use std::fmt;
 use std::ops::Range;
@@ -70,13 +84,11 @@ use futures_util::Stream;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 
-/// The default cap on one element's size: 16 MiB.
-pub const DEFAULT_MAX_ELEMENT_BYTES: usize = 16 * 1024 * 1024;
-
 /// The UTF-8 byte order mark, accepted (and skipped) at the very start of the body.
 const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
-/// What the splitter found in the body. `Record` and `BadRecord` each take the next index.
+/// What the splitter found in the body. `Record`, `BadRecord` and `Oversized` each take the
+/// next index.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SplitEvent {
     /// A well-formed audit record: valid UTF-8 and JSON, and a JSON object.
@@ -99,6 +111,18 @@ pub enum SplitEvent {
         sha256: [u8; 32],
         /// What is wrong with it, without quoting it.
         reason: String,
+    },
+    /// An element longer than the splitter's `max_element_bytes`: it was scanned, not kept,
+    /// so dead-letter it by reference and go on with the next one.
+    Oversized {
+        /// Zero-based position of the element in the array.
+        index: u64,
+        /// Where the element is in the body, `[start, end)`.
+        byte_range: Range<u64>,
+        /// SHA-256 of the element's bytes, computed as they streamed by.
+        sha256: [u8; 32],
+        /// The element's length in bytes (the length of `byte_range`).
+        size: u64,
     },
     /// The array's structure is lost at `offset`: no event follows, nothing after is trusted.
     Unrecoverable {
@@ -144,6 +168,18 @@ impl fmt::Debug for SplitEvent {
                 .field("byte_range", byte_range)
                 .field("sha256", &hex::encode(sha256))
                 .field("reason", reason)
+                .finish(),
+            Self::Oversized {
+                index,
+                byte_range,
+                sha256,
+                size,
+            } => formatter
+                .debug_struct("Oversized")
+                .field("index", index)
+                .field("byte_range", byte_range)
+                .field("sha256", &hex::encode(sha256))
+                .field("size", size)
                 .finish(),
             Self::Unrecoverable { offset, reason } => formatter
                 .debug_struct("Unrecoverable")
@@ -193,18 +229,18 @@ pub struct Splitter {
     next_index: u64,
     /// Absolute offset of the current element's first byte.
     element_start: u64,
-    /// The current element's bytes from earlier chunks (empty while it lies in one chunk).
+    /// The current element's bytes from earlier chunks (empty while it lies in one chunk,
+    /// and once it is over the limit).
     element_buffer: BytesMut,
-    /// Closing brackets expected, innermost last.
+    /// The hash of an element over the limit so far, while it streams by.
+    oversized: Option<Sha256>,
+    /// Closing brackets expected, innermost last, at most `max_element_bytes` of them.
     closers: Vec<u8>,
+    /// Brackets open beyond the `closers` stack's cap: counted, not matched by kind (only
+    /// an oversized element nests that deep, and it is delimited, not validated).
+    unmatched_depth: u64,
     in_string: bool,
     escaped: bool,
-}
-
-impl Default for Splitter {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl fmt::Debug for Splitter {
@@ -214,6 +250,8 @@ impl fmt::Debug for Splitter {
             .field("state", &self.state)
             .field("offset", &self.offset)
             .field("next_index", &self.next_index)
+            .field("max_element_bytes", &self.max_element_bytes)
+            .field("in_oversized_element", &self.oversized.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -279,14 +317,10 @@ fn describe_byte(byte: u8) -> String {
 }
 
 impl Splitter {
-    /// A splitter with the default element cap ([`DEFAULT_MAX_ELEMENT_BYTES`]).
-    pub fn new() -> Self {
-        Self::with_max_element_bytes(DEFAULT_MAX_ELEMENT_BYTES)
-    }
-
-    /// A splitter whose elements may be at most `max_element_bytes` long; a longer one is
-    /// [`SplitEvent::Unrecoverable`].
-    pub fn with_max_element_bytes(max_element_bytes: usize) -> Self {
+    /// A splitter whose records may be at most `max_element_bytes` long (the largest record
+    /// the caller can forward); a longer element is scanned without being kept and reported
+    /// as [`SplitEvent::Oversized`].
+    pub fn new(max_element_bytes: usize) -> Self {
         Self {
             max_element_bytes,
             state: State::BeforeArray { bom_bytes: 0 },
@@ -294,7 +328,9 @@ impl Splitter {
             next_index: 0,
             element_start: 0,
             element_buffer: BytesMut::new(),
+            oversized: None,
             closers: Vec::new(),
+            unmatched_depth: 0,
             in_string: false,
             escaped: false,
         }
@@ -303,6 +339,12 @@ impl Splitter {
     /// Bytes fed so far.
     pub fn bytes_seen(&self) -> u64 {
         self.offset
+    }
+
+    /// The memory held for the element in progress: the capacity of its buffer, never more
+    /// than `max_element_bytes`, and 0 while an oversized element streams by.
+    pub fn buffered_bytes(&self) -> usize {
+        self.element_buffer.capacity()
     }
 
     /// Whether an Unrecoverable was reported (later chunks are ignored).
@@ -354,20 +396,33 @@ impl Splitter {
                 }
             }
         }
-        if matches!(self.state, State::InContainer | State::InBareValue)
-            && let Some(event) = self.keep_tail(&chunk[piece_start..])
-        {
-            events.push(event);
+        if matches!(self.state, State::InContainer | State::InBareValue) {
+            self.keep_tail(&chunk[piece_start..]);
         }
         self.offset += chunk.len() as u64;
         events
     }
 
     /// Says how the body ended: `Complete` after the closing `]`, `Truncated` before it,
-    /// `None` when an Unrecoverable was already reported.
+    /// `Unrecoverable` inside an element already over the limit (its structure is lost: it
+    /// never closes), `None` when an Unrecoverable was already reported.
     pub fn finish(self) -> Option<SplitEvent> {
         match self.state {
             State::Failed => None,
+            State::InContainer | State::InBareValue if self.oversized.is_some() => {
+                Some(SplitEvent::Unrecoverable {
+                    offset: self.element_start,
+                    reason: format!(
+                        "element {} starting at byte {} is still open when the body ends, {} \
+                         bytes later, over the limit of {} bytes per record (an unclosed string \
+                         or bracket)",
+                        self.next_index,
+                        self.element_start,
+                        self.offset - self.element_start,
+                        self.max_element_bytes
+                    ),
+                })
+            }
             State::AfterArray => Some(SplitEvent::Complete {
                 records: self.next_index,
             }),
@@ -384,7 +439,9 @@ impl Splitter {
     fn fail(&mut self, offset: u64, reason: String) -> SplitEvent {
         self.state = State::Failed;
         self.element_buffer = BytesMut::new();
+        self.oversized = None;
         self.closers = Vec::new();
+        self.unmatched_depth = 0;
         SplitEvent::Unrecoverable { offset, reason }
     }
 
@@ -463,6 +520,7 @@ impl Splitter {
         self.element_start = at;
         self.element_buffer.clear();
         self.closers.clear();
+        self.unmatched_depth = 0;
         self.escaped = false;
         self.in_string = false;
         self.state = State::InContainer;
@@ -509,8 +567,12 @@ impl Splitter {
             };
             match byte {
                 b'"' => self.in_string = true,
+                b'{' | b'[' if self.closers.len() >= self.max_element_bytes => {
+                    self.unmatched_depth += 1;
+                }
                 b'{' => self.closers.push(b'}'),
                 b'[' => self.closers.push(b']'),
+                _ if self.unmatched_depth > 0 => self.unmatched_depth -= 1,
                 _ => {
                     let expected = self.closers.pop();
                     if expected != Some(byte) {
@@ -557,39 +619,77 @@ impl Splitter {
         ElementScan::NeedMore
     }
 
-    fn oversized_reason(&self) -> String {
-        format!(
-            "element {} starting at byte {} is longer than the maximum of {} bytes per record \
-             (an unclosed string or bracket, or a record too large to forward)",
-            self.next_index, self.element_start, self.max_element_bytes
-        )
-    }
-
-    /// The chunk ended inside the element: keeps its tail, or fails if it grew too large.
-    fn keep_tail(&mut self, tail: &[u8]) -> Option<SplitEvent> {
-        if self.element_buffer.len() + tail.len() > self.max_element_bytes {
-            let reason = self.oversized_reason();
-            return Some(self.fail(self.element_start, reason));
+    /// The chunk ended inside the element: keeps its tail while the element is within the
+    /// limit; past it, hashes the tail instead and drops what was kept.
+    fn keep_tail(&mut self, tail: &[u8]) {
+        if self.oversized.is_none()
+            && self.element_buffer.len() + tail.len() > self.max_element_bytes
+        {
+            self.start_oversized();
         }
-        self.element_buffer.extend_from_slice(tail);
-        None
+        match self.oversized.as_mut() {
+            Some(hasher) => hasher.update(tail),
+            None => self.buffer_piece(tail),
+        }
     }
 
-    /// The element ends before chunk position `end`: takes its bytes and classifies them.
+    /// The element is over the limit: from here on it is hashed, not kept.
+    fn start_oversized(&mut self) {
+        let mut hasher = Sha256::new();
+        hasher.update(&self.element_buffer);
+        self.element_buffer = BytesMut::new();
+        self.oversized = Some(hasher);
+    }
+
+    /// Appends `piece` to the element buffer (the caller checked the element stays within
+    /// the limit). It grows by doubling, as a `Vec` does, but never past
+    /// `max_element_bytes`, so an element just under the limit does not hold twice that.
+    fn buffer_piece(&mut self, piece: &[u8]) {
+        let needed = self.element_buffer.len() + piece.len();
+        if needed > self.element_buffer.capacity() {
+            let capacity = (self.element_buffer.capacity() * 2)
+                .min(self.max_element_bytes)
+                .max(needed);
+            let mut grown = BytesMut::with_capacity(capacity);
+            grown.extend_from_slice(&self.element_buffer);
+            self.element_buffer = grown;
+        }
+        self.element_buffer.extend_from_slice(piece);
+    }
+
+    /// The element ends before chunk position `end`: takes its bytes and classifies them,
+    /// or reports it as oversized.
     fn end_element(&mut self, chunk: &Bytes, piece_start: usize, end: usize) -> SplitEvent {
-        let length = self.element_buffer.len() + (end - piece_start);
-        if length > self.max_element_bytes {
-            let reason = self.oversized_reason();
-            return self.fail(self.element_start, reason);
+        let piece = &chunk[piece_start..end];
+        if self.oversized.is_none()
+            && self.element_buffer.len() + piece.len() > self.max_element_bytes
+        {
+            self.start_oversized();
+        }
+        if let Some(mut hasher) = self.oversized.take() {
+            hasher.update(piece);
+            return self.take_oversized(hasher, self.absolute(end));
         }
         let bytes = if self.element_buffer.is_empty() {
             chunk.slice(piece_start..end)
         } else {
-            self.element_buffer
-                .extend_from_slice(&chunk[piece_start..end]);
+            self.buffer_piece(piece);
             self.element_buffer.split().freeze()
         };
         self.take_element(bytes, Validation::Full)
+    }
+
+    /// Gives the oversized element ending at absolute offset `end` the next index.
+    fn take_oversized(&mut self, hasher: Sha256, end: u64) -> SplitEvent {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.state = State::AfterElement;
+        SplitEvent::Oversized {
+            index,
+            byte_range: self.element_start..end,
+            sha256: hasher.finalize().into(),
+            size: end - self.element_start,
+        }
     }
 
     /// Fast path for an element that starts at chunk position `start`: serde_json parses it
@@ -721,13 +821,16 @@ fn describe_json_error(text: &[u8], error: &serde_json::Error) -> String {
 ///     Ok::<_, std::io::Error>(Bytes::from_static(br#"[{"Id":"a"},{"Id""#)),
 ///     Ok(Bytes::from_static(br#":"b"}]"#)),
 /// ];
-/// let mut events = SplitStream::new(futures_util::stream::iter(chunks), Splitter::new());
+/// let max_record_bytes = 4 * 1024 * 1024 - 64 * 1024;
+/// let mut events =
+///     SplitStream::new(futures_util::stream::iter(chunks), Splitter::new(max_record_bytes));
 /// let acked_records = 1; // from the queue: skip what the engine already has
 /// while let Some(event) = events.next_event().await {
 ///     match event? {
 ///         SplitEvent::Record { index, .. } if index < acked_records => {}
 ///         SplitEvent::Record { bytes, .. } => assert_eq!(&bytes[..], br#"{"Id":"b"}"#),
 ///         SplitEvent::BadRecord { .. } => { /* dead-letter by reference, go on */ }
+///         SplitEvent::Oversized { .. } => { /* dead-letter by reference, go on */ }
 ///         SplitEvent::Unrecoverable { .. } => { /* dead-letter from there, stop */ }
 ///         SplitEvent::Complete { records } => assert_eq!(records, 2),
 ///         SplitEvent::Truncated { .. } => { /* refetch, resume from the acked count */ }
@@ -813,6 +916,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::MAX_RECORD_BYTES;
 
     #[test]
     fn serde_json_alone_accepts_invalid_utf8_in_strings_so_it_is_checked_first() {
@@ -847,12 +951,12 @@ mod tests {
         }
         body.extend_from_slice(record);
         body.push(b']');
-        let mut splitter = Splitter::new();
+        let mut splitter = Splitter::new(MAX_RECORD_BYTES);
         let mut records = 0;
         let mut largest_buffer = 0;
         for chunk in body.chunks(97) {
             records += splitter.feed(Bytes::copy_from_slice(chunk)).len();
-            largest_buffer = largest_buffer.max(splitter.element_buffer.capacity());
+            largest_buffer = largest_buffer.max(splitter.buffered_bytes());
         }
         assert_eq!(records, 20_001);
         assert!(
@@ -867,7 +971,7 @@ mod tests {
 
     #[test]
     fn a_number_cut_by_a_chunk_boundary_is_not_ended_early() {
-        let mut splitter = Splitter::new();
+        let mut splitter = Splitter::new(MAX_RECORD_BYTES);
         assert!(splitter.feed(Bytes::from_static(b"[12")).is_empty());
         let events = splitter.feed(Bytes::from_static(b"3]"));
         assert!(
@@ -879,7 +983,7 @@ mod tests {
 
     #[test]
     fn a_record_cut_by_a_chunk_boundary_is_buffered_once_and_comes_out_whole() {
-        let mut splitter = Splitter::new();
+        let mut splitter = Splitter::new(MAX_RECORD_BYTES);
         assert!(splitter.feed(Bytes::from_static(br#"[{"a":"x"#)).is_empty());
         assert!(splitter.feed(Bytes::from_static(br#"y\""#)).is_empty());
         let events = splitter.feed(Bytes::from_static(br#""}]"#));
