@@ -1268,7 +1268,7 @@ async fn big_blob(dir: &Path) {
 /// stalls", point 5). `HUGE_RECORDS` sets how many (default 200).
 async fn huge_records(dir: &Path) {
     use std::io::Write as _;
-    let count = env_number("HUGE_RECORDS", 200) as usize;
+    let count = env_number("HUGE_RECORDS", 200);
     let payload = "p".repeat((3.9 * MIB) as usize - 100);
     let records = dir.join("huge.ndjson");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&records).unwrap());

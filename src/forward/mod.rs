@@ -582,7 +582,7 @@ impl Forwarder {
     pub fn stall(&self) -> Option<Stall> {
         let stats = self.stats();
         let unacked_for = stats.unacked_for?;
-        (unacked_for >= self.inner.stall_after && stats.in_flight > 0).then(|| Stall {
+        (unacked_for >= self.inner.stall_after && stats.in_flight > 0).then_some(Stall {
             unacked: stats.in_flight,
             unacked_for,
             last_error: stats.last_error,

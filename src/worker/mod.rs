@@ -4,9 +4,9 @@
 pub mod pool;
 pub mod splitter;
 
-/// The engine's message limit the workers assume until `engine.max_message_bytes` is
-/// configured: 4 MiB (4,194,304 bytes), gRPC's default receive limit, which the engine
-/// keeps.
+/// The engine's message limit for callers without a configuration (tests, benches,
+/// fuzzing): 4 MiB (4,194,304 bytes), gRPC's default receive limit and the default of
+/// `engine.max_message_bytes`. The workers take theirs from the configuration.
 pub const ENGINE_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a Log's fields other than `raw` may take of one message, in bytes: 64 KiB. They
@@ -16,6 +16,6 @@ pub const ENGINE_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const LOG_OTHER_FIELDS_MARGIN_BYTES: usize = 64 * 1024;
 
 /// The largest record forwarded as one Log, in bytes: [`ENGINE_MAX_MESSAGE_BYTES`] less
-/// [`LOG_OTHER_FIELDS_MARGIN_BYTES`]. The splitter reports a longer one as
-/// [`splitter::SplitEvent::Oversized`], and the worker dead-letters it by reference.
+/// [`LOG_OTHER_FIELDS_MARGIN_BYTES`], the splitter's limit where there is no configuration
+/// (the workers use `forward::log::max_raw_bytes`).
 pub const MAX_RECORD_BYTES: usize = ENGINE_MAX_MESSAGE_BYTES - LOG_OTHER_FIELDS_MARGIN_BYTES;

@@ -45,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::splitter::{SplitEvent, SplitStream, Splitter};
-use super::{ENGINE_MAX_MESSAGE_BYTES, MAX_RECORD_BYTES};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::forward::log::{build_log, max_raw_bytes};
@@ -440,7 +439,8 @@ async fn forward_blob(
     let mut lease_until = item.lease_until;
     let mut recorded = progress.settled;
     let mut next_index = 0u64;
-    let mut split = SplitStream::new(response.bytes_stream(), Splitter::new(MAX_RECORD_BYTES));
+    let max_record_bytes = max_raw_bytes(&tenant.log_context, max_message_bytes);
+    let mut split = SplitStream::new(response.bytes_stream(), Splitter::new(max_record_bytes));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return PassEnd::Interrupted,
@@ -450,24 +450,6 @@ async fn forward_blob(
             None => return PassEnd::Retry("the blob body ended without a verdict".into()),
             Some(Err(error)) => return PassEnd::Retry(format!("blob transfer failed: {error}")),
             Some(Ok(event)) => event,
-        };
-        // An oversized record is dead-lettered by reference like an invalid one.
-        let event = match event {
-            SplitEvent::Oversized {
-                index,
-                byte_range,
-                sha256,
-                size,
-            } => SplitEvent::BadRecord {
-                index,
-                byte_range,
-                sha256,
-                reason: format!(
-                    "record of {size} bytes exceeds the engine message limit \
-                     ({ENGINE_MAX_MESSAGE_BYTES} bytes less the Log's other fields)"
-                ),
-            },
-            event => event,
         };
         match event {
             SplitEvent::Record {
@@ -545,7 +527,32 @@ async fn forward_blob(
                 }
                 progress.waiting.push_back((index, None));
             }
-            SplitEvent::Oversized { .. } => unreachable!("turned into a BadRecord above"),
+            SplitEvent::Oversized {
+                index,
+                byte_range,
+                sha256,
+                size,
+            } => {
+                next_index = index + 1;
+                if item.already_settled(index) {
+                    continue;
+                }
+                let record = DeadRecord {
+                    index,
+                    byte_range: (byte_range.start, byte_range.end),
+                    sha256,
+                    reason: oversized_reason(
+                        usize::try_from(size).unwrap_or(usize::MAX),
+                        max_message_bytes,
+                    ),
+                };
+                if let Err(reason) =
+                    dead_letter_record(context, tenant, item, record, RecordFault::Oversized).await
+                {
+                    return PassEnd::Retry(reason);
+                }
+                progress.waiting.push_back((index, None));
+            }
             SplitEvent::Unrecoverable { offset, reason } => {
                 return PassEnd::Unrecoverable {
                     index: next_index,
@@ -584,7 +591,7 @@ enum RecordFault {
 /// too long to hold, whose record is) against a message limit of `limit`.
 fn oversized_reason(size: usize, limit: usize) -> String {
     format!(
-        "record too large for the engine: its Log would be {size} bytes, over engine.max_message_bytes = {limit}"
+        "record too large for the engine: its Log would be at least {size} bytes, over engine.max_message_bytes = {limit}"
     )
 }
 
