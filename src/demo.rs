@@ -40,6 +40,7 @@ use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
 use crate::forward::log_id;
 use crate::queue::{ContentKey, ItemState, QueueItem, QueueStore};
+use crate::retry::RetryPolicy;
 use crate::server::dev_certs::write_dev_certs;
 use crate::service::{self, RunningService, ServiceOptions};
 
@@ -62,6 +63,18 @@ const FIXTURE_RECORDS: &[&str] = &[
     include_str!("../tests/fixtures/events/stringly-json.ndjson"),
     include_str!("../tests/fixtures/events/wazuh-office365-synthetic.ndjson"),
 ];
+
+/// Backoff of retried content items in the demo: the standard policy's shape on the demo's
+/// compressed time scale (it also polls every second and throttles per second). With the
+/// standard 1 s doubling to 5 minutes, a blob that meets the injected faults (about one
+/// request in six fails) six or seven times in a row waits one to four minutes, longer
+/// than the drain waits without progress.
+const DEMO_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(8),
+    max_attempts: None,
+    jitter: true,
+};
 
 const CLIENT: &str = "a1b2c3d4-0000-4000-8000-00000000c11e";
 const SECRET: &str = "demo-client-secret";
@@ -187,6 +200,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         config,
         ServiceOptions {
             listener: Some(listener),
+            retry: DEMO_RETRY,
             ..ServiceOptions::default()
         },
     )
@@ -640,4 +654,104 @@ fn describe_item(item: &QueueItem, now: chrono::DateTime<chrono::Utc>) -> String
         item.dead_records,
         item.last_retry_reason.as_deref().unwrap_or("none")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::queue::{ContentRef, LeaseId, Source};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("valid timestamp")
+    }
+
+    fn item(state: ItemState, acked_records: u64) -> QueueItem {
+        QueueItem {
+            content: ContentRef {
+                tenant_id: tenant_id(0),
+                content_type: "Audit.Exchange".into(),
+                content_id: "blob".into(),
+                content_uri: "https://127.0.0.1/blob".into(),
+                content_created: at(0),
+                content_expiration: at(604_800),
+                source: Source::Poll,
+            },
+            state,
+            acked_records,
+            dead_records: 0,
+            last_retry_reason: Some("blob transfer failed".into()),
+            enqueued_at: at(0),
+        }
+    }
+
+    #[test]
+    fn records_of_an_item_waiting_out_its_backoff_are_pending_and_its_acked_prefix_forwarded() {
+        let waiting = item(
+            ItemState::Pending {
+                not_before: at(300),
+                attempts: 7,
+            },
+            4,
+        );
+        assert_eq!(Standing::of(Some(&waiting), 3, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&waiting), 4, false), Standing::Pending);
+        let leased = item(
+            ItemState::Leased {
+                lease: LeaseId(9),
+                until: at(60),
+                attempts: 0,
+            },
+            0,
+        );
+        assert_eq!(Standing::of(Some(&leased), 9, false), Standing::Pending);
+    }
+
+    #[test]
+    fn only_records_given_up_count_as_lost() {
+        let dead = item(
+            ItemState::Dead {
+                reason: "content expired".into(),
+                attempts: 1,
+            },
+            4,
+        );
+        assert_eq!(Standing::of(Some(&dead), 3, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&dead), 4, false), Standing::GivenUp);
+        let done = item(
+            ItemState::Done {
+                tombstone_until: at(604_800),
+            },
+            0,
+        );
+        assert_eq!(Standing::of(Some(&done), 5, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&done), 5, true), Standing::GivenUp);
+        assert_eq!(Standing::of(None, 0, false), Standing::Absent);
+    }
+
+    #[test]
+    fn the_summary_line_ends_with_pending_and_fails_while_anything_is_queued() {
+        let summary = DemoSummary {
+            published: 61_000,
+            forwarded: 60_594,
+            lost: 0,
+            duplicates: 0,
+            invalid: 400,
+            pending: 6,
+        };
+        assert_eq!(
+            summary.to_string(),
+            "published=61000 forwarded=60594 lost=0 duplicates=0 invalid=400 pending=6"
+        );
+        assert!(!summary.succeeded());
+        let drained = DemoSummary {
+            forwarded: 60_600,
+            pending: 0,
+            ..summary
+        };
+        assert!(drained.succeeded());
+        let lost = DemoSummary { lost: 1, ..drained };
+        assert!(!lost.succeeded());
+    }
 }
