@@ -138,12 +138,7 @@ impl std::fmt::Display for DemoSummary {
         write!(
             formatter,
             "published={} forwarded={} lost={} duplicates={} invalid={} pending={}",
-            self.published,
-            self.forwarded,
-            self.lost,
-            self.duplicates,
-            self.invalid,
-            self.pending
+            self.published, self.forwarded, self.lost, self.duplicates, self.invalid, self.pending
         )
     }
 }
@@ -590,10 +585,10 @@ fn report_unsettled(
             continue;
         };
         let indices: Vec<usize> = blob.records.iter().map(|record| record.index).collect();
-        let state = blob
-            .item
-            .as_ref()
-            .map_or_else(|| "not in the queue".to_string(), |item| describe_item(item, now));
+        let state = blob.item.as_ref().map_or_else(
+            || "not in the queue".to_string(),
+            |item| describe_item(item, now),
+        );
         let engine_saw = service
             .tenants
             .get(&first.tenant_id.to_ascii_lowercase())
