@@ -4,21 +4,28 @@
 //! publishing the real audit records of the project's fixtures (embedded in the binary),
 //! the engine emulator (or uses an existing engine with `--engine-socket`), and the
 //! connector wired to both and subscribed with its webhook. Records arriving are shown on
-//! stderr. After `--seconds` publication stops, the connector drains what was published
-//! within a deadline, and one summary line is printed last on stdout:
+//! stderr. After `--seconds` publication stops and the connector drains what was published.
+//! The drain stops when every record is accounted for (forwarded, or given up), after
+//! [`DemoOptions::drain_stall`] without progress, or at [`DemoOptions::drain_cap`]; then
+//! the blobs with records not forwarded are listed on stderr (their queue item's state and
+//! what the engine emulator received of them), and one summary line is printed last on
+//! stdout:
 //!
-//! `published=N forwarded=N lost=N duplicates=N invalid=N`
+//! `published=N forwarded=N lost=N duplicates=N invalid=N pending=N`
 //!
-//! counted by the emulator's ground truth (tenant, contentId, index): `published` = every
-//! record published; `invalid` = published records that are not valid JSON objects;
-//! `forwarded` = distinct published records the engine acknowledged as the connector saw
-//! the acks (its durable queue: a record is forwarded when its blob is done and the record
-//! was not dead-lettered, or when it lies within the acked prefix of its blob);
-//! `duplicates` = acknowledgements beyond the first; `lost` = published − invalid −
-//! forwarded. Success (exit 0) only when `lost` is 0.
+//! counted by the emulator's ground truth (tenant, contentId, index) against the
+//! connector's durable queue: `published` = every record published; `invalid` = published
+//! records that are not valid JSON objects; `forwarded` = distinct valid records the engine
+//! acknowledged as the connector saw the acks (the record lies within the acked prefix of
+//! its blob, or its blob is done, and it was not dead-lettered); `pending` = valid records
+//! still queued (their item pending or leased, the record not acked yet); `lost` = every
+//! other valid record, given up for any reason but invalid JSON (item dead, record
+//! dead-lettered, blob never queued); `duplicates` = acknowledgements beyond the first.
+//! A pending record is never called lost. Success (exit 0) only when `lost` and `pending`
+//! are both 0 ([`DemoSummary::succeeded`]).
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,7 +38,9 @@ use crate::emulator::api::scenario::{
 };
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
-use crate::queue::{ContentKey, ItemState};
+use crate::forward::log_id;
+use crate::queue::{ContentKey, ItemState, QueueItem, QueueStore};
+use crate::retry::RetryPolicy;
 use crate::server::dev_certs::write_dev_certs;
 use crate::service::{self, RunningService, ServiceOptions};
 
@@ -55,6 +64,18 @@ const FIXTURE_RECORDS: &[&str] = &[
     include_str!("../tests/fixtures/events/wazuh-office365-synthetic.ndjson"),
 ];
 
+/// Backoff of retried content items in the demo: the standard policy's shape on the demo's
+/// compressed time scale (it also polls every second and throttles per second). With the
+/// standard 1 s doubling to 5 minutes, a blob that meets the injected faults (about one
+/// request in six fails) six or seven times in a row waits one to four minutes, longer
+/// than the drain waits without progress.
+const DEMO_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(8),
+    max_attempts: None,
+    jitter: true,
+};
+
 const CLIENT: &str = "a1b2c3d4-0000-4000-8000-00000000c11e";
 const SECRET: &str = "demo-client-secret";
 
@@ -72,8 +93,11 @@ pub struct DemoOptions {
     pub engine_socket: Option<PathBuf>,
     /// Where the development certificates are (created when missing).
     pub certs_dir: PathBuf,
-    /// Longest wait for the drain after publication stops.
-    pub drain_deadline: Duration,
+    /// How long the drain after publication waits without progress (no record newly
+    /// forwarded, given up or queued) before it stops and counts. The command uses 60 s.
+    pub drain_stall: Duration,
+    /// Longest drain in any case. The command uses 10 minutes.
+    pub drain_cap: Duration,
     /// Register the webhook (`false`: collection by polling alone).
     pub webhook: bool,
     /// Number of emulated tenants.
@@ -90,20 +114,31 @@ pub struct DemoSummary {
     pub published: u64,
     /// Distinct published records acknowledged by the engine.
     pub forwarded: u64,
-    /// published − invalid − forwarded.
+    /// Records given up for any reason but invalid JSON (dead items, dead-lettered
+    /// records, blobs never queued): published − invalid − forwarded − pending.
     pub lost: u64,
     /// Acknowledgements beyond the first.
     pub duplicates: u64,
     /// Published records that are not valid JSON objects.
     pub invalid: u64,
+    /// Records still queued when the drain ended (their item pending or leased, the record
+    /// not acknowledged yet).
+    pub pending: u64,
+}
+
+impl DemoSummary {
+    /// The demo succeeded: nothing lost and nothing left queued.
+    pub fn succeeded(&self) -> bool {
+        self.lost == 0 && self.pending == 0
+    }
 }
 
 impl std::fmt::Display for DemoSummary {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             formatter,
-            "published={} forwarded={} lost={} duplicates={} invalid={}",
-            self.published, self.forwarded, self.lost, self.duplicates, self.invalid
+            "published={} forwarded={} lost={} duplicates={} invalid={} pending={}",
+            self.published, self.forwarded, self.lost, self.duplicates, self.invalid, self.pending
         )
     }
 }
@@ -160,6 +195,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         config,
         ServiceOptions {
             listener: Some(listener),
+            retry: DEMO_RETRY,
             ..ServiceOptions::default()
         },
     )
@@ -177,7 +213,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     )
     .await;
     let published = api.state().publisher.published();
-    let summary = drain(&published, &api, &service, options.drain_deadline).await?;
+    let limits = DrainLimits {
+        stall: options.drain_stall,
+        cap: options.drain_cap,
+    };
+    let summary = drain(&published, &service, engine.as_ref(), limits).await?;
     service.stop().await;
     api.shutdown().await;
     if let Some(engine) = engine {
@@ -306,6 +346,16 @@ async fn wait_for_subscriptions(
     Ok(())
 }
 
+/// When the drain stops: after `stall` without progress, or after `cap` in any case.
+#[derive(Clone, Copy, Debug)]
+struct DrainLimits {
+    stall: Duration,
+    cap: Duration,
+}
+
+/// How often the drain counts the records.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Publishes one blob per content type every half second, showing progress.
 async fn publish_for(
     api: &ApiEmulator,
@@ -334,12 +384,13 @@ async fn publish_for(
     }
 }
 
-/// Waits until every published record is accounted for (or the deadline) and counts.
+/// Waits until every published record is accounted for, or until the drain stalls or hits
+/// its cap, then counts.
 async fn drain(
     published: &[PublishedRecord],
-    api: &ApiEmulator,
     service: &RunningService,
-    deadline: Duration,
+    engine: Option<&EngineEmulator>,
+    limits: DrainLimits,
 ) -> anyhow::Result<DemoSummary> {
     let invalid_shas = invalid_record_shas();
     let invalid = published
@@ -347,27 +398,55 @@ async fn drain(
         .filter(|record| invalid_shas.contains(&record.sha256))
         .count() as u64;
     let started = Instant::now();
-    loop {
-        let forwarded = count_forwarded(published, &service.queue, &invalid_shas).await?;
-        let published_count = published.len() as u64;
-        let done = forwarded + invalid >= published_count;
-        if done || started.elapsed() >= deadline {
-            let acked = service.forwarder.stats().logs_acked;
-            eprintln!("demo: drained in {:.1} s", started.elapsed().as_secs_f64());
-            let _ = api;
-            return Ok(DemoSummary {
-                published: published_count,
-                forwarded,
-                lost: published_count.saturating_sub(invalid + forwarded),
-                duplicates: acked.saturating_sub(forwarded),
-                invalid,
-            });
+    let mut last_progress = Instant::now();
+    let mut last_report = Instant::now();
+    let mut last_counts = None;
+    let tally = loop {
+        let tally = tally_records(published, service.queue.as_ref(), &invalid_shas).await?;
+        let counts = (tally.forwarded, tally.given_up, tally.absent);
+        if last_counts != Some(counts) {
+            last_counts = Some(counts);
+            last_progress = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let accounted = tally.pending == 0 && tally.absent == 0;
+        let stalled = last_progress.elapsed() >= limits.stall;
+        if accounted || stalled || started.elapsed() >= limits.cap {
+            let why = if accounted {
+                "every record accounted for"
+            } else if stalled {
+                "no progress"
+            } else {
+                "the drain's cap"
+            };
+            eprintln!(
+                "demo: drain ended after {:.1} s: {why}",
+                started.elapsed().as_secs_f64()
+            );
+            break tally;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "demo: draining: forwarded {}, pending {}, not yet queued {}",
+                tally.forwarded, tally.pending, tally.absent
+            );
+        }
+        tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
+    };
+    report_unsettled(&tally.unsettled, service, engine);
+    let published_count = published.len() as u64;
+    let acked = service.forwarder.stats().logs_acked;
+    Ok(DemoSummary {
+        published: published_count,
+        forwarded: tally.forwarded,
+        lost: published_count.saturating_sub(invalid + tally.forwarded + tally.pending),
+        duplicates: acked.saturating_sub(tally.forwarded),
+        invalid,
+        pending: tally.pending,
+    })
 }
 
-fn invalid_record_shas() -> std::collections::HashSet<String> {
+fn invalid_record_shas() -> HashSet<String> {
     use sha2::{Digest, Sha256};
     fixture_records()
         .lines()
@@ -378,35 +457,296 @@ fn invalid_record_shas() -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// Published records the connector's queue shows as acknowledged.
-async fn count_forwarded(
+/// Where one valid published record stands, by the connector's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Acknowledged by the engine.
+    Forwarded,
+    /// Given up: its item is dead, or the record itself was dead-lettered.
+    GivenUp,
+    /// Its item is pending or leased and the record is not acknowledged yet.
+    Pending,
+    /// No item for its blob in the queue (not collected yet).
+    Absent,
+}
+
+impl Standing {
+    /// The standing of record `index` of a blob whose item is `item`; `dead_lettered` when
+    /// the queue lists this record among the dead records.
+    fn of(item: Option<&QueueItem>, index: u64, dead_lettered: bool) -> Self {
+        let Some(item) = item else {
+            return Standing::Absent;
+        };
+        if dead_lettered {
+            return Standing::GivenUp;
+        }
+        if index < item.acked_records {
+            return Standing::Forwarded;
+        }
+        match item.state {
+            ItemState::Done { .. } => Standing::Forwarded,
+            ItemState::Dead { .. } => Standing::GivenUp,
+            ItemState::Pending { .. } | ItemState::Leased { .. } => Standing::Pending,
+        }
+    }
+}
+
+/// The valid published records counted by [`Standing`], and the blobs with records not
+/// forwarded (for the report at the end of the drain).
+#[derive(Debug, Default)]
+struct Tally {
+    forwarded: u64,
+    given_up: u64,
+    pending: u64,
+    absent: u64,
+    unsettled: Vec<UnsettledBlob>,
+}
+
+/// A blob with records that are not forwarded.
+#[derive(Debug)]
+struct UnsettledBlob {
+    item: Option<QueueItem>,
+    records: Vec<PublishedRecord>,
+    standing: Standing,
+}
+
+async fn tally_records(
     published: &[PublishedRecord],
-    queue: &Arc<dyn crate::queue::QueueStore>,
-    invalid_shas: &std::collections::HashSet<String>,
-) -> anyhow::Result<u64> {
-    let mut forwarded = 0;
-    let mut items = std::collections::HashMap::new();
+    queue: &dyn QueueStore,
+    invalid_shas: &HashSet<String>,
+) -> anyhow::Result<Tally> {
+    let dead_records: HashSet<(ContentKey, u64)> = queue
+        .dead_records(published.len() + 1)
+        .await?
+        .into_iter()
+        .map(|(key, record)| (key, record.index))
+        .collect();
+    let mut items: HashMap<ContentKey, Option<QueueItem>> = HashMap::new();
+    let mut unsettled: HashMap<ContentKey, UnsettledBlob> = HashMap::new();
+    let mut tally = Tally::default();
     for record in published {
         if invalid_shas.contains(&record.sha256) {
             continue;
         }
-        if !items.contains_key(&record.content_id) {
-            let item = queue
-                .get(&ContentKey::new(
-                    record.tenant_id.to_ascii_lowercase(),
-                    &record.content_id,
-                ))
-                .await?;
-            items.insert(record.content_id.clone(), item);
+        let key = ContentKey::new(record.tenant_id.to_ascii_lowercase(), &record.content_id);
+        if !items.contains_key(&key) {
+            items.insert(key.clone(), queue.get(&key).await?);
         }
-        let Some(item) = &items[&record.content_id] else {
-            continue;
-        };
-        let settled = matches!(item.state, ItemState::Done { .. })
-            || (record.index as u64) < item.acked_records;
-        if settled {
-            forwarded += 1;
+        let item = items[&key].as_ref();
+        let index = record.index as u64;
+        let standing = Standing::of(item, index, dead_records.contains(&(key.clone(), index)));
+        match standing {
+            Standing::Forwarded => tally.forwarded += 1,
+            Standing::GivenUp => tally.given_up += 1,
+            Standing::Pending => tally.pending += 1,
+            Standing::Absent => tally.absent += 1,
+        }
+        if standing != Standing::Forwarded {
+            unsettled
+                .entry(key)
+                .or_insert_with(|| UnsettledBlob {
+                    item: item.cloned(),
+                    records: Vec::new(),
+                    standing,
+                })
+                .records
+                .push(record.clone());
         }
     }
-    Ok(forwarded)
+    tally.unsettled = unsettled.into_values().collect();
+    Ok(tally)
+}
+
+/// Blobs shown on stderr when records are not forwarded at the end of the drain.
+const UNSETTLED_SHOWN: usize = 20;
+
+/// Says on stderr where the records that were not forwarded are: their blob, indices, the
+/// queue item's state, and how many of their Logs the engine emulator received and acked.
+fn report_unsettled(
+    blobs: &[UnsettledBlob],
+    service: &RunningService,
+    engine: Option<&EngineEmulator>,
+) {
+    if blobs.is_empty() {
+        return;
+    }
+    let received: HashMap<String, (u64, u64)> = engine.map_or_else(HashMap::new, |engine| {
+        let mut received = HashMap::new();
+        for log in engine.logs() {
+            let entry: &mut (u64, u64) = received.entry(log.id).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(log.acked);
+        }
+        received
+    });
+    let now = chrono::Utc::now();
+    for blob in blobs.iter().take(UNSETTLED_SHOWN) {
+        let Some(first) = blob.records.first() else {
+            continue;
+        };
+        let indices: Vec<usize> = blob.records.iter().map(|record| record.index).collect();
+        let state = blob.item.as_ref().map_or_else(
+            || "not in the queue".to_string(),
+            |item| describe_item(item, now),
+        );
+        let engine_saw = service
+            .tenants
+            .get(&first.tenant_id.to_ascii_lowercase())
+            .map(|tenant| {
+                let (mut logs, mut acked) = (0, 0);
+                for record in &blob.records {
+                    let record_id = record
+                        .record_id
+                        .clone()
+                        .unwrap_or_else(|| record.index.to_string());
+                    let id = log_id(&tenant.log_context, &record.content_uri, &record_id);
+                    let (seen, seen_acked) = received.get(&id).copied().unwrap_or_default();
+                    logs += seen;
+                    acked += seen_acked;
+                }
+                format!("engine received {logs} of their logs, acked {acked}")
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "demo: {:?}: tenant {} content {} records {indices:?}: {state}; {engine_saw}",
+            blob.standing, first.tenant_id, first.content_id
+        );
+    }
+    if blobs.len() > UNSETTLED_SHOWN {
+        eprintln!(
+            "demo: … and {} more blobs with records not forwarded",
+            blobs.len() - UNSETTLED_SHOWN
+        );
+    }
+}
+
+/// A queue item's state in words, with its progress and last retry reason.
+fn describe_item(item: &QueueItem, now: chrono::DateTime<chrono::Utc>) -> String {
+    let state = match &item.state {
+        ItemState::Pending {
+            not_before,
+            attempts,
+        } => format!(
+            "pending, {attempts} failed attempts, due in {:.1} s",
+            (*not_before - now).as_seconds_f64()
+        ),
+        ItemState::Leased {
+            lease,
+            until,
+            attempts,
+        } => format!(
+            "leased ({lease}, expires in {:.1} s), {attempts} failed attempts",
+            (*until - now).as_seconds_f64()
+        ),
+        ItemState::Done { .. } => "done".to_string(),
+        ItemState::Dead { reason, attempts } => {
+            format!("dead after {attempts} failed attempts: {reason}")
+        }
+    };
+    format!(
+        "{state}; {} records acked, {} dead-lettered; last retry: {}",
+        item.acked_records,
+        item.dead_records,
+        item.last_retry_reason.as_deref().unwrap_or("none")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::queue::{ContentRef, LeaseId, Source};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("valid timestamp")
+    }
+
+    fn item(state: ItemState, acked_records: u64) -> QueueItem {
+        QueueItem {
+            content: ContentRef {
+                tenant_id: tenant_id(0),
+                content_type: "Audit.Exchange".into(),
+                content_id: "blob".into(),
+                content_uri: "https://127.0.0.1/blob".into(),
+                content_created: at(0),
+                content_expiration: at(604_800),
+                source: Source::Poll,
+            },
+            state,
+            acked_records,
+            dead_records: 0,
+            last_retry_reason: Some("blob transfer failed".into()),
+            enqueued_at: at(0),
+        }
+    }
+
+    #[test]
+    fn records_of_an_item_waiting_out_its_backoff_are_pending_and_its_acked_prefix_forwarded() {
+        let waiting = item(
+            ItemState::Pending {
+                not_before: at(300),
+                attempts: 7,
+            },
+            4,
+        );
+        assert_eq!(Standing::of(Some(&waiting), 3, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&waiting), 4, false), Standing::Pending);
+        let leased = item(
+            ItemState::Leased {
+                lease: LeaseId(9),
+                until: at(60),
+                attempts: 0,
+            },
+            0,
+        );
+        assert_eq!(Standing::of(Some(&leased), 9, false), Standing::Pending);
+    }
+
+    #[test]
+    fn only_records_given_up_count_as_lost() {
+        let dead = item(
+            ItemState::Dead {
+                reason: "content expired".into(),
+                attempts: 1,
+            },
+            4,
+        );
+        assert_eq!(Standing::of(Some(&dead), 3, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&dead), 4, false), Standing::GivenUp);
+        let done = item(
+            ItemState::Done {
+                tombstone_until: at(604_800),
+            },
+            0,
+        );
+        assert_eq!(Standing::of(Some(&done), 5, false), Standing::Forwarded);
+        assert_eq!(Standing::of(Some(&done), 5, true), Standing::GivenUp);
+        assert_eq!(Standing::of(None, 0, false), Standing::Absent);
+    }
+
+    #[test]
+    fn the_summary_line_ends_with_pending_and_fails_while_anything_is_queued() {
+        let summary = DemoSummary {
+            published: 61_000,
+            forwarded: 60_594,
+            lost: 0,
+            duplicates: 0,
+            invalid: 400,
+            pending: 6,
+        };
+        assert_eq!(
+            summary.to_string(),
+            "published=61000 forwarded=60594 lost=0 duplicates=0 invalid=400 pending=6"
+        );
+        assert!(!summary.succeeded());
+        let drained = DemoSummary {
+            forwarded: 60_600,
+            pending: 0,
+            ..summary
+        };
+        assert!(drained.succeeded());
+        let lost = DemoSummary { lost: 1, ..drained };
+        assert!(!lost.succeeded());
+    }
 }

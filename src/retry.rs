@@ -138,6 +138,28 @@ mod tests {
     }
 
     #[test]
+    fn jitter_differs_between_backoffs_so_items_that_failed_together_do_not_retry_in_step() {
+        // A queue item's next attempt is `delay_for_attempt(attempts)`, one fresh backoff per
+        // call: with a jitter that repeats, every item that failed N times waits exactly as
+        // long, so items that failed together retry together and meet the same fault again.
+        let policy = RetryPolicy::standard();
+        let per_item: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| policy.delay_for_attempt(3).expect("retries forever"))
+            .collect();
+        assert!(
+            per_item.len() > 1,
+            "20 items at their third retry all wait {per_item:?}"
+        );
+        let first_delays: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| policy.backoff().next_delay(None).expect("retries forever"))
+            .collect();
+        assert!(
+            first_delays.len() > 1,
+            "20 fresh backoffs all start with {first_delays:?}"
+        );
+    }
+
+    #[test]
     fn jitter_stays_within_the_cap_and_none_gives_up_at_once() {
         let policy = RetryPolicy::standard();
         let mut backoff = policy.backoff();
