@@ -892,3 +892,45 @@ fn the_example_configuration_shows_the_poller_defaults() {
     let shown = example["poller"].as_table().unwrap().len();
     assert_eq!(shown, 9, "every [poller] key is shown in the example");
 }
+
+#[tokio::test]
+async fn a_start_that_fails_with_a_server_error_does_not_hold_the_fifteen_minute_spacing() {
+    let bench = shared_bench(Scenario::single_tenant(tenant_scenario())).await;
+    // Every second feed request answers 500: the listing (AF20022) passes, its /start fails.
+    bench.emulator.state().feed.set_faults(
+        Some(TENANT),
+        FaultScenario {
+            server_error_rate: 0.5,
+            ..FaultScenario::default()
+        },
+    );
+    let poller = bench.poller(test_config(), &[ContentType::AuditAzureActiveDirectory]);
+    let reports = poller.run_once().await;
+    assert!(reports[0].1.error.is_some(), "{reports:?}");
+    let rejections = bench.emulator.state().inspection().rejections.clone();
+    assert_eq!(
+        rejections.by_code.get("AF20022"),
+        Some(&1),
+        "{rejections:?}"
+    );
+    assert!(
+        !bench
+            .emulator
+            .state()
+            .feed
+            .enabled_subscriptions()
+            .contains(&(TENANT.to_string(), "Audit.AzureActiveDirectory".to_string())),
+        "the start failed"
+    );
+    // The subscription manager may start it (with the webhook) at once.
+    let claimed = o365_connector::subscriptions::claim_start(
+        bench.queue.as_ref(),
+        TENANT,
+        "Audit.AzureActiveDirectory",
+        true,
+        bench.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert!(claimed, "a start that did not take holds no spacing");
+}

@@ -627,6 +627,24 @@ impl TenantPoller {
                 }
                 true
             }
+            Err(error) if error.is_retryable() => {
+                // The start did not take: it must not hold the 15-minute spacing.
+                tracing::warn!(tenant = %self.target.name, %content_type, %error, "the listing found no enabled subscription and starting it failed; retrying at the next cycle");
+                if let Err(store_error) = crate::subscriptions::release_start(
+                    self.deps.meta.as_ref(),
+                    self.tenant_id(),
+                    content_type.as_str(),
+                    now,
+                )
+                .await
+                {
+                    tracing::warn!(tenant = %self.target.name, %content_type, error = %store_error, "cannot take back the failed subscription start; the next start waits for the spacing");
+                }
+                if let Some(changed) = &self.target.subscriptions_changed {
+                    changed.notify_one();
+                }
+                false
+            }
             Err(error) => {
                 tracing::error!(tenant = %self.target.name, %content_type, %error, "the subscription is missing or disabled and cannot be started; nothing of this content type is collected");
                 false

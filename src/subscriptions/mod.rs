@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use board::{SubscriptionBoard, SubscriptionEntry, SubscriptionState, WebhookState};
 pub use decide::{Action, Assessment, DecisionSettings, START_SPACING, assess};
-pub use record::{StartRecord, claim_start};
+pub use record::{StartRecord, claim_start, release_start};
 
 use crate::api::types::{SubscriptionStatus, WebhookRegistration};
 use crate::api::{ApiError, ErrorKind, StartOutcome};

@@ -101,6 +101,27 @@ pub async fn claim_start(
     Ok(true)
 }
 
+/// Takes back a start claimed at `claimed_at` by [`claim_start`] whose call did not take
+/// (a 5xx, throttling or a transport error): it must not hold the spacing, or the next
+/// start (the subscription manager's, with the webhook) would wait 15 minutes for nothing.
+/// Leaves the record alone when another start was stored since.
+pub async fn release_start(
+    meta: &dyn MetaStore,
+    tenant_id: &str,
+    content_type: &str,
+    claimed_at: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let mut record = load_record(meta, tenant_id, content_type).await?;
+    if record.last_start != Some(claimed_at) {
+        return Ok(());
+    }
+    record.last_start = None;
+    if record.last_webhook_attempt == Some(claimed_at) {
+        record.last_webhook_attempt = None;
+    }
+    save_record(meta, tenant_id, content_type, &record).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
