@@ -42,7 +42,7 @@ use crate::forward::{Forwarder, ForwarderConfig, default_max_in_flight_bytes};
 use crate::ops::health::{EngineHealth, EngineStall, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
-use crate::ops::{self, Metrics, OpsState};
+use crate::ops::{self, Metrics, OpsState, QueueLimit};
 use crate::poller::{PollerDeps, TenantPoller};
 use crate::queue::nats::leader::LeaderLease;
 use crate::queue::nats::{NatsQueue, NatsSettings};
@@ -53,7 +53,7 @@ use crate::server::tls_reload::{CertificateReloader, ReloadRequests, TlsFiles};
 use crate::subscriptions::{SubscriptionBoard, SubscriptionContext, SubscriptionSettings};
 use crate::tenant::{TenantSet, build_tenants};
 use crate::webhook::auth_id::load_or_create_secrets;
-use crate::webhook::{self, WebhookSecrets, WebhookState, WebhookTenant};
+use crate::webhook::{self, BodyLimits, WebhookSecrets, WebhookState, WebhookTenant};
 use crate::worker::pool::{FailureReporter, WorkerContext, spawn_workers};
 use tenants::{TenantRuntime, TenantSupervisor};
 
@@ -157,8 +157,14 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
     let problems = Arc::new(ProblemBoard::default());
     let status = Arc::new(
         status_source(&config, &metrics, &problems, &queue, &clock, &forwarder)
-            .with_cluster(leadership.clone()),
+            .with_cluster(leadership.clone())
+            .with_queue_hard_limit(config.ops.queue_hard_limit()),
     );
+    let queue_limit = Arc::new(QueueLimit::new(
+        config.ops.queue_hard_limit(),
+        queue.clone(),
+        metrics.clone(),
+    ));
     let shared = Shared {
         queue,
         metrics,
@@ -169,6 +175,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         clock,
         work_available: Arc::new(Notify::new()),
         retry: options.retry,
+        queue_limit,
     };
     let routes = routes(&config, &shared, secrets);
     let webhook_state = routes.webhook_state.clone();
@@ -266,6 +273,8 @@ struct Shared {
     /// Woken by the intake (webhook, poller, backfill) when new items are queued.
     work_available: Arc<Notify>,
     retry: RetryPolicy,
+    /// `ops.queue_hard_limit`, checked by the webhook and the pollers before they enqueue.
+    queue_limit: Arc<QueueLimit>,
 }
 
 impl Shared {
@@ -403,7 +412,12 @@ fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
         shared.metrics.clone(),
         shared.work_available.clone(),
     )
-    .with_status(shared.status.clone());
+    .with_status(shared.status.clone())
+    .with_body_limits(BodyLimits {
+        max_concurrent: config.server.max_concurrent_bodies.get(),
+        ..BodyLimits::default()
+    })
+    .with_queue_limit(shared.queue_limit.clone());
     let readiness = ReadinessProbe::new(
         shared.queue.clone(),
         config.ops.queue_high_water.get(),
@@ -450,6 +464,7 @@ fn poller_deps(shared: &Shared) -> PollerDeps {
         clock: shared.clock.clone(),
         work_available: shared.work_available.clone(),
         retry: shared.retry,
+        queue_limit: Some(shared.queue_limit.clone()),
     }
 }
 

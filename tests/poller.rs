@@ -167,6 +167,7 @@ impl Bench {
                 clock: self.clock.clone(),
                 work_available: Arc::new(tokio::sync::Notify::new()),
                 retry: RetryPolicy::for_test(),
+                queue_limit: None,
             },
         )
     }

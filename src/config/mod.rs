@@ -128,6 +128,11 @@ pub struct ServerConfig {
     /// (1 MiB).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
+    /// Webhook bodies read at once, across all connections: a request past the cap waits
+    /// briefly for a slot, then gets 503 (Microsoft retries). Only authenticated requests
+    /// take a slot. Default: 64.
+    #[serde(default = "default_max_concurrent_bodies")]
+    pub max_concurrent_bodies: NonZeroUsize,
     /// A client must send a request's headers within this many seconds of connecting (or of
     /// its previous request), or the connection is closed: slow clients cannot hold
     /// connections open. Default: 10.
@@ -312,6 +317,12 @@ pub struct OpsConfig {
     /// references or more are pending or leased. Default: 100000.
     #[serde(default = "default_queue_high_water")]
     pub queue_high_water: NonZeroU64,
+    /// Above this many open (pending or leased) content references the webhook answers
+    /// 503 (Microsoft retries) and the poller stops enqueueing and retries later; counted
+    /// and shown on `/status`. At least `queue_high_water`. Default: 10 ×
+    /// `queue_high_water`.
+    #[serde(default)]
+    pub queue_hard_limit: Option<NonZeroU64>,
     /// Longest a graceful shutdown waits for in-flight work before releasing it, in
     /// seconds. Default: 20.
     #[serde(default = "default_shutdown_secs")]
@@ -329,8 +340,19 @@ impl Default for OpsConfig {
             listen: None,
             max_tenant_series: default_max_tenant_series(),
             queue_high_water: default_queue_high_water(),
+            queue_hard_limit: None,
             shutdown_secs: default_shutdown_secs(),
         }
+    }
+}
+
+impl OpsConfig {
+    /// `queue_hard_limit`, or its default: 10 × `queue_high_water`.
+    pub fn queue_hard_limit(&self) -> u64 {
+        self.queue_hard_limit.map_or_else(
+            || self.queue_high_water.get().saturating_mul(10),
+            NonZeroU64::get,
+        )
     }
 }
 
@@ -869,6 +891,10 @@ fn default_request_timeout_secs() -> NonZeroU64 {
 
 fn default_max_body_bytes() -> NonZeroUsize {
     NonZeroUsize::new(1024 * 1024).expect("non-zero constant")
+}
+
+fn default_max_concurrent_bodies() -> NonZeroUsize {
+    NonZeroUsize::new(64).expect("non-zero constant")
 }
 
 fn default_max_message_bytes() -> usize {

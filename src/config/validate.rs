@@ -87,6 +87,17 @@ pub(super) fn problems(config: &Config) -> Vec<ValidationError> {
     check_base_url("api.api_url", config.api.api_url.as_ref(), &mut problems);
     check_base_url("api.proxy", config.api.proxy.as_ref(), &mut problems);
     check_tenants(&config.tenants, &mut problems);
+    if let Some(hard_limit) = config.ops.queue_hard_limit
+        && hard_limit < config.ops.queue_high_water
+    {
+        problems.push(ValidationError::new(
+            "ops.queue_hard_limit",
+            format!(
+                "is {hard_limit}, below ops.queue_high_water ({}): give at least the high-water mark, or remove the key for 10 × queue_high_water",
+                config.ops.queue_high_water
+            ),
+        ));
+    }
     problems
 }
 

@@ -103,6 +103,11 @@ pub struct Metrics {
     pub enqueued: Family<SourceLabels, Counter>,
     /// Content references already known (deduplicated), by source.
     pub deduplicated: Family<SourceLabels, Counter>,
+    /// Enqueues refused because the queue reached `ops.queue_hard_limit`, by source
+    /// (`webhook`: answered 503; `poll`: retried later).
+    pub queue_hard_limit_refusals: Family<SourceLabels, Counter>,
+    /// Webhook bodies being read now (at most `server.max_concurrent_bodies`).
+    pub webhook_bodies_in_flight: Gauge,
     /// Blob fetches by tenant, content type and outcome.
     pub blobs_fetched: Family<ContentOutcomeLabels, Counter>,
     /// Records sent to the engine (resends included).
@@ -196,6 +201,8 @@ impl Metrics {
             notification_items: Family::default(),
             enqueued: Family::default(),
             deduplicated: Family::default(),
+            queue_hard_limit_refusals: Family::default(),
+            webhook_bodies_in_flight: Gauge::default(),
             blobs_fetched: Family::default(),
             records_forwarded: Family::default(),
             records_acked: Family::default(),
@@ -300,6 +307,11 @@ impl Metrics {
                 .get_or_create(&SourceLabels { source })
                 .inc_by(0);
         }
+        for source in ["webhook", "poll"] {
+            self.queue_hard_limit_refusals
+                .get_or_create(&SourceLabels { source })
+                .inc_by(0);
+        }
         for state in ["pending", "leased", "done", "dead"] {
             self.queue_items
                 .get_or_create(&StateLabels { state })
@@ -342,6 +354,16 @@ impl Metrics {
             "deduplicated",
             "Content references already known, by source",
             self.deduplicated.clone(),
+        );
+        registry.register(
+            "queue_hard_limit_refusals",
+            "Enqueues refused at ops.queue_hard_limit, by source",
+            self.queue_hard_limit_refusals.clone(),
+        );
+        registry.register(
+            "webhook_bodies_in_flight",
+            "Webhook bodies being read now",
+            self.webhook_bodies_in_flight.clone(),
         );
         registry.register(
             "blobs_fetched",

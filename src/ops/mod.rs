@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod queue_limit;
 pub mod status;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::routing::get;
 
 pub use health::{ProblemBoard, ReadinessProbe};
 pub use metrics::Metrics;
+pub use queue_limit::{QueueFull, QueueLimit};
 
 /// What the ops routes read.
 pub struct OpsState {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {"generated_at", "queue": {"pending","leased","dead","dead_records","lost_records",
-//!    "oldest_age_seconds"},
+//!    "oldest_age_seconds", "hard_limit", "hard_limit_refusals"},
 //!  "engine": {"connected","in_flight","stalled"},
 //!  "cluster": {"replica_id","leading","leader","leader_since"},   (several replicas only)
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
@@ -51,7 +51,7 @@ use crate::cluster::{ClusterStatus, Leadership};
 use crate::config::ContentType;
 use crate::ops::Metrics;
 use crate::ops::health::{EngineHealth, Problem, ProblemBoard};
-use crate::ops::metrics::{ContentLabels, OTHER_TENANTS};
+use crate::ops::metrics::{ContentLabels, OTHER_TENANTS, SourceLabels};
 use crate::queue::{ContentQueue, MetaStore};
 
 /// A tenant as the status lists it.
@@ -85,6 +85,7 @@ pub struct StatusSource {
     clock: Clock,
     engine: Arc<dyn Fn() -> EngineHealth + Send + Sync>,
     cluster: Option<Leadership>,
+    queue_hard_limit: Option<u64>,
     reported: Mutex<HashMap<(String, String), Reported>>,
 }
 
@@ -119,6 +120,11 @@ pub struct QueueStatus {
     pub lost_records: u64,
     /// Age of the oldest item not yet done, in seconds; `null` when none is open.
     pub oldest_age_seconds: Option<i64>,
+    /// `ops.queue_hard_limit`: at or above this many open items nothing more is enqueued;
+    /// `null` when not reported.
+    pub hard_limit: Option<u64>,
+    /// Enqueues refused at the hard limit since start (webhook and poller).
+    pub hard_limit_refusals: u64,
 }
 
 /// One tenant.
@@ -217,6 +223,7 @@ impl StatusSource {
             clock,
             engine,
             cluster: None,
+            queue_hard_limit: None,
             reported: Mutex::new(HashMap::new()),
         }
     }
@@ -228,6 +235,12 @@ impl StatusSource {
             .replica_id
             .is_some()
             .then_some(leadership);
+        self
+    }
+
+    /// Also shows the queue's hard limit (`ops.queue_hard_limit`).
+    pub fn with_queue_hard_limit(mut self, limit: u64) -> Self {
+        self.queue_hard_limit = Some(limit);
         self
     }
 
@@ -367,10 +380,25 @@ impl StatusSource {
     }
 
     async fn queue_status(&self, now: DateTime<Utc>) -> QueueStatus {
+        let hard_limit_refusals = ["webhook", "poll"]
+            .into_iter()
+            .map(|source| {
+                self.metrics
+                    .queue_hard_limit_refusals
+                    .get(&SourceLabels { source })
+                    .map_or(0, |counter| counter.get())
+            })
+            .sum();
         let Ok(stats) = self.queue.stats().await else {
-            return QueueStatus::default();
+            return QueueStatus {
+                hard_limit: self.queue_hard_limit,
+                hard_limit_refusals,
+                ..QueueStatus::default()
+            };
         };
         QueueStatus {
+            hard_limit: self.queue_hard_limit,
+            hard_limit_refusals,
             pending: stats.pending,
             leased: stats.leased,
             dead: stats.dead,

@@ -35,7 +35,8 @@
 //!   webhook, or without one when Microsoft cannot validate it, AF20021), at most once
 //!   per 15 minutes, and retry once; a subscription that stays disabled is an ERROR.
 //! - AF20031: the window is listed again from its first page ([`window::WindowPages`]).
-//! - Throttling, transient errors, a queue that cannot store: back off with the
+//! - Throttling, transient errors, a queue that cannot store or is at its hard limit
+//!   (`ops.queue_hard_limit`, checked before each page is enqueued): back off with the
 //!   [`RetryPolicy`] (honouring `Retry-After`); configuration errors (permission, consent,
 //!   audit off): retry every 15 minutes. Either way the problem shows on the
 //!   [`ProblemBoard`] until the next success, and no other content type or tenant waits.
@@ -58,7 +59,7 @@ use crate::api::types::{ContentItem, WebhookRegistration};
 use crate::api::{ApiClient, ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::config::{ContentType, PollerConfig};
-use crate::ops::Metrics;
+use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::ops::health::ProblemBoard;
 use crate::ops::metrics::{ContentOutcomeLabels, SourceLabels};
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, MetaStore, QueueError, Source};
@@ -100,6 +101,10 @@ pub enum PollError {
     /// The queue could not store what was listed (the cursor stays where it was).
     #[error("cannot enqueue listed content: {0}")]
     Queue(#[from] QueueError),
+    /// The queue is at its hard limit: nothing is enqueued, the cursor stays, the poll is
+    /// retried after the backoff.
+    #[error("listed content not enqueued: {0}")]
+    QueueFull(#[from] QueueFull),
 }
 
 impl PollError {
@@ -108,20 +113,21 @@ impl PollError {
         match self {
             Self::Api(error) => error.is_retryable(),
             Self::Queue(error) => error.is_retryable(),
+            Self::QueueFull(_) => true,
         }
     }
 
     fn retry_after(&self) -> Option<StdDuration> {
         match self {
             Self::Api(error) => error.retry_after(),
-            Self::Queue(_) => None,
+            Self::Queue(_) | Self::QueueFull(_) => None,
         }
     }
 
     fn kind(&self) -> Option<ErrorKind> {
         match self {
             Self::Api(error) => error.kind(),
-            Self::Queue(_) => None,
+            Self::Queue(_) | Self::QueueFull(_) => None,
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct PollerDeps {
     pub work_available: Arc<Notify>,
     /// Backoff of transient failures.
     pub retry: RetryPolicy,
+    /// The queue's hard bound, checked before each page is enqueued; `None`: unbounded.
+    pub queue_limit: Option<Arc<QueueLimit>>,
 }
 
 /// What one poll of one content type did, for tests and logs.
@@ -477,6 +485,9 @@ impl TenantPoller {
             .collect();
         if refs.is_empty() {
             return Ok((listed, 0));
+        }
+        if let Some(limit) = &self.deps.queue_limit {
+            limit.check("poll").await?;
         }
         let outcomes = self.deps.queue.enqueue(refs).await?;
         let enqueued = outcomes

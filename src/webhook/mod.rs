@@ -2,18 +2,29 @@
 //! content-availability notifications.
 //!
 //! One URL per tenant, `{public URL}/{tenant id}`, so even the validation request (which
-//! names no tenant) maps to one. Checks run in this order, each answering at once:
+//! names no tenant) maps to one. Everything up to step 6 is decided from the path and the
+//! headers alone: no byte of the body is read for a request that is not authenticated, so
+//! an unauthenticated client cannot make the listener hold bodies in memory. Checks run in
+//! this order, each answering at once:
 //!
-//! 1. body size: over the limit → 413;
-//! 2. `Webhook-AuthID` (any case) must be the tenant's authId ([`auth_id`]), compared in
+//! 1. the tenant segment of the path must be a hyphenated GUID → 404, refused before it is
+//!    logged (it is attacker-controlled text);
+//! 2. declared body size (`Content-Length`): over the limit → 413;
+//! 3. `Webhook-AuthID` (any case) must be the tenant's authId ([`auth_id`]), compared in
 //!    constant time → 401;
-//! 3. the tenant in the path must be configured → 404;
-//! 4. a request carrying `Webhook-ValidationCode` is the validation handshake → 200,
-//!    whatever its body (Microsoft's documented body is not even JSON);
-//! 5. content type must be JSON; Microsoft's non-standard `application/json; utf-8` is
+//! 4. the tenant in the path must be configured → 404;
+//! 5. a request carrying `Webhook-ValidationCode` is the validation handshake → 200,
+//!    whatever its body, which is never read (Microsoft's documented body is not even
+//!    JSON);
+//! 6. content type must be JSON; Microsoft's non-standard `application/json; utf-8` is
 //!    accepted, as are `charset=utf-8` and no parameter → 415;
-//! 6. the body must be a JSON array of objects, with or without a leading UTF-8 byte-order
-//!    mark ([`parse_notifications`]) → 400.
+//! 7. the queue must be below its hard limit ([`QueueLimit`], `ops.queue_hard_limit`) →
+//!    503, so Microsoft retries later;
+//! 8. a body slot: at most [`BodyLimits::max_concurrent`] bodies are read at once; a
+//!    request past the cap waits [`BodyLimits::wait`] for a slot → 503;
+//! 9. the body is read under its limit (a chunked body over it → 413) and must be a JSON
+//!    array of objects, with or without a leading UTF-8 byte-order mark
+//!    ([`parse_notifications`]) → 400.
 //!
 //! Then every item is validated ([`validate_item`]): the tenant matches the URL, the
 //! clientId is the tenant's app, the content type is enabled for the tenant, and the
@@ -23,12 +34,17 @@
 //! counted. The valid ones are enqueued durably, and only then is 200 answered: a 200
 //! means every valid item is on disk. When the queue cannot accept, 503 makes Microsoft
 //! retry later.
+//!
+//! Refusals are counted always and logged at a bounded rate, with one rate limiter per
+//! refusal reason (and one for skipped items), so a flood of one kind cannot silence the
+//! others. Text that comes from the request is logged only escaped ([`loggable`]).
 
 pub mod auth_id;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -45,16 +61,106 @@ use crate::api::json;
 use crate::api::types::parse_api_time;
 use crate::cloud::same_origin;
 use crate::config::ContentType;
-use crate::ops::Metrics;
 use crate::ops::metrics::{OutcomeLabels, SourceLabels};
+use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::ops::status::StatusSource;
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, Source};
 pub use auth_id::WebhookSecrets;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// Default limit of a notification body: Microsoft's batches are far smaller.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How many notification bodies are read at once, and how long a request waits for a
+/// slot when they all are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Bodies read at once, across all connections (`server.max_concurrent_bodies`).
+    /// Default: 64.
+    pub max_concurrent: usize,
+    /// How long a request past the cap waits for a slot before it is answered 503.
+    /// Default: 1 s.
+    pub wait: StdDuration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 64,
+            wait: StdDuration::from_secs(1),
+        }
+    }
+}
+
+/// Why a refusal was logged: each reason has its own log rate limiter.
+const LOGGED_REASONS: [&str; 11] = [
+    "not_a_tenant",
+    "too_large",
+    "unauthenticated",
+    "unknown_tenant",
+    "unsupported_media_type",
+    "malformed",
+    "unavailable",
+    "body_unreadable",
+    "busy",
+    "queue_full",
+    "item_skipped",
+];
+
+/// Warnings logged per reason and minute, at most.
+const LOG_LINES_PER_MINUTE: u32 = 20;
+
+/// One log rate limiter per reason ([`LOGGED_REASONS`]), so a flood of one kind of bad
+/// request cannot silence the warnings of another.
+struct LogLimiters(HashMap<&'static str, DefaultDirectRateLimiter>);
+
+impl LogLimiters {
+    fn new() -> Self {
+        let quota = Quota::per_minute(
+            NonZeroU32::new(LOG_LINES_PER_MINUTE).expect("non-zero constant"),
+        );
+        Self(
+            LOGGED_REASONS
+                .into_iter()
+                .map(|reason| (reason, RateLimiter::direct(quota)))
+                .collect(),
+        )
+    }
+
+    /// True when a line for `reason` may be logged now. A reason without a limiter is
+    /// never logged (every reason has one: a unit test checks it).
+    fn allows(&self, reason: &str) -> bool {
+        self.0
+            .get(reason)
+            .is_some_and(|limiter| limiter.check().is_ok())
+    }
+}
+
+/// Request-derived text as it may be logged: control characters (line breaks, escape
+/// sequences) escaped, at most 200 characters. Log fields are written as they are, so
+/// anything from the request goes through this first.
+pub fn loggable(text: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut escaped = String::with_capacity(text.len().min(MAX_CHARS));
+    for (index, character) in text.chars().enumerate() {
+        if index == MAX_CHARS {
+            escaped.push('…');
+            break;
+        }
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
+/// True for a tenant id as Microsoft writes it: a hyphenated GUID, any case.
+fn is_hyphenated_guid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
 
 /// What the webhook knows of one tenant.
 #[derive(Clone, Debug)]
@@ -78,8 +184,11 @@ pub struct WebhookState {
     max_body_bytes: usize,
     metrics: Arc<Metrics>,
     work_available: Arc<Notify>,
-    log_limiter: DefaultDirectRateLimiter,
+    log_limiters: LogLimiters,
     status: Option<Arc<StatusSource>>,
+    body_permits: Semaphore,
+    body_wait: StdDuration,
+    queue_limit: Option<Arc<QueueLimit>>,
 }
 
 impl WebhookState {
@@ -100,11 +209,25 @@ impl WebhookState {
             max_body_bytes,
             metrics,
             work_available,
-            log_limiter: RateLimiter::direct(Quota::per_minute(
-                NonZeroU32::new(20).expect("non-zero constant"),
-            )),
+            log_limiters: LogLimiters::new(),
             status: None,
+            body_permits: Semaphore::new(BodyLimits::default().max_concurrent),
+            body_wait: BodyLimits::default().wait,
+            queue_limit: None,
         }
+    }
+
+    /// Reads at most `limits.max_concurrent` bodies at once (default: [`BodyLimits`]'s).
+    pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
+        self.body_permits = Semaphore::new(limits.max_concurrent.max(1));
+        self.body_wait = limits.wait;
+        self
+    }
+
+    /// Answers 503 while the queue is at its hard limit (default: unbounded).
+    pub fn with_queue_limit(mut self, limit: Arc<QueueLimit>) -> Self {
+        self.queue_limit = Some(limit);
+        self
     }
 
     /// Makes `tenants` the tenants the webhook accepts: a request for a tenant no longer
@@ -151,6 +274,9 @@ pub fn router(state: Arc<WebhookState>, path: &str) -> Router {
 /// Why a request was refused before its items were read.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    /// The tenant segment of the path is not a GUID (never logged: attacker text).
+    #[error("the path does not end with a tenant id")]
+    NotATenant,
     /// Body over the limit.
     #[error("body larger than {limit} bytes")]
     TooLarge {
@@ -175,12 +301,19 @@ pub enum WebhookError {
     /// The body could not be read.
     #[error("cannot read the request body")]
     BodyRead,
+    /// Every body slot stayed taken for the whole wait.
+    #[error("too many notifications at once; retry later")]
+    Busy,
+    /// The queue is at its hard limit.
+    #[error("{0}")]
+    QueueFull(QueueFull),
 }
 
 impl WebhookError {
     /// The `outcome` label of the refused request.
     fn outcome(&self) -> &'static str {
         match self {
+            Self::NotATenant => "not_a_tenant",
             Self::TooLarge { .. } => "too_large",
             Self::Unauthenticated => "unauthenticated",
             Self::UnknownTenant => "unknown_tenant",
@@ -188,6 +321,8 @@ impl WebhookError {
             Self::Malformed(_) => "malformed",
             Self::Unavailable => "unavailable",
             Self::BodyRead => "body_unreadable",
+            Self::Busy => "busy",
+            Self::QueueFull(_) => "queue_full",
         }
     }
 }
@@ -197,10 +332,12 @@ impl IntoResponse for WebhookError {
         let status = match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::UnknownTenant => StatusCode::NOT_FOUND,
+            Self::NotATenant | Self::UnknownTenant => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Malformed(_) | Self::BodyRead => StatusCode::BAD_REQUEST,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Busy | Self::QueueFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         (
             status,
@@ -216,20 +353,31 @@ async fn handle_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle_notification(&state, &tenant_id.to_ascii_lowercase(), &headers, body).await {
+    // Checked before anything logs it: what passes is hex digits and hyphens.
+    let result = if is_hyphenated_guid(&tenant_id) {
+        handle_notification(&state, &tenant_id.to_ascii_lowercase(), &headers, body).await
+    } else {
+        Err(WebhookError::NotATenant)
+    };
+    match result {
         Ok(response) => response,
         Err(error) => {
-            state.count(error.outcome());
-            // Counted always; logged at a bounded rate, so a flood of bad requests cannot
-            // flood the log.
-            if state.log_limiter.check().is_ok() {
-                tracing::warn!(tenant = %tenant_id, %error, "webhook request refused");
+            let outcome = error.outcome();
+            state.count(outcome);
+            if state.log_limiters.allows(outcome) {
+                if matches!(error, WebhookError::NotATenant) {
+                    tracing::warn!(%outcome, %error, "webhook request refused");
+                } else {
+                    let error = loggable(&error.to_string());
+                    tracing::warn!(tenant = %tenant_id, %outcome, %error, "webhook request refused");
+                }
             }
             error.into_response()
         }
     }
 }
 
+/// Steps 2 to 9 of the module doc: everything but the body first.
 async fn handle_notification(
     state: &WebhookState,
     tenant_id: &str,
@@ -243,16 +391,6 @@ async fn handle_notification(
     if declared_length.is_some_and(|length| length > limit as u64) {
         return Err(WebhookError::TooLarge { limit });
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        // The limit is the only error `to_bytes` raises for a well-formed stream.
-        if std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
-        {
-            WebhookError::TooLarge { limit }
-        } else {
-            WebhookError::BodyRead
-        }
-    })?;
     let presented = headers
         .get("webhook-authid")
         .and_then(|value| value.to_str().ok())
@@ -270,19 +408,61 @@ async fn handle_notification(
     if !is_json_content_type(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
+    if let Some(queue_limit) = &state.queue_limit {
+        queue_limit
+            .check("webhook")
+            .await
+            .map_err(WebhookError::QueueFull)?;
+    }
+    let body = read_body(state, body).await?;
     let items = parse_notifications(tenant, &body)?;
+    drop(body);
     let mut valid = Vec::with_capacity(items.len());
     for item in items {
         match item {
             Ok(content) => valid.push(content),
             Err(reason) => {
                 state.count_items("invalid", 1);
-                if state.log_limiter.check().is_ok() {
+                if state.log_limiters.allows("item_skipped") {
+                    let reason = loggable(&reason);
                     tracing::warn!(tenant = %tenant_id, %reason, "notification item skipped");
                 }
             }
         }
     }
+    enqueue_valid(state, tenant_id, valid).await
+}
+
+/// Reads the body under its limit, holding one of the body slots meanwhile (waiting for
+/// one at most [`BodyLimits::wait`]).
+async fn read_body(state: &WebhookState, body: Body) -> Result<axum::body::Bytes, WebhookError> {
+    let limit = state.max_body_bytes;
+    let _permit = tokio::time::timeout(state.body_wait, state.body_permits.acquire())
+        .await
+        .map_err(|_| WebhookError::Busy)?
+        .map_err(|_| WebhookError::Busy)?;
+    let in_flight = &state.metrics.webhook_bodies_in_flight;
+    in_flight.inc();
+    let read = axum::body::to_bytes(body, limit).await;
+    in_flight.dec();
+    read.map_err(|error| {
+        // The limit is the only error `to_bytes` raises for a well-formed stream.
+        if std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+        {
+            WebhookError::TooLarge { limit }
+        } else {
+            WebhookError::BodyRead
+        }
+    })
+}
+
+/// Enqueues the valid items durably, then answers 200 with what was new.
+async fn enqueue_valid(
+    state: &WebhookState,
+    tenant_id: &str,
+    valid: Vec<ContentRef>,
+) -> Result<Response, WebhookError> {
     let notified: Vec<String> = valid
         .iter()
         .map(|content| content.content_type.clone())
@@ -398,13 +578,13 @@ pub fn validate_item(
         .map_err(|error| format!("malformed item: {error}"))?;
     if !item.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id) {
         return Err(format!(
-            "tenantId {} is not this webhook's tenant",
+            "tenantId {:?} is not this webhook's tenant",
             item.tenant_id
         ));
     }
     if !item.client_id.eq_ignore_ascii_case(&tenant.client_id) {
         return Err(format!(
-            "clientId {} is not this tenant's app",
+            "clientId {:?} is not this tenant's app",
             item.client_id
         ));
     }
@@ -491,6 +671,53 @@ mod tests {
             plain[0].as_ref().unwrap(),
             marked[0].as_ref().expect("the marked item is valid")
         );
+    }
+
+    #[test]
+    fn every_refusal_reason_has_its_own_log_limiter() {
+        let limiters = LogLimiters::new();
+        let refusals = [
+            WebhookError::NotATenant,
+            WebhookError::TooLarge { limit: 1 },
+            WebhookError::Unauthenticated,
+            WebhookError::UnknownTenant,
+            WebhookError::UnsupportedMediaType,
+            WebhookError::Malformed(String::new()),
+            WebhookError::Unavailable,
+            WebhookError::BodyRead,
+            WebhookError::Busy,
+            WebhookError::QueueFull(QueueFull { open: 2, limit: 1 }),
+        ];
+        for refusal in &refusals {
+            assert!(limiters.0.contains_key(refusal.outcome()), "{refusal:?}");
+        }
+        // Exhausting one reason leaves the others their whole quota.
+        while limiters.allows("unauthenticated") {}
+        assert!(limiters.allows("item_skipped"));
+        assert!(limiters.allows("unsupported_media_type"));
+    }
+
+    #[test]
+    fn loggable_text_has_no_line_break_or_escape_sequence_and_is_bounded() {
+        let forged = "x\n2026-01-01T00:00:00Z ERROR FORGED\r\u{1b}[31m";
+        let escaped = loggable(forged);
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert!(escaped.contains("\\n2026"), "{escaped}");
+        assert!(loggable(&"a".repeat(10_000)).chars().count() <= 201);
+    }
+
+    #[test]
+    fn only_a_hyphenated_guid_is_a_tenant_segment() {
+        assert!(is_hyphenated_guid("41463F53-8812-40f4-890f-865bf6e35190"));
+        for refused in [
+            "41463f53881240f4890f865bf6e35190",
+            "{41463f53-8812-40f4-890f-865bf6e35190}",
+            "x\n2026",
+            "",
+            "41463f53-8812-40f4-890f-865bf6e3519g",
+        ] {
+            assert!(!is_hyphenated_guid(refused), "{refused}");
+        }
     }
 
     #[test]
