@@ -62,8 +62,8 @@ use crate::api::types::parse_api_time;
 use crate::cloud::same_origin;
 use crate::config::ContentType;
 use crate::ops::metrics::{OutcomeLabels, SourceLabels};
-use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::ops::status::StatusSource;
+use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, Source};
 pub use auth_id::WebhookSecrets;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -117,9 +117,8 @@ struct LogLimiters(HashMap<&'static str, DefaultDirectRateLimiter>);
 
 impl LogLimiters {
     fn new() -> Self {
-        let quota = Quota::per_minute(
-            NonZeroU32::new(LOG_LINES_PER_MINUTE).expect("non-zero constant"),
-        );
+        let quota =
+            Quota::per_minute(NonZeroU32::new(LOG_LINES_PER_MINUTE).expect("non-zero constant"));
         Self(
             LOGGED_REASONS
                 .into_iter()
@@ -335,9 +334,7 @@ impl IntoResponse for WebhookError {
             Self::NotATenant | Self::UnknownTenant => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Malformed(_) | Self::BodyRead => StatusCode::BAD_REQUEST,
-            Self::Unavailable | Self::Busy | Self::QueueFull(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable | Self::Busy | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (
             status,
