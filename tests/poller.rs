@@ -24,8 +24,9 @@ use o365_connector::emulator::api::feed::ContentEntry;
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::{FaultScenario, Scenario, TenantScenario};
 use o365_connector::emulator::api::{ApiEmulator, ApiEmulatorConfig};
-use o365_connector::ops::Metrics;
 use o365_connector::ops::health::ProblemBoard;
+use o365_connector::ops::metrics::SourceLabels;
+use o365_connector::ops::{Metrics, QueueLimit};
 use o365_connector::poller::{
     PollReport, PollTarget, PollerDeps, TenantPoller, cursor_key, list_range,
 };
@@ -60,6 +61,8 @@ struct Bench {
     metrics: Arc<Metrics>,
     problems: Arc<ProblemBoard>,
     dir: tempfile::TempDir,
+    /// `ops.queue_hard_limit` of the pollers made from now on; `None`: unbounded.
+    queue_limit: Option<u64>,
 }
 
 fn tenant_scenario() -> TenantScenario {
@@ -126,6 +129,7 @@ async fn bench_with(
         metrics,
         problems: Arc::new(ProblemBoard::default()),
         dir,
+        queue_limit: None,
     }
 }
 
@@ -150,6 +154,9 @@ impl Bench {
         config: PollerConfig,
         content_types: &[ContentType],
     ) -> TenantPoller {
+        let queue_limit = self
+            .queue_limit
+            .map(|limit| Arc::new(QueueLimit::new(limit, queue.clone(), self.metrics.clone())));
         TenantPoller::new(
             PollTarget {
                 name: NAME.into(),
@@ -167,7 +174,7 @@ impl Bench {
                 clock: self.clock.clone(),
                 work_available: Arc::new(tokio::sync::Notify::new()),
                 retry: RetryPolicy::for_test(),
-                queue_limit: None,
+                queue_limit,
             },
         )
     }
@@ -259,6 +266,47 @@ fn assert_ok(reports: &[(ContentType, PollReport)]) {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn at_the_queue_hard_limit_the_poller_enqueues_nothing_keeps_its_cursor_and_retries() {
+    let mut bench = shared_bench(Scenario::single_tenant(tenant_scenario())).await;
+    bench.queue_limit = Some(2);
+    let types = [ContentType::AuditExchange];
+    bench.subscribe(&types).await;
+    let poller = bench.poller(test_config(), &types);
+    assert_ok(&poller.run_once().await);
+    bench.advance(Duration::minutes(5));
+    let first = bench.publish(ContentType::AuditExchange, 2).await;
+    bench.advance(Duration::minutes(2));
+    assert_ok(&poller.run_once().await);
+    assert_eq!(bench.missing(&first).await, Vec::<String>::new());
+    let key = cursor_key(TENANT, ContentType::AuditExchange);
+    let cursor = bench.queue.get_meta(&key).await.unwrap();
+
+    // Two open items: the limit. What is listed next is not enqueued; the cursor stays.
+    bench.advance(Duration::minutes(5));
+    let second = bench.publish(ContentType::AuditExchange, 1).await;
+    bench.advance(Duration::minutes(2));
+    let reports = poller.run_once().await;
+    let (_, report) = &reports[0];
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(error.contains("ops.queue_hard_limit"), "{report:?}");
+    assert!(report.retry_in.is_some(), "retried later: {report:?}");
+    assert_eq!(bench.missing(&second).await.len(), 1);
+    assert_eq!(bench.queue.get_meta(&key).await.unwrap(), cursor);
+    let refusals = bench
+        .metrics
+        .queue_hard_limit_refusals
+        .get_or_create(&SourceLabels { source: "poll" })
+        .get();
+    assert_eq!(refusals, 1);
+
+    // Below the limit again (here: without one), the next poll lists it from the cursor.
+    bench.queue_limit = None;
+    let poller = bench.poller(test_config(), &types);
+    assert_ok(&poller.run_once().await);
+    assert_eq!(bench.missing(&second).await, Vec::<String>::new());
 }
 
 #[tokio::test]
