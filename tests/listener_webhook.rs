@@ -343,3 +343,149 @@ async fn a_flood_of_one_refusal_does_not_silence_the_warnings_of_others() {
         "one limiter's quota"
     );
 }
+
+/// Peak and current resident set of `pid`, in KiB (`VmHWM`, `VmRSS`).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The figure of issue 17, point 1, on the binary: 2,000 connections that declare a 1 MiB
+/// body without an authId and trickle it keep the connector's peak RSS ≤ 128 MiB, and
+/// `/healthz` and a legitimate notification are answered meanwhile. Run it with
+/// `cargo test --release --test listener_webhook -- --ignored --nocapture`
+/// (`O365_SLOW_BODY_CONNECTIONS` changes the count; the soft descriptor limit must allow it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: 2,000 connections against the binary; run by hand for the figure"]
+async fn two_thousand_unauthenticated_slow_bodies_keep_the_connector_small_and_answering() {
+    let connections = common::env_number("O365_SLOW_BODY_CONNECTIONS", 2_000) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let secret = "listener-soak-secret-of-at-least-32-bytes";
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+path = "/hook"
+webhook_secret = {{ env = "SOAK_WEBHOOK_SECRET" }}
+[store]
+path = "{store}"
+[engine]
+socket = "{socket}"
+[api]
+login_url = "http://127.0.0.1:9"
+api_url = "{API_BASE}"
+[[tenants]]
+name = "contoso"
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+client_secret = {{ env = "SOAK_CLIENT_SECRET" }}
+"#,
+            store = dir.path().join("store").display(),
+            socket = dir.path().join("engine.sock").display(),
+        ),
+    )
+    .unwrap();
+    let running = common::start_binary_with_env(
+        &["run", "--config", config.to_str().unwrap()],
+        &[
+            ("SOAK_WEBHOOK_SECRET", secret),
+            ("SOAK_CLIENT_SECRET", "s"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    assert!(
+        running.ready_line.starts_with("listening http://"),
+        "{}",
+        running.ready_line
+    );
+    let pid = running.child.id().unwrap();
+    let (_, before) = memory_kib(pid);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // Each attacker declares 1 MiB, then trickles 1 KiB every 100 ms until refused.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let stop = stop.clone();
+        attackers.spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(address).await else {
+                return false;
+            };
+            if stream
+                .write_all(&headers(TENANT, None, MAX_BODY_BYTES))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let chunk = [b' '; 1024];
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return true,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                if stream.write_all(&chunk).await.is_err() {
+                    return true;
+                }
+            }
+        });
+    }
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut answered = (0, 0);
+    while started.elapsed() < Duration::from_secs(10) {
+        let healthz = http
+            .get(format!("http://{address}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        answered.0 += u32::from(healthz.is_ok_and(|response| response.status() == 200));
+        let notified = http
+            .post(format!("http://{address}/hook/{TENANT}"))
+            .header("Content-Type", "application/json; utf-8")
+            .header(
+                "Webhook-AuthID",
+                WebhookSecrets::new(secret.as_bytes().to_vec(), None).auth_id(TENANT),
+            )
+            .body(notification(&format!("soak{}", answered.1)))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        answered.1 += u32::from(notified.is_ok_and(|response| response.status() == 200));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    let mut refused = 0;
+    while let Some(result) = attackers.join_next().await {
+        refused += usize::from(result.unwrap());
+    }
+    let (peak, after) = memory_kib(pid);
+    println!(
+        "{connections} slow-body connections ({refused} connected): RSS {before} KiB before, peak {peak} KiB, {after} KiB after; /healthz answered {} times, notifications accepted {} times",
+        answered.0, answered.1
+    );
+    running.kill().await;
+    assert!(peak <= 128 * 1024, "peak RSS {peak} KiB is over 128 MiB");
+    assert!(
+        answered.0 >= 5 && answered.1 >= 5,
+        "answered meanwhile: {answered:?}"
+    );
+}
