@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
+const WEBHOOK_SECRET: &str = "slow-clients-webhook-secret";
 
 async fn start(dir: &std::path::Path) -> service::RunningService {
     let text = format!(
@@ -21,6 +22,7 @@ async fn start(dir: &std::path::Path) -> service::RunningService {
 listen = "127.0.0.1:0"
 header_read_timeout_secs = 1
 request_timeout_secs = 1
+webhook_secret = {{ env = "SLOW_WEBHOOK_SECRET" }}
 [store]
 path = "{store}"
 [engine]
@@ -37,8 +39,17 @@ client_secret = {{ env = "SLOW_SECRET" }}
         store = dir.join("store").display(),
         socket = dir.join("engine.sock").display(),
     );
-    let config =
-        Config::from_toml_with_env(&text, [("SLOW_SECRET".to_string(), "s".to_string())]).unwrap();
+    let config = Config::from_toml_with_env(
+        &text,
+        [
+            ("SLOW_SECRET".to_string(), "s".to_string()),
+            (
+                "SLOW_WEBHOOK_SECRET".to_string(),
+                WEBHOOK_SECRET.to_string(),
+            ),
+        ],
+    )
+    .unwrap();
     service::start(config, ServiceOptions::default())
         .await
         .unwrap()
@@ -86,10 +97,13 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 async fn a_request_whose_body_trickles_is_answered_408() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(dir.path()).await;
+    // Authenticated: an unauthenticated one is refused before its body is read.
+    let auth_id =
+        o365_connector::webhook::WebhookSecrets::new(WEBHOOK_SECRET.into(), None).auth_id(TENANT);
     let mut stream = TcpStream::connect(service.address).await.unwrap();
     stream
         .write_all(
-            format!("POST /{TENANT} HTTP/1.1\r\nHost: connector\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"tenantId\":")
+            format!("POST /{TENANT} HTTP/1.1\r\nHost: connector\r\nContent-Type: application/json\r\nWebhook-AuthID: {auth_id}\r\nContent-Length: 1000\r\n\r\n[{{\"tenantId\":")
                 .as_bytes(),
         )
         .await
