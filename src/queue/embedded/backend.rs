@@ -9,6 +9,7 @@
 //! the same failure and recovery as on a real full disk (see [`writer`](super::writer)).
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::io;
 use std::ops::Bound;
 use std::path::Path;
@@ -74,13 +75,14 @@ pub(super) struct StoreBackend {
 }
 
 impl StoreBackend {
-    /// Opens (creating when missing) the store file, as `Database::create` does.
+    /// Opens (creating when missing, mode 0600) the store file, as `Database::create` does.
     pub(super) fn open(path: &Path, faults: Option<Arc<DiskFaults>>) -> Result<Self, QueueError> {
         let file: File = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(super::permissions::FILE_MODE)
             .open(path)
             .map_err(super::io_error)?;
         let file = FileBackend::new(file).map_err(storage_error)?;

@@ -23,10 +23,14 @@
 //! with it (the webhook answers 503) while the writer thread reopens the file, which brings
 //! the store back with everything committed before the failure ([`writer`] has the details,
 //! [`EmbeddedQueue::store_failures`] counts them).
+//!
+//! The store is private to the service's user: created 0700 / 0600, and refused at open
+//! when other users can get at it ([`permissions`]).
 
 pub mod backend;
 pub mod format;
 mod handle;
+pub mod permissions;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -40,6 +44,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 
 pub use self::backend::DiskFaults;
+pub use self::permissions::create_private_dir;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
 use self::handle::StoreHandle;
 use self::writer::{Commit, Tables, Writer};
