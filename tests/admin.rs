@@ -697,9 +697,9 @@ async fn admin_socket_is_private_and_serves_only_root_and_the_service_user() {
         .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 
-    let request = serde_json::to_string(&o365_connector::admin::protocol::AdminRequest::DeadLettersList(
-        Default::default(),
-    ))
+    let request = serde_json::to_string(
+        &o365_connector::admin::protocol::AdminRequest::DeadLettersList(Default::default()),
+    )
     .unwrap();
     let own = admin_answer_as_this_user(&socket, &request).await;
     assert!(own.contains("dead_letters"), "this user is served: {own}");
@@ -734,7 +734,9 @@ async fn admin_socket_is_private_and_serves_only_root_and_the_service_user() {
         .gid(65534);
     let output = tokio::time::timeout(
         DEADLINE,
-        tokio::process::Command::from(peer).kill_on_drop(true).output(),
+        tokio::process::Command::from(peer)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .expect("the peer finishes in time")
@@ -745,7 +747,10 @@ async fn admin_socket_is_private_and_serves_only_root_and_the_service_user() {
         "the peer connects: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(!stdout.contains("dead_letters"), "nobody was served: {stdout}");
+    assert!(
+        !stdout.contains("dead_letters"),
+        "nobody was served: {stdout}"
+    );
     assert!(
         stdout.contains("refused") && stdout.contains("not uid 65534"),
         "nobody is told why: {stdout}"

@@ -923,7 +923,9 @@ fn prometheus_scrapes_metrics_on_the_private_ops_listener_only() {
     // The static job scrapes the ops.listen of nginx's and the compose trial's configuration.
     let static_job = job("o365-connector");
     assert_eq!(static_job["metrics_path"], "/metrics");
-    let target = static_job["static_configs"][0]["targets"][0].as_str().unwrap();
+    let target = static_job["static_configs"][0]["targets"][0]
+        .as_str()
+        .unwrap();
     let site = read("nginx/o365-connector.conf");
     assert!(
         site.contains(&format!("listen = \"{target}\"")),
@@ -950,7 +952,10 @@ fn prometheus_scrapes_metrics_on_the_private_ops_listener_only() {
             && rule["regex"] == "ops"
             && rule["action"] == "keep"
     }));
-    for manifest in ["kubernetes/o365-connector.yaml", "kubernetes/o365-connector-nats.yaml"] {
+    for manifest in [
+        "kubernetes/o365-connector.yaml",
+        "kubernetes/o365-connector-nats.yaml",
+    ] {
         let documents = yaml_documents(manifest);
         let (ops_port, template) = kubernetes_ops_port(&documents);
         let annotations = &template["metadata"]["annotations"];
@@ -966,7 +971,10 @@ fn prometheus_scrapes_metrics_on_the_private_ops_listener_only() {
             .unwrap();
         let config: toml::Value = toml::from_str(config_text).unwrap();
         let listen = config["ops"]["listen"].as_str().unwrap();
-        assert!(listen.ends_with(&format!(":{ops_port}")), "{manifest}: {listen}");
+        assert!(
+            listen.ends_with(&format!(":{ops_port}")),
+            "{manifest}: {listen}"
+        );
         assert!(
             config["ops"].get("public").is_none(),
             "{manifest}: operations stay private"
@@ -988,11 +996,20 @@ fn public_proxies_route_no_operations_page() {
     }
     let site = read("nginx/o365-connector.conf");
     for path in ["/status", "/metrics"] {
-        assert!(!site.contains(&format!("location = {path}")), "nginx routes {path}");
-        assert!(!site.contains(&format!("location {path}")), "nginx routes {path}");
+        assert!(
+            !site.contains(&format!("location = {path}")),
+            "nginx routes {path}"
+        );
+        assert!(
+            !site.contains(&format!("location {path}")),
+            "nginx routes {path}"
+        );
     }
     assert!(site.contains("location / { return 404; }"));
-    for manifest in ["kubernetes/o365-connector.yaml", "kubernetes/o365-connector-nats.yaml"] {
+    for manifest in [
+        "kubernetes/o365-connector.yaml",
+        "kubernetes/o365-connector-nats.yaml",
+    ] {
         let documents = yaml_documents(manifest);
         let ingress = kind(&documents, "Ingress");
         let paths: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]

@@ -315,7 +315,10 @@ async fn with_ops_public_status_is_served_on_the_webhook_listener() {
         .unwrap();
     assert_eq!(metrics.status(), 200);
     let readiness = readiness(&client, &format!("{}/readyz", service.base_url)).await;
-    assert!(readiness["store"].is_object(), "detail on purpose: {readiness}");
+    assert!(
+        readiness["store"].is_object(),
+        "detail on purpose: {readiness}"
+    );
     rig.shutdown().await;
 }
 

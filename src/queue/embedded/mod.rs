@@ -44,9 +44,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 
 pub use self::backend::DiskFaults;
-pub use self::permissions::create_private_dir;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
 use self::handle::StoreHandle;
+pub use self::permissions::create_private_dir;
 use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{

@@ -116,7 +116,10 @@ mod tests {
             .await
             .expect_err("a store others can read is refused");
         let message = error.to_string();
-        assert!(matches!(error, QueueError::OpenToOthers { .. }), "{error:?}");
+        assert!(
+            matches!(error, QueueError::OpenToOthers { .. }),
+            "{error:?}"
+        );
         assert!(message.contains("0644"), "{message}");
         assert!(
             message.contains(&format!("chmod -R o-rwx {}", dir.display())),
