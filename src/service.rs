@@ -4,7 +4,8 @@
 //! Start order: store (leases of a run that died are released) → webhook secret → metrics
 //! → HTTP client → tenants → engine forwarder → HTTP listener (webhook and ops routes; it
 //! must answer before any subscription start, because Microsoft validates the webhook
-//! synchronously), and the private ops listener when `ops.listen` is set → the TLS
+//! synchronously; operations routes there only with `ops.public`), and the private ops
+//! listener when `ops.listen` is set → the TLS
 //! certificate reloader (file changes and SIGHUP) → workers → each tenant's poller and
 //! subscription manager ([`tenants`]) → the admin socket → periodic upkeep.
 //!
@@ -297,7 +298,7 @@ struct OpenedStore {
     lease: Option<LeaderLease>,
 }
 
-/// Opens the configured store. Embedded: creates its directory and releases the leases of
+/// Opens the configured store. Embedded: creates its directory (0700) and releases the leases of
 /// a previous run (the store is locked by this process, so any lease found belongs to a
 /// process that died); this instance always leads. NATS: connects, opens the stream and
 /// buckets, and prepares the leader lease.
@@ -307,7 +308,7 @@ async fn open_store(
     replica_id: Option<String>,
 ) -> anyhow::Result<OpenedStore> {
     let path = &config.store.path;
-    std::fs::create_dir_all(path)
+    crate::queue::embedded::create_private_dir(path)
         .with_context(|| format!("store.path {}: cannot create the directory", path.display()))?;
     if config.store.backend == StoreBackendKind::Nats {
         let replica_id = replica_id.unwrap_or_else(|| replica_id_of(config));
@@ -576,8 +577,9 @@ struct Listeners {
 }
 
 /// Binds and serves the webhook listener (HTTPS with a reloadable certificate, or plain
-/// HTTP) and, with `ops.listen`, the private plain-HTTP ops listener that then alone
-/// serves `/status`, `/status.html` and `/metrics`.
+/// HTTP) and, with `ops.listen`, the private plain-HTTP ops listener, the one place that
+/// serves `/status`, `/status.html`, `/metrics` and the `/readyz` detail (unless
+/// `ops.public` puts them on the webhook listener too).
 fn serve(
     config: &Config,
     listener: Option<std::net::TcpListener>,
@@ -615,7 +617,9 @@ fn serve(
 }
 
 /// The webhook listener's router and, with `ops.listen`, the ops listener's. The webhook
-/// routes pass the source allowlist first (see [`crate::server::proxy`]).
+/// routes pass the source allowlist first (see [`crate::server::proxy`]). Operations are
+/// private by default: the webhook listener serves `/healthz` and a detail-less `/readyz`,
+/// and the rest only with `ops.public`.
 fn listener_apps(config: &Config, routes: Routes) -> (axum::Router, Option<axum::Router>) {
     if !config.server.serves_tls()
         && !config.server.webhook_allowed_networks.is_empty()
@@ -646,12 +650,25 @@ fn listener_apps(config: &Config, routes: Routes) -> (axum::Router, Option<axum:
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ));
-    let private = ops::metrics_routes(routes.ops.clone()).merge(ops::status::routes(routes.status));
-    let probes = ops::probe_routes(routes.ops);
-    match config.ops.listen {
-        Some(_) => (webhook.merge(probes.clone()), Some(private.merge(probes))),
-        None => (webhook.merge(probes).merge(private), None),
+    let private = ops::metrics_routes(routes.ops.clone())
+        .merge(ops::status::routes(routes.status))
+        .merge(ops::probe_routes(routes.ops.clone()));
+    let public = if config.ops.public {
+        tracing::warn!(
+            "ops.public = true: /status, /status.html, /metrics and the /readyz detail are \
+             served on server.listen too, to anyone who can reach it"
+        );
+        webhook.merge(private.clone())
+    } else {
+        webhook.merge(ops::public_probe_routes(routes.ops))
+    };
+    if config.ops.listen.is_none() && !config.ops.public {
+        tracing::info!(
+            "ops.listen is not set: /status, /status.html and /metrics are not served \
+             (set ops.listen to a private address to see them)"
+        );
     }
+    (public, config.ops.listen.map(|_| private))
 }
 
 /// The certificate (and client CA) of the webhook listener, when it serves TLS.

@@ -658,3 +658,102 @@ async fn without_a_running_service_subscriptions_talk_to_the_api_and_the_others_
     assert!(line.contains("enabled"), "{line}");
     rig.shutdown().await;
 }
+
+/// The permission bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Sends one admin request line to `socket` from this process; the answer lines.
+async fn admin_answer_as_this_user(socket: &std::path::Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut answer))
+        .await
+        .expect("the admin socket answers in time")
+        .unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn admin_socket_is_private_and_serves_only_root_and_the_service_user() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
+    let config = rig.config();
+    let socket = o365_connector::admin::socket_path(&config);
+    assert_eq!(mode_of(&config.store.path), 0o700, "the store directory");
+    assert_eq!(mode_of(&socket), 0o600, "the admin socket");
+    let leftovers: Vec<_> = std::fs::read_dir(&config.store.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with(".a"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    let request = serde_json::to_string(
+        &o365_connector::admin::protocol::AdminRequest::DeadLettersList(Default::default()),
+    )
+    .unwrap();
+    let own = admin_answer_as_this_user(&socket, &request).await;
+    assert!(own.contains("dead_letters"), "this user is served: {own}");
+
+    let perl = std::path::Path::new("/usr/bin/perl");
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if !root || !perl.is_file() {
+        eprintln!(
+            "SKIPPED the other-user half of admin_socket_is_private_and_serves_only_root_and_the_service_user: \
+             it needs root (to run a peer as nobody) and /usr/bin/perl"
+        );
+        rig.shutdown().await;
+        return;
+    }
+    // Open the files up, as a careless chmod would: the peer check alone must refuse.
+    for (path, mode) in [
+        (rig.dir.path(), 0o755),
+        (config.store.path.as_path(), 0o755),
+        (socket.as_path(), 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let script = r#"use IO::Socket::UNIX;
+        my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n";
+        print $s "$ARGV[1]\n"; print while <$s>;"#;
+    let mut peer = std::process::Command::new(perl);
+    peer.args(["-e", script])
+        .arg(&socket)
+        .arg(&request)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534);
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::from(peer)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the peer finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the peer connects: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains("dead_letters"),
+        "nobody was served: {stdout}"
+    );
+    assert!(
+        stdout.contains("refused") && stdout.contains("not uid 65534"),
+        "nobody is told why: {stdout}"
+    );
+    rig.shutdown().await;
+}

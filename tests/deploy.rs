@@ -115,9 +115,10 @@ fn kubernetes_manifests_match_the_configuration_they_carry() {
         .collect();
     assert_eq!(mounts["config"], parent_of(Path::new(args[2])));
     assert_eq!(
-        Path::new(mounts["store"]),
-        config.store.path,
-        "the PersistentVolumeClaim holds the store"
+        config.store.path.parent(),
+        Some(Path::new(mounts["store"])),
+        "the PersistentVolumeClaim holds the store, in a directory of its own (the volume's \
+         root is root's, and may be open to others: such a store is refused)"
     );
     assert_eq!(mounts["engine-sockets"], parent_of(&config.engine.socket));
     let claim = kind(&documents, "PersistentVolumeClaim");
@@ -891,4 +892,146 @@ fn compose_nats_trial_runs_three_replicas_behind_caddy_on_one_nats() {
         "the webhook and the probes, nothing else"
     );
     assert!(caddyfile.contains("handle @connector {"));
+}
+
+/// The ops port of a Kubernetes manifest's connector pod, and its pod template.
+fn kubernetes_ops_port(documents: &[Value]) -> (u64, &Value) {
+    let template = &kind(documents, "Deployment")["spec"]["template"];
+    let ports = &template["spec"]["containers"][0]["ports"];
+    let ops = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|port| port["name"] == "ops")
+        .expect("an ops container port");
+    (ops["containerPort"].as_u64().unwrap(), template)
+}
+
+#[test]
+fn prometheus_scrapes_metrics_on_the_private_ops_listener_only() {
+    let prometheus: Value = serde_json::to_value(
+        yaml_serde::from_str::<yaml_serde::Value>(&read("prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let jobs = prometheus["scrape_configs"].as_array().unwrap();
+    let job = |name: &str| {
+        jobs.iter()
+            .find(|job| job["job_name"] == name)
+            .unwrap_or_else(|| panic!("no scrape job {name}"))
+    };
+
+    // The static job scrapes the ops.listen of nginx's and the compose trial's configuration.
+    let static_job = job("o365-connector");
+    assert_eq!(static_job["metrics_path"], "/metrics");
+    let target = static_job["static_configs"][0]["targets"][0]
+        .as_str()
+        .unwrap();
+    let site = read("nginx/o365-connector.conf");
+    assert!(
+        site.contains(&format!("listen = \"{target}\"")),
+        "nginx's [ops] listen is the scraped {target}"
+    );
+    let compose: toml::Value = toml::from_str(&read("compose/config.toml")).unwrap();
+    assert!(
+        compose["ops"].get("public").is_none(),
+        "the compose trial keeps operations private"
+    );
+    let compose_listen: std::net::SocketAddr =
+        compose["ops"]["listen"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        target,
+        format!("127.0.0.1:{}", compose_listen.port()),
+        "compose publishes ops.listen on the host's loopback"
+    );
+
+    // The Kubernetes job keeps the annotated pods' "ops" port, which is ops.listen's.
+    let pods_job = job("o365-connector-pods");
+    let relabels = pods_job["relabel_configs"].as_array().unwrap();
+    assert!(relabels.iter().any(|rule| {
+        rule["source_labels"][0] == "__meta_kubernetes_pod_container_port_name"
+            && rule["regex"] == "ops"
+            && rule["action"] == "keep"
+    }));
+    for manifest in [
+        "kubernetes/o365-connector.yaml",
+        "kubernetes/o365-connector-nats.yaml",
+    ] {
+        let documents = yaml_documents(manifest);
+        let (ops_port, template) = kubernetes_ops_port(&documents);
+        let annotations = &template["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true", "{manifest}");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics", "{manifest}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            ops_port.to_string(),
+            "{manifest}"
+        );
+        let config_text = kind(&documents, "ConfigMap")["data"]["config.toml"]
+            .as_str()
+            .unwrap();
+        let config: toml::Value = toml::from_str(config_text).unwrap();
+        let listen = config["ops"]["listen"].as_str().unwrap();
+        assert!(
+            listen.ends_with(&format!(":{ops_port}")),
+            "{manifest}: {listen}"
+        );
+        assert!(
+            config["ops"].get("public").is_none(),
+            "{manifest}: operations stay private"
+        );
+    }
+}
+
+#[test]
+fn public_proxies_route_no_operations_page() {
+    for caddyfile in ["compose/Caddyfile", "compose-nats/Caddyfile"] {
+        let text = read(caddyfile);
+        for path in ["/status", "/metrics"] {
+            assert!(
+                !text.contains(&format!("handle {path}")),
+                "{caddyfile} routes {path}"
+            );
+        }
+        assert!(text.contains("respond 404"), "{caddyfile}: the rest is 404");
+    }
+    let site = read("nginx/o365-connector.conf");
+    for path in ["/status", "/metrics"] {
+        assert!(
+            !site.contains(&format!("location = {path}")),
+            "nginx routes {path}"
+        );
+        assert!(
+            !site.contains(&format!("location {path}")),
+            "nginx routes {path}"
+        );
+    }
+    assert!(site.contains("location / { return 404; }"));
+    for manifest in [
+        "kubernetes/o365-connector.yaml",
+        "kubernetes/o365-connector-nats.yaml",
+    ] {
+        let documents = yaml_documents(manifest);
+        let ingress = kind(&documents, "Ingress");
+        let paths: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|path| path["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/hook"], "{manifest}: only the webhook is routed");
+        let (_, template) = kubernetes_ops_port(&documents);
+        let container = &template["spec"]["containers"][0];
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_ne!(
+                container[probe]["httpGet"]["port"], "ops",
+                "{manifest}: {probe} probes what the load balancer sees"
+            );
+        }
+    }
+    let example: toml::Value = toml::from_str(&read("config.example.toml")).unwrap();
+    assert_eq!(
+        example["ops"]["public"].as_bool(),
+        Some(false),
+        "the example keeps operations private"
+    );
 }

@@ -1,4 +1,6 @@
-//! Health, readiness, metrics and graceful shutdown of the running service.
+//! Health, readiness, metrics and graceful shutdown of the running service. Readiness is
+//! read on the private ops listener (its detail) and on the webhook listener (the verdict
+//! alone, same status code).
 
 mod common;
 
@@ -20,6 +22,32 @@ fn client(rig: &Rig) -> reqwest::Client {
 fn url(rig: &Rig, path: &str) -> String {
     let address = rig.service.as_ref().unwrap().address;
     format!("https://localhost:{}{path}", address.port())
+}
+
+/// Options for a rig whose operations are private: `ops.listen` on a free port, nothing
+/// of them on the webhook listener.
+fn private_ops(mut options: RigOptions, extra_config: &str) -> RigOptions {
+    options.ops_public = false;
+    options.extra_config = format!("listen = \"127.0.0.1:0\"\n{extra_config}");
+    options
+}
+
+fn ops_url(rig: &Rig, path: &str) -> String {
+    let address = rig.service.as_ref().unwrap().ops_address.unwrap();
+    format!("http://{address}{path}")
+}
+
+/// `/readyz` on the ops listener (status and detail) and on the webhook listener, which must
+/// give the same status with `{"ready": …}` alone.
+async fn readiness(rig: &Rig) -> (reqwest::StatusCode, Value) {
+    let private = reqwest::get(ops_url(rig, "/readyz")).await.unwrap();
+    let status = private.status();
+    let detail: Value = private.json().await.unwrap();
+    let public = client(rig).get(url(rig, "/readyz")).send().await.unwrap();
+    assert_eq!(public.status(), status, "both listeners give one verdict");
+    let summary: Value = public.json().await.unwrap();
+    assert_eq!(summary, serde_json::json!({"ready": detail["ready"]}));
+    (status, detail)
 }
 
 /// The metric names the README lists in its metrics table.
@@ -81,7 +109,8 @@ async fn metrics_expose_every_name_the_readme_lists() {
 #[tokio::test]
 async fn readyz_stays_ready_while_the_engine_is_down_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
+    let options = private_ops(RigOptions::synthetic(FaultScenario::default()), "");
+    let mut rig = Rig::start(dir, options).await;
     rig.wait_for_webhooks(&ALL).await;
     let http = client(&rig);
     assert_eq!(
@@ -98,13 +127,8 @@ async fn readyz_stays_ready_while_the_engine_is_down_and_says_so() {
         !forwarder.stats().engine_connected
     })
     .await;
-    let response = http.get(url(&rig, "/readyz")).send().await.unwrap();
-    assert_eq!(
-        response.status(),
-        200,
-        "an engine outage does not stop webhooks"
-    );
-    let detail: Value = response.json().await.unwrap();
+    let (status, detail) = readiness(&rig).await;
+    assert_eq!(status, 200, "an engine outage does not stop webhooks");
     assert_eq!(detail["ready"], true);
     assert_eq!(detail["engine"]["connected"], false);
     assert_eq!(detail["store_writable"], true);
@@ -114,8 +138,10 @@ async fn readyz_stays_ready_while_the_engine_is_down_and_says_so() {
 #[tokio::test]
 async fn readyz_fails_at_the_queue_high_water_mark() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = RigOptions::synthetic(FaultScenario::default());
-    options.extra_config = "queue_high_water = 2\n".into();
+    let options = private_ops(
+        RigOptions::synthetic(FaultScenario::default()),
+        "queue_high_water = 2\n",
+    );
     let rig = Rig::start(dir, options).await;
     rig.wait_for_webhooks(&ALL).await;
     rig.engine.set_faults(EngineFaults {
@@ -136,9 +162,8 @@ async fn readyz_fails_at_the_queue_high_water_mark() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let response = client(&rig).get(url(&rig, "/readyz")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    let detail: Value = response.json().await.unwrap();
+    let (status, detail) = readiness(&rig).await;
+    assert_eq!(status, 503);
     assert_eq!(detail["ready"], false);
     assert!(detail["queue_open_items"].as_u64().unwrap() >= 2);
     rig.engine.set_faults(EngineFaults::default());

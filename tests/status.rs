@@ -1,5 +1,6 @@
 //! `/status` and `/status.html` after a small delivery: the JSON shape and values, no
-//! secret or authId in it, the private ops listener, and the page as headless Chromium
+//! secret or authId in it, the private ops listener (operations are private by default:
+//! without `ops.listen` or `ops.public` they are not served), and the page as headless Chromium
 //! renders it (a screenshot is kept at `target/tmp/status-page.png`).
 
 mod common;
@@ -38,6 +39,7 @@ async fn delivered_rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut options = RigOptions::synthetic(FaultScenario::default());
     options.extra_config = "listen = \"127.0.0.1:0\"\n".into();
+    options.ops_public = false;
     options.tenant.roles = vec![ROLE_READ.to_string()];
     let rig = Rig::start(dir, options).await;
     rig.wait_for_webhooks(&ALL[..4]).await;
@@ -215,13 +217,78 @@ async fn with_ops_listen_status_and_metrics_leave_the_webhook_listener() {
         let response = reqwest::get(ops_url(&rig, path)).await.unwrap();
         assert_eq!(response.status(), 200, "{path} on the ops listener");
     }
+    // The readiness detail (tenants and their problems) is on the ops listener only.
+    let public_readiness = readiness(&public, &format!("{base_url}/readyz")).await;
+    assert_eq!(public_readiness, serde_json::json!({"ready": true}));
+    let private_readiness = readiness(&reqwest::Client::new(), &ops_url(&rig, "/readyz")).await;
+    assert_eq!(private_readiness["ready"], true);
+    assert!(
+        private_readiness["problems"]
+            .as_array()
+            .is_some_and(|problems| problems.iter().any(|problem| problem["tenant"] == GROUP)),
+        "the DLP.All problem, by tenant name, is in the private detail: {private_readiness}"
+    );
+    rig.shutdown().await;
+}
+
+/// The JSON body of `/readyz` at `url`.
+async fn readiness(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn by_default_the_webhook_listener_serves_no_operations_detail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = RigOptions::synthetic(FaultScenario::default());
+    options.ops_public = false;
+    options.tenant.roles = vec![ROLE_READ.to_string()];
+    let rig = Rig::start(dir, options).await;
+    let service = rig.service.as_ref().unwrap();
+    assert!(service.ops_address.is_none());
+    // A current problem exists (DLP.All refused), so a detailed answer would name it.
+    let problems = service.problems.clone();
+    wait_until("a problem on the board", DEADLINE, || {
+        !problems.snapshot().is_empty()
+    })
+    .await;
+    let client = common::client_trusting(&rig.certs.ca);
+    for path in ["/status", "/status.html", "/metrics"] {
+        let response = client
+            .get(format!("{}{path}", service.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path} without ops.listen");
+    }
+    let healthz = client
+        .get(format!("{}/healthz", service.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let response = client
+        .get(format!("{}/readyz", service.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        serde_json::json!({"ready": true})
+    );
+    for secret_ish in [GROUP, TENANT, "problems", "ActivityFeed"] {
+        assert!(!text.contains(secret_ish), "{secret_ish} in {text}");
+    }
     rig.shutdown().await;
 }
 
 #[tokio::test]
-async fn without_ops_listen_status_is_served_on_the_webhook_listener() {
+async fn with_ops_public_status_is_served_on_the_webhook_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = Rig::start(dir, RigOptions::synthetic(FaultScenario::default())).await;
+    let options = RigOptions::synthetic(FaultScenario::default());
+    assert!(options.ops_public, "the rig sets ops.public = true");
+    let rig = Rig::start(dir, options).await;
     let service = rig.service.as_ref().unwrap();
     assert!(service.ops_address.is_none());
     let client = common::client_trusting(&rig.certs.ca);
@@ -241,6 +308,17 @@ async fn without_ops_listen_status_is_served_on_the_webhook_listener() {
         .unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert!(page.text().await.unwrap().contains("o365-connector status"));
+    let metrics = client
+        .get(format!("{}/metrics", service.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let readiness = readiness(&client, &format!("{}/readyz", service.base_url)).await;
+    assert!(
+        readiness["store"].is_object(),
+        "detail on purpose: {readiness}"
+    );
     rig.shutdown().await;
 }
 

@@ -1,14 +1,16 @@
 //! The admin listener: a Unix socket in the store directory, mode 0600, serving the
 //! [`protocol`](super::protocol) to the operator commands while the service runs.
 //!
-//! The socket is bound under a temporary name, restricted to the owner, then renamed into
-//! place, so it is never reachable with wider permissions and a socket left by a process
-//! that died is replaced atomically (the store lock guarantees no other service uses this
-//! directory). It is removed on stop. Each connection is one request, served on its own
+//! The socket is bound inside a fresh directory of mode 0700, restricted to the owner, then
+//! renamed into place: while it has the umask's permissions nobody else can reach it, and a
+//! socket left by a process that died is replaced atomically (the store lock guarantees no
+//! other service uses this directory). It is removed on stop. Each connection's peer is
+//! checked (`SO_PEERCRED`): only root and the service's own user are served, whatever the
+//! file permissions become; anyone else gets an error line and the connection closes. Each connection is one request, served on its own
 //! task; a stop cancels them (a backfill ends after its current tenant and content type)
 //! and waits for them, so the store outlives every admin operation.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,15 +57,19 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `path` (mode 0600) and serves `context` until [`AdminServer::stop`].
     pub fn start(path: &Path, context: AdminContext) -> Result<Self, AdminListenError> {
-        let listener = bind_private(path).map_err(|source| AdminListenError::Bind {
+        let bind_error = |source| AdminListenError::Bind {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let listener = bind_private(path).map_err(bind_error)?;
+        // The socket is this process's file: its owner is the service's user.
+        let service_uid = std::fs::metadata(path).map_err(bind_error)?.uid();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(accept_loop(
             listener,
             Arc::new(context),
+            AllowedPeers { service_uid },
             tracker.clone(),
             shutdown.clone(),
         ));
@@ -99,29 +105,54 @@ impl AdminServer {
     }
 }
 
-/// Binds at a temporary name, restricts it to the owner, then renames it into place.
+/// Binds inside a fresh 0700 directory (so the socket is unreachable while it has the
+/// umask's permissions), restricts it to the owner, then renames it into place.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the socket path names no file"))?;
-    let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(file_name);
-    temporary_name.push(format!(".{}", std::process::id()));
-    let temporary = path.with_file_name(temporary_name);
-    let _ = std::fs::remove_file(&temporary);
-    let listener = UnixListener::bind(&temporary)?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(error) = placed {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(error);
+    let parent = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the socket path names no directory"))?;
+    // Short, so the temporary path fits a Unix socket path wherever the final one does.
+    let staging = parent.join(format!(".a{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let temporary = staging.join("s");
+    let bound = UnixListener::bind(&temporary).and_then(|listener| {
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&temporary, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// Who may use the admin socket: root and the service's own user.
+#[derive(Clone, Copy, Debug)]
+struct AllowedPeers {
+    service_uid: u32,
+}
+
+impl AllowedPeers {
+    /// The refusal to send to `stream`'s peer, or `None` when it may be served. A peer whose
+    /// credentials cannot be read is refused.
+    fn refusal(&self, stream: &UnixStream) -> Option<String> {
+        let uid = match stream.peer_cred() {
+            Ok(credentials) => credentials.uid(),
+            Err(error) => return Some(format!("cannot read the peer's credentials: {error}")),
+        };
+        if uid == 0 || uid == self.service_uid {
+            return None;
+        }
+        Some(format!(
+            "refused: the admin socket serves root and the service's user (uid {}) only, not uid {uid}",
+            self.service_uid
+        ))
     }
-    Ok(listener)
 }
 
 async fn accept_loop(
     listener: UnixListener,
     context: Arc<AdminContext>,
+    peers: AllowedPeers,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -132,6 +163,11 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, _)) => {
+                if let Some(message) = peers.refusal(&stream) {
+                    tracing::warn!("admin listener: {message}");
+                    tracker.spawn(refuse(stream, message));
+                    continue;
+                }
                 tracker.spawn(serve_connection(stream, context.clone(), shutdown.clone()));
             }
             Err(error) => {
@@ -140,6 +176,18 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Answers a refused peer with the reason, without reading its request; bounded, so a
+/// peer that does not read cannot hold the task.
+async fn refuse(stream: UnixStream, message: String) {
+    let (_, mut writer) = stream.into_split();
+    let answer = AdminEvent::Error { message };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let _ = write_line(&mut writer, &answer).await;
+        let _ = writer.shutdown().await;
+    })
+    .await;
 }
 
 /// Reads one request, runs it, writes its answer lines.

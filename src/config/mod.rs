@@ -327,17 +327,24 @@ pub struct OpsConfig {
     /// seconds. Default: 20.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_secs: NonZeroU64,
-    /// A private listener (plain HTTP) for `/status`, `/status.html` and `/metrics`, which
-    /// then leave the webhook listener (`/healthz` and `/readyz` stay on both). Default:
-    /// none (everything on `server.listen`).
+    /// A private listener (plain HTTP) for `/status`, `/status.html`, `/metrics` and the
+    /// detail of `/readyz` (`/healthz` and `/readyz` are on both listeners). Default: none
+    /// (then those are not served at all, unless `ops.public`).
     #[serde(default, deserialize_with = "deserialize_optional_socket_address")]
     pub listen: Option<SocketAddr>,
+    /// Serve `/status`, `/status.html`, `/metrics` and the detail of `/readyz` on the
+    /// public listener (`server.listen`) too, on purpose: they name tenants and their
+    /// errors. Without it they are served only on `ops.listen`, or not at all when that is
+    /// unset. Default: false.
+    #[serde(default)]
+    pub public: bool,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            public: false,
             max_tenant_series: default_max_tenant_series(),
             queue_high_water: default_queue_high_water(),
             queue_hard_limit: None,

@@ -3,7 +3,9 @@
 //! `/healthz` answers 200 while the process serves HTTP. `/readyz` means "send me
 //! webhooks": 200 while the store is writable and the queue is below its high-water mark,
 //! 503 otherwise. An engine outage or a broken tenant does NOT fail readiness — the durable
-//! queue absorbs both — but both show in the JSON detail, with what to do.
+//! queue absorbs both — but both show in the JSON detail ([`Readiness`]), with what to do.
+//! The detail names tenants and their errors, so it is private: the public listener answers
+//! the [`ReadinessSummary`] alone (`{"ready": …}`), with the same status code.
 //!
 //! The [`ProblemBoard`] holds the current problems of each (tenant, content type) — or of a
 //! whole tenant — with their advice, one per kind, so components (subscriptions, poller,
@@ -290,6 +292,20 @@ pub struct Readiness {
     pub engine: EngineHealth,
     /// Current problems (do not affect `ready`).
     pub problems: Vec<ProblemDetail>,
+}
+
+/// What `/readyz` says on the public listener: the verdict without the detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ReadinessSummary {
+    /// Ready to receive webhooks.
+    pub ready: bool,
+}
+
+impl Readiness {
+    /// The verdict alone, for the public listener.
+    pub fn summary(&self) -> ReadinessSummary {
+        ReadinessSummary { ready: self.ready }
+    }
 }
 
 /// A problem as `/readyz` shows it.

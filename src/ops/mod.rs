@@ -1,5 +1,6 @@
 //! Operations: metrics (Prometheus), health and readiness, the status page, and the HTTP
-//! routes serving them (`/healthz`, `/readyz`, `/metrics`; `/status` in [`status`]).
+//! routes serving them (`/healthz`, `/readyz`, `/metrics`; `/status` in [`status`]). Which
+//! listener serves which routes is decided in `service` (`ops.listen`, `ops.public`).
 
 pub mod health;
 pub mod metrics;
@@ -31,11 +32,21 @@ pub fn routes(state: Arc<OpsState>) -> Router {
     probe_routes(state.clone()).merge(metrics_routes(state))
 }
 
-/// `/healthz` and `/readyz`: what load balancers and orchestrators probe.
+/// `/healthz` and `/readyz` with its detail (tenants, problems): for a private listener.
 pub fn probe_routes(state: Arc<OpsState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(handle_readyz))
+        .with_state(state)
+}
+
+/// `/healthz` and `/readyz` answering `{"ready": …}` alone (same status codes): what load
+/// balancers and orchestrators probe on the public listener, which must not tell strangers
+/// the tenants and their errors.
+pub fn public_probe_routes(state: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(handle_public_readyz))
         .with_state(state)
 }
 
@@ -54,6 +65,16 @@ async fn handle_readyz(State(state): State<Arc<OpsState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(readiness)).into_response()
+}
+
+async fn handle_public_readyz(State(state): State<Arc<OpsState>>) -> Response {
+    let summary = state.readiness.check().await.summary();
+    let status = if summary.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(summary)).into_response()
 }
 
 async fn handle_metrics(State(state): State<Arc<OpsState>>) -> Response {

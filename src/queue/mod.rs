@@ -259,6 +259,18 @@ pub enum QueueError {
     /// The queue was closed (shutdown).
     #[error("the queue is closed")]
     Closed,
+    /// Other users can get at the store, which holds the webhook secret.
+    #[error(
+        "queue store {path} is open to other users (mode {mode}) and holds the webhook secret; run `chmod -R o-rwx {dir}` as its owner and start again"
+    )]
+    OpenToOthers {
+        /// The store directory or file found open.
+        path: String,
+        /// Its permission bits, in octal.
+        mode: String,
+        /// The store directory.
+        dir: String,
+    },
 }
 
 impl QueueStats {

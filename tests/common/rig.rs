@@ -63,6 +63,10 @@ pub struct RigOptions {
     pub webhook: bool,
     /// Lines added to the `[ops]` section.
     pub extra_config: String,
+    /// `ops.public`: whether the webhook listener serves `/status`, `/metrics` and the
+    /// `/readyz` detail. True by default here, so tests read them on `base_url`; tests of
+    /// the private default set it to false.
+    pub ops_public: bool,
     /// Start the service in this process (otherwise the test runs the binary).
     pub in_process: bool,
     /// The emulator's per-tenant request budget.
@@ -83,6 +87,7 @@ impl RigOptions {
             tenant,
             webhook: true,
             extra_config: String::new(),
+            ops_public: true,
             in_process: true,
             throttle: Default::default(),
             certificate: false,
@@ -101,6 +106,7 @@ impl RigOptions {
             tenant,
             webhook: true,
             extra_config: String::new(),
+            ops_public: true,
             in_process: true,
             throttle: Default::default(),
             certificate: false,
@@ -252,6 +258,7 @@ count = 2
 
 [ops]
 shutdown_secs = 3
+public = {ops_public}
 {extra}
 
 [[tenants]]
@@ -267,6 +274,7 @@ client_id = "{CLIENT}"
             base = api.base_url(),
             ca = certs.ca.display(),
             extra = options.extra_config,
+            ops_public = options.ops_public,
         );
         let mut rig = Rig {
             dir,

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,13 +75,14 @@ pub(super) struct StoreBackend {
 }
 
 impl StoreBackend {
-    /// Opens (creating when missing) the store file, as `Database::create` does.
+    /// Opens (creating when missing, mode 0600) the store file, as `Database::create` does.
     pub(super) fn open(path: &Path, faults: Option<Arc<DiskFaults>>) -> Result<Self, QueueError> {
         let file: File = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(super::permissions::FILE_MODE)
             .open(path)
             .map_err(super::io_error)?;
         let file = FileBackend::new(file).map_err(storage_error)?;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, DatabaseError, ReadableTable, Table};
 
 use super::backend::{DiskFaults, StoreBackend};
+use super::permissions::{check_private, create_private_dir};
 use super::writer::Tables;
 use super::{STORE_FILE_NAME, format, io_error, lock, storage_error};
 use crate::queue::QueueError;
@@ -32,9 +33,11 @@ pub(super) struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Opens `dir/queue.redb` (creating both when missing). Blocking.
+    /// Opens `dir/queue.redb` (creating both when missing, private to this user), after
+    /// checking that other users cannot get at an existing store. Blocking.
     pub(super) fn open(dir: &Path, faults: Option<Arc<DiskFaults>>) -> Result<Self, QueueError> {
         let path = dir.join(STORE_FILE_NAME);
+        check_private(dir)?;
         let database = open_database(dir, &path, faults.clone())?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -113,7 +116,7 @@ fn open_database(
     path: &Path,
     faults: Option<Arc<DiskFaults>>,
 ) -> Result<Database, QueueError> {
-    std::fs::create_dir_all(dir).map_err(io_error)?;
+    create_private_dir(dir).map_err(io_error)?;
     let backend = StoreBackend::open(path, faults)?;
     let database =
         Database::builder()

@@ -23,10 +23,14 @@
 //! with it (the webhook answers 503) while the writer thread reopens the file, which brings
 //! the store back with everything committed before the failure ([`writer`] has the details,
 //! [`EmbeddedQueue::store_failures`] counts them).
+//!
+//! The store is private to the service's user: created 0700 / 0600, and refused at open
+//! when other users can get at it ([`permissions`]).
 
 pub mod backend;
 pub mod format;
 mod handle;
+pub mod permissions;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -42,6 +46,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 pub use self::backend::DiskFaults;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
 use self::handle::StoreHandle;
+pub use self::permissions::create_private_dir;
 use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
