@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsAcceptor;
 use arc_swap::ArcSwap;
+use axum_server::tls_rustls::RustlsAcceptor;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -589,9 +589,7 @@ fn serve(
     };
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs.get());
     let limits = ConnectionLimits {
-        max_connections: connections::fit_to_descriptor_limit(
-            config.server.max_connections.get(),
-        ),
+        max_connections: connections::fit_to_descriptor_limit(config.server.max_connections.get()),
         idle_timeout: Duration::from_secs(config.server.idle_timeout_secs.get()),
         handshake_timeout: header_timeout,
     };

@@ -108,6 +108,11 @@ pub struct RefusedAtCap {
     pub max_connections: usize,
 }
 
+/// The error every read and write of a connection fails with once the listener closed it.
+#[derive(Debug, thiserror::Error)]
+#[error("connection closed by the listener: idle for the idle timeout, or room made for a new one")]
+pub struct ClosedByListener;
+
 /// How many connections fit under a soft descriptor limit of `soft_limit` (`None`:
 /// unlimited): `requested`, or fewer to leave a quarter of the limit (at least
 /// [`RESERVED_DESCRIPTORS`]) to everything else; never below 1.
@@ -238,15 +243,18 @@ impl Inner {
         });
         let evicted = {
             let mut open = self.open.lock().expect("connection registry poisoned");
-            let mut evicted = None;
+            let mut evicted = false;
             if open.len() >= self.limits.max_connections {
                 let live = open
                     .values()
                     .filter(|c| !c.closing.load(Ordering::Acquire))
                     .count();
                 if live >= self.limits.max_connections {
+                    // Marked closing under the lock: two new connections never pick the
+                    // same one, and the sweep cannot count it as idle as well.
                     match open.values().find(|c| c.is_idle()) {
-                        Some(oldest_idle) => evicted = Some(oldest_idle.clone()),
+                        Some(oldest_idle) if close(oldest_idle) => evicted = true,
+                        Some(_) => {}
                         None => {
                             drop(open);
                             self.refuse();
@@ -259,8 +267,7 @@ impl Inner {
             evicted
         };
         self.open_gauge().inc();
-        if let Some(evicted) = evicted {
-            close(&evicted);
+        if evicted {
             let total = self.count(CloseReason::Evicted);
             if self.eviction_log.check().is_ok() {
                 tracing::warn!(
@@ -351,7 +358,8 @@ impl ConnectionTracker {
             accept_error_log: RateLimiter::direct(log_quota()),
         });
         inner.open_gauge().set(0);
-        let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let tick =
+            (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::spawn(sweep_while_alive(Arc::downgrade(&inner), tick));
         Self(inner)
     }
@@ -363,7 +371,11 @@ impl ConnectionTracker {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.0.open.lock().expect("connection registry poisoned").len()
+        self.0
+            .open
+            .lock()
+            .expect("connection registry poisoned")
+            .len()
     }
 
     /// The handler for axum-server's accept errors: a failed `accept` (no remote address:
@@ -390,10 +402,10 @@ impl ConnectionTracker {
                 }
             }
             Some(remote) => {
-                if error
-                    .get_ref()
-                    .is_some_and(|inner_error| inner_error.is::<RefusedAtCap>())
-                {
+                // Refusals and closes by the tracker are counted under their own reason.
+                if error.get_ref().is_some_and(|inner_error| {
+                    inner_error.is::<RefusedAtCap>() || inner_error.is::<ClosedByListener>()
+                }) {
                     return;
                 }
                 inner.count(CloseReason::HandshakeFailed);
@@ -456,10 +468,7 @@ impl<I> TrackedStream<I> {
     fn check_open(&self, cx: &Context<'_>) -> io::Result<()> {
         self.connection.waker.register(cx.waker());
         if self.connection.closing.load(Ordering::Acquire) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection closed by the listener (idle timeout or room for a new connection)",
-            ));
+            return Err(io::Error::new(io::ErrorKind::TimedOut, ClosedByListener));
         }
         Ok(())
     }
