@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use axum_server::tls_rustls::RustlsAcceptor;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,7 @@ use crate::queue::nats::leader::LeaderLease;
 use crate::queue::nats::{NatsQueue, NatsSettings};
 use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore, QueueStore};
 use crate::retry::RetryPolicy;
+use crate::server::connections::{self, ConnectionLimits, ConnectionTracker};
 use crate::server::proxy::{ProxyPolicy, WebhookGate, enforce_webhook_allowlist};
 use crate::server::tls_reload::{CertificateReloader, ReloadRequests, TlsFiles};
 use crate::subscriptions::{SubscriptionBoard, SubscriptionContext, SubscriptionSettings};
@@ -585,6 +587,7 @@ fn serve(
     listener: Option<std::net::TcpListener>,
     routes: Routes,
 ) -> anyhow::Result<Listeners> {
+    let routes_metrics = routes.metrics.clone();
     let (app, ops_app) = listener_apps(config, routes);
     let listen = config.server.listen;
     let listener = match listener {
@@ -602,10 +605,23 @@ fn serve(
         None => None,
     };
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs.get());
-    let main = serve_on(listener, app, reloader.as_ref(), header_timeout)?;
+    let limits = ConnectionLimits {
+        max_connections: connections::fit_to_descriptor_limit(config.server.max_connections.get()),
+        idle_timeout: Duration::from_secs(config.server.idle_timeout_secs.get()),
+        handshake_timeout: header_timeout,
+    };
+    let tracker = ConnectionTracker::new("webhook", limits, routes_metrics.clone());
+    let main = serve_on(listener, app, reloader.as_ref(), header_timeout, tracker)?;
     let ops = match (ops_listener, ops_app) {
         (Some(ops_listener), Some(ops_app)) => {
-            Some(serve_on(ops_listener, ops_app, None, header_timeout)?)
+            let tracker = ConnectionTracker::new("ops", limits, routes_metrics);
+            Some(serve_on(
+                ops_listener,
+                ops_app,
+                None,
+                header_timeout,
+                tracker,
+            )?)
         }
         _ => None,
     };
@@ -688,38 +704,45 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<CertificateReloader>> {
     Ok(Some(reloader))
 }
 
-/// Serves `app` on `listener`, over TLS when a reloader is given; handlers can read the
-/// peer address (`ConnectInfo<SocketAddr>`).
-/// Serves `app` on `listener` (with TLS when given); a connection whose request headers do
-/// not arrive within `header_timeout` is closed.
+/// Serves `app` on `listener` (with TLS when given); handlers can read the peer address
+/// (`ConnectInfo<SocketAddr>`). Every connection state has a deadline: the TLS handshake
+/// and HTTP/1 headers `header_timeout`, a connection with no request in flight the
+/// tracker's idle timeout (protocol detection, HTTP/1 keep-alive, an idle HTTP/2
+/// session); HTTP/2 peers are pinged and limited in concurrent streams; the tracker caps
+/// the connections (see [`crate::server::connections`]).
 fn serve_on(
     listener: std::net::TcpListener,
     app: axum::Router,
     tls: Option<&CertificateReloader>,
     header_timeout: Duration,
+    tracker: ConnectionTracker,
 ) -> anyhow::Result<Served> {
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let on_accept_error = tracker.accept_error_handler();
+    let handshake_timeout = tracker.limits().handshake_timeout;
+    let mut server = axum_server::from_tcp(listener)?
+        .handle(handle.clone())
+        .accept_error_handler(on_accept_error);
+    server
+        .http_builder()
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(Some(header_timeout))
+        .http2()
+        .max_concurrent_streams(connections::HTTP2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(connections::HTTP2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(connections::HTTP2_KEEP_ALIVE_INTERVAL);
     let server = match tls {
         Some(reloader) => {
-            let mut server = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
-                .handle(handle.clone());
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(Some(header_timeout));
-            tokio::spawn(server.serve(service))
+            let acceptor = RustlsAcceptor::new(reloader.rustls_config())
+                .handshake_timeout(handshake_timeout)
+                .acceptor(tracker);
+            tokio::spawn(server.acceptor(acceptor).serve(service))
         }
-        None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(Some(header_timeout));
-            tokio::spawn(server.serve(service))
-        }
+        None => tokio::spawn(server.acceptor(tracker).serve(service)),
     };
     Ok((address, handle, server))
 }

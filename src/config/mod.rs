@@ -160,6 +160,17 @@ pub struct ServerConfig {
     /// 403. Default: none (every source allowed; the authId still applies).
     #[serde(default, deserialize_with = "deserialize_networks")]
     pub webhook_allowed_networks: Vec<IpNet>,
+    /// Most connections the webhook listener keeps open at once (the ops listener counts
+    /// its own). At the cap, the oldest connection with no request in flight is closed to
+    /// make room. Lowered at start to what the file-descriptor limit allows (logged).
+    /// Default: 4096 connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// A connection with no request in flight (in its TLS handshake, before its first
+    /// request, or between requests, HTTP/1 or HTTP/2) is closed after this many seconds.
+    /// Default: 60.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: NonZeroU64,
 }
 
 /// `[store]`: the durable state.
@@ -890,6 +901,14 @@ fn default_tls_watch_interval_secs() -> NonZeroU64 {
 
 fn default_header_read_timeout_secs() -> NonZeroU64 {
     NonZeroU64::new(10).expect("non-zero constant")
+}
+
+fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(4096).expect("non-zero constant")
+}
+
+fn default_idle_timeout_secs() -> NonZeroU64 {
+    NonZeroU64::new(60).expect("non-zero constant")
 }
 
 fn default_request_timeout_secs() -> NonZeroU64 {

@@ -23,6 +23,22 @@ use prometheus_client::registry::Registry;
 /// Label of the tenants beyond the per-tenant series limit.
 pub const OTHER_TENANTS: &str = "other";
 
+/// `{listener}`: `webhook` or `ops`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Which HTTP listener.
+    pub listener: &'static str,
+}
+
+/// `{listener, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// Which HTTP listener.
+    pub listener: &'static str,
+    /// Why (see [`crate::server::connections::CloseReason`]).
+    pub reason: &'static str,
+}
+
 /// `{outcome}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -173,6 +189,13 @@ pub struct Metrics {
     pub webhooks_deferred: Gauge,
     /// Seconds until a tenant's client certificate expires (negative once expired).
     pub certificate_expiry_seconds: Family<TenantLabels, Gauge>,
+    /// Connections open on each HTTP listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Connections the listener closed or refused, by listener and reason (`idle_timeout`,
+    /// `evicted`, `refused_at_cap`, `handshake_failed`).
+    pub connections_closed: Family<ListenerReasonLabels, Counter>,
+    /// Failed `accept` calls (EMFILE and the like), by listener.
+    pub accept_errors: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -231,6 +254,9 @@ impl Metrics {
             subscription_stops: Family::default(),
             webhooks_deferred: Gauge::default(),
             certificate_expiry_seconds: Family::default(),
+            connections_open: Family::default(),
+            connections_closed: Family::default(),
+            accept_errors: Family::default(),
         };
         metrics.register();
         metrics.create_series();
@@ -316,6 +342,21 @@ impl Metrics {
             self.queue_items
                 .get_or_create(&StateLabels { state })
                 .set(0);
+        }
+        let listener = "webhook";
+        self.connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .set(0);
+        self.accept_errors
+            .get_or_create(&ListenerLabels { listener })
+            .inc_by(0);
+        for reason in crate::server::connections::CloseReason::ALL {
+            self.connections_closed
+                .get_or_create(&ListenerReasonLabels {
+                    listener,
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
         }
         self.api_requests
             .get_or_create(&ApiRequestLabels {
@@ -504,6 +545,21 @@ impl Metrics {
             "webhooks_deferred",
             "Webhooks Microsoft could not validate, left off and retried while polling collects",
             self.webhooks_deferred.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open on each HTTP listener",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the listener closed or refused, by listener and reason",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts of a new connection (file-descriptor limit), by listener",
+            self.accept_errors.clone(),
         );
     }
 

@@ -2,8 +2,10 @@
 //! configuration (TLS 1.2 and 1.3 only, ring provider, optional client certificates),
 //! reloading it in place ([`tls_reload`]), deciding who the client is behind a reverse
 //! proxy and which sources may call the webhook ([`proxy`]), and generating the
-//! development certificates that the emulators, the demo and the tests use for real TLS.
+//! development certificates that the emulators, the demo and the tests use for real TLS;
+//! counting, capping and timing out the listeners' connections ([`connections`]).
 
+pub mod connections;
 pub mod dev_certs;
 pub mod proxy;
 pub mod tls_reload;
