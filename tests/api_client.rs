@@ -744,7 +744,10 @@ async fn a_redirect_from_the_token_listing_or_blob_endpoint_is_never_followed() 
     );
 
     // The token endpoint answers 307: following it would re-POST the client secret.
-    feed.set_faults(Some(TENANT), redirecting_to(&foreign, RedirectedEndpoint::Token));
+    feed.set_faults(
+        Some(TENANT),
+        redirecting_to(&foreign, RedirectedEndpoint::Token),
+    );
     let error = tokens.token().await.expect_err("a redirect is not a token");
     match &error {
         AuthError::Redirected { status, target, .. } => {
@@ -752,15 +755,24 @@ async fn a_redirect_from_the_token_listing_or_blob_endpoint_is_never_followed() 
         }
         other => panic!("expected AuthError::Redirected, got {other:?}"),
     }
-    assert!(error.is_retryable(), "paced and retried like a failing endpoint");
+    assert!(
+        error.is_retryable(),
+        "paced and retried like a failing endpoint"
+    );
     assert!(tokens.in_outage(), "the next attempt waits for the backoff");
     let message = error.to_string();
-    assert!(message.contains("api.login_url") && !message.contains(SECRET), "{message}");
+    assert!(
+        message.contains("api.login_url") && !message.contains(SECRET),
+        "{message}"
+    );
 
     // Token works again; listings and blobs answer 302.
     clock.advance(Duration::minutes(2));
     feed.set_faults(Some(TENANT), FaultScenario::default());
-    client.start_subscription("Audit.Exchange", None).await.unwrap();
+    client
+        .start_subscription("Audit.Exchange", None)
+        .await
+        .unwrap();
     clock.advance(Duration::minutes(1));
     add_blobs(&emulator, 1, clock.now()).await;
     clock.advance(Duration::minutes(1));
@@ -784,9 +796,16 @@ async fn a_redirect_from_the_token_listing_or_blob_endpoint_is_never_followed() 
         .expect_err("a redirect is not an answer");
         match &error {
             ApiError::Service {
-                kind, status, operation: failed, message, ..
+                kind,
+                status,
+                operation: failed,
+                message,
+                ..
             } => {
-                assert_eq!((*kind, *status, *failed), (ErrorKind::Redirected, 302, operation));
+                assert_eq!(
+                    (*kind, *status, *failed),
+                    (ErrorKind::Redirected, 302, operation)
+                );
                 assert!(message.contains(foreign.host()), "{message}");
             }
             other => panic!("expected a Redirected service error, got {other:?}"),
@@ -795,12 +814,17 @@ async fn a_redirect_from_the_token_listing_or_blob_endpoint_is_never_followed() 
         let advice = ErrorKind::Redirected.advice().unwrap();
         assert!(advice.contains("api.api_url"), "{advice}");
     }
-    assert_eq!(foreign.connections(), 0, "the foreign host received nothing");
+    assert_eq!(
+        foreign.connections(),
+        0,
+        "the foreign host received nothing"
+    );
     emulator.shutdown().await;
 }
 
 #[tokio::test]
-async fn content_uris_with_user_info_a_query_a_fragment_or_outside_the_feed_root_are_refused_unsent() {
+async fn content_uris_with_user_info_a_query_a_fragment_or_outside_the_feed_root_are_refused_unsent()
+ {
     let clock = Clock::manual(start_time());
     let emulator = emulator(Scenario::single_tenant(tenant()), clock.clone()).await;
     let client = client(
@@ -819,7 +843,10 @@ async fn content_uris_with_user_info_a_query_a_fragment_or_outside_the_feed_root
     ];
     for uri in &refused {
         let error = client.fetch_blob(uri).await.expect_err(uri);
-        assert!(matches!(error, ApiError::ForeignUrl { .. }), "{uri}: {error:?}");
+        assert!(
+            matches!(error, ApiError::ForeignUrl { .. }),
+            "{uri}: {error:?}"
+        );
         assert!(!error.to_string().contains("pw"), "{error}");
     }
     assert!(

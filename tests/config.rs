@@ -395,7 +395,10 @@ fn a_secret_file_over_64_kib_is_refused_naming_the_key_and_the_limit() {
 fn a_webhook_secret_shorter_than_32_bytes_is_used_with_a_warning_that_does_not_quote_it() {
     let short = "short-webhook-secret-31-bytes-x";
     assert_eq!(short.len(), 31);
-    let overrides = env(&[("CONTOSO_SECRET", CONTOSO_SECRET), ("O365_WEBHOOK_SECRET", short)]);
+    let overrides = env(&[
+        ("CONTOSO_SECRET", CONTOSO_SECRET),
+        ("O365_WEBHOOK_SECRET", short),
+    ]);
     let config = Config::load_with_env(&fixture("contract.toml"), overrides).unwrap();
     let warnings = config.warnings();
     let warning = warnings
@@ -405,7 +408,12 @@ fn a_webhook_secret_shorter_than_32_bytes_is_used_with_a_warning_that_does_not_q
     assert!(warning.contains("31 bytes, shorter than 32"), "{warning}");
     assert!(!warning.contains(short), "{warning}");
     assert_eq!(
-        config.server.webhook_secret.as_ref().unwrap().expose_secret(),
+        config
+            .server
+            .webhook_secret
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
         short,
         "still used: refusing it would break upgrades"
     );

@@ -177,7 +177,11 @@ mod tests {
         );
         assert_eq!(content(&blob), Ok(()));
         assert_eq!(
-            content(&blob.to_uppercase().replace("HTTPS://MANAGE.OFFICE.COM", "https://manage.office.com")),
+            content(
+                &blob
+                    .to_uppercase()
+                    .replace("HTTPS://MANAGE.OFFICE.COM", "https://manage.office.com")
+            ),
             Ok(()),
             "segments compare case-insensitively"
         );
@@ -202,7 +206,9 @@ mod tests {
             root.clone(),
             format!("https://manage.office.com/api/v1.0/{TENANT}/admin/audit/1"),
             format!("https://manage.office.com/other/api/v1.0/{TENANT}/activity/feed/audit/1"),
-            format!("https://manage.office.com/api/v1.0/0b6d3c3e-1111-4222-8333-444455556666/activity/feed/audit/{TENANT}"),
+            format!(
+                "https://manage.office.com/api/v1.0/0b6d3c3e-1111-4222-8333-444455556666/activity/feed/audit/{TENANT}"
+            ),
             format!("{root}/audit%2F..%2F..%2Fadmin"),
             format!("{root}/audit%5c..%5cadmin"),
             format!("{root}/../../admin/x"),
@@ -215,10 +221,18 @@ mod tests {
             content(&format!("{root}/audit/1?a=b")),
             Err(FeedUriError::Query { kind: "contentUri" })
         );
-        let next_with_user = format!("https://u@manage.office.com/api/v1.0/{TENANT}/activity/feed/subscriptions/content?x=1");
+        let next_with_user = format!(
+            "https://u@manage.office.com/api/v1.0/{TENANT}/activity/feed/subscriptions/content?x=1"
+        );
         assert_eq!(
-            check(FeedUriKind::NextPageUri, "https://manage.office.com", &next_with_user),
-            Err(FeedUriError::UserInfo { kind: "NextPageUri" })
+            check(
+                FeedUriKind::NextPageUri,
+                "https://manage.office.com",
+                &next_with_user
+            ),
+            Err(FeedUriError::UserInfo {
+                kind: "NextPageUri"
+            })
         );
     }
 
@@ -228,7 +242,11 @@ mod tests {
         let under = format!("https://proxy.example/o365/api/v1.0/{TENANT}/activity/feed/audit/1");
         assert_eq!(check(FeedUriKind::ContentUri, base, &under), Ok(()));
         assert_eq!(
-            check(FeedUriKind::ContentUri, "https://proxy.example/o365", &under),
+            check(
+                FeedUriKind::ContentUri,
+                "https://proxy.example/o365",
+                &under
+            ),
             Ok(()),
             "with or without the trailing slash"
         );

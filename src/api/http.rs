@@ -121,11 +121,16 @@ mod tests {
 
     #[test]
     fn a_redirect_names_the_location_host_and_other_answers_name_none() {
-        let requested = Url::parse("https://manage.office.com/api/v1.0/t/activity/feed/audit/1").unwrap();
+        let requested =
+            Url::parse("https://manage.office.com/api/v1.0/t/activity/feed/audit/1").unwrap();
         let found = StatusCode::FOUND;
         assert_eq!(
-            redirect_target(found, &location("http://evil.example:8080/x?secret=1"), &requested)
-                .as_deref(),
+            redirect_target(
+                found,
+                &location("http://evil.example:8080/x?secret=1"),
+                &requested
+            )
+            .as_deref(),
             Some("evil.example:8080")
         );
         assert_eq!(
@@ -133,10 +138,21 @@ mod tests {
             Some("manage.office.com")
         );
         assert_eq!(
-            redirect_target(StatusCode::TEMPORARY_REDIRECT, &HeaderMap::new(), &requested)
-                .as_deref(),
+            redirect_target(
+                StatusCode::TEMPORARY_REDIRECT,
+                &HeaderMap::new(),
+                &requested
+            )
+            .as_deref(),
             Some("no Location")
         );
-        assert_eq!(redirect_target(StatusCode::OK, &location("http://evil.example/"), &requested), None);
+        assert_eq!(
+            redirect_target(
+                StatusCode::OK,
+                &location("http://evil.example/"),
+                &requested
+            ),
+            None
+        );
     }
 }

@@ -34,7 +34,11 @@ pub(super) async fn redirect_fault(
         return next.run(request).await;
     };
     let faults = state.feed.faults(&tenant.tenant_id);
-    let Some(base) = faults.redirect_to.as_deref().filter(|_| faults.redirects(endpoint)) else {
+    let Some(base) = faults
+        .redirect_to
+        .as_deref()
+        .filter(|_| faults.redirects(endpoint))
+    else {
         return next.run(request).await;
     };
     let path_and_query = request
@@ -59,9 +63,15 @@ fn endpoint_of(path: &str) -> Option<(&str, RedirectedEndpoint)> {
         [tenant, "oauth2", "token"] | [tenant, "oauth2", "v2.0", "token"] => {
             Some((tenant, RedirectedEndpoint::Token))
         }
-        ["api", _, tenant, "activity", "feed", "subscriptions", "content"] => {
-            Some((tenant, RedirectedEndpoint::Listing))
-        }
+        [
+            "api",
+            _,
+            tenant,
+            "activity",
+            "feed",
+            "subscriptions",
+            "content",
+        ] => Some((tenant, RedirectedEndpoint::Listing)),
         ["api", _, tenant, "activity", "feed", "audit", _] => {
             Some((tenant, RedirectedEndpoint::Blob))
         }
@@ -95,9 +105,14 @@ mod tests {
             Some((tenant, RedirectedEndpoint::Blob))
         );
         assert_eq!(
-            endpoint_of(&format!("/api/v1.0/{tenant}/activity/feed/subscriptions/list")),
+            endpoint_of(&format!(
+                "/api/v1.0/{tenant}/activity/feed/subscriptions/list"
+            )),
             None
         );
-        assert_eq!(endpoint_of(&format!("/{tenant}/v2.0/.well-known/openid-configuration")), None);
+        assert_eq!(
+            endpoint_of(&format!("/{tenant}/v2.0/.well-known/openid-configuration")),
+            None
+        );
     }
 }
