@@ -305,10 +305,7 @@ fn scan_flow(line: &str, flow_depth: &mut usize, limit: usize) -> (bool, bool) {
         previous = character;
     }
     let code = line[..code_end].trim_end();
-    let indicator = code
-        .rsplit(|character: char| character == ' ' || character == ':' || character == '-')
-        .next()
-        .unwrap_or_default();
+    let indicator = code.rsplit([' ', ':', '-']).next().unwrap_or_default();
     let block_scalar = quote.is_none()
         && (indicator.starts_with('|') || indicator.starts_with('>'))
         && indicator[1..]
