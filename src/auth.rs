@@ -11,6 +11,9 @@
 //!   fetched, so a burst of 401s causes one renewal, not one each.
 //! - The secret, the client assertion and the token never appear in a log line, an error
 //!   or a `Debug` output ([`SecretString`] masks them).
+//! - A token request goes only to the tenant's token URL on the login origin: a redirect
+//!   answer is never followed (a 307 would re-POST the form, credential included, to the
+//!   host it names); it is [`AuthError::Redirected`], paced like an unavailable endpoint.
 //!
 //! Expiry is measured on the library's [`Clock`], so tests move time instead of waiting.
 
@@ -221,6 +224,20 @@ pub enum AuthError {
         /// What went wrong.
         reason: String,
     },
+    /// The token endpoint answered with a redirect (3xx), which is never followed: the
+    /// form it would re-send carries the credential. Retried later, as an unavailable
+    /// endpoint, since a misbehaving proxy may recover.
+    #[error(
+        "tenant {tenant_id}: the token endpoint answered HTTP {status} redirecting to {target}, which is never followed: if a proxy or gateway in between redirects, fix it; to use another login address on purpose, set api.login_url (or O365_CONNECTOR_LOGIN_URL) to it"
+    )]
+    Redirected {
+        /// The tenant.
+        tenant_id: String,
+        /// HTTP status (301, 302, 303, 307, 308).
+        status: u16,
+        /// The host the `Location` header names.
+        target: String,
+    },
     /// The credential itself is unusable (unreadable certificate or key).
     #[error("client credential unusable: {0}")]
     Credential(String),
@@ -239,7 +256,7 @@ pub enum AuthError {
 impl AuthError {
     /// True when retrying later may succeed without an operator's change.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
+        matches!(self, Self::Unavailable { .. } | Self::Redirected { .. })
     }
 }
 
@@ -269,10 +286,17 @@ pub async fn resolve_publisher_id(
         .send()
         .await
         .map_err(|error| failed(error.to_string()))?;
-    if !response.status().is_success() {
+    let status = response.status();
+    if let Some(target) =
+        crate::api::http::redirect_target(status, response.headers(), response.url())
+    {
         return Err(failed(format!(
-            "the login authority answered HTTP {}",
-            response.status()
+            "the login authority answered HTTP {status} redirecting to {target}, which is never followed"
+        )));
+    }
+    if !status.is_success() {
+        return Err(failed(format!(
+            "the login authority answered HTTP {status}"
         )));
     }
     let body = response
@@ -363,6 +387,7 @@ impl TokenProvider {
             Ok(_) => "ok",
             Err(AuthError::Refused { .. }) => "refused",
             Err(AuthError::Unavailable { .. }) => "unavailable",
+            Err(AuthError::Redirected { .. }) => "redirected",
             Err(_) => "error",
         };
         metrics
@@ -447,21 +472,29 @@ impl TokenProvider {
         self.count(&result);
         let mut outage = self.outage_guard();
         match &result {
+            Err(AuthError::Redirected { status, target, .. }) => self.note_outage(
+                &mut outage,
+                format!("HTTP {status} redirecting to {target}, which is never followed"),
+            ),
             Err(AuthError::Unavailable { reason, .. }) => {
-                let failures = outage.as_ref().map_or(0, |outage| outage.failures) + 1;
-                let delay = OUTAGE_RETRY
-                    .delay_for_attempt(failures)
-                    .unwrap_or(OUTAGE_RETRY.max_delay);
-                *outage = Some(Outage {
-                    retry_at: self.clock.now()
-                        + Duration::from_std(delay).unwrap_or(Duration::seconds(60)),
-                    failures,
-                    reason: reason.clone(),
-                });
+                self.note_outage(&mut outage, reason.clone())
             }
             _ => *outage = None,
         }
         result
+    }
+
+    /// Records one more failure of the token endpoint and when to ask it again.
+    fn note_outage(&self, outage: &mut Option<Outage>, reason: String) {
+        let failures = outage.as_ref().map_or(0, |outage| outage.failures) + 1;
+        let delay = OUTAGE_RETRY
+            .delay_for_attempt(failures)
+            .unwrap_or(OUTAGE_RETRY.max_delay);
+        *outage = Some(Outage {
+            retry_at: self.clock.now() + Duration::from_std(delay).unwrap_or(Duration::seconds(60)),
+            failures,
+            reason,
+        });
     }
 
     /// True while the token endpoint is failing and its next attempt is not due: any call
@@ -513,6 +546,15 @@ impl TokenProvider {
             // reqwest errors name the URL, never the form body.
             .map_err(|error| unavailable(error.without_url().to_string()))?;
         let status = response.status();
+        if let Some(target) =
+            crate::api::http::redirect_target(status, response.headers(), &config.token_url)
+        {
+            return Err(AuthError::Redirected {
+                tenant_id: config.tenant_id.clone(),
+                status: status.as_u16(),
+                target,
+            });
+        }
         let body = response
             .bytes()
             .await

@@ -42,7 +42,7 @@ pub fn webhook_body(data: &[u8]) {
         tenant_id: WEBHOOK_TENANT_ID.to_string(),
         client_id: WEBHOOK_CLIENT_ID.to_string(),
         content_types: HashSet::from([ContentType::AuditSharePoint, ContentType::AuditExchange]),
-        api_base: Url::parse("https://manage.office.com/api/v1.0/").expect("constant URL"),
+        api_base: Url::parse("https://manage.office.com").expect("constant URL"),
     };
     let Ok(items) = webhook::parse_notifications(&tenant, data) else {
         return;

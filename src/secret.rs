@@ -12,16 +12,23 @@
 //! CONTOSO_SECRET`, `file /run/secrets/contoso`, `literal`), never the value; a
 //! [`SecretError`] names the config key and the variable or file, never the value. The value
 //! is held in a [`SecretString`] (zeroed on drop) and read only through
-//! [`ExposeSecret::expose_secret`].
+//! [`ExposeSecret::expose_secret`]. A `{ file = … }` secret is at most
+//! [`MAX_SECRET_FILE_BYTES`] (64 KiB): reading stops there, so a reference to a device or
+//! a huge file (`/dev/zero`) fails at once instead of filling memory.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 pub use secrecy::{ExposeSecret, SecretString};
+
+/// The largest `{ file = … }` secret read: 64 KiB, far above any client secret, key or
+/// token (a PEM private key is under 4 KiB).
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Where a secret's value comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -125,6 +132,18 @@ pub enum SecretError {
         /// Why reading failed (the I/O error, or "not UTF-8").
         reason: String,
     },
+    /// The file holds more than [`MAX_SECRET_FILE_BYTES`].
+    #[error(
+        "{key}: secret file {path} is larger than {limit} bytes: a secret file holds the secret alone"
+    )]
+    FileTooLarge {
+        /// The config key.
+        key: String,
+        /// The file named by `{ file = "…" }`.
+        path: PathBuf,
+        /// [`MAX_SECRET_FILE_BYTES`].
+        limit: u64,
+    },
     /// The value is empty (after trimming one trailing newline).
     #[error("{key}: the secret is empty ({origin:?})")]
     Empty {
@@ -159,7 +178,17 @@ fn read_file(key: &str, path: &Path) -> Result<String, SecretError> {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|error| unreadable(error.to_string()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(SecretError::FileTooLarge {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            limit: MAX_SECRET_FILE_BYTES,
+        });
+    }
     let mut text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8".into()))?;
     trim_one_trailing_newline(&mut text);
     if text.is_empty() {

@@ -646,3 +646,212 @@ async fn every_json_answer_is_understood_with_a_leading_byte_order_mark() {
     assert!(raw(discovery).await.starts_with(b"{"), "no longer marked");
     emulator.shutdown().await;
 }
+
+/// A listener standing for a foreign host: it answers every request 200 with a record of
+/// its own and counts the connections it accepted, so a client that followed a redirect
+/// would both reach it and get content it must never take for the tenant's.
+struct ForeignHost {
+    base_url: String,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ForeignHost {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = [0u8; 8192];
+                    let _ = stream.read(&mut head).await;
+                    let body = r#"[{"Operation":"INJECTED-BY-FOREIGN-HOST","access_token":"x","expires_in":3600}]"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        Self {
+            base_url,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn host(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for ForeignHost {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The connector's own HTTP client (the one production builds), not a test client.
+fn connector_http() -> reqwest::Client {
+    o365_connector::api::http::http_client(&o365_connector::config::ApiConfig::default(), None)
+        .unwrap()
+}
+
+fn redirecting_to(
+    foreign: &ForeignHost,
+    endpoint: o365_connector::emulator::api::scenario::RedirectedEndpoint,
+) -> FaultScenario {
+    FaultScenario {
+        redirect_to: Some(foreign.base_url.clone()),
+        redirect_endpoints: vec![endpoint],
+        ..FaultScenario::default()
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_from_the_token_listing_or_blob_endpoint_is_never_followed() {
+    use o365_connector::emulator::api::scenario::RedirectedEndpoint;
+    let foreign = ForeignHost::start().await;
+    let clock = Clock::manual(start_time());
+    let emulator = emulator(Scenario::single_tenant(tenant()), clock.clone()).await;
+    let feed = &emulator.state().feed;
+    let config = TokenSourceConfig {
+        tenant_id: TENANT.into(),
+        token_url: endpoints(&emulator).token_url(TENANT),
+        client_id: CLIENT.into(),
+        scope: endpoints(&emulator).token_scope().to_string(),
+        credential: secret(SECRET),
+    };
+    let tokens = Arc::new(TokenProvider::new(connector_http(), config, clock.clone()));
+    let client = ApiClient::new(
+        connector_http(),
+        ApiClientConfig {
+            tenant_id: TENANT.into(),
+            endpoints: endpoints(&emulator),
+            publisher_id: None,
+            requests_per_minute: NonZeroU32::new(2000).unwrap(),
+        },
+        tokens.clone(),
+    );
+
+    // The token endpoint answers 307: following it would re-POST the client secret.
+    feed.set_faults(
+        Some(TENANT),
+        redirecting_to(&foreign, RedirectedEndpoint::Token),
+    );
+    let error = tokens.token().await.expect_err("a redirect is not a token");
+    match &error {
+        AuthError::Redirected { status, target, .. } => {
+            assert_eq!((*status, target.as_str()), (307, foreign.host()));
+        }
+        other => panic!("expected AuthError::Redirected, got {other:?}"),
+    }
+    assert!(
+        error.is_retryable(),
+        "paced and retried like a failing endpoint"
+    );
+    assert!(tokens.in_outage(), "the next attempt waits for the backoff");
+    let message = error.to_string();
+    assert!(
+        message.contains("api.login_url") && !message.contains(SECRET),
+        "{message}"
+    );
+
+    // Token works again; listings and blobs answer 302.
+    clock.advance(Duration::minutes(2));
+    feed.set_faults(Some(TENANT), FaultScenario::default());
+    client
+        .start_subscription("Audit.Exchange", None)
+        .await
+        .unwrap();
+    clock.advance(Duration::minutes(1));
+    add_blobs(&emulator, 1, clock.now()).await;
+    clock.advance(Duration::minutes(1));
+    let listed = client
+        .list_content("Audit.Exchange", start_time(), clock.now())
+        .await
+        .unwrap();
+    let content_uri = listed.items[0].content_uri.clone();
+    for (endpoint, operation) in [
+        (RedirectedEndpoint::Listing, "subscriptions/content"),
+        (RedirectedEndpoint::Blob, "blob"),
+    ] {
+        feed.set_faults(Some(TENANT), redirecting_to(&foreign, endpoint));
+        let error = match endpoint {
+            RedirectedEndpoint::Listing => client
+                .list_content("Audit.Exchange", start_time(), clock.now())
+                .await
+                .map(drop),
+            _ => client.fetch_blob(&content_uri).await.map(drop),
+        }
+        .expect_err("a redirect is not an answer");
+        match &error {
+            ApiError::Service {
+                kind,
+                status,
+                operation: failed,
+                message,
+                ..
+            } => {
+                assert_eq!(
+                    (*kind, *status, *failed),
+                    (ErrorKind::Redirected, 302, operation)
+                );
+                assert!(message.contains(foreign.host()), "{message}");
+            }
+            other => panic!("expected a Redirected service error, got {other:?}"),
+        }
+        assert!(error.is_retryable(), "backoff, as a failing endpoint");
+        let advice = ErrorKind::Redirected.advice().unwrap();
+        assert!(advice.contains("api.api_url"), "{advice}");
+    }
+    assert_eq!(
+        foreign.connections(),
+        0,
+        "the foreign host received nothing"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_uris_with_user_info_a_query_a_fragment_or_outside_the_feed_root_are_refused_unsent()
+ {
+    let clock = Clock::manual(start_time());
+    let emulator = emulator(Scenario::single_tenant(tenant()), clock.clone()).await;
+    let client = client(
+        &emulator,
+        provider(&emulator, secret(SECRET), clock.clone()),
+    );
+    let base = emulator.base_url().trim_end_matches('/').to_string();
+    let host = base.trim_start_matches("http://");
+    let root = format!("{base}/api/v1.0/{TENANT}/activity/feed");
+    let refused = [
+        format!("http://user:pw@{host}/api/v1.0/{TENANT}/activity/feed/audit/1"),
+        format!("{root}/audit/1?next=elsewhere"),
+        format!("{root}/audit/1#x"),
+        format!("{base}/api/v1.0/{TENANT}/subscriptions/list"),
+        format!("{base}/_emulator/requests/{TENANT}"),
+    ];
+    for uri in &refused {
+        let error = client.fetch_blob(uri).await.expect_err(uri);
+        assert!(
+            matches!(error, ApiError::ForeignUrl { .. }),
+            "{uri}: {error:?}"
+        );
+        assert!(!error.to_string().contains("pw"), "{error}");
+    }
+    assert!(
+        emulator.state().inspection().requests.is_empty(),
+        "no request at all, not even for a token"
+    );
+    emulator.shutdown().await;
+}

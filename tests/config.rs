@@ -12,7 +12,7 @@ use o365_connector::config::{
 use o365_connector::secret::{ExposeSecret, SecretSource};
 
 const CONTOSO_SECRET: &str = "contoso-client-secret-value-7Qx";
-const WEBHOOK_SECRET: &str = "webhook-server-secret-value-9Zp";
+const WEBHOOK_SECRET: &str = "webhook-server-secret-value-9Zp-at-least-32-bytes";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -357,6 +357,69 @@ fn unreadable_secret_file_names_the_key_and_path() {
 }
 
 #[test]
+fn a_secret_file_over_64_kib_is_refused_naming_the_key_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_with_secret_file = |secret_file: &Path| {
+        let text = std::fs::read_to_string(fixture("minimal.toml"))
+            .unwrap()
+            .replace(
+                r#"client_secret = { env = "CONTOSO_SECRET" }"#,
+                &format!("client_secret = {{ file = {:?} }}", secret_file),
+            );
+        write_config(&dir, &text)
+    };
+    let at_limit = dir.path().join("at-limit.secret");
+    std::fs::write(&at_limit, "s".repeat(64 * 1024)).unwrap();
+    let config = Config::load_with_env(&config_with_secret_file(&at_limit), secrets_env()).unwrap();
+    let secret = config.tenants[0].client_secret.as_ref().unwrap();
+    assert_eq!(secret.expose_secret().len(), 64 * 1024);
+
+    let over_limit = dir.path().join("over-limit.secret");
+    std::fs::write(&over_limit, "s".repeat(64 * 1024 + 1)).unwrap();
+    let error = load_error(&config_with_secret_file(&over_limit), secrets_env());
+    let message = error.to_string();
+    assert!(message.contains("tenants[0].client_secret"), "{message}");
+    assert!(message.contains("larger than 65536 bytes"), "{message}");
+    assert!(!message.contains("sss"), "{message}");
+    assert_eq!(error.keys(), vec!["tenants[0].client_secret"]);
+
+    // An endless file stops at the limit instead of filling memory.
+    let endless = Path::new("/dev/zero");
+    if endless.exists() {
+        let message = load_error(&config_with_secret_file(endless), secrets_env()).to_string();
+        assert!(message.contains("larger than 65536 bytes"), "{message}");
+    }
+}
+
+#[test]
+fn a_webhook_secret_shorter_than_32_bytes_is_used_with_a_warning_that_does_not_quote_it() {
+    let short = "short-webhook-secret-31-bytes-x";
+    assert_eq!(short.len(), 31);
+    let overrides = env(&[
+        ("CONTOSO_SECRET", CONTOSO_SECRET),
+        ("O365_WEBHOOK_SECRET", short),
+    ]);
+    let config = Config::load_with_env(&fixture("contract.toml"), overrides).unwrap();
+    let warnings = config.warnings();
+    let warning = warnings
+        .iter()
+        .find(|warning| warning.starts_with("server.webhook_secret"))
+        .unwrap_or_else(|| panic!("no warning in {warnings:?}"));
+    assert!(warning.contains("31 bytes, shorter than 32"), "{warning}");
+    assert!(!warning.contains(short), "{warning}");
+    assert_eq!(
+        config
+            .server
+            .webhook_secret
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+        short,
+        "still used: refusing it would break upgrades"
+    );
+}
+
+#[test]
 fn debug_of_the_whole_config_shows_no_secret_value() {
     let dir = tempfile::tempdir().unwrap();
     let literal = "literal-secret-in-file-3Kd";
@@ -397,11 +460,13 @@ fn a_secret_of_the_wrong_type_is_not_quoted_in_the_error() {
 
 #[test]
 fn a_literal_secret_from_the_environment_is_not_quoted_and_not_warned_about() {
-    let overrides = secrets_env_with(&[("O365_CONNECTOR__SERVER__WEBHOOK_SECRET", "1234567")]);
+    // Digits (which TOML could read as a number), long enough not to be warned about as short.
+    const DIGITS: &str = "12345678901234567890123456789012345";
+    let overrides = secrets_env_with(&[("O365_CONNECTOR__SERVER__WEBHOOK_SECRET", DIGITS)]);
     let config = Config::load_with_env(&fixture("minimal.toml"), overrides).unwrap();
     let secret = config.server.webhook_secret.as_ref().unwrap();
-    assert_eq!(secret.expose_secret(), "1234567");
-    assert!(!format!("{config:?}").contains("1234567"));
+    assert_eq!(secret.expose_secret(), DIGITS);
+    assert!(!format!("{config:?}").contains(DIGITS));
     assert!(
         !config
             .warnings()

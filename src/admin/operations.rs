@@ -21,7 +21,6 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use super::protocol::{
     BackfillPair, BackfillProgress, BackfillReport, BackfillRequest, DeadItemRow,
@@ -448,9 +447,7 @@ async fn enqueue_listed(
     pair.listed = items.len() as u64;
     let mut refs = Vec::with_capacity(items.len());
     for item in items {
-        let on_api_host = Url::parse(&item.content_uri)
-            .ok()
-            .is_some_and(|url| tenant.client.check_origin(&url).is_ok());
+        let on_api_host = tenant.client.check_content_uri(&item.content_uri).is_ok();
         if !on_api_host {
             pair.rejected += 1;
             continue;

@@ -43,6 +43,10 @@ pub enum ErrorKind {
     /// AF20001-AF20003, AF20020, AF20052-AF20054 and other 4xx: a request we should not
     /// have made; not retried.
     BadRequest,
+    /// A 3xx: the endpoint answered with a redirect, which is never followed (it would
+    /// carry the token, or read content, elsewhere). Retried with backoff, as a failing
+    /// endpoint, and shown with advice.
+    Redirected,
 }
 
 impl ErrorKind {
@@ -50,7 +54,7 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::Throttled | Self::Transient | Self::ContentMissing
+            Self::Throttled | Self::Transient | Self::ContentMissing | Self::Redirected
         )
     }
 
@@ -71,6 +75,9 @@ impl ErrorKind {
             }
             Self::Unauthorized => {
                 "the API refused the token: check the app's permissions and the cloud"
+            }
+            Self::Redirected => {
+                "the API answered with a redirect, which the connector never follows: if a proxy or gateway in between redirects, fix it; to use another API address on purpose, set api.api_url (or O365_CONNECTOR_API_URL) to it"
             }
             _ => return None,
         })
@@ -113,17 +120,15 @@ pub enum ApiError {
         /// What went wrong.
         reason: String,
     },
-    /// A URL to be called with our token is not on the tenant's API base; refused unsent.
-    #[error(
-        "tenant {tenant_id}: refused to send a token to {origin}: not the tenant's API host {expected}"
-    )]
+    /// A URL to be called with our token is not in the tenant's feed on its API base
+    /// (another host; user info, a query or a fragment where none belongs; a path outside
+    /// the feed root); refused unsent.
+    #[error("tenant {tenant_id}: refused to send a token: {reason}")]
     ForeignUrl {
         /// The tenant.
         tenant_id: String,
-        /// Scheme, host and port of the refused URL.
-        origin: String,
-        /// Scheme, host and port of the API base.
-        expected: String,
+        /// Which rule the URL broke.
+        reason: super::feed_uri::FeedUriError,
     },
     /// The answer was not the JSON the API documents.
     #[error("tenant {tenant_id}: {operation} answered unexpected content: {reason}")]

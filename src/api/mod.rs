@@ -2,9 +2,14 @@
 //!
 //! Guarantees:
 //! - A token is only ever sent to the tenant's configured API base: before every request
-//!   that carries one (including a `NextPageUri` to follow and a contentUri to fetch) the
-//!   URL's scheme, host and port must equal the base's, or the call fails unsent with
-//!   [`ApiError::ForeignUrl`].
+//!   that carries one the URL's scheme, host and port must equal the base's, and a
+//!   `NextPageUri` to follow or a contentUri to fetch must moreover be in the tenant's
+//!   feed ([`feed_uri`]: no user info, query or fragment where none belongs, the path
+//!   under `{base path}/api/v1.0/{tenant}/activity/feed/`), or the call fails unsent
+//!   with [`ApiError::ForeignUrl`].
+//! - No redirect is followed ([`http`]): a 3xx answer fails the call as
+//!   [`ErrorKind::Redirected`], naming the `Location` host, and is retried on the
+//!   caller's backoff like any failing endpoint.
 //! - Every call of the tenant shares one request budget (default 2,000 per minute, the
 //!   documented baseline); a throttling answer pauses the whole tenant for its
 //!   `Retry-After` (or a default pause) before any further call.
@@ -19,6 +24,7 @@
 //! subscription manager), which know what a retry costs.
 
 pub mod error;
+pub mod feed_uri;
 pub mod http;
 pub mod json;
 pub mod types;
@@ -38,6 +44,7 @@ use crate::cloud::Endpoints;
 use crate::ops::Metrics;
 use crate::ops::metrics::{ApiRequestLabels, TenantLabels};
 pub use error::{ApiError, ErrorKind};
+use feed_uri::{FeedUriError, FeedUriKind, check_feed_uri};
 use types::{ContentItem, SubscriptionStatus, WebhookRegistration, format_api_time};
 
 /// Pause after a throttling answer that names no `Retry-After`.
@@ -244,11 +251,36 @@ impl ApiClient {
         if self.config.endpoints.is_on_api_origin(url) {
             return Ok(());
         }
-        Err(ApiError::ForeignUrl {
-            tenant_id: self.config.tenant_id.clone(),
+        Err(self.foreign(FeedUriError::ForeignOrigin {
+            kind: "request URL",
             origin: url.origin().ascii_serialization(),
             expected: self.config.endpoints.api.origin().ascii_serialization(),
-        })
+        }))
+    }
+
+    /// Parses a contentUri and fails unless it is in the tenant's feed ([`feed_uri`]): the
+    /// check made before fetching it and before enqueueing a listed item.
+    pub fn check_content_uri(&self, content_uri: &str) -> Result<Url, ApiError> {
+        let url = Url::parse(content_uri).map_err(|error| ApiError::Decode {
+            tenant_id: self.config.tenant_id.clone(),
+            operation: "blob",
+            reason: format!("contentUri is not a URL: {error}"),
+        })?;
+        self.check_feed_uri(FeedUriKind::ContentUri, &url)?;
+        Ok(url)
+    }
+
+    fn check_feed_uri(&self, kind: FeedUriKind, url: &Url) -> Result<(), ApiError> {
+        let endpoints = &self.config.endpoints;
+        check_feed_uri(kind, &endpoints.api, &self.config.tenant_id, url)
+            .map_err(|reason| self.foreign(reason))
+    }
+
+    fn foreign(&self, reason: FeedUriError) -> ApiError {
+        ApiError::ForeignUrl {
+            tenant_id: self.config.tenant_id.clone(),
+            reason,
+        }
     }
 
     /// Sends one request with the tenant's token, after the origin check and the budget;
@@ -312,6 +344,18 @@ impl ApiClient {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let server_date = server_date(response.headers());
+        if let Some(target) = http::redirect_target(status, response.headers(), response.url()) {
+            return ApiError::Service {
+                tenant_id: self.config.tenant_id.clone(),
+                operation,
+                kind: ErrorKind::Redirected,
+                status: status.as_u16(),
+                af_code: None,
+                message: format!("redirected to {target}, which is never followed"),
+                retry_after,
+                server_date,
+            };
+        }
         let body = response.bytes().await.unwrap_or_default();
         let (af_code, message) = error::parse_error_body(&body);
         let kind = error::classify(status, af_code.as_deref(), &message);
@@ -416,7 +460,7 @@ impl ApiClient {
             None => None,
         };
         if let Some(url) = &next_page {
-            self.check_origin(url)?;
+            self.check_feed_uri(FeedUriKind::NextPageUri, url)?;
         }
         Ok(ContentPage {
             items,
@@ -425,14 +469,14 @@ impl ApiClient {
         })
     }
 
-    /// `GET {contentUri}[?|&]PublisherIdentifier=…`: the blob response, body unread, so the
-    /// caller can stream it.
+    /// `GET {contentUri}?PublisherIdentifier=…`: the blob response, body unread, so the
+    /// caller can stream it. The contentUri is checked first ([`Self::check_content_uri`]).
     pub async fn fetch_blob(&self, content_uri: &str) -> Result<Response, ApiError> {
-        let mut url = Url::parse(content_uri).map_err(|error| ApiError::Decode {
-            tenant_id: self.config.tenant_id.clone(),
-            operation: "blob",
-            reason: format!("contentUri is not a URL: {error}"),
-        })?;
+        let checked = self.check_content_uri(content_uri);
+        if let Err(error) = &checked {
+            self.count("blob", Err(error));
+        }
+        let mut url = checked?;
         if let Some(publisher) = &self.config.publisher_id {
             url.query_pairs_mut()
                 .append_pair("PublisherIdentifier", publisher);
@@ -451,6 +495,7 @@ fn error_outcome(error: &ApiError) -> &'static str {
             ErrorKind::ContentExpired => "expired",
             ErrorKind::ContentMissing => "missing",
             ErrorKind::AlreadyEnabled => "already_enabled",
+            ErrorKind::Redirected => "redirected",
             _ => "refused",
         },
         ApiError::Auth(_) => "token_failed",

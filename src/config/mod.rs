@@ -119,6 +119,7 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// The server secret the per-tenant authIds are derived from (`{ env = … }` or
     /// `{ file = … }`). Default: none, which means generated once and kept in the store.
+    /// At least 32 bytes (random); a shorter one is used, with a warning at start.
     pub webhook_secret: Option<Secret>,
     /// While rotating `webhook_secret`: the previous secret, whose authIds are still
     /// accepted until every subscription was re-started with the new ones. Default: none.

@@ -257,7 +257,29 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
     }
     literal_secret_warnings(config, &mut warnings);
     publisher_id_warning(config, &mut warnings);
+    short_webhook_secret_warning(config, &mut warnings);
     warnings
+}
+
+/// Shortest `server.webhook_secret` start-up accepts without a warning, in bytes: the
+/// authIds are HMAC-SHA256 under it, and a short secret can be guessed offline from one
+/// authId. Not refused, so that an upgrade keeps running with the secret it has.
+const MIN_WEBHOOK_SECRET_BYTES: usize = 32;
+
+fn short_webhook_secret_warning(config: &Config, warnings: &mut Vec<String>) {
+    use crate::secret::ExposeSecret;
+    let Some(secret) = &config.server.webhook_secret else {
+        return;
+    };
+    let length = secret.expose_secret().len();
+    if length < MIN_WEBHOOK_SECRET_BYTES {
+        warnings.push(format!(
+            "server.webhook_secret: {length} bytes, shorter than {MIN_WEBHOOK_SECRET_BYTES}: the \
+             authIds Microsoft sends are derived from it and a short secret can be guessed from \
+             one of them; set a random secret of at least {MIN_WEBHOOK_SECRET_BYTES} bytes \
+             (e.g. `openssl rand -hex 32`), then rotate with server.webhook_secret_previous"
+        ));
+    }
 }
 
 fn literal_secret_warnings(config: &Config, warnings: &mut Vec<String>) {

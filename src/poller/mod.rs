@@ -507,22 +507,22 @@ impl TenantPoller {
     }
 
     /// The queue reference of a listed item; `None` (logged) for an item whose contentUri
-    /// is not on the tenant's API host with the tenant in its path, or of another type.
+    /// is not in the tenant's feed on its API host (`ApiClient::check_content_uri`), or of
+    /// another type.
     fn content_ref(&self, content_type: ContentType, item: ContentItem) -> Option<ContentRef> {
         let tenant_id = self.tenant_id();
-        let on_host = reqwest::Url::parse(&item.content_uri).is_ok_and(|uri| {
-            self.target.client.check_origin(&uri).is_ok()
-                && uri.path_segments().is_some_and(|mut segments| {
-                    segments.any(|segment| segment.eq_ignore_ascii_case(tenant_id))
-                })
-        });
+        let on_host = self
+            .target
+            .client
+            .check_content_uri(&item.content_uri)
+            .is_ok();
         let same_type = item
             .content_type
             .eq_ignore_ascii_case(content_type.as_str());
         if !on_host || !same_type {
             tracing::warn!(
                 tenant = %self.target.name, %content_type, content_id = %item.content_id,
-                "listed content skipped: its contentUri is not on the tenant's API host with the tenant id in its path, or its content type is not the one listed"
+                "listed content skipped: its contentUri is not in the tenant's feed on its API host, or its content type is not the one listed"
             );
             return None;
         }

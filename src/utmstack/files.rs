@@ -10,10 +10,14 @@
 //!
 //! Every YAML text is read through [`parse_yaml`], which refuses a document whose aliases
 //! expand it far beyond its own size (the "billion laughs"): yaml_serde alone lets a few KiB
-//! of nested aliases allocate gigabytes.
+//! of nested aliases allocate gigabytes. Before any parsing, a text is bounded in size
+//! ([`MAX_YAML_BYTES`], files are read no further) and in nesting depth
+//! ([`MAX_YAML_DEPTH`], by a linear scan): libyaml's scanner takes time quadratic in the
+//! depth (a 400 KB file 200,000 levels deep took 192 s, signals unanswered meanwhile).
 
 use std::cell::Cell;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, Visitor};
@@ -36,7 +40,7 @@ pub fn merged_pipeline(pipeline_dir: &Path, warnings: &mut Vec<String>) -> Value
         .collect();
     files.sort();
     for file in files {
-        let parsed = std::fs::read_to_string(&file)
+        let parsed = read_bounded(&file)
             .map_err(|error| error.to_string())
             .and_then(|text| parse_yaml(&text).map_err(|error| error.to_string()));
         match parsed {
@@ -116,7 +120,7 @@ impl RawGroup {
 
 /// Reads the o365 file's groups. `Ok(None)` when the file does not exist.
 pub fn read_groups(path: &Path) -> Result<Option<Vec<RawGroup>>, UtmstackError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_bounded(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -164,6 +168,30 @@ pub fn parse_groups(path: &Path, text: &str) -> Result<Vec<RawGroup>, UtmstackEr
     Ok(groups)
 }
 
+/// Largest YAML file read, in bytes: 4 MiB, far above UTMStack's pipeline and o365 files
+/// (a thousand tenant groups take about 1 MiB). Reading stops there.
+pub const MAX_YAML_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of a YAML document, counting flow (`[`, `{`) and block (indentation,
+/// `- `) levels: far above UTMStack's files (under 10), below yaml_serde's own limit (128).
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// The file's text, refused (as `InvalidData`) past [`MAX_YAML_BYTES`] or when not UTF-8.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_YAML_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_YAML_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_YAML_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// How far aliases may expand a YAML document: its nodes plus the bytes of its strings, each
 /// alias counted as the copy it becomes, at most this many times the text's length (plus
 /// [`YAML_EXPANSION_SLACK`]). A document without aliases stays under about twice its length.
@@ -176,6 +204,17 @@ const YAML_EXPANSION_SLACK: usize = 4096;
 /// caps alias jumps at 100 per event, which still lets 6 KiB of nested aliases allocate
 /// 370 MB; the check walks the document without building it and stops at the limit.
 pub fn parse_yaml(text: &str) -> Result<Value, yaml_serde::Error> {
+    use serde::de::Error as _;
+    if text.len() > MAX_YAML_BYTES {
+        return Err(yaml_serde::Error::custom(format!(
+            "the document is larger than {MAX_YAML_BYTES} bytes"
+        )));
+    }
+    if let Some(line) = line_past_depth(text, MAX_YAML_DEPTH) {
+        return Err(yaml_serde::Error::custom(format!(
+            "the document nests deeper than {MAX_YAML_DEPTH} levels (line {line})"
+        )));
+    }
     let budget = Cell::new(
         text.len()
             .saturating_mul(YAML_EXPANSION_FACTOR)
@@ -183,6 +222,103 @@ pub fn parse_yaml(text: &str) -> Result<Value, yaml_serde::Error> {
     );
     ExpansionBudget(&budget).deserialize(yaml_serde::Deserializer::from_str(text))?;
     yaml_serde::from_str(text)
+}
+
+/// The first line (from 1) at which `text` nests deeper than `limit`, by a linear scan
+/// that over-estimates rather than misses: each flow bracket (`[`, `{`) outside quotes and
+/// comments opens a level, and a line's block depth is the number of smaller indentations
+/// still open before it plus its leading `- ` markers. Lines inside a block scalar
+/// (`|`, `>`) are text, not structure.
+fn line_past_depth(text: &str, limit: usize) -> Option<usize> {
+    let mut flow_depth = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    let mut block_scalar_indent: Option<usize> = None;
+    for (index, line) in text.lines().enumerate() {
+        let content = line.trim_start_matches(' ');
+        let indent = line.len() - content.len();
+        if let Some(parent) = block_scalar_indent {
+            if content.is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar_indent = None;
+        }
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let mut block_depth = 0;
+        if flow_depth == 0 {
+            while indents.last().is_some_and(|&open| open >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let mut rest = content;
+            while let Some(after) = rest.strip_prefix("- ") {
+                block_depth += 1;
+                rest = after.trim_start_matches(' ');
+            }
+            block_depth += indents.len();
+        }
+        let (opened, ends_block_scalar) = scan_flow(content, &mut flow_depth, limit);
+        if opened || block_depth + flow_depth > limit {
+            return Some(index + 1);
+        }
+        if ends_block_scalar && flow_depth == 0 {
+            block_scalar_indent = Some(indent);
+        }
+    }
+    None
+}
+
+/// Updates `flow_depth` with the brackets of one line outside quotes and comments; returns
+/// whether the depth went past `limit`, and whether the line ends with a block scalar
+/// indicator (`|`, `>`, with optional chomping and indentation indicators).
+fn scan_flow(line: &str, flow_depth: &mut usize, limit: usize) -> (bool, bool) {
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    let mut code_end = line.len();
+    let mut characters = line.char_indices().peekable();
+    while let Some((position, character)) = characters.next() {
+        match quote {
+            Some('"') if character == '\\' => {
+                characters.next();
+            }
+            Some(open) if character == open => quote = None,
+            Some(_) => {}
+            None => match character {
+                '#' if previous == ' ' || previous == '\t' => {
+                    code_end = position;
+                    break;
+                }
+                '"' | '\'' if !previous.is_alphanumeric() => quote = Some(character),
+                // In block context a bracket opens a collection only where a value
+                // starts; elsewhere it is part of a plain scalar (`regex: a[b`).
+                '[' | '{' if *flow_depth > 0 || value_starts(&line[..position]) => {
+                    *flow_depth += 1;
+                    if *flow_depth > limit {
+                        return (true, false);
+                    }
+                }
+                ']' | '}' => *flow_depth = flow_depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = character;
+    }
+    let code = line[..code_end].trim_end();
+    let indicator = code.rsplit([' ', ':', '-']).next().unwrap_or_default();
+    let block_scalar = quote.is_none()
+        && (indicator.starts_with('|') || indicator.starts_with('>'))
+        && indicator[1..]
+            .chars()
+            .all(|character| character == '+' || character == '-' || character.is_ascii_digit());
+    (false, block_scalar)
+}
+
+/// True when what precedes a position on a line leaves it where a block value starts: at
+/// the line's start, or after `: `, `- ` or `? `.
+fn value_starts(before: &str) -> bool {
+    let trimmed = before.trim_end();
+    trimmed.is_empty() || (trimmed.len() < before.len() && trimmed.ends_with([':', '-', '?']))
 }
 
 /// Walks a document without keeping it, charging each node 1 and each string its length
@@ -313,6 +449,46 @@ mod tests {
             parse_yaml(modest).unwrap(),
             yaml_serde::from_str::<Value>(modest).unwrap()
         );
+    }
+
+    #[test]
+    fn documents_past_the_depth_limit_are_refused_before_parsing_and_usual_ones_pass() {
+        let deep_flow = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let started = std::time::Instant::now();
+        let error = parse_yaml(&deep_flow).unwrap_err();
+        assert!(
+            error.to_string().contains("nests deeper than 64"),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let mut deep_block = String::new();
+        for level in 0..100 {
+            deep_block.push_str(&format!("{}k{level}:\n", "  ".repeat(level)));
+        }
+        assert!(parse_yaml(&deep_block).is_err());
+        let compact = format!("{}x\n", "- ".repeat(100));
+        assert!(parse_yaml(&compact).is_err());
+        let usual = "plugins:\n  com.utmstack:\n    encryptionKey: 'a [b {c'   # [[[[\n    list: [1, [2, {a: b}]]\n    text: |\n      [[[[[[ free text\n      {{{{{{\n    regex: a[b\n    after: \"x[\"\n";
+        let mut many_lines = String::from(usual);
+        for index in 0..100 {
+            many_lines.push_str(&format!("    pattern{index}: a[b\n"));
+        }
+        assert_eq!(
+            parse_yaml(&many_lines).unwrap(),
+            yaml_serde::from_str::<Value>(&many_lines).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_file_past_the_size_limit_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, format!("a: {}\n", "x".repeat(MAX_YAML_BYTES))).unwrap();
+        let error = read_bounded(&path).unwrap_err();
+        assert!(error.to_string().contains("larger than"), "{error}");
+        let mut warnings = Vec::new();
+        merged_pipeline(dir.path(), &mut warnings);
+        assert!(warnings[0].contains("larger than"), "{warnings:?}");
     }
 
     #[test]

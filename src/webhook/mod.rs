@@ -59,7 +59,6 @@ use serde::Deserialize;
 
 use crate::api::json;
 use crate::api::types::parse_api_time;
-use crate::cloud::same_origin;
 use crate::config::ContentType;
 use crate::ops::metrics::{OutcomeLabels, SourceLabels};
 use crate::ops::status::StatusSource;
@@ -621,25 +620,20 @@ pub fn validate_item(
     })
 }
 
-/// The contentUri must be on the tenant's API base (scheme, host, port) with the tenant id
-/// as a segment of its path.
+/// The contentUri must be in the tenant's feed on its API base: same scheme, host and
+/// port, no user info, query or fragment, and a path under
+/// `{base path}/api/v1.0/{tenant}/activity/feed/` ([`crate::api::feed_uri`], the same rule
+/// the poller and the API client apply).
 fn check_content_uri(tenant: &WebhookTenant, content_uri: &str) -> Result<(), String> {
+    use crate::api::feed_uri::{FeedUriKind, check_feed_uri};
     let uri = Url::parse(content_uri).map_err(|_| "contentUri is not a URL".to_string())?;
-    let base = &tenant.api_base;
-    if !same_origin(&uri, base) {
-        return Err(format!(
-            "contentUri origin {} is not the tenant's API host {}",
-            uri.origin().ascii_serialization(),
-            base.origin().ascii_serialization()
-        ));
-    }
-    let names_tenant = uri.path_segments().is_some_and(|mut segments| {
-        segments.any(|segment| segment.eq_ignore_ascii_case(&tenant.tenant_id))
-    });
-    if !names_tenant {
-        return Err("contentUri path does not name the tenant".into());
-    }
-    Ok(())
+    check_feed_uri(
+        FeedUriKind::ContentUri,
+        &tenant.api_base,
+        &tenant.tenant_id,
+        &uri,
+    )
+    .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

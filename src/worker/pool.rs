@@ -743,6 +743,21 @@ async fn handle_fetch_error(
             )
             .await;
         }
+        Some(ErrorKind::Redirected) => {
+            // A redirect is never followed (it would read another host's answer as the
+            // tenant's content): the endpoint is failing, shown with what to fix.
+            count_blob(context, tenant, content_type, "retry");
+            context.problems.set(
+                &tenant.name,
+                content_type,
+                FETCH_PROBLEM,
+                error.to_string(),
+                ErrorKind::Redirected.advice().unwrap_or(BAD_REQUEST_ADVICE),
+                context.clock.now(),
+            );
+            let delay = next_backoff(context, item);
+            retry_later(context, item, delay, &error.to_string()).await;
+        }
         Some(kind) if kind.is_retryable() => {
             count_blob(context, tenant, content_type, "retry");
             let backoff = next_backoff(context, item);

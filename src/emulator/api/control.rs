@@ -18,7 +18,8 @@
 //!   `{"faults": {"tenant": "41463f53-…", "duplicate_notifications": true, "late_content_hours": 3}}`
 //!   (every field of [`FaultScenario`], e.g. `"bom_bodies": true` for byte-order marks);
 //!   listed blobs answering `404` with body `null`: `{"faults": {"blob_404_null": "all"}}`
-//!   (or a content type, or one contentId)
+//!   (or a content type, or one contentId); a redirect to another host instead of an
+//!   answer: `{"faults": {"redirect_to": "http://127.0.0.1:9", "redirect_endpoints": ["blob"]}}`
 //! - Disable a webhook as Microsoft does after failures:
 //!   `{"disable_webhook": {"tenant": "41463f53-…", "content_type": "Audit.Exchange"}}`
 //! - Move the clock (seconds, may be negative): `{"advance_clock_secs": 3600}`

@@ -17,6 +17,8 @@
 //! - [`error`]: Microsoft's error envelope and the rejection bookkeeping.
 //! - [`bom`]: the `bom_bodies` fault, a UTF-8 byte-order mark in front of every JSON body
 //!   of a tenant, as Microsoft sends since May 2025.
+//! - [`redirect`]: the `redirect_to` fault, a redirect to another host from the token,
+//!   listing or blob endpoint.
 //!
 //! Every request is logged (time, tenant, endpoint, status, `User-Agent`) and every
 //! rejection counted by code and rule, for `GET /_emulator/requests` and `/rejections`.
@@ -29,6 +31,7 @@ pub mod control;
 pub mod error;
 pub mod feed;
 pub mod publish;
+pub mod redirect;
 pub mod scenario;
 pub mod token;
 
@@ -261,6 +264,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(token::routes())
         .merge(feed::routes(state.clone()))
         .merge(control::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            redirect::redirect_fault,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             bom::prefix_json_bodies,

@@ -32,6 +32,8 @@
 //! server_error_rate = 0.1               # share of API requests answered 5xx
 //! bom_bodies = true                     # a UTF-8 BOM before every JSON body, as since May 2025
 //! blob_404_null = "Audit.Exchange"      # listed blobs answer 404 `null`: "all", a content type or a contentId
+//! redirect_to = "http://127.0.0.1:9"    # answer with a redirect to this base instead of serving
+//! redirect_endpoints = ["token", "listing", "blob"]   # which ones; default all three
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -191,6 +193,26 @@ pub struct FaultScenario {
     /// blobs of one content type (API spelling), or the one blob with this contentId.
     /// Off when absent.
     pub blob_404_null: Option<String>,
+    /// Answer the endpoints of `redirect_endpoints` with a redirect to this base URL (the
+    /// request's path and query appended) instead of serving them: HTTP 307 from the
+    /// token endpoints (a client that followed it would re-POST its credentials there),
+    /// 302 from listings and blobs (a client that followed it would read foreign content
+    /// as the tenant's). Off when absent.
+    pub redirect_to: Option<String>,
+    /// Which endpoints `redirect_to` covers; empty (the default) means all three.
+    pub redirect_endpoints: Vec<RedirectedEndpoint>,
+}
+
+/// An endpoint family the `redirect_to` fault can cover.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedirectedEndpoint {
+    /// The token endpoints (v1 and v2): HTTP 307.
+    Token,
+    /// `subscriptions/content` (first pages and `NextPageUri`s): HTTP 302.
+    Listing,
+    /// Blob retrieval (`…/audit/{contentId}`): HTTP 302.
+    Blob,
 }
 
 impl FaultScenario {
@@ -210,7 +232,18 @@ impl FaultScenario {
                 "blob_404_null is \"all\", a content type or a contentId, not empty".into(),
             );
         }
+        if let Some(base) = &self.redirect_to
+            && !(base.starts_with("http://") || base.starts_with("https://"))
+        {
+            return Some("redirect_to is an http:// or https:// base URL".into());
+        }
         None
+    }
+
+    /// True when the `redirect_to` fault covers `endpoint`.
+    pub fn redirects(&self, endpoint: RedirectedEndpoint) -> bool {
+        self.redirect_to.is_some()
+            && (self.redirect_endpoints.is_empty() || self.redirect_endpoints.contains(&endpoint))
     }
 
     /// True when the `blob_404_null` fault covers this blob.
