@@ -563,3 +563,48 @@ async fn a_missing_credentials_file_is_named_in_the_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_reference_queued_by_a_call_that_failed_before_marking_it_seen_is_marked_by_the_retry() {
+    let server = NatsServer::start().await;
+    let a = replica(&server, "a", LEASE).await;
+    let reference = content("half");
+    // What an enqueue that failed after its publish and before its seen mark left behind.
+    let client = async_nats::connect(server.url.as_str()).await.unwrap();
+    let published = async_nats::jetstream::message::PublishMessage::build()
+        .payload(
+            serde_json::to_vec(&serde_json::json!({
+                "tenant_id": reference.tenant_id,
+                "content_type": reference.content_type,
+                "content_id": reference.content_id,
+                "content_uri": reference.content_uri,
+                "content_created": reference.content_created,
+                "content_expiration": reference.content_expiration,
+                "source": "webhook",
+                "enqueued_at": Utc::now(),
+            }))
+            .unwrap()
+            .into(),
+        )
+        .message_id(format!("{}/{}", reference.tenant_id, reference.content_id));
+    async_nats::jetstream::new(client)
+        .send_publish("test.work", published)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        a.enqueue(vec![reference.clone()]).await.unwrap(),
+        [EnqueueOutcome::Duplicate],
+        "the stream already holds it"
+    );
+    let stored = a.get(&reference.key()).await.unwrap();
+    assert!(
+        matches!(
+            stored.map(|item| item.state),
+            Some(ItemState::Pending { .. })
+        ),
+        "the retry marked it seen, so later notifications are duplicates"
+    );
+}

@@ -291,8 +291,9 @@ impl QueueError {
 /// The durable content queue.
 ///
 /// Guarantees every backend gives:
-/// - **Durability**: when a write method returns `Ok`, its effect is on stable storage and
-///   survives a crash or power loss. A crash loses only calls that had not returned.
+/// - **Durability**: when a write method returns `Ok`, its effect is stored by the backend
+///   and survives a crash of this process (a power loss too on the embedded store; see the
+///   backend notes for NATS). A crash loses only calls that had not returned.
 ///   In particular, an `Enqueued` or `Duplicate` outcome means the reference is stored: the
 ///   webhook may answer 200 and the poller may advance its cursor.
 /// - **Dedupe**: at most one item per [`ContentKey`]. Enqueuing a key that is pending, leased,
@@ -304,8 +305,29 @@ impl QueueError {
 /// - **Order**: `lease` hands out expired leases first, then pending items by `not_before`
 ///   (for fresh items: enqueue order). Order is best effort across tenants: there is no
 ///   ordering guarantee between items, and the pipeline never relies on one.
-/// - **Atomicity**: each call is all-or-nothing; a batch of references in one `enqueue` is
-///   stored in one transaction.
+/// - **Atomicity and the batch report**: when `enqueue` returns `Ok`, every reference of the
+///   batch is stored and its outcome says whether this call stored it. When it returns
+///   `Err`, any of them may be stored or not (see the backend notes): the caller retries the
+///   whole batch (the webhook answers 503, the poller keeps its cursor), which is safe and
+///   stores what is missing.
+/// - **Lease duration**: `lease` and `extend_lease` ask for a duration; the lease lasts until
+///   the returned `lease_until`, which the caller must go by (a backend may fix the
+///   duration). The item is not handed out again before it.
+///
+/// Backend notes (what differs; the contract suite `tests/queue_contract.rs` runs the same
+/// expectations on both, and `src/queue/design.md` has the states and who calls what):
+/// - *embedded*: every write call is one redb transaction, fsynced before it returns, so a
+///   batch enqueue is all-or-nothing and survives a power loss. Leases last the requested
+///   duration.
+/// - *NATS*: a write returns once the server stored it; one server keeps it across a server
+///   crash but a power loss may lose the last writes unless the server syncs every write
+///   (`stream_replicas = 3` in a cluster: a majority stored it). A batch is published
+///   reference by reference, so a failed `enqueue` may have queued some of it; the retry
+///   marks those seen and reports them `Duplicate`. A lease lasts the shared consumer's ack
+///   wait (`workers.lease_secs` of the replica that created it), whatever the call asks;
+///   `lease_until` says so. The current lease of each item is kept in the shared progress
+///   bucket and every call under a lease checks it with a compare-and-set, so a lease that
+///   expired and was taken again on any replica is stale everywhere.
 ///
 /// Items are leased at least once and may be processed more than once (a lease that expires
 /// while its worker still runs): `acked_records` lets the next holder skip what the engine

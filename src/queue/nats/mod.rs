@@ -77,6 +77,10 @@ pub const SEEN_MAX_AGE: Duration = Duration::from_secs(8 * 24 * 3600);
 /// The durable consumer every replica's workers pull from.
 const CONSUMER: &str = "workers";
 
+/// How often a compare-and-set write of an item's progress is tried again after another
+/// replica's write came first.
+const PROGRESS_WRITE_TRIES: usize = 5;
+
 /// How long an item of a paused tenant (throttled, token outage) is set aside.
 const SKIP_DELAY: Duration = Duration::from_secs(2);
 
@@ -274,6 +278,14 @@ struct Progress {
     /// Dead records an operator requeued, sent again until the item completes.
     #[serde(default)]
     redo_records: BTreeSet<u64>,
+    /// The current lease (a delivery's consumer sequence), shared by every replica: a call
+    /// under any other lease is stale. `None` while nobody holds the item.
+    #[serde(default)]
+    lease: Option<u64>,
+    /// When the current lease expires (the consumer's ack wait after the delivery or the
+    /// last extension).
+    #[serde(default)]
+    lease_until: Option<DateTime<Utc>>,
 }
 
 /// The dead bucket's value.
@@ -497,6 +509,120 @@ impl NatsQueue {
         Ok(())
     }
 
+    /// The item's progress and the revision to write it back under (`None`: never written).
+    async fn progress_entry(&self, kv_key: &str) -> Result<(Progress, Option<u64>), QueueError> {
+        let entry = self
+            .progress
+            .entry(kv_key)
+            .await
+            .map_err(|error| self.failed("read an item's progress", error))?;
+        Ok(match entry {
+            None => (Progress::default(), None),
+            Some(entry) => {
+                let progress = (entry.operation == kv::Operation::Put)
+                    .then(|| serde_json::from_slice(&entry.value).ok())
+                    .flatten()
+                    .unwrap_or_default();
+                (progress, Some(entry.revision))
+            }
+        })
+    }
+
+    /// Writes `progress` if the entry is still at `revision`: `false` when another replica
+    /// wrote it first (the caller reads again and decides again).
+    async fn write_progress_at(
+        &self,
+        kv_key: &str,
+        progress: &Progress,
+        revision: Option<u64>,
+    ) -> Result<bool, QueueError> {
+        let written = match revision {
+            Some(revision) => self
+                .progress
+                .update(kv_key, json(progress), revision)
+                .await
+                .map(|_| ())
+                .map_err(|error| {
+                    let conflict = error.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                    (conflict, error.to_string())
+                }),
+            None => self
+                .progress
+                .create(kv_key, json(progress))
+                .await
+                .map(|_| ())
+                .map_err(|error| {
+                    let conflict = error.kind() == kv::CreateErrorKind::AlreadyExists;
+                    (conflict, error.to_string())
+                }),
+        };
+        match written {
+            Ok(()) => {
+                self.wrote(1);
+                Ok(true)
+            }
+            Err((true, _)) => Ok(false),
+            Err((false, error)) => Err(self.failed("write an item's progress", error)),
+        }
+    }
+
+    /// Applies `change` to the item's shared progress as the holder of `lease`, and writes
+    /// it back when `change` returns true, with a compare-and-set on the entry's revision.
+    /// [`QueueError::StaleLease`] when the shared progress names another lease (the lease
+    /// expired and a replica, this one or another, leased the item again): the caller's
+    /// delivery is forgotten and nothing is written.
+    async fn update_held_progress(
+        &self,
+        key: &ContentKey,
+        lease: LeaseId,
+        change: impl Fn(&mut Progress) -> bool,
+    ) -> Result<Progress, QueueError> {
+        let kv_key = self.held(key, lease, |held| held.item.kv_key())?;
+        for _ in 0..PROGRESS_WRITE_TRIES {
+            let (mut progress, revision) = self.progress_entry(&kv_key).await?;
+            if progress.lease != Some(lease.0) {
+                self.forget(key, lease);
+                return Err(QueueError::StaleLease { key: key.clone() });
+            }
+            if !change(&mut progress)
+                || self.write_progress_at(&kv_key, &progress, revision).await?
+            {
+                let _ = self.held(key, lease, |held| held.progress = progress.clone());
+                return Ok(progress);
+            }
+        }
+        Err(self.failed(
+            "write an item's progress",
+            "other replicas kept writing it; try again",
+        ))
+    }
+
+    /// Reads the item's progress, applies `change` and writes it back unless another
+    /// replica wrote it in between (then reads again).
+    async fn change_progress(
+        &self,
+        kv_key: &str,
+        change: impl Fn(&mut Progress),
+    ) -> Result<Progress, QueueError> {
+        for _ in 0..PROGRESS_WRITE_TRIES {
+            let (mut progress, revision) = self.progress_entry(kv_key).await?;
+            change(&mut progress);
+            if self.write_progress_at(kv_key, &progress, revision).await? {
+                return Ok(progress);
+            }
+        }
+        Err(self.failed(
+            "write an item's progress",
+            "other replicas kept writing it; try again",
+        ))
+    }
+
+    /// When a lease taken or extended now expires: the consumer's ack wait from now.
+    fn lease_until_from_now(&self) -> DateTime<Utc> {
+        self.clock.now()
+            + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX)
+    }
+
     /// Gives a held delivery back: progress first (so the next holder counts right), then
     /// the nak. A lost nak only means the delivery comes back when its ack wait passes.
     async fn give_back(
@@ -506,19 +632,18 @@ impl NatsQueue {
         delay: Option<Duration>,
         retry_reason: Option<&str>,
     ) -> Result<(), QueueError> {
-        let (message, mut progress, kv_key) = self.held(key, lease, |held| {
-            (
-                held.message.clone(),
-                held.progress.clone(),
-                held.item.kv_key(),
-            )
-        })?;
-        progress.given_back += 1;
-        if let Some(reason) = retry_reason {
-            progress.retries = progress.retries.saturating_add(1);
-            progress.last_retry_reason = Some(reason.to_owned());
-        }
-        self.write_progress(&kv_key, &progress).await?;
+        let message = self.held(key, lease, |held| held.message.clone())?;
+        self.update_held_progress(key, lease, |progress| {
+            progress.given_back += 1;
+            if let Some(reason) = retry_reason {
+                progress.retries = progress.retries.saturating_add(1);
+                progress.last_retry_reason = Some(reason.to_owned());
+            }
+            progress.lease = None;
+            progress.lease_until = None;
+            true
+        })
+        .await?;
         // Confirmed by the server, so the item is leasable again when this returns.
         message
             .double_ack_with(AckKind::Nak(delay))
@@ -559,28 +684,35 @@ impl NatsQueue {
             Err(error) => return Err(self.failed("read a delivery's metadata", error)),
         };
         let kv_key = item.kv_key();
-        let mut progress = self.read_progress(&kv_key).await?;
         if skip_tenants.contains(&item.tenant_id) {
-            progress.given_back += 1;
-            self.write_progress(&kv_key, &progress).await?;
+            self.change_progress(&kv_key, |progress| progress.given_back += 1)
+                .await?;
             message
                 .ack_with(AckKind::Nak(Some(SKIP_DELAY)))
                 .await
                 .map_err(|error| self.failed("set a paused tenant's item aside", error))?;
             return Ok(None);
         }
+        let lease = LeaseId(consumer_sequence);
+        let lease_until = self.lease_until_from_now();
+        // The new lease is recorded where every replica sees it: from now on a call under an
+        // earlier lease of the item, on any replica, is stale.
+        let progress = self
+            .change_progress(&kv_key, |progress| {
+                progress.lease = Some(lease.0);
+                progress.lease_until = Some(lease_until);
+            })
+            .await?;
         // Deliveries neither given back on purpose nor the current one ended in an expired
         // lease: each counts as a failed attempt.
         let expired = (delivered - 1).saturating_sub(progress.given_back);
         let attempts = progress
             .retries
             .saturating_add(u32::try_from(expired).unwrap_or(u32::MAX));
-        let lease = LeaseId(consumer_sequence);
         let leased = LeasedItem {
             content: item.content(),
             lease,
-            lease_until: self.clock.now()
-                + chrono::Duration::from_std(self.ack_wait).unwrap_or(chrono::Duration::MAX),
+            lease_until,
             acked_records: progress.acked_records,
             redo_records: progress.redo_records.clone(),
             attempts,
@@ -771,24 +903,35 @@ impl ContentQueue for NatsQueue {
             .unzip();
         let acks = join_all(acks).await;
         let mut marks = Vec::new();
+        let mut duplicates = Vec::new();
         for ((index, item), ack) in published.into_iter().zip(acks) {
             let ack = ack.map_err(|error| self.failed("queue a content reference", error))?;
-            if ack.duplicate {
-                // Another replica queued it within the duplicate window; it marks it seen.
-                continue;
-            }
-            outcomes[index] = EnqueueOutcome::Enqueued;
             let entry = SeenEntry {
                 item,
                 done_at: None,
                 acked_records: 0,
                 dead_records: 0,
             };
+            if ack.duplicate {
+                // Queued within the duplicate window by another replica, or by an earlier
+                // call that failed before marking it seen: marked here unless already
+                // marked (a tombstone is never overwritten).
+                duplicates.push(self.seen.create(keys[index].as_str(), json(&entry)));
+                continue;
+            }
+            outcomes[index] = EnqueueOutcome::Enqueued;
             marks.push(self.seen.put(keys[index].as_str(), json(&entry)));
         }
         let written = marks.len() as u64;
         for mark in join_all(marks).await {
             mark.map_err(|error| self.failed("mark a contentId as seen", error))?;
+        }
+        for mark in join_all(duplicates).await {
+            match mark {
+                Ok(_) => self.wrote(1),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(error) => return Err(self.failed("mark a contentId as seen", error)),
+            }
         }
         self.wrote(fresh.len() as u64 + written);
         Ok(outcomes)
@@ -846,11 +989,18 @@ impl ContentQueue for NatsQueue {
     ) -> Result<DateTime<Utc>, QueueError> {
         self.check_open()?;
         let message = self.held(key, lease, |held| held.message.clone())?;
+        // The lease lasts the consumer's ack wait whatever `_duration` asks (backend notes).
+        let lease_until = self.lease_until_from_now();
+        self.update_held_progress(key, lease, |progress| {
+            progress.lease_until = Some(lease_until);
+            true
+        })
+        .await?;
         message
             .ack_with(AckKind::Progress)
             .await
             .map_err(|error| self.failed("extend a lease", error))?;
-        Ok(self.clock.now() + chrono::Duration::from_std(self.ack_wait).unwrap_or_default())
+        Ok(lease_until)
     }
 
     async fn record_acked(
@@ -860,32 +1010,28 @@ impl ContentQueue for NatsQueue {
         acked_records: u64,
     ) -> Result<(), QueueError> {
         self.check_open()?;
-        let update = self.held(key, lease, |held| {
-            (acked_records > held.progress.acked_records).then(|| {
-                let mut progress = held.progress.clone();
-                progress.acked_records = acked_records;
-                (held.item.kv_key(), progress)
-            })
-        })?;
-        let Some((kv_key, progress)) = update else {
-            return Ok(());
-        };
-        self.write_progress(&kv_key, &progress).await?;
-        let _ = self.held(key, lease, |held| {
-            held.progress.acked_records = held.progress.acked_records.max(acked_records);
-        });
+        self.update_held_progress(key, lease, |progress| {
+            let forward = acked_records > progress.acked_records;
+            progress.acked_records = progress.acked_records.max(acked_records);
+            forward
+        })
+        .await?;
         Ok(())
     }
 
     async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError> {
         self.check_open()?;
-        let (message, item, progress) = self.held(key, lease, |held| {
-            (
-                held.message.clone(),
-                held.item.clone(),
-                held.progress.clone(),
-            )
-        })?;
+        let (message, item) =
+            self.held(key, lease, |held| (held.message.clone(), held.item.clone()))?;
+        // The lease is given up in the shared progress first: from here no other call under
+        // it, on any replica, can act on the item.
+        let progress = self
+            .update_held_progress(key, lease, |progress| {
+                progress.lease = None;
+                progress.lease_until = None;
+                true
+            })
+            .await?;
         // Every requeued record was sent and acked: their dead records go, before the ack,
         // so a crash in between redelivers the item rather than losing an entry.
         for index in &progress.redo_records {
@@ -947,14 +1093,17 @@ impl ContentQueue for NatsQueue {
         reason: &str,
     ) -> Result<(), QueueError> {
         self.check_open()?;
-        let (message, item, attempts, redo_records) = self.held(key, lease, |held| {
-            (
-                held.message.clone(),
-                held.item.clone(),
-                held.attempts,
-                held.progress.redo_records.clone(),
-            )
+        let (message, item, attempts) = self.held(key, lease, |held| {
+            (held.message.clone(), held.item.clone(), held.attempts)
         })?;
+        let redo_records = self
+            .update_held_progress(key, lease, |progress| {
+                progress.lease = None;
+                progress.lease_until = None;
+                true
+            })
+            .await?
+            .redo_records;
         let kv_key = item.kv_key();
         // Its requeued records were not sent: lost again (a later requeue redoes them).
         self.flag_requeued(&kv_key, &redo_records, false).await?;
@@ -984,6 +1133,8 @@ impl ContentQueue for NatsQueue {
     ) -> Result<(), QueueError> {
         self.check_open()?;
         let kv_key = self.held(key, lease, |held| held.item.kv_key())?;
+        // Refused before anything is written when the lease is stale.
+        self.update_held_progress(key, lease, |_| false).await?;
         let record_key = dead_record_key(&kv_key, record.index);
         let existed = self.dead_record_entry(&record_key).await?.is_some();
         let entry = DeadRecordEntry {
@@ -1002,16 +1153,14 @@ impl ContentQueue for NatsQueue {
             .map_err(|error| self.failed("keep a dead record", error))?;
         self.wrote(1);
         // A requeued record that failed again is lost again, not waiting to be sent.
-        let changed = self.held(key, lease, |held| {
-            let was_requeued = held.progress.redo_records.remove(&entry.index);
+        self.update_held_progress(key, lease, |progress| {
+            let was_requeued = progress.redo_records.remove(&entry.index);
             if !existed {
-                held.progress.dead_records += 1;
+                progress.dead_records += 1;
             }
-            (!existed || was_requeued).then(|| held.progress.clone())
-        })?;
-        if let Some(progress) = changed {
-            self.write_progress(&kv_key, &progress).await?;
-        }
+            !existed || was_requeued
+        })
+        .await?;
         Ok(())
     }
 
@@ -1038,6 +1187,8 @@ impl ContentQueue for NatsQueue {
             progress.retries = 0;
             progress.given_back = 0;
             progress.redo_records = redo_records.clone();
+            progress.lease = None;
+            progress.lease_until = None;
             self.write_progress(&kv_key, &progress).await?;
             self.publish_again(key, &entry.item).await?;
             self.dead
@@ -1158,19 +1309,18 @@ impl ContentQueue for NatsQueue {
         let Some(entry) = self.seen_entry(&kv_key).await? else {
             return Ok(None);
         };
-        let held = {
+        let held_attempts = {
             let held = self.held.lock().expect("held deliveries lock");
-            held.get(key).map(|held| (held.lease, held.attempts))
+            held.get(key).map(|held| held.attempts)
         };
-        let state = match (entry.done_at, held) {
+        let state = match (entry.done_at, progress.lease) {
             (Some(_), _) => ItemState::Done {
                 tombstone_until: entry.item.content_expiration,
             },
-            (None, Some((lease, attempts))) => ItemState::Leased {
-                lease,
-                until: self.clock.now()
-                    + chrono::Duration::from_std(self.ack_wait).unwrap_or_default(),
-                attempts,
+            (None, Some(lease)) => ItemState::Leased {
+                lease: LeaseId(lease),
+                until: progress.lease_until.unwrap_or_else(|| self.clock.now()),
+                attempts: held_attempts.unwrap_or(progress.retries),
             },
             (None, None) => ItemState::Pending {
                 not_before: self.clock.now(),
