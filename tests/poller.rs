@@ -24,6 +24,7 @@ use o365_connector::emulator::api::feed::ContentEntry;
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::{FaultScenario, Scenario, TenantScenario};
 use o365_connector::emulator::api::{ApiEmulator, ApiEmulatorConfig};
+use o365_connector::intake::Intake;
 use o365_connector::ops::health::ProblemBoard;
 use o365_connector::ops::metrics::SourceLabels;
 use o365_connector::ops::{Metrics, QueueLimit};
@@ -154,9 +155,18 @@ impl Bench {
         config: PollerConfig,
         content_types: &[ContentType],
     ) -> TenantPoller {
-        let queue_limit = self
-            .queue_limit
-            .map(|limit| Arc::new(QueueLimit::new(limit, queue.clone(), self.metrics.clone())));
+        let mut intake = Intake::new(
+            queue.clone(),
+            self.metrics.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        if let Some(limit) = self.queue_limit {
+            intake = intake.with_limit(Arc::new(QueueLimit::new(
+                limit,
+                queue,
+                self.metrics.clone(),
+            )));
+        }
         TenantPoller::new(
             PollTarget {
                 name: NAME.into(),
@@ -167,14 +177,12 @@ impl Bench {
             },
             config,
             PollerDeps {
-                queue,
+                intake,
                 meta: self.queue.clone() as Arc<dyn MetaStore>,
                 metrics: self.metrics.clone(),
                 problems: self.problems.clone(),
                 clock: self.clock.clone(),
-                work_available: Arc::new(tokio::sync::Notify::new()),
                 retry: RetryPolicy::for_test(),
-                queue_limit,
             },
         )
     }
