@@ -55,6 +55,7 @@ pub mod emulator;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod intake;
 pub mod ops;
 pub mod poller;
 pub mod proto;

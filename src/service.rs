@@ -41,6 +41,7 @@ use crate::clock::Clock;
 use crate::cluster::Leadership;
 use crate::config::{Config, StoreBackendKind};
 use crate::forward::{Forwarder, ForwarderConfig, default_max_in_flight_bytes};
+use crate::intake::Intake;
 use crate::ops::health::{EngineHealth, EngineStall, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
@@ -168,6 +169,8 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         queue.clone(),
         metrics.clone(),
     ));
+    let intake = Intake::new(queue.clone(), metrics.clone(), Arc::new(Notify::new()))
+        .with_limit(queue_limit);
     let shared = Shared {
         queue,
         metrics,
@@ -176,9 +179,9 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         forwarder,
         tenants,
         clock,
-        work_available: Arc::new(Notify::new()),
+        work_available: intake.work_available(),
         retry: options.retry,
-        queue_limit,
+        intake,
     };
     let routes = routes(&config, &shared, secrets);
     let webhook_state = routes.webhook_state.clone();
@@ -276,8 +279,9 @@ struct Shared {
     /// Woken by the intake (webhook, poller, backfill) when new items are queued.
     work_available: Arc<Notify>,
     retry: RetryPolicy,
-    /// `ops.queue_hard_limit`, checked by the webhook and the pollers before they enqueue.
-    queue_limit: Arc<QueueLimit>,
+    /// The one way into the queue for the webhook, the pollers and backfill (checks
+    /// `ops.queue_hard_limit`, counts outcomes, wakes the workers).
+    intake: Intake,
 }
 
 impl Shared {
@@ -420,7 +424,7 @@ fn routes(config: &Config, shared: &Shared, secrets: WebhookSecrets) -> Routes {
         max_concurrent: config.server.max_concurrent_bodies.get(),
         ..BodyLimits::default()
     })
-    .with_queue_limit(shared.queue_limit.clone());
+    .with_intake(shared.intake.clone());
     let readiness = ReadinessProbe::new(
         shared.queue.clone(),
         config.ops.queue_high_water.get(),
@@ -460,14 +464,12 @@ fn worker_context(config: &Config, shared: &Shared, idle_poll: Duration) -> Arc<
 
 fn poller_deps(shared: &Shared) -> PollerDeps {
     PollerDeps {
-        queue: shared.content_queue(),
+        intake: shared.intake.clone(),
         meta: shared.meta(),
         metrics: shared.metrics.clone(),
         problems: shared.problems.clone(),
         clock: shared.clock.clone(),
-        work_available: shared.work_available.clone(),
         retry: shared.retry,
-        queue_limit: Some(shared.queue_limit.clone()),
     }
 }
 
@@ -502,7 +504,7 @@ fn admin_context(
         tenants: shared.tenants.clone(),
         webhooks,
         clock: shared.clock.clone(),
-        work_available: shared.work_available.clone(),
+        intake: shared.intake.clone(),
         max_window: chrono::Duration::seconds(
             i64::try_from(config.poller.max_window_secs.get()).unwrap_or(82_800),
         ),

@@ -242,6 +242,62 @@ async fn backfill_enqueues_what_the_api_published_in_the_range_and_every_record_
     rig.shutdown().await;
 }
 
+/// The value of the `source` series of `family` (`enqueued`, `deduplicated`).
+fn source_count(rig: &Rig, family: &str, source: &str) -> u64 {
+    let text = rig.service.as_ref().expect("in process").metrics.encode();
+    let prefix = format!("o365_connector_{family}_total{{source=\"{source}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix}series: {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_backfill_counts_what_it_enqueued_and_found_known_under_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultScenario {
+        webhook_delivery_off: true,
+        ..FaultScenario::default()
+    };
+    let rig = Rig::start(dir, RigOptions::synthetic(faults)).await;
+    rig.wait_for_webhooks(&ALL).await;
+    let from = Utc::now() - chrono::Duration::hours(1);
+    publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 4).await;
+    let to = Utc::now() + chrono::Duration::minutes(1);
+    let args = [
+        "backfill",
+        "--from",
+        &rfc3339(from),
+        "--to",
+        &rfc3339(to),
+        "--content-type",
+        "Audit.Exchange",
+        "--json",
+    ];
+
+    let first = json(&command(&rig, &args).await);
+    assert_eq!(
+        source_count(&rig, "enqueued", "backfill"),
+        first["enqueued"].as_u64().unwrap(),
+        "{first}"
+    );
+    assert_eq!(
+        source_count(&rig, "deduplicated", "backfill"),
+        first["already_known"].as_u64().unwrap(),
+        "{first}"
+    );
+    let again = json(&command(&rig, &args).await);
+    assert_eq!(again["already_known"], 4, "{again}");
+    assert_eq!(
+        source_count(&rig, "enqueued", "backfill") + source_count(&rig, "deduplicated", "backfill"),
+        8,
+        "every listed blob counted once per backfill, new or known"
+    );
+    rig.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_backfill_older_than_seven_days_is_refused_with_the_reason_before_anything_is_listed() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,8 +24,9 @@ use o365_connector::emulator::api::feed::ContentEntry;
 use o365_connector::emulator::api::publish;
 use o365_connector::emulator::api::scenario::{FaultScenario, Scenario, TenantScenario};
 use o365_connector::emulator::api::{ApiEmulator, ApiEmulatorConfig};
+use o365_connector::intake::{Intake, SkipReason};
 use o365_connector::ops::health::ProblemBoard;
-use o365_connector::ops::metrics::SourceLabels;
+use o365_connector::ops::metrics::{ReasonLabels, SourceLabels};
 use o365_connector::ops::{Metrics, QueueLimit};
 use o365_connector::poller::{
     PollReport, PollTarget, PollerDeps, TenantPoller, cursor_key, list_range,
@@ -154,9 +155,18 @@ impl Bench {
         config: PollerConfig,
         content_types: &[ContentType],
     ) -> TenantPoller {
-        let queue_limit = self
-            .queue_limit
-            .map(|limit| Arc::new(QueueLimit::new(limit, queue.clone(), self.metrics.clone())));
+        let mut intake = Intake::new(
+            queue.clone(),
+            self.metrics.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        if let Some(limit) = self.queue_limit {
+            intake = intake.with_limit(Arc::new(QueueLimit::new(
+                limit,
+                queue,
+                self.metrics.clone(),
+            )));
+        }
         TenantPoller::new(
             PollTarget {
                 name: NAME.into(),
@@ -167,14 +177,12 @@ impl Bench {
             },
             config,
             PollerDeps {
-                queue,
+                intake,
                 meta: self.queue.clone() as Arc<dyn MetaStore>,
                 metrics: self.metrics.clone(),
                 problems: self.problems.clone(),
                 clock: self.clock.clone(),
-                work_available: Arc::new(tokio::sync::Notify::new()),
                 retry: RetryPolicy::for_test(),
-                queue_limit,
             },
         )
     }
@@ -307,6 +315,46 @@ async fn at_the_queue_hard_limit_the_poller_enqueues_nothing_keeps_its_cursor_an
     let poller = bench.poller(test_config(), &types);
     assert_ok(&poller.run_once().await);
     assert_eq!(bench.missing(&second).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_listed_item_skipped_for_its_host_is_counted_once_however_often_it_is_listed() {
+    let mut tenant = tenant_scenario();
+    tenant.faults.foreign_content_uri_base = Some("https://attacker.example".into());
+    let bench = shared_bench(Scenario::single_tenant(tenant)).await;
+    let types = [ContentType::AuditExchange];
+    bench.subscribe(&types).await;
+    let poller = bench.poller(test_config(), &types);
+    assert_ok(&poller.run_once().await);
+    bench.advance(Duration::minutes(5));
+    let published = bench.publish(ContentType::AuditExchange, 3).await;
+    let skipped = || {
+        bench
+            .metrics
+            .listed_skipped
+            .get_or_create(&ReasonLabels {
+                reason: SkipReason::ContentUriOffHost.as_str(),
+            })
+            .get()
+    };
+    let mut listed = 0;
+    for _ in 0..3 {
+        bench.advance(Duration::minutes(2));
+        let reports = poller.run_once().await;
+        assert_ok(&reports);
+        listed += reports[0].1.listed;
+        assert_eq!(skipped(), 3, "each skipped item counted once: {reports:?}");
+    }
+    assert_eq!(listed, 9, "the overlap listed every item at every poll");
+    assert_eq!(bench.missing(&published).await.len(), 3, "none enqueued");
+    let mismatched = bench
+        .metrics
+        .listed_skipped
+        .get_or_create(&ReasonLabels {
+            reason: SkipReason::ContentTypeMismatch.as_str(),
+        })
+        .get();
+    assert_eq!(mismatched, 0, "counted under its own reason");
 }
 
 #[tokio::test]

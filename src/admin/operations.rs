@@ -4,10 +4,12 @@
 //! Guarantees:
 //! - a backfill range is checked before anything is listed ([`check_backfill_range`]): the
 //!   API lists at most 7 days back, so an older `from` is refused with the reason;
-//! - a backfill goes through the same queue as the webhook and the poller
-//!   ([`Source::Backfill`]), so dedupe by contentId makes it safe to run at any time, and
-//!   its count of new and known blobs is exact; what was enqueued before a cancellation
-//!   stays enqueued;
+//! - a backfill goes through the same [`Intake`] as the webhook and the poller
+//!   ([`Source::Backfill`]), so dedupe by contentId makes it safe to run at any time, its
+//!   count of new and known blobs is exact and counted in `enqueued_total{source="backfill"}`
+//!   and `deduplicated_total{source="backfill"}`, and a pair listed while the queue is at
+//!   `ops.queue_hard_limit` is reported failed with nothing enqueued; what was enqueued
+//!   before a cancellation stays enqueued;
 //! - one (tenant, content type) failing never stops the others;
 //! - a requeue takes dead items and the dead records of done blobs alike
 //!   ([`ContentQueue::requeue_dead`]), and reports every selected dead record it could not
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
@@ -32,9 +34,10 @@ use crate::api::types::{ContentItem, WebhookRegistration};
 use crate::api::{ErrorKind, StartOutcome};
 use crate::clock::Clock;
 use crate::config::ContentType;
+use crate::intake::{Intake, IntakeError};
 use crate::poller::{earliest_listable, list_range};
 use crate::queue::{ContentKey, DeadRecord, Source};
-use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, ItemState, QueueError, QueueItem};
+use crate::queue::{ContentQueue, ContentRef, ItemState, QueueError, QueueItem};
 use crate::tenant::{Tenant, TenantSet, Tenants};
 
 /// Kept between the oldest `from` accepted and the API's 7-day limit, so the first window
@@ -102,8 +105,9 @@ pub struct AdminContext {
     pub webhooks: Arc<ArcSwap<HashMap<String, WebhookRegistration>>>,
     /// The service's clock.
     pub clock: Clock,
-    /// Woken after an enqueue so idle workers look at the queue at once.
-    pub work_available: Arc<Notify>,
+    /// Where backfilled content goes (hard limit, outcome counts by source, the workers'
+    /// wake-up); also wakes the workers after a requeue.
+    pub intake: Intake,
     /// Longest listing window of a backfill.
     pub max_window: Duration,
 }
@@ -469,19 +473,18 @@ async fn enqueue_listed(
             pair.rejected
         ));
     }
-    match context.queue.enqueue(refs).await {
-        Ok(outcomes) => {
-            for outcome in outcomes {
-                match outcome {
-                    EnqueueOutcome::Enqueued => pair.enqueued += 1,
-                    EnqueueOutcome::Duplicate => pair.already_known += 1,
-                }
-            }
-            if pair.enqueued > 0 {
-                context.work_available.notify_waiters();
-            }
+    match context.intake.enqueue(Source::Backfill, refs).await {
+        Ok(admitted) => {
+            pair.enqueued += admitted.enqueued;
+            pair.already_known += admitted.duplicates;
         }
-        Err(error) => pair.error = Some(format!("cannot enqueue: {error}")),
+        Err(IntakeError::Full(full)) => {
+            pair.error = Some(format!(
+                "nothing enqueued: the queue holds {} open content references, at or above ops.queue_hard_limit ({}); run the backfill again once the workers drained it",
+                full.open, full.limit
+            ));
+        }
+        Err(error) => pair.error = Some(error.to_string()),
     }
 }
 
@@ -650,7 +653,7 @@ pub async fn requeue_dead_letters(
         return Err(AdminError::NoSuchDeadItem(content_id.clone()));
     }
     if !report.requeued.is_empty() || !report.records.is_empty() {
-        context.work_available.notify_waiters();
+        context.intake.wake_workers();
     }
     Ok(report)
 }

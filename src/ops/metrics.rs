@@ -53,6 +53,13 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
 /// `{tenant, content_type}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ContentLabels {
@@ -119,8 +126,11 @@ pub struct Metrics {
     pub enqueued: Family<SourceLabels, Counter>,
     /// Content references already known (deduplicated), by source.
     pub deduplicated: Family<SourceLabels, Counter>,
+    /// Listed items not enqueued, each counted once, by reason (`content_uri_off_host`,
+    /// `content_type_mismatch`).
+    pub listed_skipped: Family<ReasonLabels, Counter>,
     /// Enqueues refused because the queue reached `ops.queue_hard_limit`, by source
-    /// (`webhook`: answered 503; `poll`: retried later).
+    /// (`webhook`: answered 503; `poll`: retried later; `backfill`: reported).
     pub queue_hard_limit_refusals: Family<SourceLabels, Counter>,
     /// Webhook bodies being read now (at most `server.max_concurrent_bodies`).
     pub webhook_bodies_in_flight: Gauge,
@@ -224,6 +234,7 @@ impl Metrics {
             notification_items: Family::default(),
             enqueued: Family::default(),
             deduplicated: Family::default(),
+            listed_skipped: Family::default(),
             queue_hard_limit_refusals: Family::default(),
             webhook_bodies_in_flight: Gauge::default(),
             blobs_fetched: Family::default(),
@@ -333,7 +344,14 @@ impl Metrics {
                 .get_or_create(&SourceLabels { source })
                 .inc_by(0);
         }
-        for source in ["webhook", "poll"] {
+        for reason in crate::intake::SkipReason::ALL {
+            self.listed_skipped
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
+        }
+        for source in ["webhook", "poll", "backfill"] {
             self.queue_hard_limit_refusals
                 .get_or_create(&SourceLabels { source })
                 .inc_by(0);
@@ -395,6 +413,11 @@ impl Metrics {
             "deduplicated",
             "Content references already known, by source",
             self.deduplicated.clone(),
+        );
+        registry.register(
+            "listed_skipped",
+            "Listed items not enqueued, each counted once, by reason",
+            self.listed_skipped.clone(),
         );
         registry.register(
             "queue_hard_limit_refusals",

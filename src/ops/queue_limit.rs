@@ -3,8 +3,9 @@
 //! `ops.queue_high_water` only fails `/readyz`, which a load balancer may ignore and
 //! Microsoft never reads. The hard limit is what bounds the store: at or above it the
 //! webhook answers 503 (Microsoft retries the notification later) and the poller leaves
-//! its cursor where it is and retries after its backoff, so nothing is lost, only
-//! delayed. Every refusal is counted by source (`queue_hard_limit_refusals_total`) and
+//! its cursor where it is and retries after its backoff, and a backfill reports the pair
+//! failed, so nothing is lost, only delayed. The check is part of the one intake path
+//! ([`crate::intake::Intake`]). Every refusal is counted by source (`queue_hard_limit_refusals_total`) and
 //! shown on `/status` (`queue.hard_limit_refusals`).
 
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl QueueLimit {
         self.limit
     }
 
-    /// `Ok` when `source` (`webhook`, `poll`) may enqueue now; [`QueueFull`], counted,
+    /// `Ok` when `source` (`webhook`, `poll`, `backfill`) may enqueue now; [`QueueFull`], counted,
     /// when the open items reached the limit. A queue that cannot count lets the enqueue
     /// go on: the enqueue then reports the store's own error.
     pub async fn check(&self, source: &'static str) -> Result<(), QueueFull> {

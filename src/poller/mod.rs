@@ -59,10 +59,11 @@ use crate::api::types::{ContentItem, WebhookRegistration};
 use crate::api::{ApiClient, ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::config::{ContentType, PollerConfig};
+use crate::intake::{Intake, IntakeError, SkipReason};
 use crate::ops::health::ProblemBoard;
-use crate::ops::metrics::{ContentOutcomeLabels, SourceLabels};
-use crate::ops::{Metrics, QueueFull, QueueLimit};
-use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, MetaStore, QueueError, Source};
+use crate::ops::metrics::ContentOutcomeLabels;
+use crate::ops::{Metrics, QueueFull};
+use crate::queue::{ContentKey, ContentRef, MetaStore, QueueError, Source};
 use crate::retry::{Backoff, RetryPolicy};
 use window::{ListingPlan, PlanRules, Window, WindowPages, floor, plan, split};
 
@@ -152,8 +153,9 @@ pub struct PollTarget {
 /// What every tenant's poller shares.
 #[derive(Clone)]
 pub struct PollerDeps {
-    /// Where listed content goes.
-    pub queue: Arc<dyn ContentQueue>,
+    /// Where listed content goes: the queue (under its hard limit), outcome counts, the
+    /// workers' wake-up.
+    pub intake: Intake,
     /// Where cursors live.
     pub meta: Arc<dyn MetaStore>,
     /// Poll metrics.
@@ -162,12 +164,8 @@ pub struct PollerDeps {
     pub problems: Arc<ProblemBoard>,
     /// The time source of every rule.
     pub clock: Clock,
-    /// Woken after new content was enqueued.
-    pub work_available: Arc<Notify>,
     /// Backoff of transient failures.
     pub retry: RetryPolicy,
-    /// The queue's hard bound, checked before each page is enqueued; `None`: unbounded.
-    pub queue_limit: Option<Arc<QueueLimit>>,
 }
 
 /// What one poll of one content type did, for tests and logs.
@@ -189,6 +187,18 @@ pub struct PollReport {
     pub error: Option<String>,
     /// When it failed: how long until this content type is polled again.
     pub retry_in: Option<StdDuration>,
+}
+
+/// Why a listed item of `listed_type` (in a listing of `content_type`) must not be
+/// enqueued, if it must not: an item off the tenant's API host, or of another type.
+fn skip_reason(on_host: bool, listed_type: &str, content_type: ContentType) -> Option<SkipReason> {
+    if !on_host {
+        Some(SkipReason::ContentUriOffHost)
+    } else if !listed_type.eq_ignore_ascii_case(content_type.as_str()) {
+        Some(SkipReason::ContentTypeMismatch)
+    } else {
+        None
+    }
 }
 
 /// How long a configuration problem (consent, role, audit off) waits before the next try.
@@ -483,32 +493,23 @@ impl TenantPoller {
             .into_iter()
             .filter_map(|item| self.content_ref(content_type, item))
             .collect();
-        if refs.is_empty() {
-            return Ok((listed, 0));
-        }
-        if let Some(limit) = &self.deps.queue_limit {
-            limit.check("poll").await?;
-        }
-        let outcomes = self.deps.queue.enqueue(refs).await?;
-        let enqueued = outcomes
-            .iter()
-            .filter(|outcome| **outcome == EnqueueOutcome::Enqueued)
-            .count() as u64;
-        let source = SourceLabels { source: "poll" };
-        metrics.enqueued.get_or_create(&source).inc_by(enqueued);
-        metrics
-            .deduplicated
-            .get_or_create(&source)
-            .inc_by(outcomes.len() as u64 - enqueued);
-        if enqueued > 0 {
-            self.deps.work_available.notify_waiters();
-        }
+        let admitted = self
+            .deps
+            .intake
+            .enqueue(Source::Poll, refs)
+            .await
+            .map_err(|error| match error {
+                IntakeError::Full(full) => PollError::QueueFull(full),
+                IntakeError::Queue(error) => PollError::Queue(error),
+            })?;
+        let enqueued = admitted.enqueued;
         Ok((listed, enqueued))
     }
 
-    /// The queue reference of a listed item; `None` (logged) for an item whose contentUri
-    /// is not in the tenant's feed on its API host (`ApiClient::check_content_uri`), or of
-    /// another type.
+    /// The queue reference of a listed item; `None` for an item whose contentUri is not
+    /// in the tenant's feed on its API host (`ApiClient::check_content_uri`), or of
+    /// another type: counted once and warned about at a bounded rate
+    /// ([`Intake::skip_listed`]).
     fn content_ref(&self, content_type: ContentType, item: ContentItem) -> Option<ContentRef> {
         let tenant_id = self.tenant_id();
         let on_host = self
@@ -516,14 +517,11 @@ impl TenantPoller {
             .client
             .check_content_uri(&item.content_uri)
             .is_ok();
-        let same_type = item
-            .content_type
-            .eq_ignore_ascii_case(content_type.as_str());
-        if !on_host || !same_type {
-            tracing::warn!(
-                tenant = %self.target.name, %content_type, content_id = %item.content_id,
-                "listed content skipped: its contentUri is not in the tenant's feed on its API host, or its content type is not the one listed"
-            );
+        if let Some(reason) = skip_reason(on_host, &item.content_type, content_type) {
+            let key = ContentKey::new(tenant_id, item.content_id);
+            self.deps
+                .intake
+                .skip_listed(&self.target.name, content_type.as_str(), &key, reason);
             return None;
         }
         Some(ContentRef {
@@ -800,4 +798,23 @@ pub fn cursor_key(tenant_id: &str, content_type: ContentType) -> String {
 /// `poller/tail/{tenant id}/{content type}`.
 pub fn tail_key(tenant_id: &str, content_type: ContentType) -> String {
     format!("poller/tail/{tenant_id}/{}", content_type.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_item_of_another_type_is_skipped_as_a_mismatch() {
+        let listed = ContentType::AuditExchange;
+        assert_eq!(
+            skip_reason(true, "Audit.SharePoint", listed),
+            Some(SkipReason::ContentTypeMismatch)
+        );
+        assert_eq!(
+            skip_reason(false, "Audit.Exchange", listed),
+            Some(SkipReason::ContentUriOffHost)
+        );
+        assert_eq!(skip_reason(true, "audit.exchange", listed), None);
+    }
 }

@@ -60,10 +60,11 @@ use serde::Deserialize;
 use crate::api::json;
 use crate::api::types::parse_api_time;
 use crate::config::ContentType;
-use crate::ops::metrics::{OutcomeLabels, SourceLabels};
+use crate::intake::{Admitted, Intake, IntakePermit};
+use crate::ops::metrics::OutcomeLabels;
 use crate::ops::status::StatusSource;
 use crate::ops::{Metrics, QueueFull, QueueLimit};
-use crate::queue::{ContentQueue, ContentRef, EnqueueOutcome, Source};
+use crate::queue::{ContentQueue, ContentRef, Source};
 pub use auth_id::WebhookSecrets;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore};
@@ -178,15 +179,13 @@ pub struct WebhookState {
     /// Replaced as a whole when the tenants are reloaded ([`WebhookState::replace_tenants`]).
     tenants: ArcSwap<HashMap<String, WebhookTenant>>,
     secrets: WebhookSecrets,
-    queue: Arc<dyn ContentQueue>,
+    intake: Intake,
     max_body_bytes: usize,
     metrics: Arc<Metrics>,
-    work_available: Arc<Notify>,
     log_limiters: LogLimiters,
     status: Option<Arc<StatusSource>>,
     body_permits: Semaphore,
     body_wait: StdDuration,
-    queue_limit: Option<Arc<QueueLimit>>,
 }
 
 impl WebhookState {
@@ -203,15 +202,13 @@ impl WebhookState {
         Self {
             tenants: ArcSwap::from_pointee(tenants_by_id(tenants)),
             secrets,
-            queue,
+            intake: Intake::new(queue, metrics.clone(), work_available),
             max_body_bytes,
             metrics,
-            work_available,
             log_limiters: LogLimiters::new(),
             status: None,
             body_permits: Semaphore::new(BodyLimits::default().max_concurrent),
             body_wait: BodyLimits::default().wait,
-            queue_limit: None,
         }
     }
 
@@ -224,7 +221,14 @@ impl WebhookState {
 
     /// Answers 503 while the queue is at its hard limit (default: unbounded).
     pub fn with_queue_limit(mut self, limit: Arc<QueueLimit>) -> Self {
-        self.queue_limit = Some(limit);
+        self.intake = self.intake.with_limit(limit);
+        self
+    }
+
+    /// Enqueues through `intake` (the service's, shared with the poller and backfill)
+    /// instead of the one built over `new`'s queue.
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = intake;
         self
     }
 
@@ -404,12 +408,11 @@ async fn handle_notification(
     if !is_json_content_type(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
-    if let Some(queue_limit) = &state.queue_limit {
-        queue_limit
-            .check("webhook")
-            .await
-            .map_err(WebhookError::QueueFull)?;
-    }
+    let permit = state
+        .intake
+        .reserve(Source::Webhook)
+        .await
+        .map_err(WebhookError::QueueFull)?;
     let body = read_body(state, body).await?;
     let items = parse_notifications(tenant, &body)?;
     drop(body);
@@ -426,7 +429,7 @@ async fn handle_notification(
             }
         }
     }
-    enqueue_valid(state, tenant_id, valid).await
+    enqueue_valid(state, permit, tenant_id, valid).await
 }
 
 /// Reads the body under its limit, holding one of the body slots meanwhile (waiting for
@@ -456,6 +459,7 @@ async fn read_body(state: &WebhookState, body: Body) -> Result<axum::body::Bytes
 /// Enqueues the valid items durably, then answers 200 with what was new.
 async fn enqueue_valid(
     state: &WebhookState,
+    permit: IntakePermit<'_>,
     tenant_id: &str,
     valid: Vec<ContentRef>,
 ) -> Result<Response, WebhookError> {
@@ -463,40 +467,20 @@ async fn enqueue_valid(
         .iter()
         .map(|content| content.content_type.clone())
         .collect();
-    let outcomes = if valid.is_empty() {
-        Vec::new()
-    } else {
-        state.queue.enqueue(valid).await.map_err(|error| {
-            tracing::error!(tenant = %tenant_id, %error, "cannot enqueue notified content; answering 503 so Microsoft retries");
-            WebhookError::Unavailable
-        })?
-    };
-    let enqueued = outcomes
-        .iter()
-        .filter(|o| **o == EnqueueOutcome::Enqueued)
-        .count();
-    let duplicates = outcomes.len() - enqueued;
-    state.count_items("enqueued", enqueued as u64);
-    state.count_items("duplicate", duplicates as u64);
-    let source = SourceLabels { source: "webhook" };
-    state
-        .metrics
-        .enqueued
-        .get_or_create(&source)
-        .inc_by(enqueued as u64);
-    state
-        .metrics
-        .deduplicated
-        .get_or_create(&source)
-        .inc_by(duplicates as u64);
+    let Admitted {
+        enqueued,
+        duplicates,
+    } = permit.enqueue(valid).await.map_err(|error| {
+        tracing::error!(tenant = %tenant_id, %error, "cannot enqueue notified content; answering 503 so Microsoft retries");
+        WebhookError::Unavailable
+    })?;
+    state.count_items("enqueued", enqueued);
+    state.count_items("duplicate", duplicates);
     state.count("accepted");
     if let Some(status) = &state.status {
         for content_type in &notified {
             status.note_notification_now(tenant_id, content_type);
         }
-    }
-    if enqueued > 0 {
-        state.work_available.notify_waiters();
     }
     Ok(
         axum::Json(serde_json::json!({ "enqueued": enqueued, "duplicates": duplicates }))
