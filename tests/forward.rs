@@ -356,6 +356,67 @@ async fn integration_failure_notification_reaches_the_engine() {
     emulator.shutdown().await;
 }
 
+/// An engine that, as the UTMStack engine does, answers a Log stream's headers only with
+/// its first Ack, and acknowledges every notification.
+struct HeadersWithFirstAckEngine;
+
+#[tonic::async_trait]
+impl Engine for HeadersWithFirstAckEngine {
+    type InputStream = AckStream;
+    type NotifyStream = AckStream;
+
+    async fn input(
+        &self,
+        request: tonic::Request<tonic::Streaming<Log>>,
+    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+        let mut logs = request.into_inner();
+        let first = logs.next().await;
+        let acks = futures_util::stream::iter(first)
+            .chain(logs)
+            .map(|log| log.map(|log| Ack { last_id: log.id }));
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
+
+    async fn notify(
+        &self,
+        request: tonic::Request<tonic::Streaming<Message>>,
+    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+        let acks = request
+            .into_inner()
+            .map(|message| message.map(|message| Ack { last_id: message.id }));
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
+}
+
+/// `/readyz` and the `engine_connected` gauge read this flag: a notification the engine
+/// acknowledged proves it reachable before any Log opened the Log stream.
+#[tokio::test]
+async fn an_acknowledged_notification_shows_the_engine_connected_before_any_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("headers.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EngineServer::new(HeadersWithFirstAckEngine))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let forwarder = start_forwarder(&socket, 8);
+    assert!(forwarder.notify_integration_failure("contoso", "a problem"));
+    wait_until("the notification counted as sent", DEADLINE, || {
+        forwarder.stats().notifications_sent == 1
+    })
+    .await;
+    let stats = forwarder.stats();
+    assert_eq!(stats.logs_sent, 0, "no Log opened the stream");
+    assert!(stats.engine_connected);
+    assert_eq!(stats.disconnected_for, None);
+    all_acked(send_all(&forwarder, &logs(0..2)).await).await;
+    assert!(forwarder.stats().engine_connected);
+    forwarder.shutdown(DEADLINE).await;
+    assert!(!forwarder.stats().engine_connected, "closed after shutdown");
+    server.abort();
+}
+
 #[tokio::test]
 async fn shutdown_within_its_deadline_reports_unacked_logs_and_refuses_new_ones() {
     let dir = tempfile::tempdir().unwrap();
