@@ -272,6 +272,19 @@ async fn same_record_id_repeated_resolves_each_receipt_by_the_earliest_unacked_r
     emulator.shutdown().await;
 }
 
+/// Serves `engine` on a Unix socket at `socket` until the returned task is aborted.
+fn serve_engine(engine: impl Engine, socket: &Path) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(EngineServer::new(engine))
+            .serve_with_incoming(incoming)
+            .await;
+        served.expect("the test engine serves until aborted");
+    })
+}
+
 /// An engine that answers each Log with an Ack for an unknown id, then the right Ack.
 struct StrayAckEngine;
 
@@ -313,12 +326,7 @@ impl Engine for StrayAckEngine {
 async fn ack_for_an_unknown_id_is_counted_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("stray.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EngineServer::new(StrayAckEngine))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
+    let server = serve_engine(StrayAckEngine, &socket);
     let forwarder = start_forwarder(&socket, 8);
     let receipts = send_all(&forwarder, &logs(0..10)).await;
     all_acked(receipts).await;
@@ -381,9 +389,11 @@ impl Engine for HeadersWithFirstAckEngine {
         &self,
         request: tonic::Request<tonic::Streaming<Message>>,
     ) -> Result<tonic::Response<AckStream>, tonic::Status> {
-        let acks = request
-            .into_inner()
-            .map(|message| message.map(|message| Ack { last_id: message.id }));
+        let acks = request.into_inner().map(|message| {
+            message.map(|message| Ack {
+                last_id: message.id,
+            })
+        });
         Ok(tonic::Response::new(Box::pin(acks)))
     }
 }
@@ -394,12 +404,7 @@ impl Engine for HeadersWithFirstAckEngine {
 async fn an_acknowledged_notification_shows_the_engine_connected_before_any_log() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("headers.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EngineServer::new(HeadersWithFirstAckEngine))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
+    let server = serve_engine(HeadersWithFirstAckEngine, &socket);
     let forwarder = start_forwarder(&socket, 8);
     assert!(forwarder.notify_integration_failure("contoso", "a problem"));
     wait_until("the notification counted as sent", DEADLINE, || {

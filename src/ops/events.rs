@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use crate::forward::Forwarder;
 use crate::ops::Metrics;
 use crate::ops::health::ProblemBoard;
-use crate::ops::metrics::ContentOutcomeLabels;
+use crate::ops::metrics::{ContentLabels, ContentOutcomeLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// The problem kinds on the board, each owned by the events that set and clear it.
 pub mod problem_kind {
@@ -75,6 +77,18 @@ impl Telemetry<'_> {
                 content_type: content_type.to_string(),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Adds one to `family`'s series of `tenant`'s `content_type`.
+    pub fn count_content(
+        &self,
+        family: &Family<ContentLabels, Counter>,
+        tenant: &str,
+        content_type: &str,
+    ) {
+        family
+            .get_or_create(&self.metrics.content(tenant, content_type))
             .inc();
     }
 

@@ -34,6 +34,9 @@ pub struct FailureNotice {
     pub error: String,
 }
 
+/// The content types of one (tenant, kind), by their (message, advice).
+type MessagesOfKind<'a> = BTreeMap<(&'a str, &'a str), BTreeSet<&'a str>>;
+
 /// Which problems were already announced, and when.
 #[derive(Debug, Default)]
 pub struct FailureNotices {
@@ -50,8 +53,7 @@ impl FailureNotices {
     ) -> Vec<FailureNotice> {
         // Per (tenant, kind), each distinct message with the content types that have it:
         // content types failing differently are each reported with their own message.
-        let mut current: BTreeMap<(String, String), BTreeMap<(&str, &str), BTreeSet<&str>>> =
-            BTreeMap::new();
+        let mut current: BTreeMap<(String, String), MessagesOfKind> = BTreeMap::new();
         for ((tenant, content_type), problem) in snapshot {
             current
                 .entry((tenant.clone(), problem.kind.clone()))

@@ -151,12 +151,7 @@ impl ContentExpired<'_> {
             content_id,
         } = self.blob;
         telemetry.count_blob(tenant, content_type, "expired");
-        let labels = telemetry.metrics.content(tenant, content_type);
-        telemetry
-            .metrics
-            .content_expired
-            .get_or_create(&labels)
-            .inc();
+        telemetry.count_content(&telemetry.metrics.content_expired, tenant, content_type);
         tracing::error!(%tenant, content_type, content_id, "content expired before it could be fetched (AF20051): its records are lost");
         telemetry.report(
             tenant,
@@ -186,12 +181,7 @@ impl ContentMissing<'_> {
             content_id,
         } = self.blob;
         telemetry.count_blob(tenant, content_type, "missing");
-        let labels = telemetry.metrics.content(tenant, content_type);
-        telemetry
-            .metrics
-            .content_missing
-            .get_or_create(&labels)
-            .inc();
+        telemetry.count_content(&telemetry.metrics.content_missing, tenant, content_type);
         tracing::error!(%tenant, content_type, content_id, attempts = self.attempts, "content still does not exist (AF20050); counted as missing");
     }
 }
@@ -290,12 +280,7 @@ impl RefusedBlobExpired<'_> {
         } = self.blob;
         let (expiration, microsoft_time, error) =
             (self.expiration, self.microsoft_time, self.error);
-        let labels = telemetry.metrics.content(tenant, content_type);
-        telemetry
-            .metrics
-            .content_refused
-            .get_or_create(&labels)
-            .inc();
+        telemetry.count_content(&telemetry.metrics.content_refused, tenant, content_type);
         telemetry.count_blob(tenant, content_type, "refused_expired");
         tracing::error!(%tenant, content_type, content_id, %expiration, %microsoft_time, %error, "the API kept refusing the blob without an AF code until after its contentExpiration: dead-lettered, its records are lost");
         telemetry.report(
@@ -327,12 +312,11 @@ impl BlobUnrecoverable<'_> {
             content_id,
         } = self.blob;
         let (index, offset, reason) = (self.index, self.offset, self.reason);
-        let labels = telemetry.metrics.content(tenant, content_type);
-        telemetry
-            .metrics
-            .content_unrecoverable
-            .get_or_create(&labels)
-            .inc();
+        telemetry.count_content(
+            &telemetry.metrics.content_unrecoverable,
+            tenant,
+            content_type,
+        );
         telemetry.count_blob(tenant, content_type, "unrecoverable");
         tracing::error!(%tenant, content_type, content_id, index, offset, reason, "blob structure cannot be recovered; dead-lettered from this point");
         telemetry.report(tenant, content_type, "a content blob could not be parsed");
@@ -375,11 +359,10 @@ impl RecordDeadLettered<'_> {
             content_id,
         } = self.blob;
         let (index, reason) = (self.index, self.reason);
-        let labels = telemetry.metrics.content(tenant, content_type);
         let metrics = telemetry.metrics;
         let (family, what, advice) = match self.fault {
             RecordFault::Invalid => {
-                metrics.records_invalid.get_or_create(&labels).inc();
+                telemetry.count_content(&metrics.records_invalid, tenant, content_type);
                 tracing::warn!(%tenant, content_type, content_id, index, %reason, "invalid record dead-lettered");
                 telemetry.report(tenant, content_type, "invalid records dead-lettered");
                 return;
@@ -395,7 +378,7 @@ impl RecordDeadLettered<'_> {
                 "look in the engine's log for why it refused them, fix that, then `o365-connector deadletters requeue` these records",
             ),
         };
-        family.get_or_create(&labels).inc();
+        telemetry.count_content(family, tenant, content_type);
         let (bytes_start, bytes_end) = self.byte_range;
         tracing::error!(%tenant, content_type, content_id, index, bytes_start, bytes_end, %reason, "record dead-lettered: it is lost until requeued");
         telemetry.report(tenant, content_type, what);
