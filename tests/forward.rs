@@ -272,6 +272,19 @@ async fn same_record_id_repeated_resolves_each_receipt_by_the_earliest_unacked_r
     emulator.shutdown().await;
 }
 
+/// Serves `engine` on a Unix socket at `socket` until the returned task is aborted.
+fn serve_engine(engine: impl Engine, socket: &Path) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(EngineServer::new(engine))
+            .serve_with_incoming(incoming)
+            .await;
+        served.expect("the test engine serves until aborted");
+    })
+}
+
 /// An engine that answers each Log with an Ack for an unknown id, then the right Ack.
 struct StrayAckEngine;
 
@@ -313,12 +326,7 @@ impl Engine for StrayAckEngine {
 async fn ack_for_an_unknown_id_is_counted_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("stray.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EngineServer::new(StrayAckEngine))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
+    let server = serve_engine(StrayAckEngine, &socket);
     let forwarder = start_forwarder(&socket, 8);
     let receipts = send_all(&forwarder, &logs(0..10)).await;
     all_acked(receipts).await;
@@ -354,6 +362,64 @@ async fn integration_failure_notification_reaches_the_engine() {
     .await;
     forwarder.shutdown(DEADLINE).await;
     emulator.shutdown().await;
+}
+
+/// An engine that, as the UTMStack engine does, answers a Log stream's headers only with
+/// its first Ack, and acknowledges every notification.
+struct HeadersWithFirstAckEngine;
+
+#[tonic::async_trait]
+impl Engine for HeadersWithFirstAckEngine {
+    type InputStream = AckStream;
+    type NotifyStream = AckStream;
+
+    async fn input(
+        &self,
+        request: tonic::Request<tonic::Streaming<Log>>,
+    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+        let mut logs = request.into_inner();
+        let first = logs.next().await;
+        let acks = futures_util::stream::iter(first)
+            .chain(logs)
+            .map(|log| log.map(|log| Ack { last_id: log.id }));
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
+
+    async fn notify(
+        &self,
+        request: tonic::Request<tonic::Streaming<Message>>,
+    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+        let acks = request.into_inner().map(|message| {
+            message.map(|message| Ack {
+                last_id: message.id,
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
+}
+
+/// `/readyz` and the `engine_connected` gauge read this flag: a notification the engine
+/// acknowledged proves it reachable before any Log opened the Log stream.
+#[tokio::test]
+async fn an_acknowledged_notification_shows_the_engine_connected_before_any_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("headers.sock");
+    let server = serve_engine(HeadersWithFirstAckEngine, &socket);
+    let forwarder = start_forwarder(&socket, 8);
+    assert!(forwarder.notify_integration_failure("contoso", "a problem"));
+    wait_until("the notification counted as sent", DEADLINE, || {
+        forwarder.stats().notifications_sent == 1
+    })
+    .await;
+    let stats = forwarder.stats();
+    assert_eq!(stats.logs_sent, 0, "no Log opened the stream");
+    assert!(stats.engine_connected);
+    assert_eq!(stats.disconnected_for, None);
+    all_acked(send_all(&forwarder, &logs(0..2)).await).await;
+    assert!(forwarder.stats().engine_connected);
+    forwarder.shutdown(DEADLINE).await;
+    assert!(!forwarder.stats().engine_connected, "closed after shutdown");
+    server.abort();
 }
 
 #[tokio::test]

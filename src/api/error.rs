@@ -230,8 +230,16 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
     }
 }
 
-fn truncate(mut text: String) -> String {
+/// The service's text as one log-safe line of at most 300 bytes (then `…`): surrounding
+/// whitespace trimmed and every control character (a body's trailing newline, an HTML
+/// page's line breaks) turned into a space, so a quoted body never breaks a log line.
+fn truncate(text: String) -> String {
     const LIMIT: usize = 300;
+    let mut text: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if text.len() > LIMIT {
         let mut cut = LIMIT;
         while !text.is_char_boundary(cut) {
@@ -281,6 +289,17 @@ fn classify_code(code: &str) -> Option<ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_bodies_are_trimmed_to_one_line() {
+        assert_eq!(parse_error_body(b"null\n"), (None, "null".to_string()));
+        let page = b"<html>\r\n<body>Not Found</body>\r\n</html>\n";
+        let (_, message) = parse_error_body(page);
+        assert!(!message.contains(['\n', '\r']), "{message:?}");
+        assert!(message.starts_with("<html>") && message.ends_with("</html>"));
+        let envelope = br#"{"error":{"code":"AF20051","message":" expired\n\tcontent \n"}}"#;
+        assert_eq!(parse_error_body(envelope).1, "expired  content");
+    }
 
     #[test]
     fn af_code_wins_over_http_status() {

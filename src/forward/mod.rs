@@ -75,7 +75,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -269,6 +269,9 @@ struct Counters {
     refused: AtomicU64,
     too_large: AtomicU64,
     engine_connected: AtomicBool,
+    /// The Log stream failed or closed since it last opened: while it is, a delivered
+    /// notification says nothing about it.
+    log_stream_down: AtomicBool,
     disconnected_since: Mutex<Option<Instant>>,
     /// Since when Logs have waited for an Ack (see [`ForwarderStats::unacked_for`]).
     waiting_since: Mutex<Option<Instant>>,
@@ -283,9 +286,29 @@ impl Counters {
         counter.fetch_add(amount, Ordering::Relaxed);
     }
 
+    /// The Log stream opened (`true`) or failed or closed (`false`).
     fn set_connected(&self, connected: bool) {
+        let since = lock(&self.disconnected_since);
+        self.log_stream_down.store(!connected, Ordering::Relaxed);
+        self.mark_connected(connected, since);
+    }
+
+    /// Not connected yet: no stream has opened, and none has failed.
+    fn set_starting(&self) {
+        self.mark_connected(false, lock(&self.disconnected_since));
+    }
+
+    /// The engine acknowledged a notification: it is reachable, so until the Log stream
+    /// opens (it opens with the first Log) or fails, the engine counts as connected.
+    fn note_notification_delivered(&self) {
+        let since = lock(&self.disconnected_since);
+        if !self.log_stream_down.load(Ordering::Relaxed) {
+            self.mark_connected(true, since);
+        }
+    }
+
+    fn mark_connected(&self, connected: bool, mut since: MutexGuard<'_, Option<Instant>>) {
         self.engine_connected.store(connected, Ordering::Relaxed);
-        let mut since = lock(&self.disconnected_since);
         match (connected, *since) {
             (true, _) => *since = None,
             (false, None) => *since = Some(Instant::now()),
@@ -424,7 +447,7 @@ impl Forwarder {
             .max(config.max_message_bytes)
             .min(Semaphore::MAX_PERMITS);
         let counters = Arc::new(Counters::default());
-        counters.set_connected(false);
+        counters.set_starting();
         let (submissions, submissions_rx) = mpsc::channel(max_in_flight);
         let (drain_by, drain_by_rx) = watch::channel(None);
         let stream_task = tokio::spawn(

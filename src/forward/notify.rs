@@ -55,7 +55,10 @@ pub(super) async fn run(
             delivered = deliver(&client, message, &retry) => delivered,
         };
         let counter = match delivered {
-            Ok(()) => &counters.notifications_sent,
+            Ok(()) => {
+                counters.note_notification_delivered();
+                &counters.notifications_sent
+            }
             Err(reason) => {
                 tracing::warn!(topic, reason, "could not notify the engine; gave up");
                 &counters.notifications_failed

@@ -2,6 +2,7 @@
 //! routes serving them (`/healthz`, `/readyz`, `/metrics`; `/status` in [`status`]). Which
 //! listener serves which routes is decided in `service` (`ops.listen`, `ops.public`).
 
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod queue_limit;

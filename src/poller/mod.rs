@@ -44,6 +44,7 @@
 //! Rules read time from the [`Clock`]; the loop sleeps on tokio timers. Tests drive cycles
 //! explicitly with [`TenantPoller::run_once`].
 
+pub mod events;
 pub mod window;
 
 use std::collections::HashMap;
@@ -60,8 +61,8 @@ use crate::api::{ApiClient, ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::config::{ContentType, PollerConfig};
 use crate::intake::{Intake, IntakeError, SkipReason};
+use crate::ops::events::Telemetry;
 use crate::ops::health::ProblemBoard;
-use crate::ops::metrics::ContentOutcomeLabels;
 use crate::ops::{Metrics, QueueFull};
 use crate::queue::{ContentKey, ContentRef, MetaStore, QueueError, Source};
 use crate::retry::{Backoff, RetryPolicy};
@@ -207,9 +208,6 @@ const CONFIGURATION_RETRY: StdDuration = StdDuration::from_secs(900);
 /// Extra distance from the 7-day limit when a refused window is re-clamped.
 const RECLAMP_EXTRA: Duration = Duration::hours(1);
 
-/// Problem kind the poller sets and clears on the board.
-const PROBLEM_KIND: &str = "poll_failed";
-
 /// Schedule and failure streak of one content type.
 struct TypeState {
     due: Instant,
@@ -310,31 +308,18 @@ impl TenantPoller {
         let Some(state) = types.get_mut(&content_type) else {
             return report;
         };
-        let labels = |outcome| ContentOutcomeLabels {
-            tenant: self.deps.metrics.tenant_label(&self.target.name),
-            content_type: content_type.as_str().to_string(),
-            outcome,
-        };
         match outcome {
             Ok(()) => {
-                self.deps
-                    .metrics
-                    .poll_cycles
-                    .get_or_create(&labels("ok"))
-                    .inc();
-                if state.backoff.take().is_some() {
-                    tracing::info!(tenant = %self.target.name, %content_type, "polling works again");
+                events::PollSucceeded {
+                    tenant: &self.target.name,
+                    content_type: content_type.as_str(),
+                    recovered: state.backoff.take().is_some(),
                 }
-                self.clear_problem(content_type);
+                .emit(&self.telemetry());
                 state.due =
                     Instant::now() + StdDuration::from_secs(self.config.poll_interval_secs.get());
             }
             Err(error) => {
-                self.deps
-                    .metrics
-                    .poll_cycles
-                    .get_or_create(&labels("failed"))
-                    .inc();
                 let first_failure = state.backoff.is_none();
                 let backoff = state
                     .backoff
@@ -685,44 +670,33 @@ impl TenantPoller {
         first_failure: bool,
         retry_in: StdDuration,
     ) {
-        let tenant = &self.target.name;
-        let retry_in_secs = retry_in.as_secs();
         // A missing or disabled subscription is being started (by the subscription manager
         // or by this poller): a warning; configuration problems need the operator.
         let starting = matches!(
             error.kind(),
             Some(ErrorKind::SubscriptionMissing | ErrorKind::SubscriptionDisabled)
         );
-        let needs_operator = !error.is_retryable() && !starting;
-        match (first_failure, needs_operator) {
-            (true, true) => {
-                tracing::error!(%tenant, %content_type, %error, retry_in_secs, "polling failed")
-            }
-            (true, false) => {
-                tracing::warn!(%tenant, %content_type, %error, retry_in_secs, "polling failed")
-            }
-            (false, _) => {
-                tracing::debug!(%tenant, %content_type, %error, retry_in_secs, "polling failed again")
-            }
+        events::PollFailed {
+            tenant: &self.target.name,
+            content_type: content_type.as_str(),
+            error,
+            kind: error.kind(),
+            first_failure,
+            needs_operator: !error.is_retryable() && !starting,
+            retry_in,
         }
-        let advice = error.kind().and_then(ErrorKind::advice).unwrap_or(
-            "transient: retried with backoff; check the connector's network access and the store's disk if it persists",
-        );
-        self.deps.problems.set(
-            tenant,
-            content_type.as_str(),
-            PROBLEM_KIND,
-            error.to_string(),
-            advice,
-            self.deps.clock.now(),
-        );
+        .emit(&self.telemetry());
     }
 
-    /// Clears the poller's own board entry of `content_type`.
-    fn clear_problem(&self, content_type: ContentType) {
-        self.deps
-            .problems
-            .clear(&self.target.name, content_type.as_str(), &[PROBLEM_KIND]);
+    /// Where this poller's events land, now (its failures reach the console through the
+    /// board).
+    fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            metrics: &self.deps.metrics,
+            problems: &self.deps.problems,
+            console: None,
+            now: self.deps.clock.now(),
+        }
     }
 
     fn set_cursor_age(&self, content_type: ContentType, cursor: DateTime<Utc>) {

@@ -34,6 +34,9 @@ pub struct FailureNotice {
     pub error: String,
 }
 
+/// The content types of one (tenant, kind), by their (message, advice).
+type MessagesOfKind<'a> = BTreeMap<(&'a str, &'a str), BTreeSet<&'a str>>;
+
 /// Which problems were already announced, and when.
 #[derive(Debug, Default)]
 pub struct FailureNotices {
@@ -48,19 +51,20 @@ impl FailureNotices {
         snapshot: &[((String, String), crate::ops::health::Problem)],
         now: DateTime<Utc>,
     ) -> Vec<FailureNotice> {
-        let mut current: BTreeMap<
-            (String, String),
-            (BTreeSet<&str>, &crate::ops::health::Problem),
-        > = BTreeMap::new();
+        // Per (tenant, kind), each distinct message with the content types that have it:
+        // content types failing differently are each reported with their own message.
+        let mut current: BTreeMap<(String, String), MessagesOfKind> = BTreeMap::new();
         for ((tenant, content_type), problem) in snapshot {
-            let entry = current
+            current
                 .entry((tenant.clone(), problem.kind.clone()))
-                .or_insert_with(|| (BTreeSet::new(), problem));
-            entry.0.insert(content_type.as_str());
+                .or_default()
+                .entry((problem.message.as_str(), problem.advice.as_str()))
+                .or_default()
+                .insert(content_type.as_str());
         }
         self.last_sent.retain(|key, _| current.contains_key(key));
         let mut notices = Vec::new();
-        for (key, (content_types, problem)) in current {
+        for (key, messages) in current {
             let due = self
                 .last_sent
                 .get(&key)
@@ -68,16 +72,21 @@ impl FailureNotices {
             if !due {
                 continue;
             }
-            let content_types: Vec<&str> = content_types.into_iter().collect();
+            let error = messages
+                .into_iter()
+                .map(|((message, advice), content_types)| {
+                    let content_types: Vec<&str> = content_types.into_iter().collect();
+                    format!(
+                        "{} ({}): {message}. {advice}",
+                        key.1,
+                        content_types.join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
             notices.push(FailureNotice {
                 tenant: key.0.clone(),
-                error: format!(
-                    "{} ({}): {}. {}",
-                    problem.kind,
-                    content_types.join(", "),
-                    problem.message,
-                    problem.advice
-                ),
+                error,
             });
             self.last_sent.insert(key, now);
         }
@@ -155,6 +164,38 @@ mod tests {
                 .due(&snapshot("subscription_failed", start), hour)
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn content_types_failing_differently_are_each_reported_with_their_own_message() {
+        let start = Utc::now();
+        let failing = |content_type: &str, message: &str| {
+            (
+                ("contoso".to_string(), content_type.to_string()),
+                Problem {
+                    message: message.into(),
+                    ..problem("fetch_refused", start)
+                },
+            )
+        };
+        let snapshot = vec![
+            failing("Audit.Exchange", "blob failed with HTTP 404: null"),
+            failing("DLP.All", "blob failed with HTTP 401: unauthorized"),
+            failing("Audit.General", "blob failed with HTTP 404: null"),
+        ];
+        let notices = FailureNotices::default().due(&snapshot, start);
+        assert_eq!(notices.len(), 1, "one notice per tenant and kind");
+        let error = &notices[0].error;
+        assert!(
+            error.contains("fetch_refused (DLP.All): blob failed with HTTP 401"),
+            "{error}"
+        );
+        assert!(
+            error.contains(
+                "fetch_refused (Audit.Exchange, Audit.General): blob failed with HTTP 404"
+            ),
+            "{error}"
         );
     }
 

@@ -33,9 +33,9 @@
 //! `content_refused`, logged as an ERROR. The problem holds each blob until that blob
 //! completes or is dead-lettered, whatever other blobs of its type do meanwhile.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -44,34 +44,29 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::events::{
+    BAD_REQUEST_ADVICE, Blob, BlobCompleted, BlobRetried, BlobUnrecoverable, CREDENTIALS_ADVICE,
+    ContentExpired, ContentMissing, FetchRefused, ForeignUrlRefused, RecordDeadLettered,
+    RecordFault, RefusedBlobExpired, RefusedBlobRetried, SubscriptionNotReady,
+    TOKEN_ENDPOINT_ADVICE,
+};
+use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
 use crate::forward::log::{build_log, max_raw_bytes};
 use crate::forward::{AckReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
-use crate::ops::health::{HeldBlob, ProblemBoard};
-use crate::ops::metrics::ContentOutcomeLabels;
+use crate::ops::events::{Console, Telemetry, problem_kind};
+use crate::ops::health::ProblemBoard;
 use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
-/// The problem kind the workers set (and clear) on the board.
-const FETCH_PROBLEM: &str = "fetch_refused";
-
-/// The problem kind of records given up alone (oversized, refused by the engine): it
-/// stays until the records are requeued or the service restarts, as the loss does.
-const RECORDS_PROBLEM: &str = "records_dead_lettered";
-/// The problem kind holding the blobs the API refuses without an AF code, per blob.
-const REFUSED_PROBLEM: &str = "content_refused";
-
-/// What to do about blobs refused without an AF code.
-const REFUSED_ADVICE: &str = "nothing is needed while the blobs are not yet expired: each is retried on its backoff and, once its contentExpiration has passed by Microsoft's clock and a last fetch is refused, counted lost (content_refused_total); if many blobs are refused, check that api_url points at Microsoft's API for the tenant's cloud and whether Microsoft reports an incident";
-
-/// What to do about other refusals that name no advice of their own.
-const BAD_REQUEST_ADVICE: &str = "the API refused the blob request (see the AF code in the message); the connector retries every 15 minutes and keeps the content; if it persists, check the tenant's configuration (tenant_id, cloud, publisher_id) and report the message";
+/// The console reporter of counted losses (kept under its old name for the service).
+pub use crate::ops::events::ConsoleReporter as FailureReporter;
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
@@ -103,6 +98,30 @@ pub struct WorkerContext {
     pub idle_poll: Duration,
     /// Rate limit of integration-failure reports to the engine.
     pub reporter: FailureReporter,
+}
+
+impl WorkerContext {
+    /// Where this context's events land, now.
+    fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            metrics: &self.metrics,
+            problems: &self.problems,
+            console: Some(Console {
+                reporter: &self.reporter,
+                forwarder: &self.forwarder,
+            }),
+            now: self.clock.now(),
+        }
+    }
+}
+
+/// The blob of `item`, of `tenant`, as events name it.
+fn blob<'a>(tenant: &'a Tenant, item: &'a LeasedItem) -> Blob<'a> {
+    Blob {
+        tenant: &tenant.name,
+        content_type: &item.content.content_type,
+        content_id: &item.content.content_id,
+    }
 }
 
 /// Spawns `count` workers on `tracker`; they stop at `shutdown`, releasing what they hold.
@@ -162,7 +181,7 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
             }
             Err(error) => {
                 tracing::error!(worker, %error, "cannot lease from the queue");
-                let delay = errors.next_delay(None).unwrap_or(Duration::from_secs(5));
+                let delay = errors.next_delay(None).unwrap_or(delay::LEASE_FAILED);
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {}
@@ -180,22 +199,6 @@ fn paused_tenants(tenants: &Tenants) -> HashSet<String> {
         .collect()
 }
 
-/// How one pass over a blob ended.
-enum PassEnd {
-    /// The closing `]` was read.
-    Complete,
-    /// The body broke off or the fetch failed: retry from the settled prefix.
-    Retry(String),
-    /// Shutdown: give the item back.
-    Interrupted,
-    /// The structure is lost from `offset` (index `index` onwards).
-    Unrecoverable {
-        index: u64,
-        offset: u64,
-        reason: String,
-    },
-}
-
 /// A record on its way to the engine: its receipt, and where it is in the blob (for its
 /// dead letter, should the engine refuse it).
 struct Forwarded {
@@ -209,7 +212,6 @@ struct Progress {
     /// Records not yet settled, in blob order; `None`: settled already (dead-lettered),
     /// waiting only for the records before it.
     waiting: VecDeque<(u64, Option<Forwarded>)>,
-    failed: bool,
     /// Acks received and not yet added to the `records_acked` metric.
     acks_unmetered: u64,
 }
@@ -223,12 +225,20 @@ struct Refused {
     raw_sha256: [u8; 32],
 }
 
+/// Where settling stopped before the end of what is waiting.
+enum Stop {
+    /// At a refused record, taken off the front and not yet settled.
+    Refused(Refused),
+    /// At a receipt that failed otherwise (the forwarder stopped): nothing after the
+    /// settled prefix can settle in this pass; the waiting records are dropped.
+    Lost,
+}
+
 impl Progress {
     fn new(settled: u64) -> Self {
         Self {
             settled,
             waiting: VecDeque::new(),
-            failed: false,
             acks_unmetered: 0,
         }
     }
@@ -242,19 +252,16 @@ impl Progress {
         }
     }
 
-    /// Settles every record at the front whose receipt resolved, without waiting; stops at
-    /// a refused one and hands it back (taken off the front, not yet settled).
-    fn poll_ready(&mut self) -> Option<Refused> {
+    /// Settles every record at the front whose receipt resolved, without waiting; `None`
+    /// when it reached one not yet resolved (or the end).
+    fn poll_ready(&mut self) -> Option<Stop> {
         loop {
             let (index, forwarded) = self.waiting.front_mut()?;
             let index = *index;
             if let Some(forwarded) = forwarded {
                 let outcome = (&mut forwarded.receipt).now_or_never()?;
-                if let Some(refused) = self.take_outcome(index, outcome) {
-                    return Some(refused);
-                }
-                if self.failed {
-                    return None;
+                if let Some(stop) = self.take_outcome(index, outcome) {
+                    return Some(stop);
                 }
             }
             self.settled = index + 1;
@@ -262,20 +269,15 @@ impl Progress {
         }
     }
 
-    /// Waits for the receipts in order, settling each; stops at a refused one (handed
-    /// back, as [`Self::poll_ready`]) or at the first that fails (`failed`).
-    async fn wait_ready(&mut self) -> Option<Refused> {
+    /// Waits for the receipts in order, settling each; `None` once all are settled.
+    async fn wait_ready(&mut self) -> Option<Stop> {
         loop {
             let (index, forwarded) = self.waiting.front_mut()?;
             let index = *index;
             if let Some(forwarded) = forwarded {
                 let outcome = (&mut forwarded.receipt).await;
-                if let Some(refused) = self.take_outcome(index, outcome) {
-                    return Some(refused);
-                }
-                if self.failed {
-                    self.waiting.clear();
-                    return None;
+                if let Some(stop) = self.take_outcome(index, outcome) {
+                    return Some(stop);
                 }
             }
             self.settled = index + 1;
@@ -284,44 +286,52 @@ impl Progress {
     }
 
     /// Applies the resolved receipt of the front record: an ack is counted, a refusal
-    /// taken off the front and returned, any other error marks the pass failed.
-    fn take_outcome(&mut self, index: u64, outcome: Result<(), ForwardError>) -> Option<Refused> {
+    /// taken off the front and returned, any other error ends what can settle.
+    fn take_outcome(&mut self, index: u64, outcome: Result<(), ForwardError>) -> Option<Stop> {
         match outcome {
-            Ok(()) => self.acks_unmetered += 1,
+            Ok(()) => {
+                self.acks_unmetered += 1;
+                None
+            }
             Err(ForwardError::Refused { status, raw_sha256 }) => {
                 let (_, forwarded) = self.waiting.pop_front()?;
                 let byte_range = forwarded.map_or(0..0, |forwarded| forwarded.byte_range);
-                return Some(Refused {
+                Some(Stop::Refused(Refused {
                     index,
                     byte_range,
                     status,
                     raw_sha256,
-                });
+                }))
             }
-            Err(_) => self.failed = true,
+            Err(_) => {
+                self.waiting.clear();
+                Some(Stop::Lost)
+            }
         }
-        None
     }
 }
 
 /// Settles what has resolved (all of it, waiting, when `wait`), storing the dead letter
-/// of each refused record before the prefix moves past it. Fails when a dead letter
-/// cannot be stored: the pass then retries, and the record is sent again.
+/// of each refused record before the prefix moves past it. Ends the pass when a dead
+/// letter cannot be stored ([`PassOutcome::Retry`]: the record is sent again) or an ack
+/// is lost ([`PassOutcome::Interrupted`]: the rest is redelivered).
 async fn settle(
     context: &WorkerContext,
     tenant: &Tenant,
     item: &LeasedItem,
     progress: &mut Progress,
     wait: bool,
-) -> Result<(), String> {
+) -> Result<(), PassOutcome> {
     loop {
-        let refused = if wait {
+        let stop = if wait {
             progress.wait_ready().await
         } else {
             progress.poll_ready()
         };
-        let Some(refused) = refused else {
-            return Ok(());
+        let refused = match stop {
+            None => return Ok(()),
+            Some(Stop::Lost) => return Err(PassOutcome::Interrupted),
+            Some(Stop::Refused(refused)) => refused,
         };
         let record = DeadRecord {
             index: refused.index,
@@ -332,7 +342,9 @@ async fn settle(
                 refused.status
             ),
         };
-        dead_letter_record(context, tenant, item, record, RecordFault::Refused).await?;
+        dead_letter_record(context, tenant, item, record, RecordFault::Refused)
+            .await
+            .map_err(PassOutcome::Retry)?;
         progress.settled = refused.index + 1;
     }
 }
@@ -346,7 +358,7 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         retry_later(
             context,
             &item,
-            Duration::from_secs(3600),
+            delay::TENANT_REMOVED,
             "tenant no longer configured",
         )
         .await;
@@ -357,18 +369,15 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         Err(error) => return handle_fetch_error(context, &tenant, &item, error).await,
     };
     let mut progress = Progress::new(item.acked_records);
-    let mut end = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
-    if let Err(reason) = settle(context, &tenant, &item, &mut progress, true).await {
-        end = PassEnd::Retry(reason);
-    }
+    let streamed = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
+    let outcome = streamed.then(settle(context, &tenant, &item, &mut progress, true).await);
     let labels = context
         .metrics
         .content(&tenant.name, &item.content.content_type);
     progress.meter(&context.metrics.records_acked.get_or_create(&labels));
     let key = item.key();
     // A completed item needs no progress record: `complete` says every record is settled.
-    let completes = matches!(end, PassEnd::Complete) && !progress.failed;
-    if !completes
+    if outcome != PassOutcome::Complete
         && progress.settled > item.acked_records
         && let Err(error) = context
             .queue
@@ -377,38 +386,41 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
     {
         tracing::warn!(%key, %error, "cannot record progress; the next pass repeats some records");
     }
-    let content_type = item.content.content_type.as_str();
-    if progress.failed {
-        // The forwarder stopped (shutdown) before every ack came: redeliver the rest.
-        return release(context, &item).await;
-    }
-    match end {
-        PassEnd::Complete => {
-            count_blob(context, &tenant, content_type, "ok");
-            context
-                .problems
-                .clear(&tenant.name, content_type, &[FETCH_PROBLEM]);
-            context.problems.release_blob(
-                &tenant.name,
-                content_type,
-                REFUSED_PROBLEM,
-                &item.content.content_id,
-            );
-            if let Err(error) = context.queue.complete(&key, item.lease).await {
-                tracing::warn!(%key, %error, "cannot complete the item; it will be redelivered");
+    end_pass(context, &tenant, &item, outcome).await;
+}
+
+/// Does what `outcome` says to the item, and says it.
+async fn end_pass(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    outcome: PassOutcome,
+) {
+    let telemetry = context.telemetry();
+    match outcome {
+        PassOutcome::Complete => {
+            BlobCompleted {
+                blob: blob(tenant, item),
+            }
+            .emit(&telemetry);
+            if let Err(error) = context.queue.complete(&item.key(), item.lease).await {
+                tracing::warn!(key = %item.key(), %error, "cannot complete the item; it will be redelivered");
             }
         }
-        PassEnd::Retry(reason) => {
-            count_blob(context, &tenant, content_type, "retry");
-            retry_later(context, &item, next_backoff(context, &item), &reason).await;
+        PassOutcome::Retry(reason) => {
+            BlobRetried {
+                blob: blob(tenant, item),
+            }
+            .emit(&telemetry);
+            retry_later(context, item, next_backoff(context, item), &reason).await;
         }
-        PassEnd::Interrupted => release(context, &item).await,
-        PassEnd::Unrecoverable {
+        PassOutcome::Interrupted => release(context, item).await,
+        PassOutcome::Unrecoverable {
             index,
             offset,
             reason,
         } => {
-            give_up_unrecoverable(context, &tenant, &item, index, offset, &reason).await;
+            give_up_unrecoverable(context, tenant, item, index, offset, &reason).await;
         }
     }
 }
@@ -421,7 +433,7 @@ async fn forward_blob(
     response: reqwest::Response,
     progress: &mut Progress,
     shutdown: &CancellationToken,
-) -> PassEnd {
+) -> PassOutcome {
     let content_type = item.content.content_type.as_str();
     let labels = context.metrics.content(&tenant.name, content_type);
     // The series handles, once per blob: a family lookup hashes the labels under a lock.
@@ -443,12 +455,14 @@ async fn forward_blob(
     let mut split = SplitStream::new(response.bytes_stream(), Splitter::new(max_record_bytes));
     loop {
         let event = tokio::select! {
-            _ = shutdown.cancelled() => return PassEnd::Interrupted,
+            _ = shutdown.cancelled() => return PassOutcome::Interrupted,
             event = split.next_event() => event,
         };
         let event = match event {
-            None => return PassEnd::Retry("the blob body ended without a verdict".into()),
-            Some(Err(error)) => return PassEnd::Retry(format!("blob transfer failed: {error}")),
+            None => return PassOutcome::Retry("the blob body ended without a verdict".into()),
+            Some(Err(error)) => {
+                return PassOutcome::Retry(format!("blob transfer failed: {error}"));
+            }
             Some(Ok(event)) => event,
         };
         match event {
@@ -497,11 +511,11 @@ async fn forward_blob(
                         )
                         .await
                         {
-                            return PassEnd::Retry(reason);
+                            return PassOutcome::Retry(reason);
                         }
                         progress.waiting.push_back((index, None));
                     }
-                    Err(_) => return PassEnd::Interrupted,
+                    Err(_) => return PassOutcome::Interrupted,
                 }
             }
             SplitEvent::BadRecord {
@@ -523,7 +537,7 @@ async fn forward_blob(
                 if let Err(reason) =
                     dead_letter_record(context, tenant, item, record, RecordFault::Invalid).await
                 {
-                    return PassEnd::Retry(reason);
+                    return PassOutcome::Retry(reason);
                 }
                 progress.waiting.push_back((index, None));
             }
@@ -549,42 +563,31 @@ async fn forward_blob(
                 if let Err(reason) =
                     dead_letter_record(context, tenant, item, record, RecordFault::Oversized).await
                 {
-                    return PassEnd::Retry(reason);
+                    return PassOutcome::Retry(reason);
                 }
                 progress.waiting.push_back((index, None));
             }
             SplitEvent::Unrecoverable { offset, reason } => {
-                return PassEnd::Unrecoverable {
+                return PassOutcome::Unrecoverable {
                     index: next_index,
                     offset,
                     reason,
                 };
             }
-            SplitEvent::Complete { .. } => return PassEnd::Complete,
+            SplitEvent::Complete { .. } => return PassOutcome::Complete,
             SplitEvent::Truncated { offset } => {
-                return PassEnd::Retry(format!(
+                return PassOutcome::Retry(format!(
                     "the blob body ended at byte {offset} before the array's closing bracket"
                 ));
             }
         }
-        if let Err(reason) = settle(context, tenant, item, progress, false).await {
-            return PassEnd::Retry(reason);
+        if let Err(outcome) = settle(context, tenant, item, progress, false).await {
+            return outcome;
         }
         progress.meter(&records_acked);
         save_progress(context, progress, &mut recorded, item).await;
         lease_until = keep_lease(context, item, lease_until).await;
     }
-}
-
-/// Why a record is dead-lettered on its own while its blob goes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RecordFault {
-    /// Not valid UTF-8, not valid JSON, or not an object.
-    Invalid,
-    /// Its Log would exceed the engine's message limit.
-    Oversized,
-    /// The engine refused it every time it was sent alone.
-    Refused,
 }
 
 /// The dead-letter reason of a record whose Log would be `size` bytes (or, for a record
@@ -615,45 +618,14 @@ async fn dead_letter_record(
     {
         return Err(format!("cannot dead-letter record {index}: {error}"));
     }
-    let content_type = item.content.content_type.as_str();
-    let content_id = item.content.content_id.as_str();
-    let labels = context.metrics.content(&tenant.name, content_type);
-    let (family, what, advice) = match fault {
-        RecordFault::Invalid => {
-            context.metrics.records_invalid.get_or_create(&labels).inc();
-            tracing::warn!(tenant = %tenant.name, content_type, content_id, index, %reason, "invalid record dead-lettered");
-            context.reporter.report(
-                context,
-                &tenant.name,
-                content_type,
-                "invalid records dead-lettered",
-            );
-            return Ok(());
-        }
-        RecordFault::Oversized => (
-            &context.metrics.records_oversized,
-            "records too large for the engine dead-lettered",
-            "raise the engine's gRPC receive limit and engine.max_message_bytes to match, then `o365-connector deadletters requeue` these records",
-        ),
-        RecordFault::Refused => (
-            &context.metrics.records_refused,
-            "records refused by the engine dead-lettered",
-            "look in the engine's log for why it refused them, fix that, then `o365-connector deadletters requeue` these records",
-        ),
-    };
-    family.get_or_create(&labels).inc();
-    tracing::error!(tenant = %tenant.name, content_type, content_id, index, bytes_start = byte_range.0, bytes_end = byte_range.1, %reason, "record dead-lettered: it is lost until requeued");
-    context
-        .reporter
-        .report(context, &tenant.name, content_type, what);
-    context.problems.set(
-        &tenant.name,
-        content_type,
-        RECORDS_PROBLEM,
-        format!("{what}; last: contentId {content_id}, record {index}: {reason}"),
-        advice,
-        context.clock.now(),
-    );
+    RecordDeadLettered {
+        blob: blob(tenant, item),
+        fault,
+        index,
+        byte_range,
+        reason: &reason,
+    }
+    .emit(&context.telemetry());
     Ok(())
 }
 
@@ -709,57 +681,33 @@ async fn handle_fetch_error(
     item: &LeasedItem,
     error: ApiError,
 ) {
-    let content_type = item.content.content_type.as_str();
-    let content_id = item.content.content_id.as_str();
-    let labels = context.metrics.content(&tenant.name, content_type);
+    let telemetry = context.telemetry();
+    let blob = blob(tenant, item);
     match error.kind() {
         Some(ErrorKind::ContentExpired) => {
-            count_blob(context, tenant, content_type, "expired");
-            context.metrics.content_expired.get_or_create(&labels).inc();
-            tracing::error!(tenant = %tenant.name, content_type, content_id, "content expired before it could be fetched (AF20051): its records are lost");
-            context.reporter.report(
-                context,
-                &tenant.name,
-                content_type,
-                "content expired before it could be fetched",
-            );
-            dead_letter(
-                context,
-                tenant,
-                item,
-                "content expired before it could be fetched (AF20051)",
-            )
-            .await;
+            ContentExpired { blob }.emit(&telemetry);
+            dead_letter(context, tenant, item, ContentExpired::REASON).await;
         }
         Some(ErrorKind::ContentMissing) if item.attempts + 1 >= context.missing_attempts => {
-            count_blob(context, tenant, content_type, "missing");
-            context.metrics.content_missing.get_or_create(&labels).inc();
-            tracing::error!(tenant = %tenant.name, content_type, content_id, attempts = item.attempts + 1, "content still does not exist (AF20050); counted as missing");
-            dead_letter(
-                context,
-                tenant,
-                item,
-                "content does not exist (AF20050) after repeated attempts",
-            )
-            .await;
+            let attempts = item.attempts + 1;
+            ContentMissing { blob, attempts }.emit(&telemetry);
+            dead_letter(context, tenant, item, ContentMissing::REASON).await;
         }
         Some(ErrorKind::Redirected) => {
             // A redirect is never followed (it would read another host's answer as the
             // tenant's content): the endpoint is failing, shown with what to fix.
-            count_blob(context, tenant, content_type, "retry");
-            context.problems.set(
-                &tenant.name,
-                content_type,
-                FETCH_PROBLEM,
-                error.to_string(),
-                ErrorKind::Redirected.advice().unwrap_or(BAD_REQUEST_ADVICE),
-                context.clock.now(),
-            );
+            FetchRefused {
+                blob,
+                error: &error,
+                advice: ErrorKind::Redirected.advice().unwrap_or(BAD_REQUEST_ADVICE),
+                outcome: "retry",
+            }
+            .emit(&telemetry);
             let delay = next_backoff(context, item);
             retry_later(context, item, delay, &error.to_string()).await;
         }
         Some(kind) if kind.is_retryable() => {
-            count_blob(context, tenant, content_type, "retry");
+            BlobRetried { blob }.emit(&telemetry);
             let backoff = next_backoff(context, item);
             let delay = error
                 .retry_after()
@@ -767,30 +715,32 @@ async fn handle_fetch_error(
             retry_later(context, item, delay, &error.to_string()).await;
         }
         Some(ErrorKind::SubscriptionDisabled | ErrorKind::SubscriptionMissing) => {
-            count_blob(context, tenant, content_type, "refused");
-            retry_later(context, item, Duration::from_secs(300), &error.to_string()).await;
+            SubscriptionNotReady { blob }.emit(&telemetry);
+            let reason = error.to_string();
+            retry_later(context, item, delay::SUBSCRIPTION_NOT_READY, &reason).await;
         }
         _ if matches!(&error, ApiError::Auth(auth) if auth.is_retryable()) => {
             // The token endpoint is down or failing: nothing for the operator to fix. The
             // token provider paces its own requests, and the tenant's content is skipped
             // until its next attempt is due, so the item goes back as it was: an outage
             // does not pile up attempts (and backoff) on the items that met it.
-            count_blob(context, tenant, content_type, "retry");
-            context.problems.set(
-                &tenant.name,
-                content_type,
-                FETCH_PROBLEM,
-                error.to_string(),
-                "Microsoft's token endpoint is not answering; the connector retries by itself",
-                context.clock.now(),
-            );
+            FetchRefused {
+                blob,
+                error: &error,
+                advice: TOKEN_ENDPOINT_ADVICE,
+                outcome: "retry",
+            }
+            .emit(&telemetry);
             release(context, item).await;
         }
         _ if matches!(error, ApiError::ForeignUrl { .. }) => {
             // The intake checks every contentUri, so this needs a bug or a changed config;
             // the item is kept as a dead letter (requeue-able) and counted.
-            tracing::error!(tenant = %tenant.name, content_type, content_id, %error, "refusing to fetch content from a foreign host");
-            count_blob(context, tenant, content_type, "foreign_url");
+            ForeignUrlRefused {
+                blob,
+                error: &error,
+            }
+            .emit(&telemetry);
             dead_letter(context, tenant, item, &error.to_string()).await;
         }
         _ if error.refused_without_code() => {
@@ -799,24 +749,21 @@ async fn handle_fetch_error(
         _ => {
             // Configuration problems (credentials, consent, roles, audit off): keep the
             // content, show the problem, try again later.
-            count_blob(context, tenant, content_type, "refused");
             let advice = match &error {
                 ApiError::Service { kind, .. } => kind.advice().unwrap_or(BAD_REQUEST_ADVICE),
-                _ => "check the tenant's credentials and the app registration",
+                _ => CREDENTIALS_ADVICE,
             };
-            context.problems.set(
-                &tenant.name,
-                content_type,
-                FETCH_PROBLEM,
-                error.to_string(),
+            FetchRefused {
+                blob,
+                error: &error,
                 advice,
-                context.clock.now(),
-            );
-            let retryable = error.is_retryable();
-            let delay = if retryable {
-                Duration::from_secs(60)
+                outcome: "refused",
+            }
+            .emit(&telemetry);
+            let delay = if error.is_retryable() {
+                delay::CONFIGURATION_RETRYABLE
             } else {
-                Duration::from_secs(900)
+                delay::CONFIGURATION
             };
             retry_later(context, item, delay, &error.to_string()).await;
         }
@@ -832,36 +779,32 @@ async fn handle_refused(
     item: &LeasedItem,
     error: &ApiError,
 ) {
-    let content_type = item.content.content_type.as_str();
-    let content_id = item.content.content_id.as_str();
     let expiration = item.content.content_expiration;
     // Microsoft's time of this very refusal; its clock, not ours, says when content
     // expires. Without a `Date` (never seen from Microsoft) the latest one, then ours.
-    let server_now = error
+    let microsoft_time = error
         .server_date()
         .or_else(|| tenant.client.last_server_date())
         .unwrap_or_else(|| context.clock.now());
-    if server_now >= expiration {
-        return give_up_refused(context, tenant, item, error, server_now).await;
+    let blob = blob(tenant, item);
+    if microsoft_time >= expiration {
+        // Refused by a fetch made after its `contentExpiration`: a counted loss.
+        let given_up = RefusedBlobExpired {
+            blob,
+            expiration,
+            microsoft_time,
+            error,
+        };
+        let reason = given_up.reason();
+        given_up.emit(&context.telemetry());
+        return dead_letter(context, tenant, item, &reason).await;
     }
-    count_blob(context, tenant, content_type, "retry");
-    let detail = format!("{content_id}: {error}");
-    let held = HeldBlob {
-        kind: REFUSED_PROBLEM,
-        content_id,
-        summary: "refused by the API without an AF code (each retried until its contentExpiration passes)",
-        detail: &detail,
-        advice: REFUSED_ADVICE,
-    };
-    let first_report =
-        context
-            .problems
-            .hold_blob(&tenant.name, content_type, held, context.clock.now());
-    if first_report {
-        tracing::warn!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob without an AF code; retrying on backoff until its contentExpiration passes by Microsoft's clock, then it is counted lost");
-    } else {
-        tracing::debug!(tenant = %tenant.name, content_type, content_id, %expiration, %error, "the API refused the blob again");
+    RefusedBlobRetried {
+        blob,
+        expiration,
+        error,
     }
+    .emit(&context.telemetry());
     retry_later(
         context,
         item,
@@ -869,33 +812,6 @@ async fn handle_refused(
         &error.to_string(),
     )
     .await;
-}
-
-/// The blob was refused by a fetch made after its `contentExpiration`: a counted loss.
-async fn give_up_refused(
-    context: &WorkerContext,
-    tenant: &Tenant,
-    item: &LeasedItem,
-    error: &ApiError,
-    server_now: DateTime<Utc>,
-) {
-    let content_type = item.content.content_type.as_str();
-    let content_id = item.content.content_id.as_str();
-    let expiration = item.content.content_expiration;
-    let labels = context.metrics.content(&tenant.name, content_type);
-    context.metrics.content_refused.get_or_create(&labels).inc();
-    count_blob(context, tenant, content_type, "refused_expired");
-    tracing::error!(tenant = %tenant.name, content_type, content_id, %expiration, microsoft_time = %server_now, %error, "the API kept refusing the blob without an AF code until after its contentExpiration: dead-lettered, its records are lost");
-    context.reporter.report(
-        context,
-        &tenant.name,
-        content_type,
-        "content refused by the API until it expired",
-    );
-    let reason = format!(
-        "refused without an AF code until after its contentExpiration {expiration} (Microsoft's time {server_now}): {error}"
-    );
-    dead_letter(context, tenant, item, &reason).await;
 }
 
 async fn give_up_unrecoverable(
@@ -906,14 +822,6 @@ async fn give_up_unrecoverable(
     offset: u64,
     reason: &str,
 ) {
-    let content_type = item.content.content_type.as_str();
-    let labels = context.metrics.content(&tenant.name, content_type);
-    context
-        .metrics
-        .content_unrecoverable
-        .get_or_create(&labels)
-        .inc();
-    count_blob(context, tenant, content_type, "unrecoverable");
     let record = DeadRecord {
         index,
         byte_range: (offset, offset),
@@ -927,13 +835,13 @@ async fn give_up_unrecoverable(
     {
         tracing::warn!(key = %item.key(), %error, "cannot record where the blob broke");
     }
-    tracing::error!(tenant = %tenant.name, content_type, content_id = %item.content.content_id, index, offset, reason, "blob structure cannot be recovered; dead-lettered from this point");
-    context.reporter.report(
-        context,
-        &tenant.name,
-        content_type,
-        "a content blob could not be parsed",
-    );
+    BlobUnrecoverable {
+        blob: blob(tenant, item),
+        index,
+        offset,
+        reason,
+    }
+    .emit(&context.telemetry());
     dead_letter(
         context,
         tenant,
@@ -941,18 +849,6 @@ async fn give_up_unrecoverable(
         &format!("JSON structure lost at byte {offset} (record {index}): {reason}"),
     )
     .await;
-}
-
-fn count_blob(context: &WorkerContext, tenant: &Tenant, content_type: &str, outcome: &'static str) {
-    context
-        .metrics
-        .blobs_fetched
-        .get_or_create(&ContentOutcomeLabels {
-            tenant: context.metrics.tenant_label(&tenant.name),
-            content_type: content_type.to_string(),
-            outcome,
-        })
-        .inc();
 }
 
 /// The backoff before the next attempt of `item`, by its failed attempts so far.
@@ -984,7 +880,7 @@ async fn dead_letter(context: &WorkerContext, tenant: &Tenant, item: &LeasedItem
     context.problems.release_blob(
         &tenant.name,
         &item.content.content_type,
-        REFUSED_PROBLEM,
+        problem_kind::CONTENT_REFUSED,
         &item.content.content_id,
     );
     log_queue_error(
@@ -1000,47 +896,5 @@ fn log_queue_error(item: &LeasedItem, result: Result<(), QueueError>) {
     if let Err(error) = result {
         // The lease expires and the item comes back: nothing is lost, work may repeat.
         tracing::warn!(key = %item.key(), %error, "cannot update the queue item; it will be redelivered");
-    }
-}
-
-/// Reports problems to the engine (`Notify`, topic `integration_failure`) once per
-/// (tenant, content type) and then at most hourly while they recur, with the count since
-/// the last report — never once per record.
-#[derive(Debug, Default)]
-pub struct FailureReporter {
-    last: Mutex<HashMap<(String, String), ReportState>>,
-}
-
-/// When the last report of a (tenant, content type) went out, and the occurrences since.
-type ReportState = (Option<DateTime<Utc>>, u64);
-
-/// Shortest interval between two reports of one (tenant, content type).
-const REPORT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-impl FailureReporter {
-    fn report(&self, context: &WorkerContext, tenant: &str, content_type: &str, what: &str) {
-        let now = context.clock.now();
-        let message = {
-            let mut last = self
-                .last
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let entry = last
-                .entry((tenant.to_string(), content_type.to_string()))
-                .or_insert((None, 0));
-            entry.1 += 1;
-            if entry.0.is_some_and(|sent| now - sent < REPORT_INTERVAL) {
-                return;
-            }
-            let message = format!(
-                "{content_type}: {what} ({} occurrence(s) since the last report)",
-                entry.1
-            );
-            *entry = (Some(now), 0);
-            message
-        };
-        context
-            .forwarder
-            .notify_integration_failure(tenant, &message);
     }
 }
