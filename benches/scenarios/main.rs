@@ -12,6 +12,11 @@
 //! embedded-store instance, one replica on NATS and three replicas on NATS, in one run. `QUOTA_TRACE=1` prints the
 //! quota scenario's requests and throttled answers per second, and its acks as they pass each
 //! thousand; `BENCH_RUST_LOG` sets the connector's `RUST_LOG` (default `warn`).
+//!
+//! Layout: one file per scenario, each with one `pub async fn` named for it and listed in
+//! `main`; what several scenarios use (the engine, the connector process, the API emulator,
+//! the webhook load, a drained backlog, a nats-server on the measured disk) is in
+//! [`support`], whose unit tests are the `scenarios_support` target.
 
 mod big_blob;
 mod drain;

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// A connector process; killed when dropped.
 pub struct Connector {
-    pub child: Child,
+    child: Child,
+    /// `http://127.0.0.1:PORT`, its HTTP listener.
     pub listen: String,
 }
 
@@ -25,6 +27,8 @@ pub struct ConnectorSetup<'a> {
     pub store: (&'a str, &'a str),
 }
 
+/// Writes the configuration of `setup` listening on `port`; the file's path. Secrets are
+/// `{ env = … }` references to `BENCH_SECRET` and `BENCH_WEBHOOK_SECRET`.
 pub fn write_config(setup: &ConnectorSetup<'_>, port: u16) -> PathBuf {
     let mut toml = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{webhook}\n[store]\npath = \"{store}\"\n{store_keys}\n\

@@ -30,12 +30,15 @@ use o365_connector::config::TimestampSource;
 use o365_connector::forward::log::LogContext;
 use serde_json::json;
 
+/// The Microsoft tenant of the first (or only) tenant.
 pub const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
 pub const CLIENT: &str = "a1b2c3d4-0000-4000-8000-00000000c11e";
 pub const SECRET: &str = "bench-secret";
 pub const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 pub const UTM_TENANT: &str = "ce66672c-e36d-4761-a8c8-90058fee1a24";
+/// The first tenant's name (its UTMStack group).
 pub const GROUP: &str = "bench";
+/// Bytes in a MiB.
 pub const MIB: f64 = 1024.0 * 1024.0;
 
 /// One figure, printed as one JSON line.
