@@ -19,7 +19,7 @@ use crate::admin::{
 };
 use crate::check;
 use crate::clock::Clock;
-use crate::config::{Config, ContentType};
+use crate::config::ContentType;
 use crate::demo::{self, DemoOptions};
 use crate::emulator::api::scenario::{Scenario, TenantScenario};
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
@@ -28,8 +28,8 @@ use crate::emulator::engine::{
 };
 use crate::server::dev_certs::{self, DevCertOutcome};
 use crate::server::tls_reload::ReloadRequests;
-use crate::service::{self, ServiceOptions};
-use crate::utmstack;
+use crate::service::{self, ServiceOptions, utmstack_watch};
+use crate::utmstack::{self, source::ConfigSource};
 
 /// Office 365 audit-log connector for UTMStack.
 #[derive(Debug, Parser)]
@@ -97,12 +97,12 @@ pub struct AdminTargetArgs {
 }
 
 impl AdminTargetArgs {
-    fn target(&self) -> CommandTarget {
-        CommandTarget {
-            source: self.source.clone(),
+    fn target(&self) -> anyhow::Result<CommandTarget> {
+        Ok(CommandTarget {
+            source: self.source.source()?,
             admin_socket: self.admin_socket.clone(),
             json: self.json,
-        }
+        })
     }
 }
 
@@ -256,24 +256,18 @@ pub struct ConfigSourceArgs {
 }
 
 impl ConfigSourceArgs {
-    /// Loads and validates the configuration (logging the UTMStack warnings).
-    pub fn load(&self) -> anyhow::Result<Config> {
+    /// The configuration source these arguments name.
+    pub fn source(&self) -> anyhow::Result<ConfigSource> {
         if self.utmstack {
-            let environment = utmstack::UtmstackEnvironment::from_process();
-            let loaded = utmstack::load(&environment, self.config.as_deref())?;
-            tracing::info!(
-                file = %loaded.o365_file.display(),
-                tenants = loaded.config.tenants.len(),
-                skipped = loaded.skipped.len(),
-                "tenants read from UTMStack's configuration"
-            );
-            return Ok(loaded.config);
+            return Ok(ConfigSource::Utmstack {
+                settings: self.config.clone(),
+            });
         }
         let path = self
             .config
-            .as_deref()
+            .clone()
             .context("give --config FILE or --utmstack")?;
-        Ok(Config::load(path)?)
+        Ok(ConfigSource::File(path))
     }
 }
 
@@ -433,7 +427,7 @@ pub async fn run(
                 from: args.from,
                 to: args.to,
             };
-            admin::command::backfill(&args.target.target(), request).await
+            admin::command::backfill(&args.target.target()?, request).await
         }
         Command::Deadletters(DeadLettersCommand::List(args)) => {
             let selection = DeadLetterSelection {
@@ -441,7 +435,7 @@ pub async fn run(
                 content_id: args.content_id,
                 all: args.all,
             };
-            admin::command::deadletters_list(&args.target.target(), selection).await
+            admin::command::deadletters_list(&args.target.target()?, selection).await
         }
         Command::Deadletters(DeadLettersCommand::Requeue(args)) => {
             let selection = DeadLetterSelection {
@@ -449,16 +443,17 @@ pub async fn run(
                 content_id: args.content_id,
                 all: args.all,
             };
-            admin::command::deadletters_requeue(&args.target.target(), selection).await
+            admin::command::deadletters_requeue(&args.target.target()?, selection).await
         }
     }
 }
 
 async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     let mut preface = check::CheckReport::default();
-    let config = if args.source.utmstack {
+    let source = args.source.source()?;
+    let config = if let ConfigSource::Utmstack { settings } = &source {
         let environment = utmstack::UtmstackEnvironment::from_process();
-        let loaded = utmstack::load(&environment, args.source.config.as_deref())?;
+        let loaded = utmstack::load(&environment, settings.as_deref())?;
         for skip in &loaded.skipped {
             let detail = format!("skipped: {} {}", skip.key, skip.reason);
             let line =
@@ -476,7 +471,7 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
         }
         loaded.config
     } else {
-        args.source.load()?
+        source.load()?
     };
     let options = check::CheckOptions {
         probe_webhook: args.probe_webhook,
@@ -509,7 +504,7 @@ async fn run_subscriptions(command: SubscriptionsCommand) -> anyhow::Result<()> 
             (args, request)
         }
     };
-    admin::command::subscriptions(&args.target.target(), request).await
+    admin::command::subscriptions(&args.target.target()?, request).await
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -539,21 +534,22 @@ async fn run_service(
     shutdown: CancellationToken,
     tls_reload_requests: ReloadRequests,
 ) -> anyhow::Result<()> {
-    let config = args.source.load()?;
+    let source = args.source.source()?;
+    let config = source.load()?;
     let options = ServiceOptions {
         tls_reload_requests,
         ..ServiceOptions::default()
     };
     let service = service::start(config.clone(), options).await?;
     println!("listening {}", service.base_url);
-    if args.source.utmstack {
-        let settings = utmstack::watch::WatchSettings {
+    if let ConfigSource::Utmstack { settings } = source {
+        let settings = utmstack_watch::WatchSettings {
             environment: utmstack::UtmstackEnvironment::from_process(),
-            settings: args.source.config.clone(),
+            settings,
             interval: Duration::from_secs(args.watch_interval_secs),
         };
         // Stopped with the rest of the service: `shutdown` is cancelled before `stop`.
-        tokio::spawn(utmstack::watch::run(
+        tokio::spawn(utmstack_watch::run(
             service.tenant_supervisor(),
             settings,
             config,
@@ -668,4 +664,44 @@ fn certs_dev(args: DevCertsArgs) -> anyhow::Result<()> {
         paths.server_key.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_source(arguments: &[&str]) -> ConfigSource {
+        let cli = Cli::try_parse_from(["o365-connector", "run"].iter().chain(arguments)).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("`run` parsed as another command");
+        };
+        args.source.source().unwrap()
+    }
+
+    #[test]
+    fn config_flag_names_the_configuration_file() {
+        assert_eq!(
+            run_source(&["--config", "/etc/o365.toml"]),
+            ConfigSource::File(PathBuf::from("/etc/o365.toml"))
+        );
+    }
+
+    #[test]
+    fn utmstack_flag_takes_config_as_the_server_settings() {
+        assert_eq!(
+            run_source(&["--utmstack", "--config", "/etc/server.toml"]),
+            ConfigSource::Utmstack {
+                settings: Some(PathBuf::from("/etc/server.toml"))
+            }
+        );
+        assert_eq!(
+            run_source(&["--utmstack"]),
+            ConfigSource::Utmstack { settings: None }
+        );
+    }
+
+    #[test]
+    fn run_without_a_configuration_source_is_refused() {
+        assert!(Cli::try_parse_from(["o365-connector", "run"]).is_err());
+    }
 }

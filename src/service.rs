@@ -17,9 +17,11 @@
 //!
 //! The tenants can change while the service runs: [`RunningService::tenant_supervisor`]
 //! applies a new tenant list (see [`tenants`] for what happens to added, removed and
-//! changed tenants and their queued work).
+//! changed tenants and their queued work); with `run --utmstack`, [`utmstack_watch`] does
+//! so when UTMStack's files change.
 
 pub mod tenants;
+pub mod utmstack_watch;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -471,8 +471,8 @@ mod reload {
     use o365_connector::queue::{ContentQueue, ContentRef, ItemState, Source};
     use o365_connector::retry::RetryPolicy;
     use o365_connector::server::dev_certs::write_dev_certs;
+    use o365_connector::service::utmstack_watch::{self as watch, WatchSettings};
     use o365_connector::service::{self, RunningService, ServiceOptions};
-    use o365_connector::utmstack::watch::{self, WatchSettings};
     use tokio_util::sync::CancellationToken;
 
     use super::*;

@@ -26,19 +26,19 @@ use super::protocol::{
 };
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
-use crate::cli::ConfigSourceArgs;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ops::Metrics;
 use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore, QueueError};
 use crate::tenant::build_tenants;
+use crate::utmstack::source::ConfigSource;
 use crate::webhook::auth_id::load_or_create_secrets;
 
 /// Where to find the service and how to print.
 #[derive(Clone, Debug)]
 pub struct CommandTarget {
     /// Where the service's configuration comes from (`--config FILE` or `--utmstack`).
-    pub source: ConfigSourceArgs,
+    pub source: ConfigSource,
     /// The admin socket; default `{store.path}/admin.sock`.
     pub admin_socket: Option<PathBuf>,
     /// Print JSON instead of tables.

@@ -34,12 +34,14 @@
 //!
 //! [`failures`] sends the tenants' problems to UTMStack's console (in every mode).
 //!
-//! [`watch`] reloads the tenants when these files change (`run --utmstack`).
+//! [`source`] says where the binary's configuration comes from (a TOML file or these files);
+//! the service's `utmstack_watch` reloads the tenants when these files change
+//! (`run --utmstack`).
 
 pub mod crypto;
 pub mod failures;
 pub mod files;
-pub mod watch;
+pub mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,15 +4,18 @@
 //! bind mounts and volumes included). A change is read once the files have stayed the same
 //! for one more interval, so a file caught half-written is not applied.
 //!
-//! On a change the files are read again ([`super::load`]) and the tenants applied to the
+//! On a change the files are read again ([`utmstack::load`]) and the tenants applied to the
 //! running service ([`TenantSupervisor::apply`]): a new group starts, a removed one stops,
 //! a changed one (e.g. its secret) restarts with its new settings; queued work is kept
-//! (see [`crate::service::tenants`]). A file that cannot be read or parsed, or tenants that
+//! (see [`super::tenants`]). A file that cannot be read or parsed, or tenants that
 //! cannot be built, leave the running tenants as they are, with a warning saying why; the
 //! next change is tried again. A file left without any usable group stops every tenant
 //! (the module is inactive) and the service waits for groups to come back.
 //!
 //! Only the tenants are reloaded; server settings need a restart.
+//!
+//! It lives with the service, not in [`crate::utmstack`], because it drives the service's
+//! tenants: `utmstack` reads files and knows nothing of the service.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,9 +23,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{UtmstackEnvironment, UtmstackError};
+use super::tenants::TenantSupervisor;
 use crate::config::Config;
-use crate::service::tenants::TenantSupervisor;
+use crate::utmstack::{self, UtmstackEnvironment, UtmstackError};
 
 /// How often the files are looked at when not configured.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -90,7 +93,7 @@ async fn reload(
     let environment = settings.environment.clone();
     let settings_file = settings.settings.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || super::load(&environment, settings_file.as_deref()))
+        tokio::task::spawn_blocking(move || utmstack::load(&environment, settings_file.as_deref()))
             .await;
     let Ok(loaded) = loaded else {
         tracing::warn!(
@@ -156,7 +159,7 @@ fn files_state(environment: &UtmstackEnvironment) -> FilesState {
                 .collect()
         })
         .unwrap_or_default();
-    paths.push(super::o365_file(environment));
+    paths.push(utmstack::o365_file(environment));
     paths.sort();
     paths.dedup();
     paths

@@ -1,0 +1,143 @@
+//! `drain`: a backlog of `DRAIN_BLOBS` blobs of `DRAIN_RECORDS` records drained by the
+//! connector, against the limit of bare reqwest fetches and a bare tonic stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use o365_connector::emulator::api::feed::ContentEntry;
+use o365_connector::forward::log::build_log;
+use o365_connector::proto::{EngineClient, unix_channel};
+
+use crate::support::*;
+
+/// The limit: the same blobs fetched by bare reqwest (as many at a time as the connector has
+/// workers) and their records pushed as Logs by a bare tonic client on one stream. Returns
+/// (seconds, bytes).
+async fn bare_drain(base: &str, entries: &[ContentEntry], socket: &Path) -> (f64, u64) {
+    let http = reqwest::Client::new();
+    let token = bearer(&http, base).await;
+    let started = Instant::now();
+    let uris: Arc<Vec<String>> = Arc::new(entries.iter().map(|e| e.content_uri.clone()).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..bench_workers())
+        .map(|_| {
+            let (http, token, uris, next) =
+                (http.clone(), token.clone(), uris.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                while let Some(uri) = uris.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let response = http.get(uri).bearer_auth(&token).send().await.unwrap();
+                    bodies.push((uri.clone(), response.bytes().await.unwrap()));
+                }
+                bodies
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        bodies.extend(task.await.unwrap());
+    }
+    let fetch = started.elapsed();
+    let bytes = bodies.iter().map(|(_, body)| body.len() as u64).sum();
+    let context = log_context();
+    let mut logs = Vec::new();
+    for (uri, body) in &bodies {
+        let records: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).unwrap();
+        for (index, record) in records.iter().enumerate() {
+            let bytes = record.get().as_bytes();
+            logs.push(build_log(
+                &context,
+                bytes,
+                index as u64,
+                uri,
+                chrono::Utc::now(),
+            ));
+        }
+    }
+    let count = logs.len();
+    let push_started = Instant::now();
+    let mut client = EngineClient::new(unix_channel(socket));
+    let mut acks = client
+        .input(tokio_stream::iter(logs))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..count {
+        acks.message().await.unwrap().expect("an ack per log");
+    }
+    ((fetch + push_started.elapsed()).as_secs_f64(), bytes)
+}
+
+pub async fn drain(dir: &Path) {
+    let blobs = env_number("DRAIN_BLOBS", 2000);
+    let per_blob = env_number("DRAIN_RECORDS", 100);
+    let (api, socket, engine, entries) = backlog(dir, blobs, per_blob).await;
+    let (limit_secs, bytes) = bare_drain(api.base_url(), &entries, &socket).await;
+    let total = (blobs * per_blob) as u64;
+    let run = connector_drain(&dir.join("connector"), &api, &engine, &socket, total, None).await;
+    let megabytes = bytes as f64 / 1e6;
+    let limit_rate = total as f64 / limit_secs;
+    let rate = total as f64 / run.elapsed;
+    figure(
+        "drain",
+        "records_per_s",
+        rate,
+        "records/s",
+        Some(limit_rate),
+        Some((0.7, "ge")),
+    );
+    figure(
+        "drain",
+        "mb_per_s",
+        megabytes / run.elapsed,
+        "MB/s",
+        Some(megabytes / limit_secs),
+        None,
+    );
+    figure("drain", "peak_rss", run.peak_rss / MIB, "MiB", None, None);
+    figure("drain", "startup_s", run.startup, "s", None, None);
+    figure("drain", "connector_cpu_s", run.cpu, "s", None, None);
+    figure("drain", "elapsed_s", run.elapsed, "s", None, None);
+    // Another build of the connector (say, the commit before a change) drains the same blobs
+    // in this run, so a before/after comparison is a ratio that holds on a noisy machine.
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
+        let baseline = PathBuf::from(baseline);
+        let before = connector_drain(
+            &dir.join("baseline"),
+            &api,
+            &engine,
+            &socket,
+            total,
+            Some(&baseline),
+        )
+        .await;
+        let before_rate = total as f64 / before.elapsed;
+        figure(
+            "drain",
+            "baseline_records_per_s",
+            before_rate,
+            "records/s",
+            Some(limit_rate),
+            None,
+        );
+        figure(
+            "drain",
+            "baseline_connector_cpu_s",
+            before.cpu,
+            "s",
+            None,
+            None,
+        );
+        figure(
+            "drain",
+            "speedup_over_baseline",
+            rate / before_rate,
+            "ratio",
+            None,
+            None,
+        );
+    }
+    api.shutdown().await;
+}
