@@ -64,7 +64,9 @@
 //! unreachable, INFO with the outage length on recovery), not per retry. Recovery is the
 //! first Ack after reconnecting (or a stream opening with nothing to resend), so an engine
 //! that accepts streams and drops them at once is one outage, retried ever more slowly.
+//! Each such occurrence is one event in `events` (its log line and its counter).
 
+mod events;
 pub mod log;
 mod notify;
 mod stream;
@@ -576,7 +578,7 @@ impl Forwarder {
         };
         let queued = self.inner.notifications.try_send(message).is_ok();
         if !queued {
-            Counters::add(&self.inner.counters.notifications_dropped, 1);
+            events::NotificationDropped.emit(&self.inner.counters);
         }
         queued
     }

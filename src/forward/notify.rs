@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::Counters;
+use super::events::{NotificationDelivered, NotificationGivenUp};
 use crate::proto::{EngineClient, Message};
 use crate::retry::RetryPolicy;
 
@@ -54,17 +55,14 @@ pub(super) async fn run(
             () = stop.cancelled() => return,
             delivered = deliver(&client, message, &retry) => delivered,
         };
-        let counter = match delivered {
-            Ok(()) => {
-                counters.note_notification_delivered();
-                &counters.notifications_sent
+        match delivered {
+            Ok(()) => NotificationDelivered.emit(&counters),
+            Err(reason) => NotificationGivenUp {
+                topic: &topic,
+                reason: &reason,
             }
-            Err(reason) => {
-                tracing::warn!(topic, reason, "could not notify the engine; gave up");
-                &counters.notifications_failed
-            }
-        };
-        Counters::add(counter, 1);
+            .emit(&counters),
+        }
     }
 }
 

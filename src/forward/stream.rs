@@ -36,13 +36,14 @@ use tonic::transport::Channel;
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
+use super::events::{
+    EngineConnected, OutageRecovered, PoisonLogGivenUp, StoppedUnacked, StreamFailed,
+    StreamRefused, UnmatchedAck,
+};
 use super::wire::{EncodedLog, open_input};
 use super::{Counters, ForwardError, POISON_ATTEMPTS, Room, ShutdownReport, Submission};
 use crate::proto::{Ack, Log};
 use crate::retry::{Backoff, RetryPolicy};
-
-/// Unmatched acks are logged at most this often.
-const UNMATCHED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Queued Logs taken into the window per wake-up, at most.
 const BATCH: usize = 256;
@@ -367,10 +368,7 @@ impl StreamTask {
         }
         let refusals = match self.isolating {
             None => {
-                tracing::warn!(
-                    reason,
-                    "the engine refused a stream; sending the first unacknowledged log alone to find out whether it is the cause"
-                );
+                StreamRefused { reason }.emit();
                 self.isolating = Some(0);
                 return;
             }
@@ -394,13 +392,11 @@ impl StreamTask {
             Ok(log) => Sha256::digest(log.raw.as_bytes()).into(),
             Err(_) => [0; 32],
         };
-        Counters::add(&self.counters.refused, 1);
-        tracing::error!(
-            log_id = %entry.log.id,
-            attempts = POISON_ATTEMPTS,
+        PoisonLogGivenUp {
+            log_id: &entry.log.id,
             reason,
-            "the engine refused a log every time it was sent alone; giving it up (its record is dead-lettered by reference)"
-        );
+        }
+        .emit(&self.counters);
         let _ = entry.acked.send(Err(ForwardError::Refused {
             status: reason.to_owned(),
             raw_sha256,
@@ -409,21 +405,7 @@ impl StreamTask {
     }
 
     fn note_unmatched_ack(&mut self) {
-        Counters::add(&self.counters.unmatched_acks, 1);
-        let due = self
-            .unmatched_logged_at
-            .is_none_or(|at| at.elapsed() >= UNMATCHED_LOG_INTERVAL);
-        if due {
-            self.unmatched_logged_at = Some(Instant::now());
-            let total = self
-                .counters
-                .unmatched_acks
-                .load(std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                unmatched_acks_total = total,
-                "the engine acknowledged a log id that is not in flight; ignored"
-            );
-        }
+        UnmatchedAck.emit(&self.counters, &mut self.unmatched_logged_at);
     }
 
     /// The stream opened: every Log put on it so far counts as sent (or resent).
@@ -444,10 +426,11 @@ impl StreamTask {
         Counters::add(&self.counters.resent, resent);
         Counters::add(&self.counters.logs_sent, first_sends);
         self.resent_on_stream = resent;
-        if !self.connected_once {
-            self.connected_once = true;
-            tracing::info!("connected to the engine");
+        EngineConnected {
+            first: !self.connected_once,
         }
+        .emit();
+        self.connected_once = true;
         // With Logs to deliver, the outage ends at the first Ack, so an engine that opens
         // streams and drops them at once stays one outage (one WARN, one INFO).
         if self.window.is_empty() {
@@ -457,27 +440,25 @@ impl StreamTask {
 
     fn note_recovered(&mut self) {
         if let Some(since) = self.outage_since.take() {
-            tracing::info!(
-                outage_secs = since.elapsed().as_secs_f64(),
-                resent_logs = self.resent_on_stream,
-                "engine connection recovered"
-            );
+            OutageRecovered {
+                outage: since.elapsed(),
+                resent_logs: self.resent_on_stream,
+            }
+            .emit();
         }
     }
 
     fn note_failure(&mut self, reason: &str) {
-        self.counters.set_connected(false);
-        self.counters.set_last_error(reason);
-        if self.outage_since.is_none() {
+        let outage_began = self.outage_since.is_none();
+        if outage_began {
             self.outage_since = Some(Instant::now());
-            tracing::warn!(
-                reason,
-                unacked_logs = self.window.len(),
-                "engine stream failed; reconnecting with backoff, unacknowledged logs will be resent"
-            );
-        } else {
-            tracing::debug!(reason, "engine still unreachable");
         }
+        StreamFailed {
+            reason,
+            unacked_logs: self.window.len(),
+            outage_began,
+        }
+        .emit(&self.counters);
     }
 
     fn read_drain_request(&mut self, handle_alive: bool) {
@@ -519,10 +500,10 @@ impl StreamTask {
         self.publish_window_size(false);
         self.counters.set_connected(false);
         if unacked > 0 {
-            tracing::warn!(
-                unacked_logs = unacked,
-                "engine forwarder stopped with unacknowledged logs; their content will be delivered again"
-            );
+            StoppedUnacked {
+                unacked_logs: unacked,
+            }
+            .emit();
         }
         ShutdownReport { unacked }
     }
