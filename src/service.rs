@@ -20,6 +20,7 @@
 //! changed tenants and their queued work); with `run --utmstack`, [`utmstack_watch`] does
 //! so when UTMStack's files change.
 
+pub mod events;
 pub mod tenants;
 pub mod utmstack_watch;
 
@@ -346,10 +347,7 @@ async fn open_store(
         .with_context(|| format!("store.path {}: cannot open the store", path.display()))?;
     let orphaned = queue.release_orphaned_leases().await?;
     if orphaned > 0 {
-        tracing::warn!(
-            orphaned,
-            "released the leases of a previous run that did not stop cleanly"
-        );
+        events::OrphanedLeasesReleased { orphaned }.emit();
     }
     Ok(OpenedStore {
         queue: Arc::new(queue),
@@ -525,23 +523,17 @@ fn start_admin_listener(config: &Config, context: AdminContext) -> Option<AdminS
     }
 }
 
-/// Logs and reports to the console a stall of the engine when it begins (once), and its
-/// end; returns whether a stall is reported now.
+/// Reports a stall of the engine when it begins (once), and its end
+/// ([`events::EngineStalled`], [`events::EngineStallEnded`]); returns whether a stall is
+/// reported now.
 fn report_stall(forwarder: &Forwarder, reported: bool) -> bool {
     match (forwarder.stall(), reported) {
         (Some(stall), false) => {
-            tracing::error!(
-                unacked_logs = stall.unacked,
-                unacked_secs = stall.unacked_for.as_secs(),
-                last_error = stall.last_error.as_deref().unwrap_or(""),
-                "{}",
-                EngineStall::ADVICE
-            );
-            forwarder.notify_integration_failure(crate::forward::DATA_TYPE, &stall.to_string());
+            events::EngineStalled { stall: &stall }.emit(forwarder);
             true
         }
         (None, true) => {
-            tracing::info!("the engine acknowledges logs again; the stall is over");
+            events::EngineStallEnded.emit();
             false
         }
         (_, reported) => reported,
@@ -805,8 +797,8 @@ async fn upkeep(
         if last_purge.elapsed() >= Duration::from_secs(3600) {
             last_purge = tokio::time::Instant::now();
             match queue.purge_expired_tombstones().await {
-                Ok(purged) => tracing::debug!(purged, "expired tombstones purged"),
-                Err(error) => tracing::warn!(%error, "cannot purge expired tombstones"),
+                Ok(purged) => events::TombstonesPurged { purged }.emit(),
+                Err(error) => events::TombstonePurgeFailed { error: &error }.emit(),
             }
         }
     }
@@ -851,7 +843,7 @@ impl RunningService {
             let _ = tokio::time::timeout(Duration::from_secs(3), ops_server).await;
         }
         if let Err(error) = self.queue.close().await {
-            tracing::warn!(%error, "closing the store");
+            events::StoreCloseFailed { error: &error }.emit();
         }
         tracing::info!(
             unacked = report.unacked,

@@ -1,0 +1,107 @@
+//! The service's own telemetry events (see `ops::events`): the engine stall its upkeep
+//! watches, and what it meets opening, maintaining and closing the store. The stall's
+//! metrics (`engine_in_flight`, …) are gauges the upkeep sets from the forwarder's stats,
+//! and `/readyz` and `/status` show it from [`crate::forward::Forwarder::stall`]; these
+//! events say when it begins and ends.
+//!
+//! | event                      | level | metric | board | console                     |
+//! |----------------------------|-------|--------|-------|-----------------------------|
+//! | [`EngineStalled`]          | ERROR with the advice | — | — (shown by `/status`) | once per stall |
+//! | [`EngineStallEnded`]       | INFO  | —      | —     | —                           |
+//! | [`OrphanedLeasesReleased`] | WARN  | —      | —     | —                           |
+//! | [`TombstonesPurged`]       | DEBUG | —      | —     | —                           |
+//! | [`TombstonePurgeFailed`]   | WARN  | —      | —     | —                           |
+//! | [`StoreCloseFailed`]       | WARN  | —      | —     | —                           |
+
+use crate::forward::{DATA_TYPE, Forwarder, Stall};
+use crate::ops::health::EngineStall;
+use crate::queue::QueueError;
+
+/// Logs are in flight and none was acknowledged for `engine.stall_secs`.
+pub struct EngineStalled<'a> {
+    /// The stall.
+    pub stall: &'a Stall,
+}
+
+impl EngineStalled<'_> {
+    /// Logs it as an ERROR with its advice and tells the engine's console.
+    pub fn emit(self, forwarder: &Forwarder) {
+        let stall = self.stall;
+        tracing::error!(
+            unacked_logs = stall.unacked,
+            unacked_secs = stall.unacked_for.as_secs(),
+            last_error = stall.last_error.as_deref().unwrap_or(""),
+            "{}",
+            EngineStall::ADVICE
+        );
+        forwarder.notify_integration_failure(DATA_TYPE, &stall.to_string());
+    }
+}
+
+/// The engine acknowledges Logs again after a reported stall.
+pub struct EngineStallEnded;
+
+impl EngineStallEnded {
+    /// Says so.
+    pub fn emit(self) {
+        tracing::info!("the engine acknowledges logs again; the stall is over");
+    }
+}
+
+/// The embedded store held leases of a run that did not stop cleanly; they are released,
+/// so their items are delivered again.
+pub struct OrphanedLeasesReleased {
+    /// Leases released.
+    pub orphaned: u64,
+}
+
+impl OrphanedLeasesReleased {
+    /// Logs a WARN (nothing is lost; work may repeat).
+    pub fn emit(self) {
+        tracing::warn!(
+            orphaned = self.orphaned,
+            "released the leases of a previous run that did not stop cleanly"
+        );
+    }
+}
+
+/// The hourly purge removed expired tombstones.
+pub struct TombstonesPurged {
+    /// Tombstones removed.
+    pub purged: u64,
+}
+
+impl TombstonesPurged {
+    /// Logs it at DEBUG.
+    pub fn emit(self) {
+        tracing::debug!(purged = self.purged, "expired tombstones purged");
+    }
+}
+
+/// The hourly purge of expired tombstones failed; it is tried again in an hour.
+pub struct TombstonePurgeFailed<'a> {
+    /// The failure.
+    pub error: &'a QueueError,
+}
+
+impl TombstonePurgeFailed<'_> {
+    /// Logs a WARN.
+    pub fn emit(self) {
+        let error = self.error;
+        tracing::warn!(%error, "cannot purge expired tombstones");
+    }
+}
+
+/// Closing the store at stop failed.
+pub struct StoreCloseFailed<'a> {
+    /// The failure.
+    pub error: &'a QueueError,
+}
+
+impl StoreCloseFailed<'_> {
+    /// Logs a WARN.
+    pub fn emit(self) {
+        let error = self.error;
+        tracing::warn!(%error, "closing the store");
+    }
+}
