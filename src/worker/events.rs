@@ -16,12 +16,22 @@
 //! | [`RefusedBlobExpired`] | ERROR | `refused_expired`, `content_refused`     | —                            | reported       |
 //! | [`BlobUnrecoverable`]  | ERROR | `unrecoverable`, `content_unrecoverable` | —                            | reported       |
 //! | [`RecordDeadLettered`] | WARN (invalid) / ERROR | `records_invalid`/`_oversized`/`_refused` | `records_dead_lettered` (not for invalid) | reported |
+//!
+//! The pool's own occurrences, outside a blob's outcome, log only (they have no metric or
+//! problem of their own; the queue's redelivery is the remedy):
+//!
+//! | event                  | level | what follows                                        |
+//! |------------------------|-------|-----------------------------------------------------|
+//! | [`WorkerPanicked`]     | ERROR | the worker starts again; its item comes back when its lease expires |
+//! | [`LeaseFailed`]        | ERROR | the worker retries the lease on backoff             |
+//! | [`QueueUpdateFailed`]  | WARN  | per [`QueueUpdate`]: the item is redelivered, or work repeats |
 
 use chrono::{DateTime, Utc};
 
 use crate::api::ApiError;
 use crate::ops::events::{Telemetry, problem_kind};
 use crate::ops::health::HeldBlob;
+use crate::queue::{ContentKey, QueueError};
 
 /// What to do about blobs refused without an AF code.
 const REFUSED_ADVICE: &str = "nothing is needed while the blobs are not yet expired: each is retried on its backoff and, once its contentExpiration has passed by Microsoft's clock and a last fetch is refused, counted lost (content_refused_total); if many blobs are refused, check that api_url points at Microsoft's API for the tenant's cloud and whether Microsoft reports an incident";
@@ -390,5 +400,86 @@ impl RecordDeadLettered<'_> {
             advice,
             telemetry.now,
         );
+    }
+}
+
+/// A worker panicked on an item; its supervisor starts it again.
+pub struct WorkerPanicked {
+    /// The worker's number.
+    pub worker: usize,
+}
+
+impl WorkerPanicked {
+    /// Logs it as an ERROR (a bug to report).
+    pub fn emit(self) {
+        tracing::error!(
+            worker = self.worker,
+            "a worker panicked; starting it again (its item is redelivered when its lease expires)"
+        );
+    }
+}
+
+/// A worker could not lease from the queue; it tries again on backoff.
+pub struct LeaseFailed<'a> {
+    /// The worker's number.
+    pub worker: usize,
+    /// The store's failure.
+    pub error: &'a QueueError,
+}
+
+impl LeaseFailed<'_> {
+    /// Logs it as an ERROR (no work moves while it lasts).
+    pub fn emit(self) {
+        let (worker, error) = (self.worker, self.error);
+        tracing::error!(worker, %error, "cannot lease from the queue");
+    }
+}
+
+/// The queue write a worker could not make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueUpdate {
+    /// Recording the settled prefix: the next pass repeats some records.
+    Progress,
+    /// Completing the item: it is redelivered.
+    Complete,
+    /// Extending the lease: the pass goes on under the old one.
+    ExtendLease,
+    /// Recording where the blob's structure broke.
+    BrokenAt,
+    /// Retrying, releasing or dead-lettering the item: its lease expires and it is
+    /// redelivered.
+    Settle,
+}
+
+/// A worker's write to the queue failed; nothing is lost (the lease expires and the item
+/// comes back), work may repeat.
+pub struct QueueUpdateFailed<'a> {
+    /// The item.
+    pub key: &'a ContentKey,
+    /// Which write.
+    pub update: QueueUpdate,
+    /// The store's failure.
+    pub error: &'a QueueError,
+}
+
+impl QueueUpdateFailed<'_> {
+    /// Logs a WARN saying what follows.
+    pub fn emit(self) {
+        let (key, error) = (self.key, self.error);
+        match self.update {
+            QueueUpdate::Progress => {
+                tracing::warn!(%key, %error, "cannot record progress; the next pass repeats some records")
+            }
+            QueueUpdate::Complete => {
+                tracing::warn!(%key, %error, "cannot complete the item; it will be redelivered")
+            }
+            QueueUpdate::ExtendLease => tracing::warn!(%key, %error, "cannot extend the lease"),
+            QueueUpdate::BrokenAt => {
+                tracing::warn!(%key, %error, "cannot record where the blob broke")
+            }
+            QueueUpdate::Settle => {
+                tracing::warn!(%key, %error, "cannot update the queue item; it will be redelivered")
+            }
+        }
     }
 }

@@ -46,9 +46,9 @@ use tokio_util::task::TaskTracker;
 
 use super::events::{
     BAD_REQUEST_ADVICE, Blob, BlobCompleted, BlobRetried, BlobUnrecoverable, CREDENTIALS_ADVICE,
-    ContentExpired, ContentMissing, FetchRefused, ForeignUrlRefused, RecordDeadLettered,
-    RecordFault, RefusedBlobExpired, RefusedBlobRetried, SubscriptionNotReady,
-    TOKEN_ENDPOINT_ADVICE,
+    ContentExpired, ContentMissing, FetchRefused, ForeignUrlRefused, LeaseFailed,
+    QueueUpdate, QueueUpdateFailed, RecordDeadLettered, RecordFault, RefusedBlobExpired,
+    RefusedBlobRetried, SubscriptionNotReady, TOKEN_ENDPOINT_ADVICE, WorkerPanicked,
 };
 use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
@@ -143,12 +143,7 @@ async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: 
         let run = tokio::spawn(run_worker(context.clone(), worker, shutdown.clone()));
         match run.await {
             Ok(()) => return,
-            Err(error) if error.is_panic() => {
-                tracing::error!(
-                    worker,
-                    "a worker panicked; starting it again (its item is redelivered when its lease expires)"
-                );
-            }
+            Err(error) if error.is_panic() => WorkerPanicked { worker }.emit(),
             Err(_) => return,
         }
         if shutdown.is_cancelled() {
@@ -180,7 +175,11 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
                 }
             }
             Err(error) => {
-                tracing::error!(worker, %error, "cannot lease from the queue");
+                LeaseFailed {
+                    worker,
+                    error: &error,
+                }
+                .emit();
                 let delay = errors.next_delay(None).unwrap_or(delay::LEASE_FAILED);
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -384,7 +383,12 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
             .record_acked(&key, item.lease, progress.settled)
             .await
     {
-        tracing::warn!(%key, %error, "cannot record progress; the next pass repeats some records");
+        QueueUpdateFailed {
+            key: &key,
+            update: QueueUpdate::Progress,
+            error: &error,
+        }
+        .emit();
     }
     end_pass(context, &tenant, &item, outcome).await;
 }
@@ -404,7 +408,12 @@ async fn end_pass(
             }
             .emit(&telemetry);
             if let Err(error) = context.queue.complete(&item.key(), item.lease).await {
-                tracing::warn!(key = %item.key(), %error, "cannot complete the item; it will be redelivered");
+                QueueUpdateFailed {
+                    key: &item.key(),
+                    update: QueueUpdate::Complete,
+                    error: &error,
+                }
+                .emit();
             }
         }
         PassOutcome::Retry(reason) => {
@@ -669,7 +678,12 @@ async fn keep_lease(
     {
         Ok(until) => until,
         Err(error) => {
-            tracing::warn!(key = %item.key(), %error, "cannot extend the lease");
+            QueueUpdateFailed {
+                key: &item.key(),
+                update: QueueUpdate::ExtendLease,
+                error: &error,
+            }
+            .emit();
             lease_until
         }
     }
@@ -833,7 +847,12 @@ async fn give_up_unrecoverable(
         .add_dead_record(&item.key(), item.lease, record)
         .await
     {
-        tracing::warn!(key = %item.key(), %error, "cannot record where the blob broke");
+        QueueUpdateFailed {
+            key: &item.key(),
+            update: QueueUpdate::BrokenAt,
+            error: &error,
+        }
+        .emit();
     }
     BlobUnrecoverable {
         blob: blob(tenant, item),
@@ -895,6 +914,11 @@ async fn dead_letter(context: &WorkerContext, tenant: &Tenant, item: &LeasedItem
 fn log_queue_error(item: &LeasedItem, result: Result<(), QueueError>) {
     if let Err(error) = result {
         // The lease expires and the item comes back: nothing is lost, work may repeat.
-        tracing::warn!(key = %item.key(), %error, "cannot update the queue item; it will be redelivered");
+        QueueUpdateFailed {
+            key: &item.key(),
+            update: QueueUpdate::Settle,
+            error: &error,
+        }
+        .emit();
     }
 }
