@@ -14,7 +14,8 @@
 //!   direct `subscriptions` mode);
 //! - [`server`]: the listener the service starts and stops;
 //! - [`client`]: connecting and exchanging one request;
-//! - [`command`]: the commands as the binary runs them (tables, `--json`, progress).
+//! - [`command`]: the commands as the binary runs them (tables, `--json`, progress);
+//! - [`events`]: the log line of each operator change.
 //!
 //! Operator actions and the running service: a subscription stopped by hand is started again
 //! by the service's subscription check when the configuration still collects it; a requeued
@@ -22,6 +23,7 @@
 
 pub mod client;
 pub mod command;
+pub mod events;
 pub mod operations;
 pub mod protocol;
 pub mod server;

@@ -24,6 +24,10 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{
+    BackfillPairFinished, BackfillUrisRefused, DeadItemRequeued, DeadRecordsRequeued,
+    SubscriptionStarted, SubscriptionStopped,
+};
 use super::protocol::{
     BackfillPair, BackfillProgress, BackfillReport, BackfillRequest, DeadItemRow,
     DeadLetterSelection, DeadLettersReport, DeadRecordRow, RequeueReport, SubscriptionChange,
@@ -241,7 +245,12 @@ pub async fn start_subscriptions(
                 ),
                 Err(error) => ("failed", Some(with_advice(&error))),
             };
-            tracing::info!(tenant = %tenant.name, %content_type, outcome, "operator started a subscription");
+            SubscriptionStarted {
+                tenant: &tenant.name,
+                content_type,
+                outcome,
+            }
+            .emit();
             report.changes.push(SubscriptionChange {
                 tenant: tenant.name.clone(),
                 content_type: content_type.as_str().into(),
@@ -272,7 +281,12 @@ pub async fn stop_subscriptions(
     for tenant in select_tenants(tenants, selection.tenant.as_deref())? {
         for content_type in selected_types(&tenant, filter) {
             let result = tenant.client.stop_subscription(content_type.as_str()).await;
-            tracing::warn!(tenant = %tenant.name, %content_type, ok = result.is_ok(), "operator stopped a subscription");
+            SubscriptionStopped {
+                tenant: &tenant.name,
+                content_type,
+                ok: result.is_ok(),
+            }
+            .emit();
             let (outcome, error) = match result {
                 Ok(()) => ("stopped", None),
                 Err(error) => ("failed", Some(with_advice(&error))),
@@ -424,7 +438,7 @@ pub async fn backfill(
             Ok(items) => enqueue_listed(context, &tenant, items, &mut pair).await,
             Err(error) => pair.error = Some(with_advice(&error)),
         }
-        tracing::info!(tenant = %pair.tenant, content_type = %pair.content_type, listed = pair.listed, enqueued = pair.enqueued, error = pair.error.as_deref().unwrap_or(""), "backfill");
+        BackfillPairFinished { pair: &pair }.emit();
         report.listed += pair.listed;
         report.enqueued += pair.enqueued;
         report.already_known += pair.already_known;
@@ -467,7 +481,11 @@ async fn enqueue_listed(
         });
     }
     if pair.rejected > 0 {
-        tracing::warn!(tenant = %tenant.name, rejected = pair.rejected, "backfill: contentUris not on the tenant's API host were refused");
+        BackfillUrisRefused {
+            tenant: &tenant.name,
+            rejected: pair.rejected,
+        }
+        .emit();
         pair.error = Some(format!(
             "{} listed contentUris are not on the tenant's API host and were refused",
             pair.rejected
@@ -635,7 +653,11 @@ pub async fn requeue_dead_letters(
             continue;
         }
         let item_records = records.remove(&key).unwrap_or_default();
-        tracing::info!(%key, records = item_records.len(), "operator requeued a dead item");
+        DeadItemRequeued {
+            key: &key,
+            records: item_records.len(),
+        }
+        .emit();
         report.expired += usize::from(item.content.content_expiration <= now);
         report.requeued.push(dead_item_row(&tenants, item));
         let content_type = Some(item.content.content_type.clone());
@@ -669,7 +691,11 @@ async fn requeue_blob_records(
     let count = records.len() as u64;
     let item = context.queue.get(key).await?;
     if context.queue.requeue_dead(key).await? {
-        tracing::info!(%key, records = count, "operator requeued dead records");
+        DeadRecordsRequeued {
+            key,
+            records: count,
+        }
+        .emit();
         let content_type = item.map(|item| item.content.content_type);
         report
             .records
