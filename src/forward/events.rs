@@ -207,3 +207,42 @@ impl NotificationDropped {
         Counters::add(&counters.notifications_dropped, 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unmatched_ack_is_counted_but_logged_at_most_once_a_minute() {
+        let counters = Counters::default();
+        let mut logged_at = None;
+        UnmatchedAck.emit(&counters, &mut logged_at);
+        let first_logged = logged_at.expect("the first unmatched ack is logged");
+        UnmatchedAck.emit(&counters, &mut logged_at);
+        assert_eq!(logged_at, Some(first_logged), "the second is not logged");
+        assert_eq!(counters.unmatched_acks.load(Ordering::Relaxed), 2);
+        let long_ago = Instant::now().checked_sub(UNMATCHED_LOG_INTERVAL);
+        logged_at = long_ago;
+        UnmatchedAck.emit(&counters, &mut logged_at);
+        assert!(logged_at > long_ago, "logged again once the interval passed");
+        assert_eq!(counters.unmatched_acks.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_notification_given_up_or_dropped_counts_without_marking_the_engine_reachable() {
+        let counters = Counters::default();
+        counters.set_starting();
+        NotificationGivenUp {
+            topic: "integration_failure",
+            reason: "no ack",
+        }
+        .emit(&counters);
+        NotificationDropped.emit(&counters);
+        assert_eq!(counters.notifications_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.notifications_dropped.load(Ordering::Relaxed), 1);
+        assert!(!counters.engine_connected.load(Ordering::Relaxed));
+        NotificationDelivered.emit(&counters);
+        assert_eq!(counters.notifications_sent.load(Ordering::Relaxed), 1);
+        assert!(counters.engine_connected.load(Ordering::Relaxed));
+    }
+}
