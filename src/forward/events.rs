@@ -224,7 +224,10 @@ mod tests {
         let long_ago = Instant::now().checked_sub(UNMATCHED_LOG_INTERVAL);
         logged_at = long_ago;
         UnmatchedAck.emit(&counters, &mut logged_at);
-        assert!(logged_at > long_ago, "logged again once the interval passed");
+        assert!(
+            logged_at > long_ago,
+            "logged again once the interval passed"
+        );
         assert_eq!(counters.unmatched_acks.load(Ordering::Relaxed), 3);
     }
 

@@ -46,9 +46,9 @@ use tokio_util::task::TaskTracker;
 
 use super::events::{
     BAD_REQUEST_ADVICE, Blob, BlobCompleted, BlobRetried, BlobUnrecoverable, CREDENTIALS_ADVICE,
-    ContentExpired, ContentMissing, FetchRefused, ForeignUrlRefused, LeaseFailed,
-    QueueUpdate, QueueUpdateFailed, RecordDeadLettered, RecordFault, RefusedBlobExpired,
-    RefusedBlobRetried, SubscriptionNotReady, TOKEN_ENDPOINT_ADVICE, WorkerPanicked,
+    ContentExpired, ContentMissing, FetchRefused, ForeignUrlRefused, LeaseFailed, QueueUpdate,
+    QueueUpdateFailed, RecordDeadLettered, RecordFault, RefusedBlobExpired, RefusedBlobRetried,
+    SubscriptionNotReady, TOKEN_ENDPOINT_ADVICE, WorkerPanicked,
 };
 use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
