@@ -17,10 +17,9 @@
 //! | [`RecordNotUpdated`]           | WARN  | —                                          | —                                        |
 //! | [`SubscriptionStarted`]        | INFO  | `ok` or `already_enabled`                  | clears the content type's problems       |
 //! | [`StartRetrying`]              | WARN  | `failed`                                   | —                                        |
-//! | [`StartFailed`]                | ERROR | `failed`                                   | `subscription_failed` with advice        |
+//! | [`StartFailed`]                | ERROR | `failed`                                   | `subscription_failed` with advice (unless the webhook is deferred) |
 //! | [`WebhookNotValidated`]        | WARN  | `webhook_not_validated`                    | — (then [`WebhookDeferred`])             |
 //! | [`PollOnlyStarted`]            | INFO  | `poll_only`                                | —                                        |
-//! | [`PollOnlyStartFailed`]        | ERROR | `failed`                                   | — (the deferred webhook is shown)        |
 //! | [`WebhookDeferred`]            | —     | —                                          | `webhook_deferred` with Microsoft's causes |
 //! | [`DeferredWebhookRegistered`]  | INFO  | —                                          | —                                        |
 //! | [`DeferredWebhooksCounted`]    | —     | gauge `webhooks_deferred`                  | —                                        |
@@ -276,11 +275,14 @@ pub struct StartFailed<'a> {
     pub subscription: Subscription<'a>,
     /// The refusal.
     pub error: &'a ApiError,
+    /// It was the start without a webhook after AF20021: the board shows the deferred
+    /// webhook ([`WebhookDeferred`]) instead.
+    pub webhook_deferred: bool,
 }
 
 impl StartFailed<'_> {
-    /// Logs it as an ERROR with its advice, counts `failed` and shows
-    /// `subscription_failed` with the same advice.
+    /// Logs it as an ERROR with its advice, counts `failed` and, unless the webhook is
+    /// deferred, shows `subscription_failed` with the same advice.
     pub fn emit(self, telemetry: &Telemetry) {
         let Subscription {
             tenant,
@@ -289,6 +291,9 @@ impl StartFailed<'_> {
         let error = self.error;
         tracing::error!(%tenant, %content_type, %error, advice = advice(error), "cannot start the subscription");
         self.subscription.count_start(telemetry, "failed");
+        if self.webhook_deferred {
+            return;
+        }
         self.subscription.show(
             telemetry,
             PROBLEM_START_FAILED,
@@ -335,28 +340,6 @@ impl PollOnlyStarted<'_> {
         } = self.subscription;
         tracing::info!(%tenant, %content_type, "subscription started without webhook; collecting by polling");
         self.subscription.count_start(telemetry, "poll_only");
-    }
-}
-
-/// After AF20021, the start without a webhook failed too.
-pub struct PollOnlyStartFailed<'a> {
-    /// The subscription.
-    pub subscription: Subscription<'a>,
-    /// The failure.
-    pub error: &'a ApiError,
-}
-
-impl PollOnlyStartFailed<'_> {
-    /// Logs it as an ERROR with its advice and counts `failed`; the board shows the
-    /// deferred webhook ([`WebhookDeferred`]).
-    pub fn emit(self, telemetry: &Telemetry) {
-        let Subscription {
-            tenant,
-            content_type,
-        } = self.subscription;
-        let error = self.error;
-        tracing::error!(%tenant, %content_type, %error, advice = advice(error), "cannot start the subscription");
-        self.subscription.count_start(telemetry, "failed");
     }
 }
 
@@ -473,5 +456,88 @@ impl RemovedStopFailed<'_> {
         } = self.subscription;
         let error = self.error;
         tracing::warn!(%tenant, %content_type, %error, "cannot stop the subscription of a content type no longer configured");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Metrics;
+    use crate::ops::events::problem_kind;
+    use crate::ops::health::ProblemBoard;
+
+    fn kinds(problems: &ProblemBoard) -> Vec<String> {
+        problems
+            .snapshot()
+            .into_iter()
+            .map(|(_, problem)| problem.kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_start_is_shown_with_the_advice_it_logs_and_a_start_clears_only_the_managers_problems()
+     {
+        let metrics = Metrics::default();
+        let problems = ProblemBoard::default();
+        let telemetry = Telemetry {
+            metrics: &metrics,
+            problems: &problems,
+            console: None,
+            now: Utc::now(),
+        };
+        let subscription = Subscription {
+            tenant: "contoso",
+            content_type: ContentType::DlpAll,
+        };
+        let refusal = ApiError::Service {
+            tenant_id: "t".into(),
+            operation: "subscriptions/start",
+            kind: ErrorKind::PermissionMissing,
+            status: 401,
+            af_code: Some("AF10001".into()),
+            message: "no permission".into(),
+            retry_after: None,
+            server_date: None,
+        };
+        problems.set(
+            "contoso",
+            "DLP.All",
+            problem_kind::POLL_FAILED,
+            "the poller's".into(),
+            "its advice",
+            telemetry.now,
+        );
+        StartFailed {
+            subscription,
+            error: &refusal,
+            webhook_deferred: false,
+        }
+        .emit(&telemetry);
+        let shown = problems
+            .snapshot()
+            .into_iter()
+            .find(|(_, problem)| problem.kind == PROBLEM_START_FAILED)
+            .expect("the refused start is on the board")
+            .1;
+        assert_eq!(shown.advice, advice(&refusal));
+        assert!(shown.advice.contains("ActivityFeed.ReadDlp"), "{shown:?}");
+
+        SubscriptionStarted {
+            subscription,
+            with_webhook: true,
+            outcome: &StartOutcome::AlreadyEnabled,
+        }
+        .emit(&telemetry);
+        assert_eq!(kinds(&problems), [problem_kind::POLL_FAILED]);
+        let exposition = metrics.encode();
+        for outcome in ["failed", "already_enabled"] {
+            assert!(
+                exposition.lines().any(|line| line
+                    .starts_with("o365_connector_subscription_starts_total{")
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+                    && line.ends_with(" 1")),
+                "{outcome} counted once:\n{exposition}"
+            );
+        }
     }
 }

@@ -376,6 +376,7 @@ impl SubscriptionManager {
                 events::StartFailed {
                     subscription: self.subscription(content_type),
                     error: &error,
+                    webhook_deferred: false,
                 }
                 .emit(&self.telemetry());
                 entry.last_error = Some(error.to_string());
@@ -452,9 +453,10 @@ impl SubscriptionManager {
                     entry.subscription = SubscriptionState::Enabled;
                 }
                 Err(error) => {
-                    events::PollOnlyStartFailed {
+                    events::StartFailed {
                         subscription: self.subscription(content_type),
                         error: &error,
+                        webhook_deferred: true,
                     }
                     .emit(&self.telemetry());
                     entry.last_error = Some(error.to_string());

@@ -66,8 +66,8 @@ use crate::ops::status::StatusSource;
 use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::queue::{ContentQueue, ContentRef, Source};
 pub use auth_id::WebhookSecrets;
-pub use events::loggable;
 use events::WebhookTelemetry;
+pub use events::loggable;
 use tokio::sync::{Notify, Semaphore};
 
 /// Default limit of a notification body: Microsoft's batches are far smaller.
