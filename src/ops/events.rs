@@ -70,8 +70,18 @@ impl Telemetry<'_> {
     /// Counts one blob pass of `tenant`'s `content_type` ending in `outcome`
     /// (`blobs_fetched_total`).
     pub fn count_blob(&self, tenant: &str, content_type: &str, outcome: &'static str) {
-        self.metrics
-            .blobs_fetched
+        self.count_outcome(&self.metrics.blobs_fetched, tenant, content_type, outcome);
+    }
+
+    /// Adds one to `family`'s series of `tenant`'s `content_type` ending in `outcome`.
+    pub fn count_outcome(
+        &self,
+        family: &Family<ContentOutcomeLabels, Counter>,
+        tenant: &str,
+        content_type: &str,
+        outcome: &'static str,
+    ) {
+        family
             .get_or_create(&ContentOutcomeLabels {
                 tenant: self.metrics.tenant_label(tenant),
                 content_type: content_type.to_string(),

@@ -28,11 +28,13 @@
 //!   `subscriptions.stop_removed` (a stop loses the content of the gap).
 //!
 //! The state of every subscription is on the [`SubscriptionBoard`] (for `/status`); what
-//! needs an operator is on the [`ProblemBoard`]. Time comes from the [`Clock`]: tests call
+//! needs an operator is on the [`ProblemBoard`], set and cleared, with the log lines and
+//! metrics, only through the typed events of [`events`]. Time comes from the [`Clock`]: tests call
 //! [`SubscriptionManager::check_once`] after moving a manual clock.
 
 pub mod board;
 pub mod decide;
+pub mod events;
 pub mod record;
 
 use std::collections::HashSet;
@@ -52,28 +54,16 @@ use crate::api::{ApiError, ErrorKind, StartOutcome};
 use crate::clock::Clock;
 use crate::config::{ContentType, SubscriptionsConfig};
 use crate::ops::Metrics;
+use crate::ops::events::Telemetry;
 use crate::ops::health::ProblemBoard;
-use crate::ops::metrics::{ContentLabels, ContentOutcomeLabels};
 use crate::queue::{MetaStore, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::Tenant;
-
-/// What Microsoft needs to validate a webhook, logged and shown with AF20021.
-const WEBHOOK_CAUSES: &str = "Microsoft could not validate the webhook (AF20021): it must be reachable from the internet over HTTPS with a publicly trusted certificate and answer 200; check the reverse proxy, the firewall (service tag M365ManagementActivityApiWebhook) and server.public_url. Content is collected by polling meanwhile";
+use events::Subscription;
 
 /// Wait before retrying a start Microsoft answered with a transient error (5xx, throttling
 /// without `Retry-After`, transport).
 const TRANSIENT_START_RETRY: Duration = Duration::from_secs(5);
-
-/// Problem kinds this module sets (and so may clear).
-const PROBLEM_START_FAILED: &str = "subscription_failed";
-const PROBLEM_WEBHOOK_DEFERRED: &str = "webhook_deferred";
-const PROBLEM_LIST_FAILED: &str = "subscriptions_unlisted";
-const OWN_PROBLEMS: [&str; 3] = [
-    PROBLEM_START_FAILED,
-    PROBLEM_WEBHOOK_DEFERRED,
-    PROBLEM_LIST_FAILED,
-];
 
 /// The manager's settings, from `[subscriptions]`.
 #[derive(Clone, Copy, Debug)]
@@ -215,12 +205,18 @@ impl SubscriptionManager {
         let now = self.context.clock.now();
         let listed = match self.tenant.client.list_subscriptions().await {
             Ok(listed) => {
-                self.clear_problem("*");
+                events::SubscriptionsListed {
+                    tenant: &self.tenant.name,
+                }
+                .emit(&self.telemetry());
                 listed
             }
             Err(error) => {
-                tracing::warn!(tenant = %self.tenant.name, %error, "cannot list subscriptions");
-                self.show_problem("*", PROBLEM_LIST_FAILED, error.to_string(), advice(&error));
+                events::SubscriptionsUnlisted {
+                    tenant: &self.tenant.name,
+                    error: &error,
+                }
+                .emit(&self.telemetry());
                 return Err(error);
             }
         };
@@ -238,11 +234,10 @@ impl SubscriptionManager {
             entries.push(entry);
         }
         self.handle_removed(&listed).await;
-        let deferred = self.context.board.deferred_webhooks();
-        self.context
-            .metrics
-            .webhooks_deferred
-            .set(i64::try_from(deferred).unwrap_or(i64::MAX));
+        events::DeferredWebhooksCounted {
+            deferred: self.context.board.deferred_webhooks(),
+        }
+        .emit(&self.telemetry());
         Ok(CheckReport {
             entries,
             next_check,
@@ -270,7 +265,10 @@ impl SubscriptionManager {
             self.context.settings.decision,
         );
         if assessment.webhook == WebhookState::Enabled && record.webhook_deferred_since.is_some() {
-            tracing::info!(tenant = %self.tenant.name, %content_type, "the deferred webhook is registered now");
+            events::DeferredWebhookRegistered {
+                subscription: self.subscription(content_type),
+            }
+            .emit(&self.telemetry());
             record.webhook_deferred_since = None;
             self.save_record(content_type, &record).await;
         }
@@ -287,7 +285,13 @@ impl SubscriptionManager {
                 (entry, assessment.recheck_at)
             }
             Action::WaitForSpacing { until } => {
-                tracing::info!(tenant = %self.tenant.name, %content_type, subscription = ?entry.subscription, webhook = ?entry.webhook, %until, "subscription needs a start; waiting for the 15-minute spacing");
+                events::StartWaitingForSpacing {
+                    subscription: self.subscription(content_type),
+                    state: entry.subscription,
+                    webhook: entry.webhook,
+                    until,
+                }
+                .emit(&self.telemetry());
                 (entry, assessment.recheck_at)
             }
             Action::Start => self.start(content_type, entry, record, now).await,
@@ -299,7 +303,10 @@ impl SubscriptionManager {
         if entry.webhook == WebhookState::Deferred {
             self.show_deferred(content_type);
         } else {
-            self.clear_problem(content_type.as_str());
+            events::SubscriptionAsWanted {
+                subscription: self.subscription(content_type),
+            }
+            .emit(&self.telemetry());
         }
     }
 
@@ -326,12 +333,11 @@ impl SubscriptionManager {
         {
             // Without the record the spacing cannot be kept across restarts: do not start.
             let message = format!("cannot record the start in the store: {error}");
-            self.show_problem(
-                content_type.as_str(),
-                PROBLEM_START_FAILED,
-                message.clone(),
-                "check the disk and the store directory",
-            );
+            events::StartRecordUnavailable {
+                subscription: self.subscription(content_type),
+                message: &message,
+            }
+            .emit(&self.telemetry());
             entry.last_error = Some(message);
             return (entry, None);
         }
@@ -353,8 +359,11 @@ impl SubscriptionManager {
             Err(error) if error.is_retryable() => {
                 // Microsoft asked us to retry (5xx, throttling, transport): the start did not
                 // take, so it does not count against the spacing; try again shortly.
-                tracing::warn!(tenant = %self.tenant.name, %content_type, %error, "subscription start failed; retrying shortly");
-                self.count_start(content_type, "failed");
+                events::StartRetrying {
+                    subscription: self.subscription(content_type),
+                    error: &error,
+                }
+                .emit(&self.telemetry());
                 self.save_record(content_type, &before).await;
                 entry.last_start = before.last_start;
                 entry.last_error = Some(error.to_string());
@@ -364,14 +373,12 @@ impl SubscriptionManager {
                 (entry, Some(retry_at))
             }
             Err(error) => {
-                tracing::error!(tenant = %self.tenant.name, %content_type, %error, advice = advice(&error), "cannot start the subscription");
-                self.count_start(content_type, "failed");
-                self.show_problem(
-                    content_type.as_str(),
-                    PROBLEM_START_FAILED,
-                    error.to_string(),
-                    advice(&error),
-                );
+                events::StartFailed {
+                    subscription: self.subscription(content_type),
+                    error: &error,
+                    webhook_deferred: false,
+                }
+                .emit(&self.telemetry());
                 entry.last_error = Some(error.to_string());
                 (entry, None)
             }
@@ -386,12 +393,16 @@ impl SubscriptionManager {
         mut record: StartRecord,
         outcome: &StartOutcome,
     ) -> SubscriptionEntry {
-        let (label, shown) = match outcome {
-            StartOutcome::Started(view) => ("ok", view.webhook.as_ref()),
-            StartOutcome::AlreadyEnabled => ("already_enabled", None),
+        let shown = match outcome {
+            StartOutcome::Started(view) => view.webhook.as_ref(),
+            StartOutcome::AlreadyEnabled => None,
         };
-        tracing::info!(tenant = %self.tenant.name, %content_type, webhook = self.webhook.is_some(), outcome = label, "subscription started");
-        self.count_start(content_type, label);
+        events::SubscriptionStarted {
+            subscription: self.subscription(content_type),
+            with_webhook: self.webhook.is_some(),
+            outcome,
+        }
+        .emit(&self.telemetry());
         entry.subscription = SubscriptionState::Enabled;
         entry.webhook = match (&self.webhook, outcome, shown) {
             (None, _, _) => WebhookState::None,
@@ -403,7 +414,6 @@ impl SubscriptionManager {
         if record.webhook_deferred_since.take().is_some() {
             self.save_record(content_type, &record).await;
         }
-        self.clear_problem(content_type.as_str());
         entry
     }
 
@@ -416,12 +426,12 @@ impl SubscriptionManager {
         mut record: StartRecord,
         now: DateTime<Utc>,
     ) -> SubscriptionEntry {
-        let address = self
-            .webhook
-            .as_ref()
-            .map_or("", |webhook| webhook.address.as_str());
-        tracing::warn!(tenant = %self.tenant.name, %content_type, address, "{WEBHOOK_CAUSES}");
-        self.count_start(content_type, "webhook_not_validated");
+        let address = self.webhook_address();
+        events::WebhookNotValidated {
+            subscription: self.subscription(content_type),
+            address,
+        }
+        .emit(&self.telemetry());
         record.webhook_deferred_since.get_or_insert(now);
         entry.webhook = WebhookState::Deferred;
         entry.last_error = Some(format!(
@@ -435,14 +445,20 @@ impl SubscriptionManager {
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(tenant = %self.tenant.name, %content_type, "subscription started without webhook; collecting by polling");
-                    self.count_start(content_type, "poll_only");
+                    events::PollOnlyStarted {
+                        subscription: self.subscription(content_type),
+                    }
+                    .emit(&self.telemetry());
                     record.last_start_with_webhook = false;
                     entry.subscription = SubscriptionState::Enabled;
                 }
                 Err(error) => {
-                    tracing::error!(tenant = %self.tenant.name, %content_type, %error, advice = advice(&error), "cannot start the subscription");
-                    self.count_start(content_type, "failed");
+                    events::StartFailed {
+                        subscription: self.subscription(content_type),
+                        error: &error,
+                        webhook_deferred: true,
+                    }
+                    .emit(&self.telemetry());
                     entry.last_error = Some(error.to_string());
                 }
             }
@@ -473,7 +489,10 @@ impl SubscriptionManager {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(content_type.as_str().to_string());
                 if first {
-                    tracing::info!(tenant = %self.tenant.name, %content_type, "still subscribed to a content type no longer configured; left as it is (set subscriptions.stop_removed = true to stop it, which loses the content of the gap)");
+                    events::RemovedSubscriptionKept {
+                        subscription: self.subscription(content_type),
+                    }
+                    .emit(&self.telemetry());
                 }
                 continue;
             }
@@ -484,22 +503,19 @@ impl SubscriptionManager {
                 .await
             {
                 Ok(()) => {
-                    tracing::warn!(tenant = %self.tenant.name, %content_type, "stopped the subscription of a content type no longer configured (subscriptions.stop_removed); content from now until a later start is lost");
-                    self.context
-                        .metrics
-                        .subscription_stops
-                        .get_or_create(&ContentLabels {
-                            tenant: self.context.metrics.tenant_label(&self.tenant.name),
-                            content_type: content_type.as_str().to_string(),
-                        })
-                        .inc();
+                    events::RemovedSubscriptionStopped {
+                        subscription: self.subscription(content_type),
+                    }
+                    .emit(&self.telemetry());
                     self.context
                         .board
                         .remove(&self.tenant.name, content_type.as_str());
                 }
-                Err(error) => {
-                    tracing::warn!(tenant = %self.tenant.name, %content_type, %error, "cannot stop the subscription of a content type no longer configured");
+                Err(error) => events::RemovedStopFailed {
+                    subscription: self.subscription(content_type),
+                    error: &error,
                 }
+                .emit(&self.telemetry()),
             }
         }
     }
@@ -512,12 +528,11 @@ impl SubscriptionManager {
         now: DateTime<Utc>,
     ) -> SubscriptionEntry {
         let message = format!("cannot read the subscription record: {error}");
-        self.show_problem(
-            content_type.as_str(),
-            PROBLEM_START_FAILED,
-            message.clone(),
-            "check the disk and the store directory",
-        );
+        events::StartRecordUnavailable {
+            subscription: self.subscription(content_type),
+            message: &message,
+        }
+        .emit(&self.telemetry());
         let mut entry = self.entry(
             content_type,
             SubscriptionState::Unknown,
@@ -535,7 +550,11 @@ impl SubscriptionManager {
         let saved =
             record::save_record(meta, &self.tenant.tenant_id, content_type.as_str(), record).await;
         if let Err(error) = saved {
-            tracing::warn!(tenant = %self.tenant.name, %content_type, %error, "cannot update the subscription record");
+            events::RecordNotUpdated {
+                subscription: self.subscription(content_type),
+                error: &error,
+            }
+            .emit(&self.telemetry());
         }
     }
 
@@ -559,44 +578,37 @@ impl SubscriptionManager {
         }
     }
 
-    fn count_start(&self, content_type: ContentType, outcome: &'static str) {
-        let metrics = &self.context.metrics;
-        metrics
-            .subscription_starts
-            .get_or_create(&ContentOutcomeLabels {
-                tenant: metrics.tenant_label(&self.tenant.name),
-                content_type: content_type.as_str().to_string(),
-                outcome,
-            })
-            .inc();
+    /// Where this manager's events land, now (its problems reach the console through the
+    /// board).
+    fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            metrics: &self.context.metrics,
+            problems: &self.context.problems,
+            console: None,
+            now: self.context.clock.now(),
+        }
+    }
+
+    fn subscription(&self, content_type: ContentType) -> Subscription<'_> {
+        Subscription {
+            tenant: &self.tenant.name,
+            content_type,
+        }
+    }
+
+    /// The webhook address registered (empty when polling only).
+    fn webhook_address(&self) -> &str {
+        self.webhook
+            .as_ref()
+            .map_or("", |webhook| webhook.address.as_str())
     }
 
     fn show_deferred(&self, content_type: ContentType) {
-        let address = self
-            .webhook
-            .as_ref()
-            .map_or("", |webhook| webhook.address.as_str());
-        self.show_problem(
-            content_type.as_str(),
-            PROBLEM_WEBHOOK_DEFERRED,
-            format!("Microsoft could not validate the webhook {address} (AF20021); content is collected by polling and the webhook is retried"),
-            ErrorKind::WebhookNotValidated.advice().unwrap_or(WEBHOOK_CAUSES),
-        );
-    }
-
-    fn show_problem(&self, content_type: &str, kind: &str, message: String, advice: &str) {
-        let now = self.context.clock.now();
-        self.context
-            .problems
-            .set(&self.tenant.name, content_type, kind, message, advice, now);
-    }
-
-    /// Clears this module's problems of `content_type` (the poller and the workers keep
-    /// theirs on the same board).
-    fn clear_problem(&self, content_type: &str) {
-        self.context
-            .problems
-            .clear(&self.tenant.name, content_type, &OWN_PROBLEMS);
+        events::WebhookDeferred {
+            subscription: self.subscription(content_type),
+            address: self.webhook_address(),
+        }
+        .emit(&self.telemetry());
     }
 }
 
@@ -608,12 +620,4 @@ fn find<'a>(
     listed
         .iter()
         .find(|status| status.content_type.eq_ignore_ascii_case(content_type))
-}
-
-/// What the operator should do about `error`.
-fn advice(error: &ApiError) -> &'static str {
-    error
-        .kind()
-        .and_then(ErrorKind::advice)
-        .unwrap_or("check the tenant's app registration and the connector's network access")
 }

@@ -35,14 +35,15 @@
 //! means every valid item is on disk. When the queue cannot accept, 503 makes Microsoft
 //! retry later.
 //!
-//! Refusals are counted always and logged at a bounded rate, with one rate limiter per
-//! refusal reason (and one for skipped items), so a flood of one kind cannot silence the
-//! others. Text that comes from the request is logged only escaped ([`loggable`]).
+//! What the webhook tells the operator is in [`events`]: refusals are counted always and
+//! logged at a bounded rate, with one rate limiter per refusal reason (and one for skipped
+//! items), so a flood of one kind cannot silence the others. Text that comes from the
+//! request is logged only escaped ([`loggable`]).
 
 pub mod auth_id;
+pub mod events;
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -60,13 +61,13 @@ use serde::Deserialize;
 use crate::api::json;
 use crate::api::types::parse_api_time;
 use crate::config::ContentType;
-use crate::intake::{Admitted, Intake, IntakePermit};
-use crate::ops::metrics::OutcomeLabels;
+use crate::intake::{Intake, IntakePermit};
 use crate::ops::status::StatusSource;
 use crate::ops::{Metrics, QueueFull, QueueLimit};
 use crate::queue::{ContentQueue, ContentRef, Source};
 pub use auth_id::WebhookSecrets;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use events::WebhookTelemetry;
+pub use events::loggable;
 use tokio::sync::{Notify, Semaphore};
 
 /// Default limit of a notification body: Microsoft's batches are far smaller.
@@ -91,69 +92,6 @@ impl Default for BodyLimits {
             wait: StdDuration::from_secs(1),
         }
     }
-}
-
-/// Why a refusal was logged: each reason has its own log rate limiter.
-const LOGGED_REASONS: [&str; 11] = [
-    "not_a_tenant",
-    "too_large",
-    "unauthenticated",
-    "unknown_tenant",
-    "unsupported_media_type",
-    "malformed",
-    "unavailable",
-    "body_unreadable",
-    "busy",
-    "queue_full",
-    "item_skipped",
-];
-
-/// Warnings logged per reason and minute, at most.
-const LOG_LINES_PER_MINUTE: u32 = 20;
-
-/// One log rate limiter per reason ([`LOGGED_REASONS`]), so a flood of one kind of bad
-/// request cannot silence the warnings of another.
-struct LogLimiters(HashMap<&'static str, DefaultDirectRateLimiter>);
-
-impl LogLimiters {
-    fn new() -> Self {
-        let quota =
-            Quota::per_minute(NonZeroU32::new(LOG_LINES_PER_MINUTE).expect("non-zero constant"));
-        Self(
-            LOGGED_REASONS
-                .into_iter()
-                .map(|reason| (reason, RateLimiter::direct(quota)))
-                .collect(),
-        )
-    }
-
-    /// True when a line for `reason` may be logged now. A reason without a limiter is
-    /// never logged (every reason has one: a unit test checks it).
-    fn allows(&self, reason: &str) -> bool {
-        self.0
-            .get(reason)
-            .is_some_and(|limiter| limiter.check().is_ok())
-    }
-}
-
-/// Request-derived text as it may be logged: control characters (line breaks, escape
-/// sequences) escaped, at most 200 characters. Log fields are written as they are, so
-/// anything from the request goes through this first.
-pub fn loggable(text: &str) -> String {
-    const MAX_CHARS: usize = 200;
-    let mut escaped = String::with_capacity(text.len().min(MAX_CHARS));
-    for (index, character) in text.chars().enumerate() {
-        if index == MAX_CHARS {
-            escaped.push('…');
-            break;
-        }
-        if character.is_control() {
-            escaped.extend(character.escape_default());
-        } else {
-            escaped.push(character);
-        }
-    }
-    escaped
 }
 
 /// True for a tenant id as Microsoft writes it: a hyphenated GUID, any case.
@@ -181,9 +119,7 @@ pub struct WebhookState {
     secrets: WebhookSecrets,
     intake: Intake,
     max_body_bytes: usize,
-    metrics: Arc<Metrics>,
-    log_limiters: LogLimiters,
-    status: Option<Arc<StatusSource>>,
+    telemetry: WebhookTelemetry,
     body_permits: Semaphore,
     body_wait: StdDuration,
 }
@@ -204,9 +140,7 @@ impl WebhookState {
             secrets,
             intake: Intake::new(queue, metrics.clone(), work_available),
             max_body_bytes,
-            metrics,
-            log_limiters: LogLimiters::new(),
-            status: None,
+            telemetry: WebhookTelemetry::new(metrics),
             body_permits: Semaphore::new(BodyLimits::default().max_concurrent),
             body_wait: BodyLimits::default().wait,
         }
@@ -240,22 +174,8 @@ impl WebhookState {
 
     /// Notes each accepted notification's time in `status` (`last_notification`).
     pub fn with_status(mut self, status: Arc<StatusSource>) -> Self {
-        self.status = Some(status);
+        self.telemetry.status = Some(status);
         self
-    }
-
-    fn count(&self, outcome: &'static str) {
-        self.metrics
-            .notifications
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-    }
-
-    fn count_items(&self, outcome: &'static str, count: u64) {
-        self.metrics
-            .notification_items
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc_by(count);
     }
 
     /// The authId to register for a tenant.
@@ -362,16 +282,11 @@ async fn handle_post(
     match result {
         Ok(response) => response,
         Err(error) => {
-            let outcome = error.outcome();
-            state.count(outcome);
-            if state.log_limiters.allows(outcome) {
-                if matches!(error, WebhookError::NotATenant) {
-                    tracing::warn!(%outcome, %error, "webhook request refused");
-                } else {
-                    let error = loggable(&error.to_string());
-                    tracing::warn!(tenant = %tenant_id, %outcome, %error, "webhook request refused");
-                }
+            events::RequestRefused {
+                tenant_id: &tenant_id,
+                error: &error,
             }
+            .emit(&state.telemetry);
             error.into_response()
         }
     }
@@ -401,8 +316,7 @@ async fn handle_notification(
     let tenants = state.tenants.load_full();
     let tenant = tenants.get(tenant_id).ok_or(WebhookError::UnknownTenant)?;
     if headers.contains_key("webhook-validationcode") {
-        state.count("validation");
-        tracing::info!(tenant = %tenant_id, "webhook validation request answered");
+        events::ValidationAnswered { tenant_id }.emit(&state.telemetry);
         return Ok(StatusCode::OK.into_response());
     }
     if !is_json_content_type(headers) {
@@ -420,13 +334,11 @@ async fn handle_notification(
     for item in items {
         match item {
             Ok(content) => valid.push(content),
-            Err(reason) => {
-                state.count_items("invalid", 1);
-                if state.log_limiters.allows("item_skipped") {
-                    let reason = loggable(&reason);
-                    tracing::warn!(tenant = %tenant_id, %reason, "notification item skipped");
-                }
+            Err(reason) => events::ItemSkipped {
+                tenant_id,
+                reason: &reason,
             }
+            .emit(&state.telemetry),
         }
     }
     enqueue_valid(state, permit, tenant_id, valid).await
@@ -440,7 +352,7 @@ async fn read_body(state: &WebhookState, body: Body) -> Result<axum::body::Bytes
         .await
         .map_err(|_| WebhookError::Busy)?
         .map_err(|_| WebhookError::Busy)?;
-    let in_flight = &state.metrics.webhook_bodies_in_flight;
+    let in_flight = &state.telemetry.metrics.webhook_bodies_in_flight;
     in_flight.inc();
     let read = axum::body::to_bytes(body, limit).await;
     in_flight.dec();
@@ -467,25 +379,25 @@ async fn enqueue_valid(
         .iter()
         .map(|content| content.content_type.clone())
         .collect();
-    let Admitted {
-        enqueued,
-        duplicates,
-    } = permit.enqueue(valid).await.map_err(|error| {
-        tracing::error!(tenant = %tenant_id, %error, "cannot enqueue notified content; answering 503 so Microsoft retries");
+    let admitted = permit.enqueue(valid).await.map_err(|error| {
+        events::EnqueueFailed {
+            tenant_id,
+            error: &error,
+        }
+        .emit(&state.telemetry);
         WebhookError::Unavailable
     })?;
-    state.count_items("enqueued", enqueued);
-    state.count_items("duplicate", duplicates);
-    state.count("accepted");
-    if let Some(status) = &state.status {
-        for content_type in &notified {
-            status.note_notification_now(tenant_id, content_type);
-        }
+    events::NotificationAccepted {
+        tenant_id,
+        content_types: &notified,
+        admitted,
     }
-    Ok(
-        axum::Json(serde_json::json!({ "enqueued": enqueued, "duplicates": duplicates }))
-            .into_response(),
-    )
+    .emit(&state.telemetry);
+    Ok(axum::Json(serde_json::json!({
+        "enqueued": admitted.enqueued,
+        "duplicates": admitted.duplicates,
+    }))
+    .into_response())
 }
 
 fn tenants_by_id(
@@ -646,39 +558,6 @@ mod tests {
             plain[0].as_ref().unwrap(),
             marked[0].as_ref().expect("the marked item is valid")
         );
-    }
-
-    #[test]
-    fn every_refusal_reason_has_its_own_log_limiter() {
-        let limiters = LogLimiters::new();
-        let refusals = [
-            WebhookError::NotATenant,
-            WebhookError::TooLarge { limit: 1 },
-            WebhookError::Unauthenticated,
-            WebhookError::UnknownTenant,
-            WebhookError::UnsupportedMediaType,
-            WebhookError::Malformed(String::new()),
-            WebhookError::Unavailable,
-            WebhookError::BodyRead,
-            WebhookError::Busy,
-            WebhookError::QueueFull(QueueFull { open: 2, limit: 1 }),
-        ];
-        for refusal in &refusals {
-            assert!(limiters.0.contains_key(refusal.outcome()), "{refusal:?}");
-        }
-        // Exhausting one reason leaves the others their whole quota.
-        while limiters.allows("unauthenticated") {}
-        assert!(limiters.allows("item_skipped"));
-        assert!(limiters.allows("unsupported_media_type"));
-    }
-
-    #[test]
-    fn loggable_text_has_no_line_break_or_escape_sequence_and_is_bounded() {
-        let forged = "x\n2026-01-01T00:00:00Z ERROR FORGED\r\u{1b}[31m";
-        let escaped = loggable(forged);
-        assert!(!escaped.chars().any(char::is_control), "{escaped}");
-        assert!(escaped.contains("\\n2026"), "{escaped}");
-        assert!(loggable(&"a".repeat(10_000)).chars().count() <= 201);
     }
 
     #[test]
