@@ -39,6 +39,7 @@
 //! - [`worker`]: the workers that fetch content blobs, split them into records and forward
 //!   them.
 //! - [`cli`]: the command-line interface of the `o365-connector` binary.
+//! - [`plugin`]: the binary started as UTMStack's plugin (`com.utmstack.o365.plugin`).
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -57,6 +58,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod intake;
 pub mod ops;
+pub mod plugin;
 pub mod poller;
 pub mod proto;
 pub mod queue;

@@ -42,7 +42,7 @@ pub struct WatchSettings {
 }
 
 /// The modification time and size of each watched file (`None`: absent).
-type FilesState = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+pub(crate) type FilesState = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
 /// Watches the files until `shutdown`, applying each change to `supervisor`. `running`
 /// is the configuration the service started with.
@@ -136,8 +136,8 @@ async fn reload(
 }
 
 /// [`files_state`] off the async threads (it reads directories and parses the pipeline
-/// files); `None` if that task failed.
-async fn look(environment: &UtmstackEnvironment) -> Option<FilesState> {
+/// files); `None` if that task failed. The plugin (`crate::plugin`) waits on it too.
+pub(crate) async fn look(environment: &UtmstackEnvironment) -> Option<FilesState> {
     let environment = environment.clone();
     tokio::task::spawn_blocking(move || files_state(&environment))
         .await
