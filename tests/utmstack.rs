@@ -872,3 +872,163 @@ async fn unparsable_yaml_keeps_the_running_tenants_and_the_next_good_file_applie
     .await;
     rig.shutdown().await;
 }
+
+/// The binary as UTMStack's plugin: copied as `com.utmstack.o365.plugin` and started with
+/// no arguments, as the EventProcessor starts it, with the server settings in
+/// `{WORK_DIR}/o365-connector/config.toml`.
+mod plugin {
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    use o365_connector::emulator::api::publish;
+    use o365_connector::plugin::{PLUGIN_EXECUTABLE_NAME, SETTINGS_FILE};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    use super::common::rig::{Rig, RigOptions, SECRET, TENANT};
+    use super::common::{self, DEADLINE, start_program_with_env, wait_until};
+    use super::{CLIENT, KEY, UTM_TENANT, encrypt, group_yaml, o365_yaml, write_pipeline};
+
+    /// A copy of the binary named as UTMStack names the plugin, in `dir`.
+    fn plugin_copy(dir: &Path) -> PathBuf {
+        let path = dir.join(PLUGIN_EXECUTABLE_NAME);
+        std::fs::copy(common::binary(), &path).unwrap();
+        path
+    }
+
+    /// A rig whose service is the plugin process, `work` its WORK_DIR with the rig's server
+    /// settings as `{work}/o365-connector/config.toml`, and the endpoint variables.
+    async fn rig_with_work_dir() -> (Rig, PathBuf, Vec<(&'static str, String)>) {
+        let mut options = RigOptions::synthetic(Default::default());
+        options.in_process = false;
+        let rig = Rig::start(tempfile::tempdir().unwrap(), options).await;
+        let work = rig.dir.path().join("work");
+        let settings = work.join(SETTINGS_FILE);
+        std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+        std::fs::write(&settings, super::settings_without_tenants(&rig)).unwrap();
+        let base = rig.api.base_url().to_string();
+        let env = vec![
+            ("MODE", "worker".to_string()),
+            ("WORK_DIR", work.display().to_string()),
+            ("O365_CONNECTOR_LOGIN_URL", base.clone()),
+            ("O365_CONNECTOR_API_URL", base),
+            ("O365_CONNECTOR_UTMSTACK_WATCH_SECS", "1".to_string()),
+        ];
+        (rig, work, env)
+    }
+
+    fn contoso_yaml() -> String {
+        o365_yaml(&[group_yaml("contoso-eu", TENANT, CLIENT, &encrypt(KEY, SECRET), "")])
+    }
+
+    /// Publishes two blobs and waits until their 20 records are acknowledged, labelled from
+    /// the YAML.
+    async fn assert_collects(rig: &Rig) {
+        rig.wait_for_webhooks(&["Audit.Exchange"]).await;
+        publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;
+        wait_until("20 records acked", DEADLINE, || {
+            rig.engine.logs().iter().filter(|log| log.acked).count() >= 20
+        })
+        .await;
+        for log in rig.engine.logs() {
+            assert_eq!(log.data_source, "contoso-eu");
+            assert_eq!(log.tenant_id, UTM_TENANT);
+        }
+    }
+
+    #[tokio::test]
+    async fn plugin_exits_0_at_once_unless_mode_is_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = plugin_copy(dir.path());
+        // A configured WORK_DIR: were the plugin to run, it would serve and not exit.
+        let work = dir.path().join("work");
+        write_pipeline(&work, &contoso_yaml());
+        for mode in [Some("manager"), None] {
+            let mut command = tokio::process::Command::new(&program);
+            command.env("WORK_DIR", &work).env_remove("MODE");
+            if let Some(mode) = mode {
+                command.env("MODE", mode);
+            }
+            let output = tokio::time::timeout(DEADLINE, command.output())
+                .await
+                .unwrap_or_else(|_| panic!("MODE={mode:?}: the plugin did not exit"))
+                .unwrap();
+            assert_eq!(output.status.code(), Some(0), "MODE={mode:?}: {output:?}");
+            assert!(output.stdout.is_empty(), "MODE={mode:?}: {output:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_in_worker_mode_collects_from_utmstack_files_with_no_arguments() {
+        let (rig, work, env) = rig_with_work_dir().await;
+        write_pipeline(&work, &contoso_yaml());
+        let program = plugin_copy(rig.dir.path());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let running = start_program_with_env(&program, &[], &env).await;
+        // The rig's settings file chose the listener: the plugin read it.
+        let listen = super::settings_without_tenants(&rig);
+        let port = listen
+            .lines()
+            .find_map(|line| line.strip_prefix("listen = \"127.0.0.1:"))
+            .unwrap()
+            .trim_end_matches('"');
+        assert!(
+            running.ready_line.starts_with("listening ") && running.ready_line.contains(port),
+            "{}",
+            running.ready_line
+        );
+        assert_collects(&rig).await;
+        assert_eq!(running.terminate().await, Some(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unconfigured_plugin_waits_says_so_once_and_collects_when_the_console_writes_groups()
+    {
+        let (rig, work, env) = rig_with_work_dir().await;
+        let program = plugin_copy(rig.dir.path());
+        let mut child = tokio::process::Command::new(&program)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = stderr_lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("{line}");
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let waiting = |lines: &Arc<Mutex<Vec<String>>>| {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|line| line.contains("module is not configured"))
+                .count()
+        };
+        wait_until("the plugin says it waits", DEADLINE, || {
+            waiting(&stderr_lines) == 1
+        })
+        .await;
+        assert!(child.try_wait().unwrap().is_none(), "the plugin exited");
+        // The console writes the key first and the groups later: still waiting, not failing.
+        write_pipeline(&work, &o365_yaml(&[]));
+        write_pipeline(&work, &contoso_yaml());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready_line = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("the plugin starts collecting in time")
+            .unwrap()
+            .expect("the plugin prints its readiness line");
+        assert!(ready_line.starts_with("listening "), "{ready_line}");
+        assert_collects(&rig).await;
+        assert_eq!(waiting(&stderr_lines), 1, "said once");
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+    }
+}

@@ -83,7 +83,17 @@ pub async fn start_binary(args: &[&str]) -> RunningBinary {
 
 /// Starts the binary with `args` and extra environment variables.
 pub async fn start_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
-    let mut child = Command::new(binary())
+    start_program_with_env(&binary(), args, env).await
+}
+
+/// Starts `program` (e.g. a copy of the binary under another name) with `args` and extra
+/// environment variables, and waits for its first stdout line.
+pub async fn start_program_with_env(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> RunningBinary {
+    let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
