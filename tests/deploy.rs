@@ -295,7 +295,14 @@ fn embedded_files() -> Vec<PathBuf> {
 
 #[test]
 fn dockerfile_copies_every_file_the_build_reads() {
-    let dockerfile = read("Dockerfile");
+    assert_copies_every_file_the_build_reads("Dockerfile");
+    assert_copies_every_file_the_build_reads("utmstack/Dockerfile");
+}
+
+/// The build stage of `dockerfile` (under deploy/) copies every file the build reads, and
+/// its `<Dockerfile>.dockerignore` lets each through.
+fn assert_copies_every_file_the_build_reads(dockerfile_path: &str) {
+    let dockerfile = read(dockerfile_path);
     let copied: Vec<&str> = dockerfile
         .lines()
         .filter_map(|line| line.strip_prefix("COPY "))
@@ -327,16 +334,53 @@ fn dockerfile_copies_every_file_the_build_reads() {
             file.display()
         );
     }
-    let ignore = read("Dockerfile.dockerignore");
+    let ignore_path = format!("{dockerfile_path}.dockerignore");
+    let ignore = read(&ignore_path);
     for source in &copied {
         let source = source.trim_end_matches('/');
         assert!(
             ignore
                 .lines()
                 .any(|line| line.trim_end_matches('/') == format!("!{source}")),
-            "{source} is filtered out of the build context by Dockerfile.dockerignore"
+            "{source} is filtered out of the build context by {ignore_path}"
         );
     }
+}
+
+#[test]
+fn utmstack_dockerfile_puts_the_binary_where_the_event_processor_starts_the_o365_plugin() {
+    let dockerfile = read("utmstack/Dockerfile");
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .collect();
+    assert_eq!(
+        instructions.first().copied(),
+        Some("ARG BASE_IMAGE"),
+        "BASE_IMAGE is declared before any FROM, as UTMStack's own Dockerfile does"
+    );
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(last_stage.starts_with("${BASE_IMAGE}\n"), "{last_stage}");
+    let target = format!(
+        "/workdir/plugins/utmstack/{}",
+        o365_connector::plugin::PLUGIN_EXECUTABLE_NAME
+    );
+    assert!(
+        last_stage
+            .lines()
+            .any(|line| line == format!("COPY --from=build /out/o365-connector {target}")),
+        "{last_stage}"
+    );
+    // UTMStack starts the plugin with no arguments: the image must not change how.
+    for instruction in ["ENTRYPOINT", "CMD", "USER", "WORKDIR"] {
+        assert!(
+            !last_stage
+                .lines()
+                .any(|line| line.starts_with(instruction)),
+            "{instruction} in the EventProcessor stage"
+        );
+    }
+    assert!(dockerfile.contains("cargo build --release --locked --bin o365-connector"));
 }
 
 #[test]
