@@ -78,7 +78,10 @@ pub fn command_line(settings: Option<&Path>) -> anyhow::Result<Cli> {
 }
 
 /// Runs the plugin until `shutdown`: `MODE` is checked by the caller ([`collects_in_mode`]).
-pub async fn run(shutdown: CancellationToken, tls_reload_requests: ReloadRequests) -> anyhow::Result<()> {
+pub async fn run(
+    shutdown: CancellationToken,
+    tls_reload_requests: ReloadRequests,
+) -> anyhow::Result<()> {
     let environment = UtmstackEnvironment::from_process();
     let settings = settings_file(&environment.work_dir);
     let interval = match &command_line(settings.as_deref())?.command {
@@ -172,8 +175,12 @@ mod tests {
         let plugin = OsStr::new("/workdir/plugins/utmstack/com.utmstack.o365.plugin");
         assert!(invoked_as_plugin(Some(plugin)));
         assert!(invoked_as_plugin(Some(OsStr::new(PLUGIN_EXECUTABLE_NAME))));
-        assert!(!invoked_as_plugin(Some(OsStr::new("/usr/local/bin/o365-connector"))));
-        assert!(!invoked_as_plugin(Some(OsStr::new("com.utmstack.o365.plugin.old"))));
+        assert!(!invoked_as_plugin(Some(OsStr::new(
+            "/usr/local/bin/o365-connector"
+        ))));
+        assert!(!invoked_as_plugin(Some(OsStr::new(
+            "com.utmstack.o365.plugin.old"
+        ))));
         assert!(!invoked_as_plugin(None));
     }
 

@@ -374,9 +374,7 @@ fn utmstack_dockerfile_puts_the_binary_where_the_event_processor_starts_the_o365
     // UTMStack starts the plugin with no arguments: the image must not change how.
     for instruction in ["ENTRYPOINT", "CMD", "USER", "WORKDIR"] {
         assert!(
-            !last_stage
-                .lines()
-                .any(|line| line.starts_with(instruction)),
+            !last_stage.lines().any(|line| line.starts_with(instruction)),
             "{instruction} in the EventProcessor stage"
         );
     }

@@ -918,7 +918,13 @@ mod plugin {
     }
 
     fn contoso_yaml() -> String {
-        o365_yaml(&[group_yaml("contoso-eu", TENANT, CLIENT, &encrypt(KEY, SECRET), "")])
+        o365_yaml(&[group_yaml(
+            "contoso-eu",
+            TENANT,
+            CLIENT,
+            &encrypt(KEY, SECRET),
+            "",
+        )])
     }
 
     /// Publishes two blobs and waits until their 20 records are acknowledged, labelled from
@@ -982,8 +988,7 @@ mod plugin {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unconfigured_plugin_waits_says_so_once_and_collects_when_the_console_writes_groups()
-    {
+    async fn unconfigured_plugin_waits_says_so_once_and_collects_when_the_console_writes_groups() {
         let (rig, work, env) = rig_with_work_dir().await;
         let program = plugin_copy(rig.dir.path());
         let mut child = tokio::process::Command::new(&program)
