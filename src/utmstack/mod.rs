@@ -198,7 +198,9 @@ pub enum UtmstackError {
     },
     /// UTMStack's `NATS_URL` cannot be used (its value is never shown: it may carry
     /// credentials).
-    #[error("environment variable NATS_URL: {reason} (the value is not shown: it may carry credentials)")]
+    #[error(
+        "environment variable NATS_URL: {reason} (the value is not shown: it may carry credentials)"
+    )]
     NatsUrl {
         /// What is wrong.
         reason: &'static str,

@@ -45,7 +45,10 @@ pub fn select_store(
     table: &mut Table,
     env: &HashMap<String, String>,
 ) -> Result<Option<NatsUrlCredentials>, UtmstackError> {
-    let Some(value) = env.get(ENV_NATS_URL).filter(|value| !value.trim().is_empty()) else {
+    let Some(value) = env
+        .get(ENV_NATS_URL)
+        .filter(|value| !value.trim().is_empty())
+    else {
         return Ok(None);
     };
     if configuration_chooses_store(table, env) {
@@ -93,7 +96,11 @@ fn configuration_chooses_store(table: &Table, env: &HashMap<String, String>) -> 
 pub fn parse_nats_url(value: &str) -> Result<NatsUrl, UtmstackError> {
     let mut urls = Vec::new();
     let mut credentials = None;
-    for written in value.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+    for written in value
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+    {
         let with_scheme = if written.contains("://") {
             written.to_string()
         } else {
@@ -198,7 +205,11 @@ mod tests {
 
     #[test]
     fn an_unusable_url_is_refused_without_showing_the_value() {
-        for value in ["nats://user:hunter2@", " , ", "nats://user:hunter2@host:99999"] {
+        for value in [
+            "nats://user:hunter2@",
+            " , ",
+            "nats://user:hunter2@host:99999",
+        ] {
             let error = parse_nats_url(value).unwrap_err().to_string();
             assert!(error.contains("NATS_URL"), "{error}");
             assert!(!error.contains("hunter2"), "{error}");

@@ -83,12 +83,21 @@ pub async fn start_binary(args: &[&str]) -> RunningBinary {
 
 /// Starts the binary with `args` and extra environment variables.
 pub async fn start_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
+    start_binary_with_stderr(args, env, Stdio::inherit()).await
+}
+
+/// [`start_binary_with_env`] with its stderr (the log) sent to `stderr`, e.g. a file.
+pub async fn start_binary_with_stderr(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> RunningBinary {
     let mut child = Command::new(binary())
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
