@@ -37,6 +37,7 @@ fn settings(server: &NatsServer, replica: &str, lease: Duration) -> NatsSettings
             stream_replicas: 1,
             leader_lease_secs: NonZeroU64::new(2).unwrap(),
             connect_timeout_secs: NonZeroU64::new(5).unwrap(),
+            url_credentials: None,
         },
         replica_id: replica.to_owned(),
         lease,

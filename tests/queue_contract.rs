@@ -58,6 +58,7 @@ fn nats_settings(url: &str, replica: &str, prefix: &str, lease: Duration) -> Nat
             stream_replicas: 1,
             leader_lease_secs: NonZeroU64::new(2).unwrap(),
             connect_timeout_secs: NonZeroU64::new(5).unwrap(),
+            url_credentials: None,
         },
         replica_id: replica.to_owned(),
         lease,

@@ -1037,3 +1037,217 @@ mod plugin {
         let _ = child.wait().await;
     }
 }
+
+const NATS_PASSWORD: &str = "nats-pw-never-printed";
+
+/// Starts `run --utmstack` with `env` added to the UTMStack environment of `rig`, its log
+/// in `log`.
+async fn start_utmstack_copy(
+    rig: &Rig,
+    work: &Path,
+    settings: &Path,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> common::RunningBinary {
+    let base = rig.api.base_url().to_string();
+    let mut all = vec![
+        ("WORK_DIR", work.to_str().unwrap()),
+        ("O365_CONNECTOR_LOGIN_URL", base.as_str()),
+        ("O365_CONNECTOR_API_URL", base.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    all.extend_from_slice(env);
+    common::start_binary_with_stderr(
+        &["run", "--utmstack", "--config", settings.to_str().unwrap()],
+        &all,
+        std::fs::File::create(log).unwrap().into(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_with_the_same_nats_url_share_the_queue_and_only_one_polls_and_the_password_never_prints()
+ {
+    let nats = common::nats::NatsServer::start_with_password("o365", NATS_PASSWORD).await;
+    let nats_url = nats
+        .url
+        .replacen("://", &format!("://o365:{NATS_PASSWORD}@"), 1);
+    let mut options = RigOptions::synthetic(Default::default());
+    options.in_process = false;
+    let rig = Rig::start(tempfile::tempdir().unwrap(), options).await;
+    let work = rig.dir.path().join("work");
+    let group = group_yaml("contoso-eu", TENANT, CLIENT, &encrypt(KEY, SECRET), "");
+    write_pipeline(&work, &o365_yaml(&[group]));
+    let settings = rig.dir.path().join("settings.toml");
+    std::fs::write(&settings, settings_without_tenants(&rig)).unwrap();
+    let first_port = rig.config().server.listen.port();
+    let second_port = common::free_port();
+    let second_listen = format!("127.0.0.1:{second_port}");
+    let second_store = rig.dir.path().join("store-b").display().to_string();
+    let logs = [rig.dir.path().join("a.log"), rig.dir.path().join("b.log")];
+    let first = start_utmstack_copy(
+        &rig,
+        &work,
+        &settings,
+        &[
+            ("NATS_URL", &nats_url),
+            ("O365_CONNECTOR__STORE__NATS__REPLICA_ID", "node-a"),
+        ],
+        &logs[0],
+    )
+    .await;
+    let second = start_utmstack_copy(
+        &rig,
+        &work,
+        &settings,
+        &[
+            ("NATS_URL", &nats_url),
+            ("O365_CONNECTOR__STORE__NATS__REPLICA_ID", "node-b"),
+            ("O365_CONNECTOR__SERVER__LISTEN", &second_listen),
+            ("O365_CONNECTOR__STORE__PATH", &second_store),
+        ],
+        &logs[1],
+    )
+    .await;
+    rig.wait_for_webhooks(&["Audit.Exchange"]).await;
+    publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 3).await;
+    wait_until("30 records acked", DEADLINE, || {
+        rig.engine.logs().iter().filter(|log| log.acked).count() >= 30
+    })
+    .await;
+
+    // One queue on UTMStack's NATS, under our own prefix.
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("o365".into(), NATS_PASSWORD.into())
+            .connect(nats.url.as_str())
+            .await
+            .unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream.get_stream("o365_connector_work").await.unwrap();
+    assert!(jetstream.get_stream("INGEST_JOBS_O365").await.is_err());
+
+    // Both copies see one leader, and only it called the leader-only endpoints.
+    let http = common::client_trusting(&rig.certs.ca);
+    let mut statuses = Vec::new();
+    for port in [first_port, second_port] {
+        let status = http
+            .get(format!("https://localhost:{port}/status"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        statuses.push(status);
+    }
+    let leaders: Vec<String> = statuses
+        .iter()
+        .map(|status| {
+            serde_json::from_str::<Value>(status).unwrap()["cluster"]["leader"].to_string()
+        })
+        .collect();
+    assert_eq!(leaders[0], leaders[1], "{statuses:?}");
+    let requests = rig.api.state().inspection().requests.clone();
+    let leader_callers: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter(|request| {
+            [
+                "/subscriptions/content",
+                "/subscriptions/list",
+                "/subscriptions/start",
+            ]
+            .iter()
+            .any(|endpoint| request.endpoint.ends_with(endpoint))
+        })
+        .map(|request| format!("{:?}", request.user_agent))
+        .collect();
+    assert_eq!(leader_callers.len(), 1, "{leader_callers:?}");
+    assert!(
+        leader_callers
+            .iter()
+            .next()
+            .unwrap()
+            .contains(leaders[0].trim_matches('"')),
+        "{leader_callers:?} vs {leaders:?}"
+    );
+
+    assert_eq!(first.terminate().await, Some(0));
+    assert_eq!(second.terminate().await, Some(0));
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("queue on NATS JetStream"), "{text}");
+        assert!(!text.contains(NATS_PASSWORD), "{text}");
+    }
+    for status in &statuses {
+        assert!(!status.contains(NATS_PASSWORD), "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_utmstack_names_the_nats_store_says_whether_it_answers_and_hides_the_password() {
+    let nats = common::nats::NatsServer::start_with_password("o365", NATS_PASSWORD).await;
+    let rig = Rig::start(
+        tempfile::tempdir().unwrap(),
+        RigOptions::synthetic(Default::default()),
+    )
+    .await;
+    let work = rig.dir.path().join("work");
+    let group = group_yaml("contoso-eu", TENANT, CLIENT, &encrypt(KEY, SECRET), "");
+    write_pipeline(&work, &o365_yaml(&[group]));
+    let settings = rig.dir.path().join("settings.toml");
+    std::fs::write(&settings, settings_without_tenants(&rig)).unwrap();
+    let base = rig.api.base_url().to_string();
+    let store_line = |output: &std::process::Output| -> Value {
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("{error}: {output:?}"));
+        report["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|line| line["check"] == "store")
+            .cloned()
+            .unwrap_or_else(|| panic!("no store line: {report}"))
+    };
+    let closed = format!(
+        "nats://o365:{NATS_PASSWORD}@127.0.0.1:{}",
+        common::free_port()
+    );
+    let answering = nats
+        .url
+        .replacen("://", &format!("://o365:{NATS_PASSWORD}@"), 1);
+    for (nats_url, outcome, words) in [
+        (answering.as_str(), "ok", "answers"),
+        (closed.as_str(), "fail", "store.nats.urls nats://127.0.0.1:"),
+        ("", "ok", "embedded store in"),
+    ] {
+        let output = operator_command(
+            &[
+                "check",
+                "--utmstack",
+                "--config",
+                settings.to_str().unwrap(),
+                "--json",
+            ],
+            &[
+                ("WORK_DIR", work.to_str().unwrap()),
+                ("O365_CONNECTOR_LOGIN_URL", &base),
+                ("O365_CONNECTOR_API_URL", &base),
+                ("NATS_URL", nats_url),
+            ],
+        )
+        .await;
+        let line = store_line(&output);
+        assert_eq!(line["outcome"], outcome, "{line}");
+        let detail = line["detail"].as_str().unwrap();
+        assert!(detail.contains(words), "{detail}");
+        if !nats_url.is_empty() {
+            assert!(detail.contains("prefix o365_connector"), "{detail}");
+        }
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!printed.contains(NATS_PASSWORD), "{printed}");
+    }
+}

@@ -235,6 +235,37 @@ pub struct NatsConfig {
     /// How long to wait for the NATS servers at start, in seconds. Default: 10.
     #[serde(default = "default_nats_connect_timeout_secs")]
     pub connect_timeout_secs: NonZeroU64,
+    /// The credentials UTMStack's `NATS_URL` carried, taken out of `urls` so that no URL
+    /// shown in a log, an error or `/status` holds them. Never read from the TOML file (a
+    /// URL there must not carry credentials); set only in UTMStack mode. Default: none.
+    #[serde(skip)]
+    pub url_credentials: Option<NatsUrlCredentials>,
+}
+
+/// Credentials from a NATS URL's user part, for the server's user/password or token
+/// authentication. `Debug` shows the kind and the user name, never the password or token.
+#[derive(Clone)]
+pub enum NatsUrlCredentials {
+    /// `nats://user:password@host:port`.
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: secrecy::SecretString,
+    },
+    /// `nats://token@host:port`.
+    Token(secrecy::SecretString),
+}
+
+impl std::fmt::Debug for NatsUrlCredentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsUrlCredentials::UserPassword { user, .. } => {
+                write!(formatter, "user {user:?} with a password")
+            }
+            NatsUrlCredentials::Token(_) => formatter.write_str("a token"),
+        }
+    }
 }
 
 fn default_nats_prefix() -> String {

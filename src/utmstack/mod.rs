@@ -32,6 +32,10 @@
 //! layout fill what the file leaves out: `server.listen = "127.0.0.1:8443"`, `store.path =
 //! {WORK_DIR}/o365-connector`, `engine.socket = {WORK_DIR}/sockets/engine_server.sock`.
 //!
+//! With `NATS_URL` set and no store chosen by the settings, the store is NATS JetStream at
+//! that URL with the prefix `o365_connector` (see [`nats`]), shared by the copies on every
+//! worker node.
+//!
 //! [`failures`] sends the tenants' problems to UTMStack's console (in every mode).
 //!
 //! [`source`] says where the binary's configuration comes from (a TOML file or these files);
@@ -41,6 +45,7 @@
 pub mod crypto;
 pub mod failures;
 pub mod files;
+pub mod nats;
 pub mod source;
 
 use std::collections::HashMap;
@@ -191,6 +196,15 @@ pub enum UtmstackError {
         /// What is wrong (no file content).
         message: String,
     },
+    /// UTMStack's `NATS_URL` cannot be used (its value is never shown: it may carry
+    /// credentials).
+    #[error(
+        "environment variable NATS_URL: {reason} (the value is not shown: it may carry credentials)"
+    )]
+    NatsUrl {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The resulting configuration is invalid (keys of the TOML file or of `tenants[i]`,
     /// in the order of the usable groups).
     #[error(
@@ -265,12 +279,16 @@ pub fn from_groups(
     }
     let mut table = settings_table(settings)?;
     fill_utmstack_defaults(&mut table, &environment.work_dir);
+    let nats_credentials = nats::select_store(&mut table, &env)?;
     table.insert("tenants".into(), Value::Array(tenants));
     let text = toml::to_string(&table).map_err(|error| UtmstackError::Toml {
         path: settings.map_or_else(|| PathBuf::from("<defaults>"), Path::to_path_buf),
         message: error.to_string(),
     })?;
-    let config = Config::from_toml_with_env(&text, env).map_err(UtmstackError::Config)?;
+    let mut config = Config::from_toml_with_env(&text, env).map_err(UtmstackError::Config)?;
+    if let Some(nats) = config.store.nats.as_mut() {
+        nats.url_credentials = nats_credentials;
+    }
     Ok(UtmstackConfig {
         config,
         o365_file,

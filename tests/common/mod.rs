@@ -83,7 +83,16 @@ pub async fn start_binary(args: &[&str]) -> RunningBinary {
 
 /// Starts the binary with `args` and extra environment variables.
 pub async fn start_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
-    start_program_with_env(&binary(), args, env).await
+    start_program_with_stderr(&binary(), args, env, Stdio::inherit()).await
+}
+
+/// [`start_binary_with_env`] with its stderr (the log) sent to `stderr`, e.g. a file.
+pub async fn start_binary_with_stderr(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> RunningBinary {
+    start_program_with_stderr(&binary(), args, env, stderr).await
 }
 
 /// Starts `program` (e.g. a copy of the binary under another name) with `args` and extra
@@ -93,12 +102,22 @@ pub async fn start_program_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> RunningBinary {
+    start_program_with_stderr(program, args, env, Stdio::inherit()).await
+}
+
+/// [`start_program_with_env`] with its stderr sent to `stderr`.
+pub async fn start_program_with_stderr(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> RunningBinary {
     let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");

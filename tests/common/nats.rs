@@ -16,6 +16,8 @@ pub struct NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     port: u16,
+    /// The user and password the server requires, if any (readiness is probed with them).
+    user_password: Option<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -43,24 +45,49 @@ impl NatsServer {
         Self::start_with(Vec::new()).await
     }
 
+    /// [`Self::start`] requiring `user` and `password` from every client.
+    pub async fn start_with_password(user: &str, password: &str) -> Self {
+        let args = ["--user", user, "--pass", password].map(str::to_owned);
+        let mut server = Self::unstarted(args.to_vec());
+        server.user_password = Some((user.to_owned(), password.to_owned()));
+        server.restart().await;
+        server
+    }
+
     /// [`Self::start`] with extra arguments; with `--tls`, readiness is waited for on the
     /// TCP port alone.
     pub async fn start_with(args: Vec<String>) -> Self {
-        let port = super::free_port();
-        let tls = args.iter().any(|arg| arg == "--tls");
-        let mut server = Self {
-            child: None,
-            args,
-            url: if tls {
-                format!("tls://localhost:{port}")
-            } else {
-                format!("nats://127.0.0.1:{port}")
-            },
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let mut server = Self::unstarted(args);
         server.restart().await;
         server
+    }
+
+    fn unstarted(args: Vec<String>) -> Self {
+        let port = super::free_port();
+        let tls = args.iter().any(|arg| arg == "--tls");
+        let url = if tls {
+            format!("tls://localhost:{port}")
+        } else {
+            format!("nats://127.0.0.1:{port}")
+        };
+        Self {
+            child: None,
+            args,
+            user_password: None,
+            url,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Client options with the server's user and password, if it requires them.
+    fn probe_options(&self) -> async_nats::ConnectOptions {
+        match &self.user_password {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            None => async_nats::ConnectOptions::new(),
+        }
     }
 
     /// Kills the server (SIGKILL); its store stays.
@@ -104,7 +131,7 @@ impl NatsServer {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let error = match async_nats::connect(self.url.as_str()).await {
+            let error = match self.probe_options().connect(self.url.as_str()).await {
                 Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
                     Ok(reply) if !reply.payload.is_empty() => return,
                     Ok(_) => "JetStream is not answering yet".to_owned(),

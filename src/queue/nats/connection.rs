@@ -1,7 +1,8 @@
 //! Connecting to NATS and setting up what the queue stores in it.
 //!
-//! Owns [`NatsSettings`] (from `[store.nats]` and `[workers]`), the connection (credentials,
-//! TLS, a connect deadline) and the creation of the work stream, its durable consumer and the
+//! Owns [`NatsSettings`] (from `[store.nats]` and `[workers]`), the connection (credentials
+//! file, or the user/password or token UTMStack's `NATS_URL` carried; TLS; a connect
+//! deadline), a [`probe`] for `check`, and the creation of the work stream, its durable consumer and the
 //! key-value buckets (laid out in [`records`](super::records)). Guarantees: opening creates
 //! what is missing and reuses what exists, so every replica may open at once; an existing
 //! consumer's ack wait stays in use (a differing `workers.lease_secs` is warned about, not
@@ -16,7 +17,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 
 use super::NatsQueue;
 use crate::clock::Clock;
-use crate::config::{Config, NatsConfig};
+use crate::config::{Config, NatsConfig, NatsUrlCredentials};
+use crate::secret::ExposeSecret;
 
 /// The seen bucket's max age: longer than Microsoft keeps content (7 days), so a repeated
 /// notification of any content that can still be fetched is recognised.
@@ -70,6 +72,15 @@ async fn connect(
             )
         })?;
     }
+    match &nats.url_credentials {
+        Some(NatsUrlCredentials::UserPassword { user, password }) => {
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
+        Some(NatsUrlCredentials::Token(token)) => {
+            options = options.token(token.expose_secret().to_owned());
+        }
+        None => {}
+    }
     if let Some(path) = &nats.tls_ca_file {
         options = options
             .add_root_certificates(path.clone())
@@ -93,6 +104,28 @@ async fn connect(
         .map_err(|error| anyhow::anyhow!("store.nats.urls {urls}: cannot connect: {error}"))?;
     let jetstream = jetstream::new(client.clone());
     Ok((client, jetstream))
+}
+
+/// Connects to the servers of `settings` and asks JetStream for its account information,
+/// without creating anything (for `check`). Fails with the same messages as opening.
+pub async fn probe(settings: &NatsSettings) -> anyhow::Result<()> {
+    let (client, _) = connect(settings).await?;
+    let answer = client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "NATS answers but JetStream does not ({error}); enable it on the server (nats-server -js)"
+            )
+        })?;
+    let info: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+    if let Some(error) = info.get("error") {
+        anyhow::bail!(
+            "NATS answers but JetStream refuses: {}; enable JetStream for this account",
+            error["description"].as_str().unwrap_or("no description")
+        );
+    }
+    Ok(())
 }
 
 /// Opens a key-value bucket, creating it with `max_age` (zero: no max age) when missing.

@@ -34,7 +34,7 @@ use async_nats::jetstream::{self, consumer, kv};
 use super::{ContentKey, QueueError};
 use crate::clock::Clock;
 pub(crate) use connection::open_bucket;
-pub use connection::{NatsSettings, SEEN_MAX_AGE};
+pub use connection::{NatsSettings, SEEN_MAX_AGE, probe};
 use leases::Held;
 
 /// The queue and metadata store on NATS JetStream (see the module doc).
