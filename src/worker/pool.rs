@@ -474,16 +474,18 @@ async fn forward_blob(
             }
             Some(Ok(event)) => event,
         };
+        if let Some(index) = event.index() {
+            next_index = index + 1;
+            if item.already_settled(index) {
+                continue;
+            }
+        }
         match event {
             SplitEvent::Record {
                 index,
                 bytes,
                 byte_range,
             } => {
-                next_index = index + 1;
-                if item.already_settled(index) {
-                    continue;
-                }
                 // Room for the Log first, so a worker waiting for the engine holds only the
                 // record's bytes, never an encoded Log as well.
                 let reserved = context.forwarder.reserve(bytes.len() + log_overhead).await;
@@ -511,18 +513,12 @@ async fn forward_blob(
                             sha256: Sha256::digest(&bytes).into(),
                             reason: oversized_reason(size, limit),
                         };
-                        if let Err(reason) = dead_letter_record(
-                            context,
-                            tenant,
-                            item,
-                            record,
-                            RecordFault::Oversized,
-                        )
-                        .await
+                        let fault = RecordFault::Oversized;
+                        if let Err(reason) =
+                            set_aside(context, tenant, item, progress, record, fault).await
                         {
                             return PassOutcome::Retry(reason);
                         }
-                        progress.waiting.push_back((index, None));
                     }
                     Err(_) => return PassOutcome::Interrupted,
                 }
@@ -533,22 +529,17 @@ async fn forward_blob(
                 sha256,
                 reason,
             } => {
-                next_index = index + 1;
-                if item.already_settled(index) {
-                    continue;
-                }
                 let record = DeadRecord {
                     index,
                     byte_range: (byte_range.start, byte_range.end),
                     sha256,
                     reason,
                 };
-                if let Err(reason) =
-                    dead_letter_record(context, tenant, item, record, RecordFault::Invalid).await
+                let fault = RecordFault::Invalid;
+                if let Err(reason) = set_aside(context, tenant, item, progress, record, fault).await
                 {
                     return PassOutcome::Retry(reason);
                 }
-                progress.waiting.push_back((index, None));
             }
             SplitEvent::Oversized {
                 index,
@@ -556,10 +547,6 @@ async fn forward_blob(
                 sha256,
                 size,
             } => {
-                next_index = index + 1;
-                if item.already_settled(index) {
-                    continue;
-                }
                 let record = DeadRecord {
                     index,
                     byte_range: (byte_range.start, byte_range.end),
@@ -569,12 +556,11 @@ async fn forward_blob(
                         max_message_bytes,
                     ),
                 };
-                if let Err(reason) =
-                    dead_letter_record(context, tenant, item, record, RecordFault::Oversized).await
+                let fault = RecordFault::Oversized;
+                if let Err(reason) = set_aside(context, tenant, item, progress, record, fault).await
                 {
                     return PassOutcome::Retry(reason);
                 }
-                progress.waiting.push_back((index, None));
             }
             SplitEvent::Unrecoverable { offset, reason } => {
                 return PassOutcome::Unrecoverable {
@@ -605,6 +591,23 @@ fn oversized_reason(size: usize, limit: usize) -> String {
     format!(
         "record too large for the engine: its Log would be at least {size} bytes, over engine.max_message_bytes = {limit}"
     )
+}
+
+/// Dead-letters `record` of `item` by reference, then queues it as settled, so the
+/// settled prefix passes it once the records before it are settled. Fails, with the
+/// reason to retry the pass, when the store refuses the dead letter.
+async fn set_aside(
+    context: &WorkerContext,
+    tenant: &Tenant,
+    item: &LeasedItem,
+    progress: &mut Progress,
+    record: DeadRecord,
+    fault: RecordFault,
+) -> Result<(), String> {
+    let index = record.index;
+    dead_letter_record(context, tenant, item, record, fault).await?;
+    progress.waiting.push_back((index, None));
+    Ok(())
 }
 
 /// Stores `record` as a dead letter of `item`, counts it, logs it and reports it to the

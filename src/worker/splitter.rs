@@ -143,6 +143,19 @@ pub enum SplitEvent {
     },
 }
 
+impl SplitEvent {
+    /// The array index of the element this event is about: a record, a bad record or an
+    /// oversized element; `None` for the events about the whole body.
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            Self::Record { index, .. }
+            | Self::BadRecord { index, .. }
+            | Self::Oversized { index, .. } => Some(*index),
+            Self::Unrecoverable { .. } | Self::Complete { .. } | Self::Truncated { .. } => None,
+        }
+    }
+}
+
 /// Debug never prints record bytes (they may hold secrets), only their length.
 impl fmt::Debug for SplitEvent {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
