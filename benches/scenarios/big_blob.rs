@@ -1,8 +1,6 @@
 //! `big_blob`: one blob of many records, fetched and split within bounded memory.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use o365_connector::emulator::api::scenario::Scenario;
 
@@ -32,23 +30,8 @@ pub async fn big_blob(dir: &Path) {
         .await
         .unwrap()
         .len();
-    let started = Instant::now();
-    let connector = Connector::start(ConnectorSetup {
-        dir,
-        socket: &socket,
-        api_base: api.base_url(),
-        requests_per_minute: 1_000_000,
-        tenants: &[TENANT.to_string()],
-        webhook: false,
-        poller: &eager_poller(1),
-        store: ("", ""),
-    })
-    .await;
-    wait_until("the big blob", Duration::from_secs(600), || {
-        engine.acked.load(Ordering::Relaxed) >= per_blob as u64
-    })
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
+    let (connector, elapsed) =
+        drain_backlog(dir, &socket, api.base_url(), &engine, per_blob as u64).await;
     let scenario = "big_blob";
     figure(scenario, "blob_size", size as f64 / MIB, "MiB", None, None);
     figure(scenario, "records", per_blob as f64, "records", None, None);

@@ -1,8 +1,6 @@
 //! `huge_records`: records just under the engine's message limit, in bounded memory.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use o365_connector::emulator::api::scenario::Scenario;
 
@@ -34,23 +32,8 @@ pub async fn huge_records(dir: &Path) {
     let socket = dir.join("engine.sock");
     let engine = start_engine(&socket).await;
     publish(&api, count.div_ceil(per_blob)).await;
-    let started = Instant::now();
-    let connector = Connector::start(ConnectorSetup {
-        dir,
-        socket: &socket,
-        api_base: api.base_url(),
-        requests_per_minute: 1_000_000,
-        tenants: &[TENANT.to_string()],
-        webhook: false,
-        poller: &eager_poller(1),
-        store: ("", ""),
-    })
-    .await;
-    wait_until("every huge record", Duration::from_secs(600), || {
-        engine.acked.load(Ordering::Relaxed) >= count as u64
-    })
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
+    let (connector, elapsed) =
+        drain_backlog(dir, &socket, api.base_url(), &engine, count as u64).await;
     let scenario = "huge_records";
     figure(scenario, "records", count as f64, "records", None, None);
     figure(

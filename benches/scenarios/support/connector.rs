@@ -187,3 +187,33 @@ pub fn clock_ticks_per_second() -> f64 {
 pub fn bench_workers() -> usize {
     env_number("BENCH_WORKERS", 16)
 }
+
+/// Starts one connector that only polls (one tenant, the embedded store, no webhook, no
+/// request budget) on the backlog the API emulator at `api_base` holds, and waits up to
+/// ten minutes until the engine acked `records`. Returns the connector, still running for
+/// its figures, and the seconds from its start to the last ack.
+pub async fn drain_backlog(
+    dir: &Path,
+    socket: &Path,
+    api_base: &str,
+    engine: &EngineState,
+    records: u64,
+) -> (Connector, f64) {
+    let started = Instant::now();
+    let connector = Connector::start(ConnectorSetup {
+        dir,
+        socket,
+        api_base,
+        requests_per_minute: 1_000_000,
+        tenants: &[TENANT.to_string()],
+        webhook: false,
+        poller: &eager_poller(1),
+        store: ("", ""),
+    })
+    .await;
+    wait_until("the backlog drained", Duration::from_secs(600), || {
+        engine.acked.load(std::sync::atomic::Ordering::Relaxed) >= records
+    })
+    .await;
+    (connector, started.elapsed().as_secs_f64())
+}
