@@ -82,6 +82,25 @@ impl Cloud {
             Cloud::Dod => "https://manage.protection.apps.mil/.default",
         }
     }
+
+    /// The Microsoft Graph base URL (risk detections), without a trailing slash; also the
+    /// Graph token resource.
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Cloud::Commercial | Cloud::Gcc => "https://graph.microsoft.com",
+            Cloud::GccHigh => "https://graph.microsoft.us",
+            Cloud::Dod => "https://dod-graph.microsoft.us",
+        }
+    }
+
+    /// The v2 client-credentials scope of Microsoft Graph: its base followed by `/.default`.
+    pub fn graph_scope(self) -> &'static str {
+        match self {
+            Cloud::Commercial | Cloud::Gcc => "https://graph.microsoft.com/.default",
+            Cloud::GccHigh => "https://graph.microsoft.us/.default",
+            Cloud::Dod => "https://dod-graph.microsoft.us/.default",
+        }
+    }
 }
 
 impl fmt::Display for Cloud {
@@ -117,6 +136,8 @@ pub struct Endpoints {
     pub login: Url,
     /// The Management Activity API base (`https://manage.office.com` or an override).
     pub api: Url,
+    /// The Microsoft Graph base (`https://graph.microsoft.com` or an override).
+    pub graph: Url,
 }
 
 impl Endpoints {
@@ -133,7 +154,36 @@ impl Endpoints {
                 .cloned()
                 .unwrap_or_else(|| preset_url(cloud.login_url())),
             api: api.cloned().unwrap_or_else(|| preset_url(cloud.api_url())),
+            graph: preset_url(cloud.graph_url()),
         }
+    }
+
+    /// These endpoints with the Graph base replaced, when `graph` is given.
+    pub fn with_graph(mut self, graph: Option<&Url>) -> Self {
+        if let Some(graph) = graph {
+            self.graph = graph.clone();
+        }
+        self
+    }
+
+    /// The scope of Graph tokens: always the cloud's, even when the Graph base is
+    /// overridden.
+    pub fn graph_scope(&self) -> &'static str {
+        self.cloud.graph_scope()
+    }
+
+    /// The risk detections collection: `{graph}/v1.0/identityProtection/riskDetections`.
+    pub fn risk_detections_url(&self) -> Url {
+        append_segments(
+            &self.graph,
+            &["v1.0", "identityProtection", "riskDetections"],
+        )
+    }
+
+    /// True when `url` has exactly the Graph base's scheme, host and port (checked before
+    /// a Graph token goes anywhere, `@odata.nextLink` included).
+    pub fn is_on_graph_origin(&self, url: &Url) -> bool {
+        same_origin(url, &self.graph)
     }
 
     /// The v2 token endpoint of a tenant: `{login}/{tenant}/oauth2/v2.0/token`.
@@ -200,13 +250,22 @@ mod tests {
     #[test]
     fn every_preset_url_parses_and_has_no_trailing_slash() {
         for cloud in Cloud::ALL {
-            for url in [cloud.login_url(), cloud.api_url(), cloud.resource()] {
+            for url in [
+                cloud.login_url(),
+                cloud.api_url(),
+                cloud.resource(),
+                cloud.graph_url(),
+            ] {
                 assert!(Url::parse(url).is_ok(), "{url}");
                 assert!(url.starts_with("https://") && !url.ends_with('/'), "{url}");
             }
             assert_eq!(
                 cloud.token_scope(),
                 format!("{}/.default", cloud.resource())
+            );
+            assert_eq!(
+                cloud.graph_scope(),
+                format!("{}/.default", cloud.graph_url())
             );
         }
     }

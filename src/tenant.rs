@@ -101,7 +101,8 @@ impl TenantSet {
 }
 
 /// True when the two configurations of one tenant would build the same [`Tenant`]: same
-/// name, ids, cloud, content types, publisher, UTMStack tenant and credential (the secret
+/// name, ids, cloud, content types, publisher, UTMStack tenant, risk detections and
+/// credential (the secret
 /// compared by value, the certificate by its file paths).
 pub fn same_tenant_settings(left: &TenantConfig, right: &TenantConfig) -> bool {
     let secret = |tenant: &TenantConfig| {
@@ -118,6 +119,7 @@ pub fn same_tenant_settings(left: &TenantConfig, right: &TenantConfig) -> bool {
         && left.publisher_id == right.publisher_id
         && left.utm_tenant_id == right.utm_tenant_id
         && left.certificate == right.certificate
+        && left.risk_detections == right.risk_detections
         && secret(left) == secret(right)
 }
 

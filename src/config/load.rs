@@ -22,6 +22,8 @@ pub const ENV_PREFIX: &str = "O365_CONNECTOR__";
 pub const ENV_LOGIN_URL: &str = "O365_CONNECTOR_LOGIN_URL";
 /// Short form of `O365_CONNECTOR__API__API_URL` (every tenant's API base).
 pub const ENV_API_URL: &str = "O365_CONNECTOR_API_URL";
+/// Short form of `O365_CONNECTOR__API__GRAPH_URL` (every tenant's Microsoft Graph base).
+pub const ENV_GRAPH_URL: &str = "O365_CONNECTOR_GRAPH_URL";
 
 /// The configuration could not be loaded. Messages name the file, key and line, or the
 /// variable; never a secret or a line of the file.
@@ -200,7 +202,11 @@ fn overrides_from(env: &HashMap<String, String>) -> Result<Vec<Override>, Config
         let segments = segments_of(name)?;
         overrides.push(new_override(name, segments, &env[name], false));
     }
-    for (name, field) in [(ENV_LOGIN_URL, "login_url"), (ENV_API_URL, "api_url")] {
+    for (name, field) in [
+        (ENV_LOGIN_URL, "login_url"),
+        (ENV_API_URL, "api_url"),
+        (ENV_GRAPH_URL, "graph_url"),
+    ] {
         if let Some(raw) = env.get(name) {
             let segments = vec![Segment::Key("api".into()), Segment::Key(field.into())];
             overrides.push(new_override(name, segments, raw, true));

@@ -22,9 +22,9 @@
 //! defines). The value is read as a TOML value when it is one (`2000`, `true`,
 //! `["DLP.All"]`, `{ env = "X" }`) and as a string otherwise; a value that parses as another
 //! type where a string is expected is taken as a string. An empty value removes the key, so
-//! its default applies. `O365_CONNECTOR_LOGIN_URL` and
-//! `O365_CONNECTOR_API_URL` are short forms of `api.login_url` and `api.api_url` (which apply
-//! to every tenant); they are applied last, so they win. The outbound HTTP client also
+//! its default applies. `O365_CONNECTOR_LOGIN_URL`, `O365_CONNECTOR_API_URL` and
+//! `O365_CONNECTOR_GRAPH_URL` are short forms of `api.login_url`, `api.api_url` and
+//! `api.graph_url` (which apply to every tenant); they are applied last, so they win. The outbound HTTP client also
 //! honours `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (reqwest reads them) unless
 //! `api.proxy` is set.
 //!
@@ -43,7 +43,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
-pub use load::{ConfigError, ENV_API_URL, ENV_LOGIN_URL, ENV_PREFIX, Location};
+pub use load::{ConfigError, ENV_API_URL, ENV_GRAPH_URL, ENV_LOGIN_URL, ENV_PREFIX, Location};
 pub use types::{
     ContentType, Guid, InvalidPublisherId, NotAGuid, PublisherId, TimestampSource,
     UnknownContentType,
@@ -323,6 +323,10 @@ pub struct ApiConfig {
     /// API base replacing the cloud preset for every tenant. Default: none (the tenant's
     /// cloud). An `http://` URL is honoured with a start-up warning.
     pub api_url: Option<Url>,
+    /// Microsoft Graph base replacing the cloud preset for every tenant (risk detections).
+    /// Default: none (the tenant's cloud). An `http://` URL is honoured with a start-up
+    /// warning.
+    pub graph_url: Option<Url>,
     /// Extra PEM CA certificates trusted for outbound HTTPS, besides the built-in roots.
     /// Default: none.
     pub ca_file: Option<PathBuf>,
@@ -632,6 +636,12 @@ pub struct TenantConfig {
     /// Overrides `engine.utm_tenant_id` (`Log.tenantId`, and part of `Log.id`) for this
     /// tenant: the UTMStack tenant it belongs to. Default: none (`engine.utm_tenant_id`).
     pub utm_tenant_id: Option<String>,
+    /// Also collect this tenant's Microsoft Entra ID Identity Protection risk detections
+    /// through Microsoft Graph (needs the Graph application permission
+    /// `IdentityRiskEvent.Read.All` and, for the full data, Entra ID P2). Default: false
+    /// (true for every group in UTMStack mode, as UTMStack's own plugin does).
+    #[serde(default)]
+    pub risk_detections: bool,
 }
 
 /// A certificate credential: PEM files of the certificate and its RSA private key.
@@ -811,6 +821,7 @@ impl TenantConfig {
     /// `api.api_url` applied.
     pub fn endpoints(&self, api: &ApiConfig) -> Endpoints {
         Endpoints::with_overrides(self.cloud, api.login_url.as_ref(), api.api_url.as_ref())
+            .with_graph(api.graph_url.as_ref())
     }
 
     /// The publisher id to send for this tenant: its own override, else `api.publisher_id`,
@@ -864,6 +875,7 @@ impl Default for ApiConfig {
             publisher_id: None,
             login_url: None,
             api_url: None,
+            graph_url: None,
             ca_file: None,
             proxy: None,
             requests_per_minute: default_requests_per_minute(),

@@ -85,6 +85,11 @@ pub(super) fn problems(config: &Config) -> Vec<ValidationError> {
         &mut problems,
     );
     check_base_url("api.api_url", config.api.api_url.as_ref(), &mut problems);
+    check_base_url(
+        "api.graph_url",
+        config.api.graph_url.as_ref(),
+        &mut problems,
+    );
     check_base_url("api.proxy", config.api.proxy.as_ref(), &mut problems);
     check_tenants(&config.tenants, &mut problems);
     if let Some(hard_limit) = config.ops.queue_hard_limit
@@ -237,6 +242,7 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
     for (key, url) in [
         ("api.login_url", &config.api.login_url),
         ("api.api_url", &config.api.api_url),
+        ("api.graph_url", &config.api.graph_url),
     ] {
         if let Some(url) = url.as_ref().filter(|url| url.scheme() == "http") {
             warnings.push(format!(
