@@ -35,6 +35,7 @@ use crate::ops::metrics::TenantOutcomeLabels;
 use std::sync::Arc;
 
 /// How the app proves its identity to the token endpoint.
+#[derive(Clone)]
 pub enum Credential {
     /// A client secret, sent in the form body.
     Secret(SecretString),
@@ -55,6 +56,7 @@ impl std::fmt::Debug for Credential {
 }
 
 /// A certificate's private key and the thumbprint Microsoft identifies it by.
+#[derive(Clone)]
 pub struct CertificateCredential {
     key: EncodingKey,
     /// base64url SHA-256 of the certificate's DER encoding (the `x5t#S256` header).

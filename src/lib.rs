@@ -23,6 +23,7 @@
 //! - [`queue`]: the durable content queue (trait, embedded redb backend) and the service's
 //!   metadata store.
 //! - [`retry`]: the one retry policy (exponential, jittered, capped) and its presets.
+//! - [`risk`]: Microsoft Entra ID risk detections through Microsoft Graph, one Log each.
 //! - [`secret`]: secrets by env var or file reference, masked in every `Debug` and error.
 //! - [`service`]: the running service: wiring, start and graceful stop.
 //! - [`server`]: the listeners' edge: TLS (reloaded in place), proxies and the webhook
@@ -63,6 +64,7 @@ pub mod poller;
 pub mod proto;
 pub mod queue;
 pub mod retry;
+pub mod risk;
 pub mod secret;
 pub mod server;
 pub mod service;

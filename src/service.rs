@@ -45,11 +45,13 @@ use crate::cluster::Leadership;
 use crate::config::{Config, StoreBackendKind};
 use crate::forward::{Forwarder, ForwarderConfig, default_max_in_flight_bytes};
 use crate::intake::Intake;
+use crate::ops::events::ConsoleReporter;
 use crate::ops::health::{EngineHealth, EngineStall, ProblemBoard, ReadinessProbe};
 use crate::ops::metrics::StateLabels;
 use crate::ops::status::{StatusSource, StatusTenant};
 use crate::ops::{self, Metrics, OpsState, QueueLimit};
 use crate::poller::{PollerDeps, TenantPoller};
+use crate::risk::{RiskCollector, RiskDeps};
 use crate::queue::nats::leader::LeaderLease;
 use crate::queue::nats::{NatsQueue, NatsSettings};
 use crate::queue::{ContentQueue, EmbeddedQueue, MetaStore, QueueStore};
@@ -119,6 +121,9 @@ pub struct RunningService {
     /// The poller of each tenant configured at start (tests drive extra cycles with
     /// `run_once`); tenants added by a reload are not listed.
     pub pollers: Vec<Arc<TenantPoller>>,
+    /// The risk detection collector of each tenant configured at start with
+    /// `risk_detections` (tests drive extra collections with [`RiskCollector::run_once`]).
+    pub risk_collectors: Vec<Arc<RiskCollector>>,
     supervisor: Arc<TenantSupervisor>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -217,13 +222,14 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         shutdown.clone(),
     );
     let admin_webhooks = Arc::new(ArcSwap::from_pointee(HashMap::new()));
-    let (supervisor, pollers) = TenantSupervisor::start(TenantRuntime {
+    let (supervisor, collectors) = TenantSupervisor::start(TenantRuntime {
         config: config.clone(),
         http,
         clock: shared.clock.clone(),
         metrics: shared.metrics.clone(),
         retry: shared.retry,
         poller: poller_deps(&shared),
+        risk: risk_deps(&shared),
         subscriptions: subscription_context(&config, &shared),
         tenants: shared.tenants.clone(),
         webhook: webhook_state,
@@ -257,7 +263,8 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         tenants: shared.tenants,
         problems: shared.problems,
         status: shared.status,
-        pollers,
+        pollers: collectors.pollers,
+        risk_collectors: collectors.risk,
         supervisor: Arc::new(supervisor),
         ops_address: listeners.ops.as_ref().map(|(address, _, _)| *address),
         shutdown,
@@ -389,6 +396,7 @@ fn status_source(
             name: tenant.name.clone(),
             tenant_id: tenant.tenant_id.to_string(),
             content_types: tenant.content_types.clone(),
+            risk_detections: tenant.risk_detections,
         })
         .collect();
     StatusSource::new(
@@ -468,6 +476,19 @@ fn poller_deps(shared: &Shared) -> PollerDeps {
         meta: shared.meta(),
         metrics: shared.metrics.clone(),
         problems: shared.problems.clone(),
+        clock: shared.clock.clone(),
+        retry: shared.retry,
+    }
+}
+
+fn risk_deps(shared: &Shared) -> RiskDeps {
+    RiskDeps {
+        forwarder: shared.forwarder.clone(),
+        meta: shared.meta(),
+        metrics: shared.metrics.clone(),
+        problems: shared.problems.clone(),
+        status: Some(shared.status.clone()),
+        reporter: Arc::new(ConsoleReporter::default()),
         clock: shared.clock.clone(),
         retry: shared.retry,
     }

@@ -23,6 +23,7 @@ use crate::cloud::Endpoints;
 use crate::config::{AssertionAlgorithm, Config, ContentType, TenantConfig, TenantCredential};
 use crate::forward::log::LogContext;
 use crate::ops::Metrics;
+use crate::risk::graph::GraphClient;
 
 /// One tenant, ready to call the API and to label its Logs.
 pub struct Tenant {
@@ -40,6 +41,8 @@ pub struct Tenant {
     pub client: Arc<ApiClient>,
     /// What this tenant's Logs carry.
     pub log_context: LogContext,
+    /// Its Microsoft Graph client, when its risk detections are collected.
+    pub graph: Option<Arc<GraphClient>>,
 }
 
 /// Why the tenants could not be set up.
@@ -174,15 +177,30 @@ fn build_tenant(
     let tenant_id = tenant_config.tenant_id.to_string().to_ascii_lowercase();
     let credential = credential(tenant_config)?;
     watch_certificate_expiry(tenant_config, &credential, clock, metrics);
+    let token_source = |scope: &str, credential: Credential| TokenSourceConfig {
+        tenant_id: tenant_id.clone(),
+        token_url: endpoints.token_url(&tenant_id),
+        client_id: tenant_config.client_id.to_string(),
+        scope: scope.to_string(),
+        credential,
+    };
+    let graph = tenant_config.risk_detections.then(|| {
+        let tokens = TokenProvider::new(
+            http.clone(),
+            token_source(endpoints.graph_scope(), credential.clone()),
+            clock.clone(),
+        )
+        .with_metrics(metrics.clone(), &tenant_config.name);
+        Arc::new(GraphClient::new(
+            http.clone(),
+            tenant_id.clone(),
+            endpoints.clone(),
+            tokens,
+        ))
+    });
     let tokens = TokenProvider::new(
         http.clone(),
-        TokenSourceConfig {
-            tenant_id: tenant_id.clone(),
-            token_url: endpoints.token_url(&tenant_id),
-            client_id: tenant_config.client_id.to_string(),
-            scope: endpoints.token_scope().to_string(),
-            credential,
-        },
+        token_source(endpoints.token_scope(), credential),
         clock.clone(),
     )
     .with_metrics(metrics.clone(), &tenant_config.name);
@@ -209,6 +227,7 @@ fn build_tenant(
             group_name: tenant_config.name.clone(),
             timestamp: config.engine.timestamp,
         },
+        graph,
     })
 }
 

@@ -42,6 +42,12 @@ pub mod problem_kind {
     pub const CONTENT_REFUSED: &str = "content_refused";
     /// A poll of a content type failed (set by the poller, cleared by its next success).
     pub const POLL_FAILED: &str = "poll_failed";
+    /// Microsoft Graph refused a tenant's risk detections (403: permission or licence
+    /// missing); set and cleared by the risk detection collector.
+    pub const RISK_DETECTIONS_FORBIDDEN: &str = "risk_detections_forbidden";
+    /// A collection of a tenant's risk detections failed otherwise; set and cleared by the
+    /// risk detection collector.
+    pub const RISK_DETECTIONS_FAILED: &str = "risk_detections_failed";
 }
 
 /// Where events land: the metrics, the board and, for counted losses, the console.

@@ -163,6 +163,11 @@ pub struct Metrics {
     pub throttled: Family<TenantLabels, Counter>,
     /// Token requests by tenant and outcome.
     pub token_requests: Family<TenantOutcomeLabels, Counter>,
+    /// Entra ID risk detections by tenant and outcome (`forwarded`, `oversized`,
+    /// `refused`).
+    pub risk_detections: Family<TenantOutcomeLabels, Counter>,
+    /// Collections of risk detections by tenant and outcome (`ok`, `forbidden`, `failed`).
+    pub risk_detection_runs: Family<TenantOutcomeLabels, Counter>,
     /// Queue items by state.
     pub queue_items: Family<StateLabels, Gauge>,
     /// Age in seconds of the oldest item not yet done.
@@ -250,6 +255,8 @@ impl Metrics {
             api_requests: Family::default(),
             throttled: Family::default(),
             token_requests: Family::default(),
+            risk_detections: Family::default(),
+            risk_detection_runs: Family::default(),
             queue_items: Family::default(),
             queue_oldest_age_seconds: Gauge::default(),
             dead_records_lost: Gauge::default(),
@@ -493,6 +500,16 @@ impl Metrics {
             "token_requests",
             "Token requests by tenant and outcome",
             self.token_requests.clone(),
+        );
+        registry.register(
+            "risk_detections",
+            "Entra ID risk detections by tenant and outcome (forwarded, oversized, refused)",
+            self.risk_detections.clone(),
+        );
+        registry.register(
+            "risk_detection_runs",
+            "Collections of Entra ID risk detections by tenant and outcome (ok, forbidden, failed)",
+            self.risk_detection_runs.clone(),
         );
         registry.register(
             "queue_items",

@@ -10,6 +10,7 @@
 //!  "engine": {"connected","in_flight","stalled"},
 //!  "cluster": {"replica_id","leading","leader","leader_since"},   (several replicas only)
 //!  "tenants": [{"name", "tenant_id", "errors": [...],
+//!    "risk_detections": {"enabled", "watermark", "last_run", "forwarded", "errors": [...]},
 //!    "content_types": [{"content_type", "subscription", "webhook", "last_notification",
 //!      "cursor", "lag_seconds", "queue_depth", "records_forwarded", "lost",
 //!      "errors": [{"kind", "message", "advice", "since", "count"?}]}]}]}
@@ -26,7 +27,11 @@
 //! engine) come from the metrics, and are `null` for tenants beyond
 //! `ops.max_tenant_series`, whose series are aggregated. Tenant-wide problems (content type
 //! `*` on the problem board) are the tenant's `errors`. An error about particular blobs is
-//! one entry with their `count` (absent on the others).
+//! one entry with their `count` (absent on the others). A tenant's `risk_detections`:
+//! `watermark` is the collector's (`risk/watermark/{tenant id}` in the metadata store),
+//! `last_run` what it reports through [`StatusSource::note_risk_run`], `forwarded` from the
+//! metrics (`null` beyond the per-tenant series), `errors` its problems on the board
+//! (content type `riskDetections`).
 //!
 //! Nothing secret is shown: no client secret, no token, no authId, no webhook secret.
 //! Problem messages are written never to carry one.
@@ -63,6 +68,8 @@ pub struct StatusTenant {
     pub tenant_id: String,
     /// The content types collected, in configuration order.
     pub content_types: Vec<ContentType>,
+    /// Its Entra ID risk detections are collected.
+    pub risk_detections: bool,
 }
 
 /// What other components report about one (tenant, content type).
@@ -71,7 +78,12 @@ struct Reported {
     subscription: Option<String>,
     webhook: Option<String>,
     last_notification: Option<DateTime<Utc>>,
+    /// For the tenant's risk detections (content type [`RISK_KEY`]): the last collection.
+    last_risk_run: Option<DateTime<Utc>>,
 }
+
+/// The content type under which risk detections are reported and their problems held.
+const RISK_KEY: &str = crate::risk::BOARD_KEY;
 
 /// Gathers the status from the metrics, the problem board, the queue and the metadata
 /// store, plus what components report through its setters.
@@ -136,8 +148,26 @@ pub struct TenantStatus {
     pub tenant_id: String,
     /// Problems of the whole tenant (token refused, consent missing, …).
     pub errors: Vec<StatusError>,
+    /// Its Entra ID risk detections.
+    pub risk_detections: RiskStatus,
     /// Each collected content type.
     pub content_types: Vec<ContentTypeStatus>,
+}
+
+/// A tenant's Entra ID risk detections.
+#[derive(Clone, Debug, Serialize)]
+pub struct RiskStatus {
+    /// They are collected (`tenants.risk_detections`; always in UTMStack mode).
+    pub enabled: bool,
+    /// The greatest `lastUpdatedDateTime` the engine acknowledged, as Graph wrote it;
+    /// `null`: none yet.
+    pub watermark: Option<String>,
+    /// When the last collection ran (on this replica); `null`: not yet.
+    pub last_run: Option<DateTime<Utc>>,
+    /// Detections the engine acknowledged since start; `null` beyond the per-tenant series.
+    pub forwarded: Option<u64>,
+    /// Current problems (403: permission or licence missing; other failures).
+    pub errors: Vec<StatusError>,
 }
 
 /// One (tenant, content type).
@@ -277,6 +307,13 @@ impl StatusSource {
         });
     }
 
+    /// Notes that a collection of `tenant_id`'s risk detections ran at `at`.
+    pub fn note_risk_run(&self, tenant_id: &str, at: DateTime<Utc>) {
+        self.update(tenant_id, RISK_KEY, |reported| {
+            reported.last_risk_run = Some(at);
+        });
+    }
+
     fn update(&self, tenant_id: &str, content_type: &str, change: impl FnOnce(&mut Reported)) {
         let mut reported = self
             .reported
@@ -321,6 +358,7 @@ impl StatusSource {
                 errors: problems
                     .remove(&(tenant.name.clone(), "*".to_string()))
                     .unwrap_or_default(),
+                risk_detections: self.risk_status(tenant, &mut problems).await,
                 content_types,
             });
         }
@@ -365,6 +403,42 @@ impl StatusSource {
             }),
             errors: problems
                 .remove(&(tenant.name.clone(), content_type.to_string()))
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn risk_status(
+        &self,
+        tenant: &StatusTenant,
+        problems: &mut HashMap<(String, String), Vec<StatusError>>,
+    ) -> RiskStatus {
+        let watermark = self
+            .meta
+            .get_meta(&crate::risk::detection::watermark_key(&tenant.tenant_id))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|bytes| {
+                serde_json::from_slice::<crate::risk::detection::Watermark>(&bytes).ok()
+            })
+            .map(|mark| mark.last_updated);
+        let label = self.metrics.tenant_label(&tenant.name);
+        let forwarded = (label != OTHER_TENANTS).then(|| {
+            self.metrics
+                .risk_detections
+                .get(&crate::ops::metrics::TenantOutcomeLabels {
+                    tenant: label,
+                    outcome: "forwarded",
+                })
+                .map_or(0, |counter| counter.get())
+        });
+        RiskStatus {
+            enabled: tenant.risk_detections,
+            watermark,
+            last_run: self.reported(&tenant.tenant_id, RISK_KEY).last_risk_run,
+            forwarded,
+            errors: problems
+                .remove(&(tenant.name.clone(), RISK_KEY.to_string()))
                 .unwrap_or_default(),
         }
     }
@@ -575,6 +649,22 @@ fn render_tenant(page: &mut String, tenant: &TenantStatus) {
         );
     }
     page.push_str("</tbody></table>");
+    let risk = &tenant.risk_detections;
+    if risk.enabled {
+        let _ = write!(
+            page,
+            "<p class=\"risk\">Entra ID risk detections: watermark {watermark} · last run {last_run} \
+             · forwarded {forwarded}{errors}</p>",
+            watermark = optional(risk.watermark.clone()),
+            last_run = time(risk.last_run),
+            forwarded = optional(risk.forwarded.map(|count| count.to_string())),
+            errors = if risk.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", errors_html(&risk.errors))
+            },
+        );
+    }
 }
 
 fn errors_html(errors: &[StatusError]) -> String {
@@ -619,6 +709,13 @@ mod tests {
                 name: "<b>contoso</b>".into(),
                 tenant_id: "41463f53-8812-40f4-890f-865bf6e35190".into(),
                 errors: vec![],
+                risk_detections: RiskStatus {
+                    enabled: true,
+                    watermark: Some("<i>2026</i>".into()),
+                    last_run: None,
+                    forwarded: Some(2),
+                    errors: vec![],
+                },
                 content_types: vec![ContentTypeStatus {
                     content_type: "DLP.All".into(),
                     subscription: None,
@@ -643,6 +740,7 @@ mod tests {
         assert!(!page.contains("<script"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("&lt;b&gt;contoso&lt;/b&gt;"));
+        assert!(page.contains("watermark &lt;i&gt;2026&lt;/i&gt;"));
         assert!(page.contains("fix &quot;it&quot;"));
         assert!(
             page.contains("<td class=\"bad\">1</td>"),

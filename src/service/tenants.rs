@@ -37,6 +37,7 @@ use crate::ops::Metrics;
 use crate::ops::status::{StatusSource, StatusTenant};
 use crate::poller::{PollTarget, PollerDeps, TenantPoller};
 use crate::retry::RetryPolicy;
+use crate::risk::{RiskCollector, RiskDeps, RiskTarget};
 use crate::subscriptions::{SubscriptionContext, SubscriptionManager};
 use crate::tenant::{Tenant, TenantSet, TenantSetupError, build_tenants, same_tenant_settings};
 use crate::webhook::{WebhookState, WebhookTenant};
@@ -59,6 +60,8 @@ pub(super) struct TenantRuntime {
     pub retry: RetryPolicy,
     /// What every poller shares.
     pub poller: PollerDeps,
+    /// What every risk detection collector shares.
+    pub risk: RiskDeps,
     /// What every subscription manager shares.
     pub subscriptions: SubscriptionContext,
     /// The current tenants, as workers and the admin listener see them.
@@ -125,23 +128,24 @@ pub struct TenantSupervisor {
 
 impl TenantSupervisor {
     /// Starts the tasks of the tenants already in `runtime.tenants` (configured by
-    /// `runtime.config.tenants`); returns their pollers.
-    pub(super) fn start(runtime: TenantRuntime) -> (Self, Vec<Arc<TenantPoller>>) {
+    /// `runtime.config.tenants`); returns their collectors.
+    pub(super) fn start(runtime: TenantRuntime) -> (Self, Collectors) {
         let tenants = runtime.tenants.current();
         runtime.publish(&runtime.config.tenants, &tenants);
         let mut running = HashMap::new();
-        let mut pollers = Vec::new();
+        let mut collectors = Collectors::default();
         for tenant_config in &runtime.config.tenants {
             let tenant = &tenants[&tenant_id(tenant_config)];
-            let (tasks, poller) = runtime.spawn_tenant(tenant_config, tenant.clone());
-            pollers.push(poller);
+            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone());
+            collectors.pollers.push(poller);
+            collectors.risk.extend(risk);
             running.insert(tenant.tenant_id.clone(), tasks);
         }
         let supervisor = Self {
             runtime,
             running: tokio::sync::Mutex::new(running),
         };
-        (supervisor, pollers)
+        (supervisor, collectors)
     }
 
     /// Moves the service to `config`'s tenants (the rest of `config` is not applied).
@@ -199,7 +203,7 @@ impl TenantSupervisor {
         runtime.publish(&config.tenants, &tenants);
         for tenant_config in &build_config.tenants {
             let id = tenant_id(tenant_config);
-            let (tasks, _) = runtime.spawn_tenant(tenant_config, built[&id].clone());
+            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone());
             running.insert(id, tasks);
         }
         Ok(changes)
@@ -223,6 +227,7 @@ impl TenantRuntime {
                     name: tenant.name.clone(),
                     tenant_id: tenant_id(tenant),
                     content_types: tenant.content_types.clone(),
+                    risk_detections: tenant.risk_detections,
                 })
                 .collect(),
         );
@@ -245,12 +250,13 @@ impl TenantRuntime {
         })
     }
 
-    /// Starts the tenant's poller and subscription manager under a token of its own.
+    /// Starts the tenant's poller, subscription manager and (when enabled) risk detection
+    /// collector under a token of its own.
     fn spawn_tenant(
         &self,
         tenant_config: &TenantConfig,
         tenant: Arc<Tenant>,
-    ) -> (TenantTasks, Arc<TenantPoller>) {
+    ) -> (TenantTasks, Arc<TenantPoller>, Option<Arc<RiskCollector>>) {
         let registration = self.registration(&tenant.tenant_id);
         let stop = self.shutdown.child_token();
         let tracker = TaskTracker::new();
@@ -270,8 +276,22 @@ impl TenantRuntime {
             self.config.poller.clone(),
             self.poller.clone(),
         ));
-        // Polling and subscription management run on the leading replica only.
+        let risk = tenant.graph.as_ref().map(|graph| {
+            Arc::new(RiskCollector::new(
+                RiskTarget {
+                    name: tenant.name.clone(),
+                    tenant_id: tenant.tenant_id.clone(),
+                    graph: graph.clone(),
+                    log_context: tenant.log_context.clone(),
+                },
+                &self.config.poller,
+                self.risk.clone(),
+            ))
+        });
+        // Polling, subscription management and risk detections run on the leading
+        // replica only.
         let (leadership, polling, retry) = (self.leadership.clone(), poller.clone(), self.retry);
+        let collecting = risk.clone();
         self.tracker.spawn(tracker.track_future({
             let stop = stop.clone();
             async move {
@@ -279,8 +299,18 @@ impl TenantRuntime {
                     .run_while_leading(stop, |token| {
                         let polling = polling.clone();
                         let manager = manager.clone();
+                        let collecting = collecting.clone();
                         async move {
-                            tokio::join!(polling.run(token.clone()), manager.run(retry, token));
+                            let risk = async {
+                                if let Some(collector) = collecting {
+                                    collector.run(token.clone()).await;
+                                }
+                            };
+                            tokio::join!(
+                                polling.run(token.clone()),
+                                manager.run(retry, token.clone()),
+                                risk
+                            );
                         }
                     })
                     .await;
@@ -292,8 +322,17 @@ impl TenantRuntime {
             stop,
             tracker,
         };
-        (tasks, poller)
+        (tasks, poller, risk)
     }
+}
+
+/// The collectors of the tenants configured at start (tests drive extra cycles with them).
+#[derive(Default)]
+pub struct Collectors {
+    /// Each tenant's poller.
+    pub pollers: Vec<Arc<TenantPoller>>,
+    /// Each tenant's risk detection collector, for the tenants that have one.
+    pub risk: Vec<Arc<RiskCollector>>,
 }
 
 fn tenant_id(tenant: &TenantConfig) -> String {

@@ -16,7 +16,8 @@
 //! `office365_tenant_id`, `office365_client_id`, `office365_client_secret` (required),
 //! `office365_cloud_environment` (`Commercial`, `GCC`, `GCCHigh`, `DoD`; absent =
 //! Commercial), and our optional string keys `office365_content_types` (comma-separated;
-//! default all five) and `office365_publisher_id`. A blank value (UTMStack writes a single
+//! default all five) and `office365_publisher_id`. Every group's Entra ID risk detections
+//! are collected (`risk_detections = true`), as UTMStack's own plugin does. A blank value (UTMStack writes a single
 //! space) counts as absent. A group missing a required key, or with a value that cannot be
 //! used, is skipped with a warning naming the key; the others go on.
 //!
@@ -411,6 +412,8 @@ fn tenant_table(
     table.insert("name".into(), Value::String(group.name.clone()));
     table.insert("tenant_id".into(), Value::String(tenant_id));
     table.insert("client_id".into(), Value::String(client_id));
+    // UTMStack's plugin collects every group's Entra ID risk detections; so do we.
+    table.insert("risk_detections".into(), Value::Boolean(true));
     if let Some(cloud) = group.value(KEY_CLOUD) {
         let cloud: Cloud = cloud
             .parse()
