@@ -475,6 +475,7 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     };
     let options = check::CheckOptions {
         probe_webhook: args.probe_webhook,
+        utmstack: matches!(source, ConfigSource::Utmstack { .. }),
     };
     let report = check::run(&config, options, preface).await;
     if args.json {
