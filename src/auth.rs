@@ -450,6 +450,19 @@ impl TokenProvider {
         Ok(Self::store(&mut cached, fresh))
     }
 
+    /// Drops the cached token unless another caller already replaced `stale`, so the next
+    /// [`TokenProvider::token`] asks for a new one. For a token the resource refused for
+    /// lack of a role (403): roles granted since are only in a new token.
+    pub async fn forget(&self, stale: &AccessToken) {
+        let mut cached = self.cached.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|current| current.token.generation == stale.generation)
+        {
+            *cached = None;
+        }
+    }
+
     fn store(cached: &mut Option<CachedToken>, fresh: CachedToken) -> AccessToken {
         let token = fresh.token.clone();
         *cached = Some(fresh);

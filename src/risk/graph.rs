@@ -12,7 +12,8 @@
 //! - a page's detections are kept byte for byte as Graph sent them;
 //! - 401 renews the token once; 429 and 503 carry `Retry-After`; 403 is
 //!   [`GraphError::Forbidden`], which the collector treats as "permission or licence
-//!   missing" for this tenant alone.
+//!   missing" for this tenant alone, and drops the cached token (an admin consent given
+//!   since shows only in a new token's roles).
 
 use std::time::Duration;
 
@@ -258,6 +259,10 @@ impl GraphClient {
                 .map_err(|error| self.transport(error))?;
             if status.is_success() {
                 return self.parse_page(&body);
+            }
+            if status == StatusCode::FORBIDDEN {
+                // A permission granted later is only in a new token: the next try asks one.
+                self.tokens.forget(&token).await;
             }
             return Err(self.service_error(status, retry_after, &body));
         }

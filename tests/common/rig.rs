@@ -76,6 +76,9 @@ pub struct RigOptions {
     pub certificate: bool,
     /// With `certificate`: sign with this key instead of the certificate's own.
     pub key_override: Option<PathBuf>,
+    /// `tenants.risk_detections`: also collect Entra ID risk detections from the
+    /// emulator's Graph endpoint (`api.graph_url` is always the emulator).
+    pub risk_detections: bool,
 }
 
 impl RigOptions {
@@ -92,6 +95,7 @@ impl RigOptions {
             throttle: Default::default(),
             certificate: false,
             key_override: None,
+            risk_detections: false,
         }
     }
 }
@@ -111,6 +115,7 @@ impl RigOptions {
             throttle: Default::default(),
             certificate: false,
             key_override: None,
+            risk_detections: false,
         }
     }
 }
@@ -251,6 +256,7 @@ socket = "{socket}"
 [api]
 login_url = "{base}"
 api_url = "{base}"
+graph_url = "{base}"
 ca_file = "{ca}"
 
 [workers]
@@ -265,6 +271,7 @@ public = {ops_public}
 name = "{GROUP}"
 tenant_id = "{TENANT}"
 client_id = "{CLIENT}"
+risk_detections = {risk_detections}
 {credential}
 "#,
             cert = certs.server_cert.display(),
@@ -275,6 +282,7 @@ client_id = "{CLIENT}"
             ca = certs.ca.display(),
             extra = options.extra_config,
             ops_public = options.ops_public,
+            risk_detections = options.risk_detections,
         );
         let mut rig = Rig {
             dir,
