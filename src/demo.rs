@@ -23,6 +23,12 @@
 //! dead-lettered, blob never queued); `duplicates` = acknowledgements beyond the first.
 //! A pending record is never called lost. Success (exit 0) only when `lost` and `pending`
 //! are both 0 ([`DemoSummary::succeeded`]).
+//!
+//! Every tenant also collects its Entra ID risk detections from the emulator's Graph
+//! endpoint (20 at start, one more with each round of blobs; with `--faults`, Graph answers
+//! 5 % of requests 429 and 5 % 503). They count with the records: `published` includes
+//! every detection published, `forwarded` those covered by their tenant's stored watermark
+//! (what the engine acknowledged) and not given up, `pending` those beyond it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -34,12 +40,13 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::emulator::api::publish::{self, PublishedRecord};
 use crate::emulator::api::scenario::{
-    CONTENT_TYPES, FaultScenario, Scenario, TenantScenario, ThrottleResponse,
+    CONTENT_TYPES, FaultScenario, GraphFaultScenario, Scenario, TenantScenario,
+    ThrottleResponse,
 };
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
 use crate::forward::log_id;
-use crate::queue::{ContentKey, ItemState, QueueItem, QueueStore};
+use crate::queue::{ContentKey, ItemState, MetaStore, QueueItem, QueueStore};
 use crate::retry::RetryPolicy;
 use crate::server::dev_certs::write_dev_certs;
 use crate::service::{self, RunningService, ServiceOptions};
@@ -217,7 +224,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         stall: options.drain_stall,
         cap: options.drain_cap,
     };
-    let summary = drain(&published, &service, engine.as_ref(), limits).await?;
+    let summary = drain(&published, &api, &tenants, &service, engine.as_ref(), limits).await?;
     service.stop().await;
     api.shutdown().await;
     if let Some(engine) = engine {
@@ -230,16 +237,30 @@ fn demo_tenant(tenant: &str, records: &std::path::Path, faults: bool) -> TenantS
     let mut scenario = TenantScenario::with_secret(tenant, CLIENT, SECRET);
     scenario.publication.records = Some(records.to_path_buf());
     scenario.publication.records_per_blob = 10;
+    scenario.risk_detections.initial = INITIAL_DETECTIONS;
+    scenario.risk_detections.initial_spread_hours = 6;
     if faults {
         scenario.faults = FaultScenario {
             server_error_rate: 0.1,
             truncate_rate: 0.05,
             duplicate_notifications: true,
+            graph_throttle: Some(GraphFaultScenario {
+                rate: 0.05,
+                ..GraphFaultScenario::default()
+            }),
+            graph_unavailable: Some(GraphFaultScenario {
+                rate: 0.05,
+                ..GraphFaultScenario::default()
+            }),
             ..FaultScenario::default()
         };
     }
     scenario
 }
+
+/// Risk detections each tenant has when the demo starts (over the last 6 hours); one more
+/// per tenant is published with each round of blobs.
+const INITIAL_DETECTIONS: usize = 20;
 
 fn fixture_records() -> String {
     let mut all = String::new();
@@ -287,6 +308,7 @@ socket = "{socket}"
 [api]
 login_url = "{api_base}"
 api_url = "{api_base}"
+graph_url = "{api_base}"
 ca_file = "{ca}"
 publisher_id = "{publisher}"
 
@@ -304,7 +326,7 @@ lag_secs = 0
     );
     for (index, tenant) in tenants.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[tenants]]\nname = \"demo-{index}\"\ntenant_id = \"{tenant}\"\nclient_id = \"{CLIENT}\"\nclient_secret = {{ env = \"DEMO_SECRET\" }}\n"
+            "\n[[tenants]]\nname = \"demo-{index}\"\ntenant_id = \"{tenant}\"\nclient_id = \"{CLIENT}\"\nclient_secret = {{ env = \"DEMO_SECRET\" }}\nrisk_detections = true\n"
         ));
     }
     Ok(Config::from_toml_with_env(
@@ -372,6 +394,7 @@ async fn publish_for(
             for content_type in CONTENT_TYPES {
                 publish::publish_now(api.state(), tenant, content_type, 1).await;
             }
+            api.state().graph.publish(tenant, 1);
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
@@ -388,10 +411,13 @@ async fn publish_for(
 /// its cap, then counts.
 async fn drain(
     published: &[PublishedRecord],
+    api: &ApiEmulator,
+    tenants: &[String],
     service: &RunningService,
     engine: Option<&EngineEmulator>,
     limits: DrainLimits,
 ) -> anyhow::Result<DemoSummary> {
+    let detections = api.state().graph.risk_detections(None);
     let invalid_shas = invalid_record_shas();
     let invalid = published
         .iter()
@@ -401,14 +427,15 @@ async fn drain(
     let mut last_progress = Instant::now();
     let mut last_report = Instant::now();
     let mut last_counts = None;
-    let tally = loop {
+    let (tally, risk) = loop {
         let tally = tally_records(published, service.queue.as_ref(), &invalid_shas).await?;
-        let counts = (tally.forwarded, tally.given_up, tally.absent);
+        let risk = tally_detections(&detections, tenants, service).await?;
+        let counts = (tally.forwarded, tally.given_up, tally.absent, risk.settled());
         if last_counts != Some(counts) {
             last_counts = Some(counts);
             last_progress = Instant::now();
         }
-        let accounted = tally.pending == 0 && tally.absent == 0;
+        let accounted = tally.pending == 0 && tally.absent == 0 && risk.pending == 0;
         let stalled = last_progress.elapsed() >= limits.stall;
         if accounted || stalled || started.elapsed() >= limits.cap {
             let why = if accounted {
@@ -422,27 +449,95 @@ async fn drain(
                 "demo: drain ended after {:.1} s: {why}",
                 started.elapsed().as_secs_f64()
             );
-            break tally;
+            break (tally, risk);
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
             eprintln!(
-                "demo: draining: forwarded {}, pending {}, not yet queued {}",
-                tally.forwarded, tally.pending, tally.absent
+                "demo: draining: forwarded {}, pending {}, not yet queued {}; risk detections forwarded {}, pending {}",
+                tally.forwarded, tally.pending, tally.absent, risk.forwarded, risk.pending
             );
         }
         tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
     };
     report_unsettled(&tally.unsettled, service, engine);
-    let published_count = published.len() as u64;
+    if risk.pending > 0 {
+        eprintln!(
+            "demo: {} risk detection(s) not forwarded (beyond their tenant's watermark)",
+            risk.pending
+        );
+    }
+    let published_count = published.len() as u64 + detections.len() as u64;
+    let forwarded = tally.forwarded + risk.forwarded;
+    let pending = tally.pending + risk.pending;
     let acked = service.forwarder.stats().logs_acked;
     Ok(DemoSummary {
         published: published_count,
-        forwarded: tally.forwarded,
-        lost: published_count.saturating_sub(invalid + tally.forwarded + tally.pending),
-        duplicates: acked.saturating_sub(tally.forwarded),
+        forwarded,
+        lost: published_count.saturating_sub(invalid + forwarded + pending),
+        duplicates: acked.saturating_sub(forwarded),
         invalid,
-        pending: tally.pending,
+        pending,
+    })
+}
+
+/// Where the published risk detections stand, by each tenant's stored watermark (the
+/// connector's durable view of what the engine acknowledged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DetectionTally {
+    /// Covered by the watermark and not counted lost.
+    forwarded: u64,
+    /// Covered by the watermark but given up (oversized, refused by the engine).
+    lost: u64,
+    /// Not covered yet.
+    pending: u64,
+}
+
+impl DetectionTally {
+    fn settled(&self) -> u64 {
+        self.forwarded + self.lost
+    }
+}
+
+async fn tally_detections(
+    detections: &[crate::emulator::api::graph::PublishedDetection],
+    tenants: &[String],
+    service: &RunningService,
+) -> anyhow::Result<DetectionTally> {
+    use crate::risk::detection::{Detection, Watermark, watermark_key};
+    let mut watermarks = HashMap::new();
+    let mut lost = 0;
+    for (index, tenant) in tenants.iter().enumerate() {
+        let stored = service.queue.get_meta(&watermark_key(tenant)).await?;
+        let mark = stored
+            .map(|bytes| serde_json::from_slice::<Watermark>(&bytes))
+            .transpose()?;
+        watermarks.insert(tenant.as_str(), mark);
+        let label = service.metrics.tenant_label(&format!("demo-{index}"));
+        for outcome in ["oversized", "refused"] {
+            lost += service
+                .metrics
+                .risk_detections
+                .get(&crate::ops::metrics::TenantOutcomeLabels {
+                    tenant: label.clone(),
+                    outcome,
+                })
+                .map_or(0, |counter| counter.get());
+        }
+    }
+    let covered = detections
+        .iter()
+        .filter(|published| {
+            watermarks
+                .get(published.tenant_id.as_str())
+                .and_then(Option::as_ref)
+                .is_some_and(|mark| mark.covers(&Detection::read(&published.json)))
+        })
+        .count() as u64;
+    Ok(DetectionTally {
+        forwarded: covered.saturating_sub(lost),
+        lost,
+        pending: detections.len() as u64 - covered,
     })
 }
 
