@@ -469,19 +469,21 @@ fn fault_error(fault: GraphFault) -> GraphError {
     error
 }
 
-/// The request's URL with `$skiptoken` replaced: absolute, on the emulator's base.
+/// The request's URL with `$skiptoken` replaced: absolute, on the emulator's base, the
+/// option names' `$` literal as in Graph's own links.
 fn next_link(base_url: &str, params: &[(String, String)], token: &str) -> String {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in params {
-        if !name.eq_ignore_ascii_case("$skiptoken") {
-            query.append_pair(name, value);
-        }
-    }
-    query.append_pair("$skiptoken", token);
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let pairs: Vec<String> = params
+        .iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case("$skiptoken"))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .chain([("$skiptoken", token)])
+        .map(|(name, value)| format!("{}={}", encode(name).replace("%24", "$"), encode(value)))
+        .collect();
     format!(
         "{}{RISK_DETECTIONS_PATH}?{}",
         base_url.trim_end_matches('/'),
-        query.finish()
+        pairs.join("&")
     )
 }
 
