@@ -4,9 +4,10 @@
 //!
 //! Guarantees, while the tenant's fault is on:
 //! - every answer with a JSON `Content-Type` to a request naming the tenant (by GUID or
-//!   domain in a login path, by GUID in an API path) starts with the mark: token answers and
-//!   token errors, OpenID discovery, subscriptions, listings, AF errors (throttling and
-//!   injected 5xx included) and blobs. The rest of the body is unchanged, byte for byte,
+//!   domain in a login path, by GUID in an API path, by its token's `tid` on Graph) starts
+//!   with the mark: token answers and token errors, OpenID discovery, subscriptions,
+//!   listings, AF errors (throttling and injected 5xx included), blobs, and Graph's pages
+//!   and errors once the token named the tenant. The rest of the body is unchanged, byte for byte,
 //!   and a declared `Content-Length` grows by the mark's three bytes, so a blob cut short by
 //!   `truncate_rate` is still cut short of its declared length;
 //! - every notification POSTed to the tenant's webhook starts with the mark
@@ -27,6 +28,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 
+use super::graph::GraphTenant;
 use super::{ApiState, tenant_in_path, token};
 use crate::api::json::UTF8_BOM;
 
@@ -36,20 +38,27 @@ pub(super) async fn prefix_json_bodies(
     request: Request,
     next: Next,
 ) -> Response {
-    let marked = marks_bodies(&state, request.uri().path());
+    let path = request.uri().path().to_string();
     let response = next.run(request).await;
-    if !marked || !is_json(&response) {
+    if !marks_bodies(&state, &path, &response) || !is_json(&response) {
         return response;
     }
     prefix_response(response)
 }
 
-/// True when the request names a scenario tenant whose `bom_bodies` fault is on.
-fn marks_bodies(state: &ApiState, path: &str) -> bool {
+/// True when the request names a scenario tenant (in its path, or Graph's [`GraphTenant`])
+/// whose `bom_bodies` fault is on.
+fn marks_bodies(state: &ApiState, path: &str, response: &Response) -> bool {
     if path.starts_with("/_emulator/") {
         return false;
     }
     tenant_in_path(path)
+        .or_else(|| {
+            response
+                .extensions()
+                .get::<GraphTenant>()
+                .map(|GraphTenant(tenant)| tenant.clone())
+        })
         .and_then(|named| token::find_tenant(&state.scenario, &named))
         .is_some_and(|tenant| state.feed.faults(&tenant.tenant_id).bom_bodies)
 }

@@ -7,7 +7,12 @@
 //!   "sha256"}`; only content created while a subscription existed.
 //! - `GET /_emulator/rejections`: `{"by_code":{"AF20030":2,…},"by_rule":{"window_too_long":2,…}}`.
 //! - `GET /_emulator/requests`: NDJSON, one request per line:
-//!   `{"time","tenant","method","endpoint","status","userAgent"}`.
+//!   `{"time","tenant","method","endpoint","status","userAgent"}` (Graph requests have the
+//!   endpoint `/v1.0/identityProtection/riskDetections` and their token's tenant).
+//! - `GET /_emulator/risk_detections?tenant_id=…` (every tenant without it): NDJSON, one
+//!   published risk detection per line, in publication order:
+//!   `{"tenantId","id","lastUpdatedDateTime","json"}`, `json` being the exact bytes Graph
+//!   serves for it now.
 //!
 //! Control: `POST /_emulator/control` with one JSON command object. Every command
 //! answers HTTP 200 `{"ok":true,…}`; bad JSON, an unknown command, an unknown tenant or
@@ -27,6 +32,16 @@
 //! - Publish now (answers the created entries under `entries`):
 //!   `{"publish": {"tenant": "41463f53-…", "content_type": "Audit.Exchange", "blobs": 3}}`
 //! - Lifetime of tokens issued from now on: `{"token_lifetime_secs": 60}`
+//! - Publish risk detections now, last updated now (answers their `ids`):
+//!   `{"publish_risk_detections": {"tenant": "41463f53-…", "count": 3}}`
+//! - Update a risk detection as remediation does (`lastUpdatedDateTime` moves to now;
+//!   `risk_state` defaults to `remediated`, `risk_detail` to
+//!   `userPerformedSecuredPasswordReset`; answers the detection as served):
+//!   `{"update_risk_detection": {"tenant": "41463f53-…", "id": "…", "risk_state": "dismissed", "risk_detail": "adminDismissedAllRiskForUser"}}`
+//! - A tenant's Graph access (each key optional; roles apply to tokens issued from now on):
+//!   `{"graph_access": {"tenant": "41463f53-…", "graph_roles": [], "entra_p2": false}}`
+//! - Graph throttling is a fault: `{"faults": {"tenant": "…", "graph_throttle":
+//!   {"next_requests": 2, "retry_after_secs": 3}}}` (and `graph_unavailable` for 503)
 //! - Notification retry policy:
 //!   `{"delivery_policy": {"base_delay_ms": 50, "max_delay_ms": 200, "max_failures": 3}}`
 
@@ -35,7 +50,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,12 +59,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::graph::MAX_PUBLISH_PER_CALL;
 use super::publish::{self, delivery::DeliveryPolicy};
 use super::scenario::FaultScenario;
 
 /// The commands `POST /_emulator/control` accepts, named in error messages.
 pub const COMMANDS: &str = "faults, disable_webhook, advance_clock_secs, set_clock, publish, \
-     token_lifetime_secs, delivery_policy";
+     token_lifetime_secs, delivery_policy, publish_risk_detections, update_risk_detection, \
+     graph_access";
 
 /// Routes under `/_emulator/`.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -57,6 +74,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/_emulator/published", get(handle_published))
         .route("/_emulator/rejections", get(handle_rejections))
         .route("/_emulator/requests", get(handle_requests))
+        .route("/_emulator/risk_detections", get(handle_risk_detections))
         .route("/_emulator/control", post(handle_control))
 }
 
@@ -66,6 +84,25 @@ fn ndjson(body: String) -> Response {
 
 async fn handle_published(State(state): State<Arc<ApiState>>) -> Response {
     ndjson(state.publisher.published_ndjson())
+}
+
+#[derive(Debug, Deserialize)]
+struct TenantFilter {
+    tenant_id: Option<String>,
+}
+
+async fn handle_risk_detections(
+    State(state): State<Arc<ApiState>>,
+    Query(filter): Query<TenantFilter>,
+) -> Response {
+    let mut body = String::new();
+    for detection in state.graph.risk_detections(filter.tenant_id.as_deref()) {
+        if let Ok(line) = serde_json::to_string(&detection) {
+            body.push_str(&line);
+            body.push('\n');
+        }
+    }
+    ndjson(body)
 }
 
 async fn handle_rejections(State(state): State<Arc<ApiState>>) -> Response {
@@ -118,6 +155,44 @@ enum Command {
     Publish(PublishArguments),
     TokenLifetimeSecs(u64),
     DeliveryPolicy(DeliveryPolicy),
+    PublishRiskDetections(PublishRiskArguments),
+    UpdateRiskDetection(UpdateRiskArguments),
+    GraphAccess(GraphAccessArguments),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRiskArguments {
+    tenant: String,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRiskArguments {
+    tenant: String,
+    id: String,
+    #[serde(default = "remediated")]
+    risk_state: String,
+    #[serde(default = "password_reset")]
+    risk_detail: String,
+}
+
+fn remediated() -> String {
+    "remediated".to_string()
+}
+
+fn password_reset() -> String {
+    "userPerformedSecuredPasswordReset".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphAccessArguments {
+    tenant: String,
+    graph_roles: Option<Vec<String>>,
+    entra_p2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +250,44 @@ async fn handle_control(
         Command::DeliveryPolicy(policy) => {
             state.publisher.set_delivery_policy(policy);
             Ok(Json(json!({"ok": true, "delivery_policy": policy})))
+        }
+        Command::PublishRiskDetections(arguments) => {
+            let tenant = known_tenant(&state, &arguments.tenant)?;
+            if arguments.count > MAX_PUBLISH_PER_CALL {
+                return Err(ControlError::BadCommand(format!(
+                    "publish_risk_detections.count is at most {MAX_PUBLISH_PER_CALL}"
+                )));
+            }
+            let ids = state
+                .graph
+                .publish(&tenant, arguments.count)
+                .unwrap_or_default();
+            Ok(Json(json!({"ok": true, "ids": ids})))
+        }
+        Command::UpdateRiskDetection(arguments) => {
+            let tenant = known_tenant(&state, &arguments.tenant)?;
+            let detection = state
+                .graph
+                .update(
+                    &tenant,
+                    &arguments.id,
+                    &arguments.risk_state,
+                    &arguments.risk_detail,
+                )
+                .ok_or_else(|| {
+                    ControlError::BadCommand(format!(
+                        "tenant {tenant} has no risk detection {:?}",
+                        arguments.id
+                    ))
+                })?;
+            Ok(Json(json!({"ok": true, "detection": detection})))
+        }
+        Command::GraphAccess(arguments) => {
+            let tenant = known_tenant(&state, &arguments.tenant)?;
+            state
+                .graph
+                .set_access(&tenant, arguments.graph_roles, arguments.entra_p2);
+            Ok(Json(json!({"ok": true})))
         }
     }
 }

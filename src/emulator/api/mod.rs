@@ -12,6 +12,8 @@
 //!   discovery, and the verification of bearer tokens on the feed.
 //! - [`feed`]: subscriptions, content listing, notifications listing, DLP types, blobs,
 //!   per-tenant throttling and fault injection.
+//! - [`graph`]: Microsoft Graph's risk detections (`/v1.0/identityProtection/riskDetections`),
+//!   on the same listener, with Graph's tokens, errors, paging and faults.
 //! - [`publish`]: blob publication and webhook delivery (validation and notifications).
 //! - [`control`]: `/_emulator/*`, inspection and run-time control.
 //! - [`error`]: Microsoft's error envelope and the rejection bookkeeping.
@@ -30,6 +32,7 @@ pub mod bom;
 pub mod control;
 pub mod error;
 pub mod feed;
+pub mod graph;
 pub mod publish;
 pub mod redirect;
 pub mod scenario;
@@ -149,6 +152,8 @@ pub struct ApiState {
     pub feed: feed::FeedState,
     /// Webhook delivery (HTTP client, retry state).
     pub publisher: publish::Publisher,
+    /// Microsoft Graph: Graph roles, licences and risk detections per tenant.
+    pub graph: graph::GraphState,
     /// Request log and rejection counts.
     pub inspection: Mutex<Inspection>,
     /// Cancelled when the emulator stops; background tasks watch it.
@@ -198,6 +203,7 @@ impl ApiEmulator {
             tokens: token::TokenState::new(&config.scenario)?,
             feed: feed::FeedState::new(&config.scenario, &config.clock)?,
             publisher: publish::Publisher::new(config.webhook_ca.as_deref())?,
+            graph: graph::GraphState::new(&config.scenario, &config.clock),
             clock: config.clock,
             scenario: config.scenario,
             base_url,
@@ -226,6 +232,7 @@ impl ApiEmulator {
             }
         };
         publish::spawn_publishers(&state);
+        graph::spawn_publishers(&state);
         Ok(Self {
             state,
             address,
@@ -263,6 +270,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .merge(token::routes())
         .merge(feed::routes(state.clone()))
+        .merge(graph::routes())
         .merge(control::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -310,9 +318,16 @@ async fn inspect(State(state): State<Arc<ApiState>>, request: Request, next: Nex
     if path.starts_with("/_emulator/") {
         return response;
     }
+    // Graph paths name no tenant: its handler tells which one the token was for.
+    let tenant = tenant_in_path(&path).or_else(|| {
+        response
+            .extensions()
+            .get::<graph::GraphTenant>()
+            .map(|graph::GraphTenant(tenant)| tenant.clone())
+    });
     let record = RequestRecord {
         time: state.clock.now(),
-        tenant: tenant_in_path(&path),
+        tenant,
         method,
         endpoint,
         status: response.status().as_u16(),
@@ -333,7 +348,7 @@ async fn inspect(State(state): State<Arc<ApiState>>, request: Request, next: Nex
 }
 
 /// The tenant segment of a login path (`/{tenant}/oauth2/…`, `/{tenant}/v2.0/…`) or an
-/// API path (`/api/v1.0/{tenant}/…`).
+/// API path (`/api/v1.0/{tenant}/…`); none for Graph paths (`/v1.0/…`, `/beta/…`).
 fn tenant_in_path(path: &str) -> Option<String> {
     let mut segments = path.trim_start_matches('/').split('/');
     match segments.next()? {
@@ -341,7 +356,7 @@ fn tenant_in_path(path: &str) -> Option<String> {
             segments.next()?;
             segments.next().map(str::to_string)
         }
-        "" => None,
+        "" | "v1.0" | "beta" => None,
         first => Some(first.to_string()),
     }
 }
@@ -361,5 +376,9 @@ mod tests {
             Some("41463f53")
         );
         assert_eq!(tenant_in_path("/").as_deref(), None);
+        assert_eq!(
+            tenant_in_path("/v1.0/identityProtection/riskDetections").as_deref(),
+            None
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! tenant answers with a redirect to another base URL instead of being served, the
 //! request's path and query kept. The token endpoints answer HTTP 307 (method and body
 //! kept: a client that followed it would re-POST its form, credential included, to the
-//! other host); listings and blobs answer HTTP 302 (a client that followed it would read
-//! the other host's answer as the tenant's content). Nothing else about the request is
+//! other host); listings, blobs and Graph's risk detections answer HTTP 302 (a client
+//! that followed it would read the other host's answer as the tenant's content, or send
+//! its Graph token there). Graph paths name no tenant: its token's `tid` does. Nothing else about the request is
 //! checked first, as a misconfigured proxy or a hostile middlebox answers before the
 //! service does.
 //!
@@ -17,8 +18,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
+use super::graph::{GraphTenant, RISK_DETECTIONS_PATH};
 use super::scenario::RedirectedEndpoint;
-use super::token::find_tenant;
+use super::token::{bearer_tenant, find_tenant};
 
 /// The middleware (see the module doc).
 pub(super) async fn redirect_fault(
@@ -27,10 +29,18 @@ pub(super) async fn redirect_fault(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let Some((tenant, endpoint)) = endpoint_of(path) else {
-        return next.run(request).await;
+    let (tenant, endpoint) = if path == RISK_DETECTIONS_PATH {
+        let Some(tenant) = bearer_tenant(&state, request.headers()) else {
+            return next.run(request).await;
+        };
+        (tenant, RedirectedEndpoint::Graph)
+    } else {
+        let Some((tenant, endpoint)) = endpoint_of(path) else {
+            return next.run(request).await;
+        };
+        (tenant.to_string(), endpoint)
     };
-    let Some(tenant) = find_tenant(&state.scenario, tenant) else {
+    let Some(tenant) = find_tenant(&state.scenario, &tenant) else {
         return next.run(request).await;
     };
     let faults = state.feed.faults(&tenant.tenant_id);
@@ -51,9 +61,17 @@ pub(super) async fn redirect_fault(
     };
     let status = match endpoint {
         RedirectedEndpoint::Token => StatusCode::TEMPORARY_REDIRECT,
-        RedirectedEndpoint::Listing | RedirectedEndpoint::Blob => StatusCode::FOUND,
+        RedirectedEndpoint::Listing | RedirectedEndpoint::Blob | RedirectedEndpoint::Graph => {
+            StatusCode::FOUND
+        }
     };
-    (status, [(header::LOCATION, location)]).into_response()
+    let mut response = (status, [(header::LOCATION, location)]).into_response();
+    if endpoint == RedirectedEndpoint::Graph {
+        response
+            .extensions_mut()
+            .insert(GraphTenant(tenant.tenant_id.clone()));
+    }
+    response
 }
 
 /// The tenant segment and endpoint family of a path the fault can cover.

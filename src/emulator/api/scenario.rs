@@ -21,6 +21,13 @@
 //! certificate = "certs/app.pem"         # PEM certificate for client assertions (optional)
 //! roles = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]
 //! audit_enabled = true
+//! graph_roles = ["IdentityRiskEvent.Read.All"]   # Microsoft Graph application roles (the default)
+//! entra_p2 = true                       # false: Graph answers 403 "not licensed" for risk detections
+//!
+//! [tenants.risk_detections]             # Entra ID Protection risk detections served by Graph
+//! initial = 50                          # published at start, lastUpdatedDateTime over the last hours
+//! initial_spread_hours = 6
+//! per_second = 0.5                      # published afterwards; default 0 (only on demand)
 //!
 //! [tenants.publication]
 //! content_types = ["Audit.Exchange"]    # default: all five
@@ -33,7 +40,9 @@
 //! bom_bodies = true                     # a UTF-8 BOM before every JSON body, as since May 2025
 //! blob_404_null = "Audit.Exchange"      # listed blobs answer 404 `null`: "all", a content type or a contentId
 //! redirect_to = "http://127.0.0.1:9"    # answer with a redirect to this base instead of serving
-//! redirect_endpoints = ["token", "listing", "blob"]   # which ones; default all three
+//! redirect_endpoints = ["token", "listing", "blob", "graph"]   # which ones; default all four
+//! graph_throttle = { next_requests = 3, rate = 0.0, retry_after_secs = 2 }  # Graph 429 TooManyRequests
+//! graph_unavailable = { rate = 0.1 }    # Graph 503 ServiceUnavailable with Retry-After
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,6 +62,8 @@ pub const CONTENT_TYPES: [&str; 5] = [
 pub const ROLE_READ: &str = "ActivityFeed.Read";
 /// Role required for `DLP.All` (our choice where Microsoft documents nothing).
 pub const ROLE_READ_DLP: &str = "ActivityFeed.ReadDlp";
+/// Microsoft Graph application role required to list risk detections.
+pub const ROLE_IDENTITY_RISK_EVENT_READ: &str = "IdentityRiskEvent.Read.All";
 
 /// A whole emulated world.
 #[derive(Clone, Debug, Deserialize)]
@@ -120,6 +131,18 @@ pub struct TenantScenario {
     /// Unified audit logging is on. When off, feed calls fail as §5 of the API spec says.
     #[serde(default = "default_true")]
     pub audit_enabled: bool,
+    /// Application roles granted (admin-consented) on Microsoft Graph; they go into Graph
+    /// tokens only. Default `["IdentityRiskEvent.Read.All"]`.
+    #[serde(default = "default_graph_roles")]
+    pub graph_roles: Vec<String>,
+    /// The tenant has a Microsoft Entra ID P1/P2 licence; default true. Without one, Graph
+    /// answers risk detection requests HTTP 403 `Forbidden` "Your tenant is not licensed
+    /// for this feature." (the API needs P1 or P2).
+    #[serde(default = "default_true")]
+    pub entra_p2: bool,
+    /// The Entra ID Protection risk detections the tenant publishes on Graph.
+    #[serde(default)]
+    pub risk_detections: RiskDetectionScenario,
     /// What the tenant publishes.
     #[serde(default)]
     pub publication: PublicationScenario,
@@ -149,6 +172,43 @@ pub struct PublicationScenario {
     /// Blobs per second per (tenant, content type); default 0 (publish only on demand).
     #[serde(default)]
     pub blobs_per_second: f64,
+}
+
+/// Risk detections a tenant publishes on Microsoft Graph
+/// (`GET /v1.0/identityProtection/riskDetections`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskDetectionScenario {
+    /// Detections published when the emulator starts; default 0.
+    pub initial: usize,
+    /// The initial detections' `lastUpdatedDateTime`s are spread evenly over this many
+    /// hours before the start (emulator clock); default 0 (all at the start).
+    pub initial_spread_hours: u64,
+    /// Detections published per second afterwards (real time); default 0 (only on demand).
+    pub per_second: f64,
+}
+
+/// A Microsoft Graph fault: which requests it answers instead of serving them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphFaultScenario {
+    /// The next this many Graph requests of the tenant (counted down as they are
+    /// answered); default 0.
+    pub next_requests: u64,
+    /// Then this share (0..=1) of the tenant's Graph requests, evenly spread; default 0.
+    pub rate: f64,
+    /// `Retry-After` of the answer, in seconds; default 1.
+    pub retry_after_secs: u64,
+}
+
+impl Default for GraphFaultScenario {
+    fn default() -> Self {
+        Self {
+            next_requests: 0,
+            rate: 0.0,
+            retry_after_secs: 1,
+        }
+    }
 }
 
 /// Faults a tenant injects. All off by default.
@@ -199,8 +259,14 @@ pub struct FaultScenario {
     /// 302 from listings and blobs (a client that followed it would read foreign content
     /// as the tenant's). Off when absent.
     pub redirect_to: Option<String>,
-    /// Which endpoints `redirect_to` covers; empty (the default) means all three.
+    /// Which endpoints `redirect_to` covers; empty (the default) means all four.
     pub redirect_endpoints: Vec<RedirectedEndpoint>,
+    /// Graph requests answered HTTP 429 `TooManyRequests` with `Retry-After`, as Graph
+    /// throttles. Off when absent.
+    pub graph_throttle: Option<GraphFaultScenario>,
+    /// Graph requests answered HTTP 503 `ServiceUnavailable` with `Retry-After`. Off when
+    /// absent.
+    pub graph_unavailable: Option<GraphFaultScenario>,
 }
 
 /// An endpoint family the `redirect_to` fault can cover.
@@ -213,12 +279,21 @@ pub enum RedirectedEndpoint {
     Listing,
     /// Blob retrieval (`…/audit/{contentId}`): HTTP 302.
     Blob,
+    /// Microsoft Graph risk detections (first pages and `@odata.nextLink`s): HTTP 302.
+    Graph,
 }
 
 impl FaultScenario {
     /// Why these faults cannot be injected, if they cannot.
     pub fn problem(&self) -> Option<String> {
-        for rate in [self.server_error_rate, self.truncate_rate] {
+        let graph_rates = [&self.graph_throttle, &self.graph_unavailable]
+            .into_iter()
+            .flatten()
+            .map(|fault| fault.rate);
+        for rate in [self.server_error_rate, self.truncate_rate]
+            .into_iter()
+            .chain(graph_rates)
+        {
             if !(0.0..=1.0).contains(&rate) {
                 return Some("fault rates are between 0 and 1".into());
             }
@@ -290,6 +365,9 @@ fn default_window_secs() -> f64 {
 fn default_roles() -> Vec<String> {
     vec![ROLE_READ.to_string(), ROLE_READ_DLP.to_string()]
 }
+fn default_graph_roles() -> Vec<String> {
+    vec![ROLE_IDENTITY_RISK_EVENT_READ.to_string()]
+}
 fn default_true() -> bool {
     true
 }
@@ -337,6 +415,9 @@ impl TenantScenario {
             certificate: None,
             roles: default_roles(),
             audit_enabled: true,
+            graph_roles: default_graph_roles(),
+            entra_p2: true,
+            risk_detections: RiskDetectionScenario::default(),
             publication: PublicationScenario::default(),
             faults: FaultScenario::default(),
             throttle: None,
@@ -418,6 +499,12 @@ impl Scenario {
                         "tenant {name}: unknown content type {content_type:?} (one of {CONTENT_TYPES:?})"
                     ));
                 }
+            }
+            let per_second = tenant.risk_detections.per_second;
+            if !per_second.is_finite() || per_second < 0.0 {
+                return invalid(format!(
+                    "tenant {name}: risk_detections.per_second must be 0 or more"
+                ));
             }
             if let Some(problem) = tenant.faults.problem() {
                 return invalid(format!("tenant {name}: {problem}"));

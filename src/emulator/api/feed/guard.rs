@@ -27,7 +27,8 @@ use super::FeedState;
 use super::world::take_credit;
 use crate::emulator::api::ApiState;
 use crate::emulator::api::error::AfError;
-use crate::emulator::api::scenario::{ThrottleResponse, ThrottleScenario};
+use crate::emulator::api::graph::GraphFault;
+use crate::emulator::api::scenario::{GraphFaultScenario, ThrottleResponse, ThrottleScenario};
 
 /// `PublisherId` printed in AF429 when the request named none (as Microsoft prints it).
 const NO_PUBLISHER: &str = "00000000-0000-0000-0000-000000000000";
@@ -120,6 +121,35 @@ impl FeedState {
             server_error: take_credit(&mut tenant.server_error_credit, rate),
         })
     }
+}
+
+impl FeedState {
+    /// Whether the tenant's `graph_throttle` or `graph_unavailable` fault answers this
+    /// Graph request (throttling first). `next_requests` counts down as it fires; `rate`
+    /// fires that share of requests, evenly spread.
+    pub fn take_graph_fault(&self, tenant_id: &str) -> Option<GraphFault> {
+        let mut world = self.world();
+        let tenant = world.tenant_mut(tenant_id)?;
+        if let Some(fault) = tenant.faults.graph_throttle.as_mut()
+            && fires(fault, &mut tenant.graph_throttle_credit)
+        {
+            return Some(GraphFault::Throttled(fault.retry_after_secs));
+        }
+        if let Some(fault) = tenant.faults.graph_unavailable.as_mut()
+            && fires(fault, &mut tenant.graph_unavailable_credit)
+        {
+            return Some(GraphFault::Unavailable(fault.retry_after_secs));
+        }
+        None
+    }
+}
+
+fn fires(fault: &mut GraphFaultScenario, credit: &mut f64) -> bool {
+    if fault.next_requests > 0 {
+        fault.next_requests -= 1;
+        return true;
+    }
+    take_credit(credit, fault.rate)
 }
 
 fn throttled(

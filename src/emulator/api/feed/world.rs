@@ -82,6 +82,10 @@ pub(super) struct TenantWorld {
     pub server_error_credit: f64,
     /// Accumulated share of blob responses owed a truncation.
     pub truncate_credit: f64,
+    /// Accumulated share of Graph requests owed a `graph_throttle` answer.
+    pub graph_throttle_credit: f64,
+    /// Accumulated share of Graph requests owed a `graph_unavailable` answer.
+    pub graph_unavailable_credit: f64,
     /// The current throttle window.
     pub throttle: ThrottleWindow,
 }
@@ -97,6 +101,8 @@ impl TenantWorld {
             faults,
             server_error_credit: 0.0,
             truncate_credit: 0.0,
+            graph_throttle_credit: 0.0,
+            graph_unavailable_credit: 0.0,
             throttle: ThrottleWindow::default(),
         }
     }

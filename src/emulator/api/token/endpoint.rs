@@ -9,8 +9,9 @@
 //! authentication by secret (body or HTTP Basic, RFC 6749 §2.3.1; AADSTS7000215,
 //! AADSTS7000222) or certificate assertion ([`super::assertion`]; AADSTS7000216 when
 //! neither; AADSTS9002313 for two credentials or conflicting client ids); the resource
-//! exists (AADSTS500011). Then a token is issued with the tenant's
-//! granted roles: v1 answers `expires_in`/`expires_on`/`not_before` as JSON strings, v2
+//! exists (AADSTS500011): the Management API (one of four clouds, or the emulator's own
+//! base URL) or Microsoft Graph ([`super::GRAPH_RESOURCES`]). Then a token is issued with
+//! the tenant's granted roles on that resource (`roles`, or `graph_roles` for Graph): v1 answers `expires_in`/`expires_on`/`not_before` as JSON strings, v2
 //! answers `expires_in`/`ext_expires_in` as numbers, as Microsoft's samples show.
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::aadsts::{AadstsError, printable};
 use super::assertion::{AssertionExpectation, JWT_BEARER_ASSERTION_TYPE, verify_client_assertion};
-use super::{ClientAuthMethod, TokenRequest, find_tenant, is_accepted_resource};
+use super::{ClientAuthMethod, TokenRequest, find_tenant, is_accepted_resource, is_graph_resource};
 use crate::emulator::api::ApiState;
 use crate::emulator::api::scenario::TenantScenario;
 
@@ -171,14 +172,19 @@ fn issue_for_request(
         return Err(unknown_client(&client_id, request.tenant));
     }
     let method = authenticate_client(state, tenant, request, basic.as_ref())?;
-    if !is_accepted_resource(&state.base_url, &resource.requested) {
+    // A Graph token carries the Graph roles only, a Management API token never does.
+    let roles = if is_graph_resource(&resource.requested) {
+        state.graph.roles(&tenant.tenant_id)
+    } else if is_accepted_resource(&state.base_url, &resource.requested) {
+        tenant.roles.clone()
+    } else {
         return Err(unknown_resource(&resource.requested, request.tenant));
-    }
+    };
     let token_request = TokenRequest {
         tenant_id: &tenant.tenant_id,
         client_id: &tenant.client_id,
         audience: &resource.audience,
-        roles: &tenant.roles,
+        roles: &roles,
         method,
     };
     let (token, issued_at) = state.tokens.issue(&state.clock, &token_request);

@@ -3,7 +3,8 @@
 //! Owns everything about tokens: issuing them (v1 and v2 client-credentials endpoints,
 //! client secret in the body or as HTTP Basic, certificate client assertions), OpenID
 //! discovery (so a tenant domain resolves to its GUID), and verifying the bearer tokens the
-//! feed receives.
+//! feed and Graph receive. Tokens are issued for the Management API or for Microsoft Graph
+//! ([`GRAPH_RESOURCES`]); each API accepts only its own ([`Audience`]).
 //!
 //! Guarantees:
 //! - Access tokens are JWT-shaped like Microsoft's app-only v1 tokens (`aud`, `iss`, `iat`,
@@ -57,6 +58,24 @@ pub const CLOUD_RESOURCES: [&str; 4] = [
     "https://manage.office365.us",
     "https://manage.protection.apps.mil",
 ];
+
+/// Resources (token audiences) of Microsoft Graph in the real clouds: Commercial and GCC,
+/// GCC High, DoD. A Graph token carries the tenant's Graph roles, never the Management
+/// API's, and only Graph accepts it.
+pub const GRAPH_RESOURCES: [&str; 3] = [
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.us",
+    "https://dod-graph.microsoft.us",
+];
+
+/// The API a bearer token must be issued for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The Management Activity API (one of [`CLOUD_RESOURCES`] or the emulator's base URL).
+    ManagementApi,
+    /// Microsoft Graph (one of [`GRAPH_RESOURCES`]).
+    Graph,
+}
 
 /// Error code of every bearer rejection, in the feed's `{"error":{"code",…}}` envelope.
 pub const BEARER_ERROR_CODE: &str = "InvalidAuthenticationToken";
@@ -258,18 +277,23 @@ pub struct BearerClaims {
 /// `bearer_invalid`, `bearer_wrong_audience` or `bearer_expired`; the response carries
 /// `WWW-Authenticate: Bearer`.
 pub fn verify_bearer(state: &ApiState, headers: &HeaderMap) -> Result<BearerClaims, AfError> {
+    verify_bearer_for(state, headers, Audience::ManagementApi)
+}
+
+/// [`verify_bearer`] for the given API: a token issued for the other one is rejected
+/// `bearer_wrong_audience`.
+pub fn verify_bearer_for(
+    state: &ApiState,
+    headers: &HeaderMap,
+    audience: Audience,
+) -> Result<BearerClaims, AfError> {
     let token = bearer_token(headers)?;
-    let mut validation = Validation::new(Algorithm::HS256);
-    // Time and audience are judged below, by the emulator's clock and resource list.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let claims =
-        jsonwebtoken::decode::<AccessTokenClaims>(token, &state.tokens.decoding_key, &validation)
-            .map_err(|_| bearer_error("bearer_invalid", "Access token validation failure."))?
-            .claims;
-    if !is_accepted_resource(&state.base_url, &claims.aud) || claims.aud.ends_with('/') {
+    let claims = decode_claims(state, token)?;
+    let audience_accepted = match audience {
+        Audience::ManagementApi => is_accepted_resource(&state.base_url, &claims.aud),
+        Audience::Graph => is_graph_resource(&claims.aud),
+    };
+    if !audience_accepted || claims.aud.ends_with('/') {
         return Err(bearer_error(
             "bearer_wrong_audience",
             "Access token validation failure. Invalid audience.",
@@ -295,6 +319,27 @@ pub fn verify_bearer(state: &ApiState, headers: &HeaderMap) -> Result<BearerClai
         aud: claims.aud,
         exp: claims.exp,
     })
+}
+
+/// The claims of a token this emulator signed; time and audience are not judged here.
+fn decode_claims(state: &ApiState, token: &str) -> Result<AccessTokenClaims, AfError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Time and audience are judged by the callers, by the emulator's clock and resource lists.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<AccessTokenClaims>(token, &state.tokens.decoding_key, &validation)
+        .map(|data| data.claims)
+        .map_err(|_| bearer_error("bearer_invalid", "Access token validation failure."))
+}
+
+/// The `tid` of the request's bearer token when this emulator signed it, whatever its
+/// audience or expiry: how middleware in front of Graph (whose paths name no tenant)
+/// finds the tenant a request is for.
+pub fn bearer_tenant(state: &ApiState, headers: &HeaderMap) -> Option<String> {
+    let token = bearer_token(headers).ok()?;
+    decode_claims(state, token).ok().map(|claims| claims.tid)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
@@ -329,6 +374,15 @@ pub fn is_accepted_resource(base_url: &str, resource: &str) -> bool {
         .copied()
         .chain([base_url.trim_end_matches('/')])
         .any(|accepted| accepted.eq_ignore_ascii_case(wanted))
+}
+
+/// True when `resource` names Microsoft Graph in one of the clouds, ignoring case and one
+/// trailing slash.
+pub fn is_graph_resource(resource: &str) -> bool {
+    let wanted = resource.strip_suffix('/').unwrap_or(resource);
+    GRAPH_RESOURCES
+        .iter()
+        .any(|graph| graph.eq_ignore_ascii_case(wanted))
 }
 
 /// The scenario tenant named by a login path segment: its GUID or its domain, ignoring case.
@@ -384,6 +438,23 @@ mod tests {
             "http://127.0.0.1:8444",
         ] {
             assert!(!is_accepted_resource(base, resource), "{resource}");
+        }
+    }
+
+    #[test]
+    fn graph_resources_are_the_three_graph_hosts_only() {
+        for resource in GRAPH_RESOURCES
+            .into_iter()
+            .chain(["HTTPS://GRAPH.MICROSOFT.COM/"])
+        {
+            assert!(is_graph_resource(resource), "{resource}");
+        }
+        for resource in [
+            "https://manage.office.com",
+            "https://graph.microsoft.com.evil.example",
+            "https://graph.microsoft.com//",
+        ] {
+            assert!(!is_graph_resource(resource), "{resource}");
         }
     }
 
