@@ -268,7 +268,8 @@ async fn check_risk_detections(
     } else {
         Outcome::Fail
     };
-    let line = |outcome, detail: String| CheckLine::tenant(name, "risk_detections", outcome, detail);
+    let line =
+        |outcome, detail: String| CheckLine::tenant(name, "risk_detections", outcome, detail);
     let token = match graph.tokens().token().await {
         Ok(token) => token,
         Err(error) => {

@@ -40,13 +40,12 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::emulator::api::publish::{self, PublishedRecord};
 use crate::emulator::api::scenario::{
-    CONTENT_TYPES, FaultScenario, GraphFaultScenario, Scenario, TenantScenario,
-    ThrottleResponse,
+    CONTENT_TYPES, FaultScenario, GraphFaultScenario, Scenario, TenantScenario, ThrottleResponse,
 };
 use crate::emulator::api::{ApiEmulator, ApiEmulatorConfig, TlsFiles};
 use crate::emulator::engine::{EngineEmulator, EngineEmulatorConfig};
 use crate::forward::log_id;
-use crate::queue::{ContentKey, ItemState, MetaStore, QueueItem, QueueStore};
+use crate::queue::{ContentKey, ItemState, QueueItem, QueueStore};
 use crate::retry::RetryPolicy;
 use crate::server::dev_certs::write_dev_certs;
 use crate::service::{self, RunningService, ServiceOptions};
@@ -224,7 +223,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         stall: options.drain_stall,
         cap: options.drain_cap,
     };
-    let summary = drain(&published, &api, &tenants, &service, engine.as_ref(), limits).await?;
+    let summary = drain(
+        &published,
+        &api,
+        &tenants,
+        &service,
+        engine.as_ref(),
+        limits,
+    )
+    .await?;
     service.stop().await;
     api.shutdown().await;
     if let Some(engine) = engine {
@@ -430,7 +437,12 @@ async fn drain(
     let (tally, risk) = loop {
         let tally = tally_records(published, service.queue.as_ref(), &invalid_shas).await?;
         let risk = tally_detections(&detections, tenants, service).await?;
-        let counts = (tally.forwarded, tally.given_up, tally.absent, risk.settled());
+        let counts = (
+            tally.forwarded,
+            tally.given_up,
+            tally.absent,
+            risk.settled(),
+        );
         if last_counts != Some(counts) {
             last_counts = Some(counts);
             last_progress = Instant::now();

@@ -308,6 +308,8 @@ async fn run_utmstack_forwards_records_labelled_with_the_group_and_utmstack_tena
     let dir = tempfile::tempdir().unwrap();
     let mut options = RigOptions::synthetic(Default::default());
     options.in_process = false;
+    // Every group's Entra ID risk detections are collected too, as UTMStack's plugin does.
+    options.tenant.risk_detections.initial = 3;
     let rig = Rig::start(dir, options).await;
     let work = rig.dir.path().join("work");
     let group = group_yaml("contoso-eu", TENANT, CLIENT, &encrypt(KEY, SECRET), "");
@@ -321,6 +323,7 @@ async fn run_utmstack_forwards_records_labelled_with_the_group_and_utmstack_tena
             ("WORK_DIR", work.to_str().unwrap()),
             ("O365_CONNECTOR_LOGIN_URL", &base),
             ("O365_CONNECTOR_API_URL", &base),
+            ("O365_CONNECTOR_GRAPH_URL", &base),
         ],
     )
     .await;
@@ -331,13 +334,24 @@ async fn run_utmstack_forwards_records_labelled_with_the_group_and_utmstack_tena
     );
     rig.wait_for_webhooks(&["Audit.Exchange"]).await;
     publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;
-    wait_until("20 records acked", DEADLINE, || {
-        rig.engine.logs().iter().filter(|log| log.acked).count() >= 20
+    wait_until("20 records and 3 risk detections acked", DEADLINE, || {
+        rig.engine.logs().iter().filter(|log| log.acked).count() >= 23
     })
     .await;
     for log in rig.engine.logs() {
         assert_eq!(log.data_source, "contoso-eu");
         assert_eq!(log.tenant_id, UTM_TENANT);
+    }
+    let detections = rig.api.state().graph.risk_detections(Some(TENANT));
+    for detection in &detections {
+        assert!(
+            rig.engine
+                .logs()
+                .iter()
+                .any(|log| log.raw == detection.json),
+            "risk detection {} missing",
+            detection.id
+        );
     }
     let utmstack_env = [("WORK_DIR", work.to_str().unwrap()), ("RUST_LOG", "warn")];
     let settings_path = settings.to_str().unwrap();
@@ -556,7 +570,11 @@ mod reload {
             let work = dir.path().join("work");
             write_pipeline(&work, &o365_yaml(groups));
             let mut environment = environment(&work);
-            for variable in ["O365_CONNECTOR_LOGIN_URL", "O365_CONNECTOR_API_URL"] {
+            for variable in [
+                "O365_CONNECTOR_LOGIN_URL",
+                "O365_CONNECTOR_API_URL",
+                "O365_CONNECTOR_GRAPH_URL",
+            ] {
                 environment
                     .env
                     .insert(variable.into(), api.base_url().to_string());
@@ -911,7 +929,8 @@ mod plugin {
             ("MODE", "worker".to_string()),
             ("WORK_DIR", work.display().to_string()),
             ("O365_CONNECTOR_LOGIN_URL", base.clone()),
-            ("O365_CONNECTOR_API_URL", base),
+            ("O365_CONNECTOR_API_URL", base.clone()),
+            ("O365_CONNECTOR_GRAPH_URL", base),
             ("O365_CONNECTOR_UTMSTACK_WATCH_SECS", "1".to_string()),
         ];
         (rig, work, env)
@@ -1054,6 +1073,7 @@ async fn start_utmstack_copy(
         ("WORK_DIR", work.to_str().unwrap()),
         ("O365_CONNECTOR_LOGIN_URL", base.as_str()),
         ("O365_CONNECTOR_API_URL", base.as_str()),
+        ("O365_CONNECTOR_GRAPH_URL", base.as_str()),
         ("RUST_LOG", "info"),
     ];
     all.extend_from_slice(env);
@@ -1155,6 +1175,7 @@ async fn two_copies_with_the_same_nats_url_share_the_queue_and_only_one_polls_an
                 "/subscriptions/content",
                 "/subscriptions/list",
                 "/subscriptions/start",
+                "/identityProtection/riskDetections",
             ]
             .iter()
             .any(|endpoint| request.endpoint.ends_with(endpoint))
@@ -1232,6 +1253,7 @@ async fn check_utmstack_names_the_nats_store_says_whether_it_answers_and_hides_t
                 ("WORK_DIR", work.to_str().unwrap()),
                 ("O365_CONNECTOR_LOGIN_URL", &base),
                 ("O365_CONNECTOR_API_URL", &base),
+                ("O365_CONNECTOR_GRAPH_URL", &base),
                 ("NATS_URL", nats_url),
             ],
         )

@@ -72,9 +72,7 @@ impl Detection {
                 .id
                 .map(Cow::into_owned)
                 .unwrap_or_else(|| hex::encode(Sha256::digest(raw.as_bytes()))),
-            last_updated: last_updated_at
-                .and(head.last_updated)
-                .map(Cow::into_owned),
+            last_updated: last_updated_at.and(head.last_updated).map(Cow::into_owned),
             last_updated_at,
         }
     }
@@ -217,7 +215,12 @@ mod tests {
         );
         assert_eq!(collection.timestamp, "2026-12-06T00:00:00Z");
         let detected_only = r#"{"id":"x","detectedDateTime":"2026-12-01T08:07:00Z"}"#;
-        let log = build_log(&context(TimestampSource::Event), detected_only, "x", collected);
+        let log = build_log(
+            &context(TimestampSource::Event),
+            detected_only,
+            "x",
+            collected,
+        );
         assert_eq!(log.timestamp, "2026-12-01T08:07:00Z");
         let neither = build_log(&context(TimestampSource::Event), "{}", "x", collected);
         assert_eq!(neither.timestamp, "2026-12-06T00:00:00Z");
@@ -252,7 +255,10 @@ mod tests {
             last_updated: "2026-12-01T01:00:00+01:00".into(),
             ids: vec![],
         };
-        assert_eq!(offset.filter_value().as_deref(), Some("2026-12-01T00:00:00Z"));
+        assert_eq!(
+            offset.filter_value().as_deref(),
+            Some("2026-12-01T00:00:00Z")
+        );
         let stored = serde_json::to_vec(&mark).unwrap();
         assert_eq!(serde_json::from_slice::<Watermark>(&stored).unwrap(), mark);
     }

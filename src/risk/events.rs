@@ -65,9 +65,14 @@ impl RunFailed<'_> {
             }
         }
         telemetry.problems.clear(tenant, BOARD_KEY, &[other_kind]);
-        telemetry
-            .problems
-            .set(tenant, BOARD_KEY, kind, error.to_string(), advice, telemetry.now);
+        telemetry.problems.set(
+            tenant,
+            BOARD_KEY,
+            kind,
+            error.to_string(),
+            advice,
+            telemetry.now,
+        );
     }
 }
 
@@ -139,7 +144,10 @@ impl DetectionLost<'_> {
         telemetry.report(
             tenant,
             BOARD_KEY,
-            &format!("risk detection {detection_id} skipped ({}): {reason}", self.outcome),
+            &format!(
+                "risk detection {detection_id} skipped ({}): {reason}",
+                self.outcome
+            ),
         );
     }
 }

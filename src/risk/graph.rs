@@ -36,7 +36,9 @@ pub const PAGE_SIZE: u32 = 500;
 pub enum GraphError {
     /// 403: the app lacks `IdentityRiskEvent.Read.All` (or its admin consent), or the
     /// tenant lacks Microsoft Entra ID P2.
-    #[error("tenant {tenant_id}: Microsoft Graph refused the risk detections (HTTP 403{code}): {message}")]
+    #[error(
+        "tenant {tenant_id}: Microsoft Graph refused the risk detections (HTTP 403{code}): {message}"
+    )]
     Forbidden {
         /// The tenant GUID.
         tenant_id: String,
@@ -68,7 +70,9 @@ pub enum GraphError {
         message: String,
     },
     /// A redirect, which is never followed.
-    #[error("tenant {tenant_id}: Microsoft Graph answered HTTP {status} redirecting to {target}, which is never followed: if a proxy or gateway in between redirects, fix it; to use another Graph address on purpose, set api.graph_url (or O365_CONNECTOR_GRAPH_URL) to it")]
+    #[error(
+        "tenant {tenant_id}: Microsoft Graph answered HTTP {status} redirecting to {target}, which is never followed: if a proxy or gateway in between redirects, fix it; to use another Graph address on purpose, set api.graph_url (or O365_CONNECTOR_GRAPH_URL) to it"
+    )]
     Redirected {
         /// The tenant GUID.
         tenant_id: String,
@@ -78,7 +82,9 @@ pub enum GraphError {
         target: String,
     },
     /// A URL (an `@odata.nextLink`) off the Graph origin: no request was made.
-    #[error("tenant {tenant_id}: refusing to send the Graph token to {host}, which is not the Graph origin {graph}")]
+    #[error(
+        "tenant {tenant_id}: refusing to send the Graph token to {host}, which is not the Graph origin {graph}"
+    )]
     ForeignUrl {
         /// The tenant GUID.
         tenant_id: String,
@@ -96,7 +102,9 @@ pub enum GraphError {
         reason: String,
     },
     /// A success whose body is not the documented page.
-    #[error("tenant {tenant_id}: Microsoft Graph's risk detections page is not the expected JSON: {reason}")]
+    #[error(
+        "tenant {tenant_id}: Microsoft Graph's risk detections page is not the expected JSON: {reason}"
+    )]
     Decode {
         /// The tenant GUID.
         tenant_id: String,
@@ -271,9 +279,11 @@ impl GraphClient {
 
     fn parse_page(&self, body: &[u8]) -> Result<DetectionPage, GraphError> {
         let page: PageBody<'_> =
-            serde_json::from_slice(json::without_bom(body)).map_err(|error| GraphError::Decode {
-                tenant_id: self.tenant_id.clone(),
-                reason: error.to_string(),
+            serde_json::from_slice(json::without_bom(body)).map_err(|error| {
+                GraphError::Decode {
+                    tenant_id: self.tenant_id.clone(),
+                    reason: error.to_string(),
+                }
             })?;
         Ok(DetectionPage {
             detections: page.value.into_iter().map(RawValue::to_owned).collect(),
@@ -340,7 +350,8 @@ mod tests {
     use crate::cloud::Cloud;
 
     fn client(graph: &str) -> GraphClient {
-        let endpoints = Endpoints::for_cloud(Cloud::GccHigh).with_graph(Some(&graph.parse().unwrap()));
+        let endpoints =
+            Endpoints::for_cloud(Cloud::GccHigh).with_graph(Some(&graph.parse().unwrap()));
         let tokens = TokenProvider::new(
             reqwest::Client::new(),
             TokenSourceConfig {
@@ -359,10 +370,15 @@ mod tests {
     fn the_first_page_asks_what_utmstack_asks_and_next_links_stay_on_the_graph_origin() {
         let client = client("https://graph.example:8443/prefix/");
         assert_eq!(
-            client.first_page_url("2026-12-01T08:08:53.8512617Z").as_str(),
+            client
+                .first_page_url("2026-12-01T08:08:53.8512617Z")
+                .as_str(),
             "https://graph.example:8443/prefix/v1.0/identityProtection/riskDetections?$filter=lastUpdatedDateTime%20ge%202026-12-01T08:08:53.8512617Z&$orderby=lastUpdatedDateTime%20asc&$top=500"
         );
-        assert_eq!(client.endpoints.graph_scope(), "https://graph.microsoft.us/.default");
+        assert_eq!(
+            client.endpoints.graph_scope(),
+            "https://graph.microsoft.us/.default"
+        );
         let next = "https://graph.example:8443/v1.0/identityProtection/riskDetections?$skiptoken=x";
         assert_eq!(client.next_page_url(next).unwrap().as_str(), next);
         for foreign in [
@@ -371,7 +387,10 @@ mod tests {
             "https://graph.example/v1.0/x",
         ] {
             let error = client.next_page_url(foreign).unwrap_err();
-            assert!(matches!(error, GraphError::ForeignUrl { .. }), "{foreign}: {error}");
+            assert!(
+                matches!(error, GraphError::ForeignUrl { .. }),
+                "{foreign}: {error}"
+            );
         }
     }
 
@@ -393,9 +412,16 @@ mod tests {
         let body = br#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges"}}"#;
         let forbidden = client.service_error(StatusCode::FORBIDDEN, None, body);
         assert!(forbidden.is_forbidden());
-        assert!(forbidden.to_string().contains("Authorization_RequestDenied"));
-        let throttled =
-            client.service_error(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(7)), b"");
+        assert!(
+            forbidden
+                .to_string()
+                .contains("Authorization_RequestDenied")
+        );
+        let throttled = client.service_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(7)),
+            b"",
+        );
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
         let other = client.service_error(StatusCode::BAD_REQUEST, None, b"null");
         assert!(matches!(other, GraphError::Service { status: 400, .. }));

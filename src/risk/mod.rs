@@ -280,7 +280,10 @@ impl RiskCollector {
             let mut accepted = Vec::with_capacity(page.detections.len());
             for raw in &page.detections {
                 let detection = Detection::read(raw.get());
-                if watermark.as_ref().is_some_and(|mark| mark.covers(&detection)) {
+                if watermark
+                    .as_ref()
+                    .is_some_and(|mark| mark.covers(&detection))
+                {
                     report.skipped += 1;
                     continue;
                 }
