@@ -141,7 +141,11 @@ async fn unreachable_engine_socket_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_utmstack_reads_the_yaml_and_fails_on_a_skipped_group_naming_its_key() {
-    let rig = rig_with(TenantScenario::with_secret(TENANT, CLIENT, SECRET), false).await;
+    // The app lacks the Graph permission: in UTMStack mode (risk detections on for every
+    // group without the operator asking) that is a warning, never a failure.
+    let mut tenant = TenantScenario::with_secret(TENANT, CLIENT, SECRET);
+    tenant.graph_roles = vec![];
+    let rig = rig_with(tenant, false).await;
     let work = rig.dir.path().join("work");
     std::fs::create_dir_all(work.join("pipeline")).unwrap();
     let yaml = format!(
@@ -176,6 +180,14 @@ async fn check_utmstack_reads_the_yaml_and_fails_on_a_skipped_group_naming_its_k
         .filter(|line| line.starts_with("contoso") && line.contains("FAIL"))
         .count();
     assert_eq!(contoso_failures, 0, "{table}");
+    let risk = table
+        .lines()
+        .find(|line| line.starts_with("contoso") && line.contains("risk_detections"))
+        .unwrap_or_else(|| panic!("no risk_detections line: {table}"));
+    assert!(
+        risk.contains("warn") && risk.contains("IdentityRiskEvent.Read.All"),
+        "{risk}"
+    );
     assert!(
         table
             .lines()
@@ -193,4 +205,55 @@ async fn token_without_roles_is_explained_as_missing_admin_consent() {
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{table}");
     assert!(table.contains("admin consent was not granted"), "{table}");
+}
+
+/// A rig collecting risk detections whose app has `graph_roles` on Graph.
+async fn risk_rig(graph_roles: Vec<String>) -> Rig {
+    let mut options = RigOptions::synthetic(Default::default());
+    options.in_process = false;
+    options.risk_detections = true;
+    options.tenant.graph_roles = graph_roles;
+    Rig::start(tempfile::tempdir().unwrap(), options).await
+}
+
+fn risk_line(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .find(|line| line["check"] == "risk_detections")
+        .cloned()
+        .unwrap_or_else(|| panic!("no risk_detections line in {lines:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_detections_are_checked_with_the_graph_token_and_a_missing_permission_fails() {
+    let granted = risk_rig(vec!["IdentityRiskEvent.Read.All".into()]).await;
+    let output = run_check(&granted, SECRET, &["--json"]).await;
+    let line = risk_line(&lines(&output));
+    assert_eq!(line["outcome"], "ok", "{line}");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("IdentityRiskEvent.Read.All granted"),
+        "{line}"
+    );
+
+    // Asked for in TOML mode without the permission: a failure naming it and the licence.
+    let refused = risk_rig(vec![]).await;
+    let output = run_check(&refused, SECRET, &["--json"]).await;
+    assert!(!output.status.success());
+    let line = risk_line(&lines(&output));
+    assert_eq!(line["outcome"], "fail", "{line}");
+    let detail = line["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("IdentityRiskEvent.Read.All") && detail.contains("P2"),
+        "{line}"
+    );
+    // The audit feed's own checks are not affected.
+    let others = lines(&output);
+    let other_failures: Vec<&Value> = failures(&others)
+        .into_iter()
+        .filter(|line| line["check"] != "risk_detections" && line["check"] != "engine")
+        .collect();
+    assert!(other_failures.is_empty(), "{other_failures:#?}");
 }
