@@ -25,6 +25,7 @@
 
 pub mod error;
 pub mod feed_uri;
+pub mod gate;
 pub mod http;
 pub mod json;
 pub mod types;

@@ -56,6 +56,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::gate::RequestGate;
 use crate::api::types::{ContentItem, WebhookRegistration};
 use crate::api::{ApiClient, ApiError, ErrorKind};
 use crate::clock::Clock;
@@ -222,6 +223,9 @@ pub struct TenantPoller {
     /// Service time minus our clock, once a refused window revealed a skew; else zero.
     skew: Mutex<Duration>,
     types: tokio::sync::Mutex<HashMap<ContentType, TypeState>>,
+    /// Shared with every tenant's poller and subscription manager: bounds the polls that
+    /// run at once ([`TenantPoller::with_gate`]); `None` polls unbounded.
+    gate: Option<Arc<RequestGate>>,
 }
 
 fn seconds(value: u64) -> Duration {
@@ -250,7 +254,16 @@ impl TenantPoller {
             deps,
             skew: Mutex::new(Duration::zero()),
             types: tokio::sync::Mutex::new(types),
+            gate: None,
         }
+    }
+
+    /// Each poll of a content type by [`TenantPoller::run`] first passes `gate`, shared by
+    /// all tenants, so thousands of tenants due together poll a few at a time over a few
+    /// connections (see [`crate::api::gate`]).
+    pub fn with_gate(mut self, gate: Arc<RequestGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Polls each content type when it is due until `shutdown`: every
@@ -287,6 +300,10 @@ impl TenantPoller {
                 .get(&content_type)
                 .is_some_and(|state| state.due <= Instant::now())
             {
+                let _pass = match &self.gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
                 self.poll_and_schedule(content_type, &mut types).await;
             }
         }
