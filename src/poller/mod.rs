@@ -339,7 +339,9 @@ impl TenantPoller {
             let Some(times) = &mut state.times else {
                 continue;
             };
-            let Some(cursor) = times.cursor.filter(|cursor| times.stored_cursor < Some(*cursor))
+            let Some(cursor) = times
+                .cursor
+                .filter(|cursor| times.stored_cursor < Some(*cursor))
             else {
                 continue;
             };
@@ -449,7 +451,9 @@ impl TenantPoller {
         let Some(times) = &mut state.times else {
             return;
         };
-        if let Some(cursor) = times.cursor.filter(|cursor| times.stored_cursor < Some(*cursor))
+        if let Some(cursor) = times
+            .cursor
+            .filter(|cursor| times.stored_cursor < Some(*cursor))
             && self
                 .store_time(&cursor_key(self.tenant_id(), content_type), cursor)
                 .await

@@ -140,8 +140,7 @@ impl TenantSupervisor {
         let gate = Arc::new(RequestGate::default());
         for tenant_config in &runtime.config.tenants {
             let tenant = &tenants[&tenant_id(tenant_config)];
-            let (tasks, poller, risk) =
-                runtime.spawn_tenant(tenant_config, tenant.clone(), &gate);
+            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone(), &gate);
             collectors.pollers.push(poller);
             collectors.risk.extend(risk);
             running.insert(tenant.tenant_id.clone(), tasks);
@@ -209,8 +208,7 @@ impl TenantSupervisor {
         runtime.publish(&config.tenants, &tenants);
         for tenant_config in &build_config.tenants {
             let id = tenant_id(tenant_config);
-            let (tasks, _, _) =
-                runtime.spawn_tenant(tenant_config, built[&id].clone(), &self.gate);
+            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone(), &self.gate);
             running.insert(id, tasks);
         }
         Ok(changes)
@@ -276,18 +274,20 @@ impl TenantRuntime {
             )
             .with_gate(gate.clone()),
         );
-        let poller = Arc::new(TenantPoller::new(
-            PollTarget {
-                name: tenant.name.clone(),
-                client: tenant.client.clone(),
-                content_types: tenant.content_types.clone(),
-                webhook: registration,
-                subscriptions_changed: Some(manager.check_soon_handle()),
-            },
-            self.config.poller.clone(),
-            self.poller.clone(),
-        )
-        .with_gate(gate.clone()));
+        let poller = Arc::new(
+            TenantPoller::new(
+                PollTarget {
+                    name: tenant.name.clone(),
+                    client: tenant.client.clone(),
+                    content_types: tenant.content_types.clone(),
+                    webhook: registration,
+                    subscriptions_changed: Some(manager.check_soon_handle()),
+                },
+                self.config.poller.clone(),
+                self.poller.clone(),
+            )
+            .with_gate(gate.clone()),
+        );
         let risk = tenant.graph.as_ref().map(|graph| {
             Arc::new(RiskCollector::new(
                 RiskTarget {

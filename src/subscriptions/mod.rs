@@ -4,6 +4,10 @@
 //! One [`SubscriptionManager`] per tenant checks `/subscriptions/list` on an interval
 //! (`subscriptions.check_interval_secs`, default 15 minutes; sooner when a grace period,
 //! the spacing or a deferred retry ends) and calls `/start` only where [`decide`] says so.
+//! The first check runs at start; the regular checks of each tenant then fall at a phase
+//! of the interval fixed by its tenant id ([`check_phase`]), so thousands of tenants
+//! started together check spread over the interval, not all at once; every check passes
+//! the gate shared with the pollers ([`crate::api::gate`]).
 //! Guarantees (spec §2.1–2.3, §3, §7.8–7.10):
 //!
 //! - `/start` only for a subscription that is missing or disabled, or whose webhook is
@@ -686,6 +690,10 @@ mod tests {
                 "tenth {tenth} of the interval holds {count} of 10,000 tenants' checks"
             );
         }
-        assert_eq!(check_phase("contoso"), check_phase("contoso"), "fixed per id");
+        assert_eq!(
+            check_phase("contoso"),
+            check_phase("contoso"),
+            "fixed per id"
+        );
     }
 }
