@@ -313,9 +313,11 @@ impl TenantPoller {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.forget_times().await;
         loop {
+            // Boxed: only a tenant polling now holds a poll's state (a few KiB), not every
+            // sleeping one.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                next = self.poll_due() => next,
+                next = Box::pin(self.poll_due()) => next,
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,

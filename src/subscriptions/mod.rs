@@ -198,7 +198,9 @@ impl SubscriptionManager {
                     Some(gate) => Some(gate.enter().await),
                     None => None,
                 };
-                self.check_once().await
+                // Boxed: only a tenant checking now holds a check's state, not every
+                // sleeping one.
+                Box::pin(self.check_once()).await
             };
             let delay = match checked {
                 Ok(report) => {
