@@ -17,7 +17,7 @@
 //!
 //! Expiry is measured on the library's [`Clock`], so tests move time instead of waiting.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -332,6 +332,9 @@ pub struct TokenProvider {
     /// The token endpoint's current outage; written only by holders of `cached`'s lock
     /// (`fetch`), read by anyone (`in_outage`).
     outage: std::sync::Mutex<Option<Outage>>,
+    /// True while `outage` holds one (written with it, under its lock): lets `in_outage`,
+    /// which the workers ask of every tenant before each lease, answer without the lock.
+    failing: AtomicBool,
     generation: AtomicU64,
     requests: AtomicU64,
     metrics: Option<(Arc<Metrics>, String)>,
@@ -368,6 +371,7 @@ impl TokenProvider {
             clock,
             cached: tokio::sync::Mutex::new(None),
             outage: std::sync::Mutex::new(None),
+            failing: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             metrics: None,
@@ -494,7 +498,10 @@ impl TokenProvider {
             Err(AuthError::Unavailable { reason, .. }) => {
                 self.note_outage(&mut outage, reason.clone())
             }
-            _ => *outage = None,
+            _ => {
+                *outage = None;
+                self.failing.store(false, Ordering::Release);
+            }
         }
         result
     }
@@ -510,11 +517,15 @@ impl TokenProvider {
             failures,
             reason,
         });
+        self.failing.store(true, Ordering::Release);
     }
 
     /// True while the token endpoint is failing and its next attempt is not due: any call
     /// needing a new token fails at once until then.
     pub fn in_outage(&self) -> bool {
+        if !self.failing.load(Ordering::Acquire) {
+            return false;
+        }
         self.outage_guard()
             .as_ref()
             .is_some_and(|outage| self.clock.now() < outage.retry_at)

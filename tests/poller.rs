@@ -1031,3 +1031,71 @@ async fn a_start_that_fails_with_a_server_error_does_not_hold_the_fifteen_minute
     .unwrap();
     assert!(claimed, "a start that did not take holds no spacing");
 }
+
+/// The running loop keeps its cursor in memory between polls: an empty listing a few
+/// seconds on does not write it, a window that enqueued new content does, and so does
+/// the shutdown; the stored cursor never runs ahead of what was enqueued.
+#[tokio::test]
+async fn the_running_poller_stores_its_cursor_after_new_content_and_at_shutdown_not_per_listing() {
+    let bench = shared_bench(Scenario::single_tenant(tenant_scenario())).await;
+    let types = [ContentType::AuditExchange];
+    bench.subscribe(&types).await;
+    let config = PollerConfig {
+        poll_interval_secs: std::num::NonZeroU64::new(1).unwrap(),
+        lag_secs: 0,
+        ..test_config()
+    };
+    let poller = Arc::new(bench.poller(config, &types));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(poller.clone().run(shutdown.clone()));
+
+    // The first poll stores the cursor it reached.
+    let first = bench.clock.now();
+    stored_becomes(&bench, first).await;
+
+    // Ten seconds on, nothing new: the polls list and leave the store alone.
+    bench.advance(Duration::seconds(10));
+    two_more_polls(&bench).await;
+    assert_eq!(bench.cursor(ContentType::AuditExchange).await, Some(first));
+
+    // New content: the cursor is stored with the window that enqueued it.
+    let entries = bench.publish(ContentType::AuditExchange, 2).await;
+    bench.advance(Duration::seconds(10));
+    let stored = bench.clock.now();
+    stored_becomes(&bench, stored).await;
+    assert_eq!(bench.missing(&entries).await, Vec::<String>::new());
+
+    // Another empty poll, then the shutdown writes where it got to.
+    bench.advance(Duration::seconds(10));
+    two_more_polls(&bench).await;
+    assert_eq!(bench.cursor(ContentType::AuditExchange).await, Some(stored));
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(
+        bench.cursor(ContentType::AuditExchange).await,
+        Some(bench.clock.now())
+    );
+}
+
+const LOOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Two more listings: the poll before the last one has finished, its writes included.
+async fn two_more_polls(bench: &Bench) {
+    let listed = bench.listing_requests();
+    common::wait_until("two more polls", LOOP_DEADLINE, || {
+        bench.listing_requests() >= listed + 2
+    })
+    .await;
+}
+
+/// Waits until the stored Audit.Exchange cursor is `want`.
+async fn stored_becomes(bench: &Bench, want: DateTime<Utc>) {
+    let started = std::time::Instant::now();
+    while bench.cursor(ContentType::AuditExchange).await != Some(want) {
+        assert!(
+            started.elapsed() < LOOP_DEADLINE,
+            "the cursor {want} is not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

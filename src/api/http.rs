@@ -16,6 +16,12 @@ use reqwest::{StatusCode, Url};
 
 use crate::config::ApiConfig;
 
+/// Idle connections kept per host. Above the workers' and the scheduled operations'
+/// concurrency ([`super::gate`]), so steady traffic reuses connections; a burst beyond it
+/// closes its extra connections instead of keeping one per tenant (each holds buffers and a
+/// task).
+pub const MAX_IDLE_CONNECTIONS_PER_HOST: usize = 64;
+
 /// Why the HTTP client could not be built; names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {
@@ -57,6 +63,7 @@ pub fn http_client(
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300))
         .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &api.ca_file {
         let ca_error = |reason: String| HttpClientError::CaFile {

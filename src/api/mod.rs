@@ -25,11 +25,13 @@
 
 pub mod error;
 pub mod feed_uri;
+pub mod gate;
 pub mod http;
 pub mod json;
 pub mod types;
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +78,10 @@ pub enum StartOutcome {
 struct RequestBudget {
     limiter: DefaultDirectRateLimiter,
     paused_until: Mutex<Option<Instant>>,
+    /// True while `paused_until` may hold a pause (set and cleared under its lock): lets
+    /// [`RequestBudget::paused`], which the workers ask of every tenant before each lease,
+    /// and `acquire` answer without the lock when the tenant was not throttled.
+    pause_set: AtomicBool,
 }
 
 impl RequestBudget {
@@ -88,17 +94,14 @@ impl RequestBudget {
         Self {
             limiter: RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst)),
             paused_until: Mutex::new(None),
+            pause_set: AtomicBool::new(false),
         }
     }
 
     /// Waits out a throttling pause, then for a slot in the budget.
     async fn acquire(&self) {
-        loop {
-            let paused_until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-            match paused_until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
-            }
+        while let Some(until) = self.pause() {
+            tokio::time::sleep_until(until).await;
         }
         self.limiter.until_ready().await;
     }
@@ -109,11 +112,28 @@ impl RequestBudget {
         if paused_until.is_none_or(|current| current < until) {
             *paused_until = Some(until);
         }
+        self.pause_set.store(true, Ordering::Release);
+    }
+
+    /// The end of the current pause, if the tenant is paused now (an ended pause is
+    /// cleared).
+    fn pause(&self) -> Option<Instant> {
+        if !self.pause_set.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut paused_until = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *paused_until {
+            Some(until) if until > Instant::now() => Some(until),
+            _ => {
+                *paused_until = None;
+                self.pause_set.store(false, Ordering::Release);
+                None
+            }
+        }
     }
 
     fn paused(&self) -> bool {
-        let paused_until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        paused_until.is_some_and(|until| until > Instant::now())
+        self.pause().is_some()
     }
 }
 

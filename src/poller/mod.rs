@@ -6,11 +6,19 @@
 //! # Cursor (on-disk format)
 //!
 //! Per (tenant, content type), in the [`MetaStore`]:
-//! - `poller/cursor/{tenant id}/{content type}`: RFC 3339 UTF-8 text, the end of the last
-//!   window whose every page was durably enqueued. Written only after the last page of a
-//!   window was enqueued (the queue's durability contract), so a crash re-lists, never
-//!   skips.
+//! - `poller/cursor/{tenant id}/{content type}`: RFC 3339 UTF-8 text, the end of a window
+//!   whose every page, and every page before it, was durably enqueued. Written only after
+//!   the last page of a window was enqueued (the queue's durability contract), so a crash
+//!   re-lists, never skips. Written after each window that enqueued something new;
+//!   otherwise the running loop keeps the cursor in memory and writes it once it is
+//!   [`CURSOR_STORE_INTERVAL`] (a minute) ahead of the stored one, and at shutdown: with
+//!   thousands of tenants polled every few seconds, a store commit per empty listing was
+//!   most of the poller's cost, and a crash re-lists at most a minute more of what the
+//!   overlap re-lists anyway. `/status` reads the stored cursor, so it may show one
+//!   minute more lag than there is.
 //! - `poller/tail/{tenant id}/{content type}`: RFC 3339, when the last tail re-scan ended.
+//!
+//! The loop reads both once when it starts and keeps them (see [`TenantPoller::run`]).
 //!
 //! # One regular poll (spec §7, "suggested polling loop")
 //!
@@ -41,6 +49,13 @@
 //!   audit off): retry every 15 minutes. Either way the problem shows on the
 //!   [`ProblemBoard`] until the next success, and no other content type or tenant waits.
 //!
+//! # Many tenants
+//!
+//! Each poll of a content type first passes a gate shared by every tenant's poller and
+//! subscription manager ([`crate::api::gate`]), so tenants due together (all of them, at
+//! start) poll a few at a time over a few pooled connections, and their schedules spread
+//! over the time the first round takes.
+//!
 //! Rules read time from the [`Clock`]; the loop sleeps on tokio timers. Tests drive cycles
 //! explicitly with [`TenantPoller::run_once`].
 
@@ -56,6 +71,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::gate::RequestGate;
 use crate::api::types::{ContentItem, WebhookRegistration};
 use crate::api::{ApiClient, ApiError, ErrorKind};
 use crate::clock::Clock;
@@ -208,10 +224,31 @@ const CONFIGURATION_RETRY: StdDuration = StdDuration::from_secs(900);
 /// Extra distance from the 7-day limit when a refused window is re-clamped.
 const RECLAMP_EXTRA: Duration = Duration::hours(1);
 
+/// How far the cursor in memory may run ahead of the stored one when the windows listed
+/// since enqueued nothing new. A crash re-lists at most this much more (on top of the
+/// overlap, an hour by default), all of it duplicates the queue drops.
+const CURSOR_STORE_INTERVAL: Duration = Duration::seconds(60);
+
 /// Schedule and failure streak of one content type.
 struct TypeState {
     due: Instant,
     backoff: Option<Backoff>,
+    /// Its stored times as the loop last read or wrote them; `None` until read.
+    times: Option<StoredTimes>,
+}
+
+/// The cursor and tail times of one content type, kept between the polls of
+/// [`TenantPoller::run`] so that a poll reads nothing from the store: while the loop runs
+/// (this replica leads), nothing else writes them. Read again whenever the loop (re)starts
+/// and by every [`TenantPoller::run_once`].
+#[derive(Clone, Copy, Debug, Default)]
+struct StoredTimes {
+    /// Where listing goes on from: every window before it was durably enqueued.
+    cursor: Option<DateTime<Utc>>,
+    /// The cursor as last written to the store (never ahead of `cursor`).
+    stored_cursor: Option<DateTime<Utc>>,
+    /// When the last tail re-scan ended.
+    tail: Option<DateTime<Utc>>,
 }
 
 /// The poller of one tenant: one cursor per content type.
@@ -222,6 +259,9 @@ pub struct TenantPoller {
     /// Service time minus our clock, once a refused window revealed a skew; else zero.
     skew: Mutex<Duration>,
     types: tokio::sync::Mutex<HashMap<ContentType, TypeState>>,
+    /// Shared with every tenant's poller and subscription manager: bounds the polls that
+    /// run at once ([`TenantPoller::with_gate`]); `None` polls unbounded.
+    gate: Option<Arc<RequestGate>>,
 }
 
 fn seconds(value: u64) -> Duration {
@@ -240,6 +280,7 @@ impl TenantPoller {
                 let state = TypeState {
                     due: now,
                     backoff: None,
+                    times: None,
                 };
                 (*content_type, state)
             })
@@ -250,30 +291,85 @@ impl TenantPoller {
             deps,
             skew: Mutex::new(Duration::zero()),
             types: tokio::sync::Mutex::new(types),
+            gate: None,
         }
+    }
+
+    /// Each poll of a content type by [`TenantPoller::run`] first passes `gate`, shared by
+    /// all tenants, so thousands of tenants due together poll a few at a time over a few
+    /// connections (see [`crate::api::gate`]).
+    pub fn with_gate(mut self, gate: Arc<RequestGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Polls each content type when it is due until `shutdown`: every
     /// `poll_interval_secs` after a success, after the backoff after a failure.
+    ///
+    /// Cursors are read from the store when the loop starts (another replica may have led
+    /// meanwhile), then kept in memory; a cursor is written after every window that
+    /// enqueued new content, else at least every [`CURSOR_STORE_INTERVAL`] of progress, and
+    /// once more at `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.forget_times().await;
         loop {
+            // Boxed: only a tenant polling now holds a poll's state (a few KiB), not every
+            // sleeping one.
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = self.poll_due() => next,
+                _ = shutdown.cancelled() => break,
+                next = Box::pin(self.poll_due()) => next,
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+        self.store_cursors().await;
+    }
+
+    /// Drops the times kept in memory: the next poll reads them from the store.
+    async fn forget_times(&self) {
+        for state in self.types.lock().await.values_mut() {
+            state.times = None;
+        }
+    }
+
+    /// Writes every cursor that ran ahead of its stored value (at shutdown).
+    async fn store_cursors(&self) {
+        let mut types = self.types.lock().await;
+        for (content_type, state) in types.iter_mut() {
+            let Some(times) = &mut state.times else {
+                continue;
+            };
+            let Some(cursor) = times
+                .cursor
+                .filter(|cursor| times.stored_cursor < Some(*cursor))
+            else {
+                continue;
+            };
+            match self
+                .store_time(&cursor_key(self.tenant_id(), *content_type), cursor)
+                .await
+            {
+                Ok(()) => times.stored_cursor = Some(cursor),
+                Err(error) => {
+                    tracing::debug!(tenant = %self.target.name, %content_type, %error, "the cursor was not stored at shutdown; the next start lists again from the stored one");
+                }
             }
         }
     }
 
     /// Polls every content type now, due or not; returns what each poll did.
+    /// Cursors are read from the store first, and written after every window.
     pub async fn run_once(&self) -> Vec<(ContentType, PollReport)> {
+        self.forget_times().await;
         let mut types = self.types.lock().await;
         let mut reports = Vec::new();
         for content_type in self.target.content_types.clone() {
             let report = self.poll_and_schedule(content_type, &mut types).await;
+            if let Some(state) = types.get_mut(&content_type) {
+                self.store_cursor_behind(content_type, state).await;
+            }
             reports.push((content_type, report));
         }
         reports
@@ -287,6 +383,10 @@ impl TenantPoller {
                 .get(&content_type)
                 .is_some_and(|state| state.due <= Instant::now())
             {
+                let _pass = match &self.gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
                 self.poll_and_schedule(content_type, &mut types).await;
             }
         }
@@ -304,10 +404,10 @@ impl TenantPoller {
         types: &mut HashMap<ContentType, TypeState>,
     ) -> PollReport {
         let mut report = PollReport::default();
-        let outcome = self.poll(content_type, &mut report).await;
         let Some(state) = types.get_mut(&content_type) else {
             return report;
         };
+        let outcome = self.poll(content_type, &mut state.times, &mut report).await;
         match outcome {
             Ok(()) => {
                 events::PollSucceeded {
@@ -347,29 +447,81 @@ impl TenantPoller {
         report
     }
 
-    /// One regular poll of `content_type`, then the tail re-scan when it is due.
-    async fn poll(
-        &self,
-        content_type: ContentType,
-        report: &mut PollReport,
-    ) -> Result<(), PollError> {
+    /// Writes the cursor kept in memory when it ran ahead of the stored one (after
+    /// [`TenantPoller::run_once`], whose callers read the store).
+    async fn store_cursor_behind(&self, content_type: ContentType, state: &mut TypeState) {
+        let Some(times) = &mut state.times else {
+            return;
+        };
+        if let Some(cursor) = times
+            .cursor
+            .filter(|cursor| times.stored_cursor < Some(*cursor))
+            && self
+                .store_time(&cursor_key(self.tenant_id(), content_type), cursor)
+                .await
+                .is_ok()
+        {
+            times.stored_cursor = Some(cursor);
+        }
+    }
+
+    /// The cursor and tail times of `content_type`, from the store.
+    async fn load_times(&self, content_type: ContentType) -> Result<StoredTimes, PollError> {
         let cursor = self
             .load_time(&cursor_key(self.tenant_id(), content_type))
             .await?;
+        let tail = if self.config.tail_window_secs == 0 {
+            None
+        } else {
+            self.load_time(&tail_key(self.tenant_id(), content_type))
+                .await?
+        };
+        Ok(StoredTimes {
+            cursor,
+            stored_cursor: cursor,
+            tail,
+        })
+    }
+
+    /// One regular poll of `content_type`, then the tail re-scan when it is due. `kept`:
+    /// the times kept since the last poll, read from the store when `None`.
+    async fn poll(
+        &self,
+        content_type: ContentType,
+        kept: &mut Option<StoredTimes>,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let times = match kept {
+            Some(times) => times,
+            None => kept.insert(self.load_times(content_type).await?),
+        };
+        let cursor = times.cursor;
         let now = self.service_now();
         let planned = plan(cursor, now, &self.plan_rules());
         if let Some(gap) = planned.gap {
             self.record_gap(content_type, gap).await?;
+            times.cursor = Some(gap.end);
+            times.stored_cursor = Some(gap.end);
             report.gap = Some(gap);
         }
         for listed in split(planned.start, planned.end, self.max_window()) {
+            let enqueued_before = report.enqueued;
             self.list_window_with_recovery(content_type, listed, report)
                 .await?;
-            self.store_time(&cursor_key(self.tenant_id(), content_type), listed.end)
-                .await?;
+            times.cursor = Some(listed.end);
+            // Durable up to `listed.end` (every page enqueued). Stored when it enqueued
+            // something new, or when the stored cursor fell too far behind.
+            let store_due = times
+                .stored_cursor
+                .is_none_or(|stored| listed.end - stored >= CURSOR_STORE_INTERVAL);
+            if report.enqueued > enqueued_before || store_due {
+                self.store_time(&cursor_key(self.tenant_id(), content_type), listed.end)
+                    .await?;
+                times.stored_cursor = Some(listed.end);
+            }
         }
         self.set_cursor_age(content_type, planned.end);
-        self.tail_rescan(content_type, cursor.is_none(), &planned, report)
+        self.tail_rescan(content_type, cursor.is_none(), &planned, times, report)
             .await
     }
 
@@ -381,6 +533,7 @@ impl TenantPoller {
         content_type: ContentType,
         first_run: bool,
         planned: &ListingPlan,
+        times: &mut StoredTimes,
         report: &mut PollReport,
     ) -> Result<(), PollError> {
         if self.config.tail_window_secs == 0 {
@@ -389,7 +542,7 @@ impl TenantPoller {
         let key = tail_key(self.tenant_id(), content_type);
         let now = self.service_now();
         if !first_run {
-            let last = self.load_time(&key).await?;
+            let last = times.tail;
             let interval = seconds(self.config.tail_interval_secs.get());
             if last.is_some_and(|last| now - last < interval) {
                 return Ok(());
@@ -402,7 +555,9 @@ impl TenantPoller {
                     .await?;
             }
         }
-        self.store_time(&key, now).await
+        self.store_time(&key, now).await?;
+        times.tail = Some(now);
+        Ok(())
     }
 
     /// Lists one window into the queue, recovering once from a refused window or a

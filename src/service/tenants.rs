@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::gate::RequestGate;
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
 use crate::cluster::Leadership;
@@ -122,6 +123,8 @@ impl TenantTasks {
 /// Starts, stops and restarts the tenants of a running service (see the module doc).
 pub struct TenantSupervisor {
     runtime: TenantRuntime,
+    /// Bounds the polls and subscription checks of all tenants that run at once.
+    gate: Arc<RequestGate>,
     /// Running tenants by lowercase tenant GUID; the lock serializes applies.
     running: tokio::sync::Mutex<HashMap<String, TenantTasks>>,
 }
@@ -134,15 +137,17 @@ impl TenantSupervisor {
         runtime.publish(&runtime.config.tenants, &tenants);
         let mut running = HashMap::new();
         let mut collectors = Collectors::default();
+        let gate = Arc::new(RequestGate::default());
         for tenant_config in &runtime.config.tenants {
             let tenant = &tenants[&tenant_id(tenant_config)];
-            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone());
+            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone(), &gate);
             collectors.pollers.push(poller);
             collectors.risk.extend(risk);
             running.insert(tenant.tenant_id.clone(), tasks);
         }
         let supervisor = Self {
             runtime,
+            gate,
             running: tokio::sync::Mutex::new(running),
         };
         (supervisor, collectors)
@@ -203,7 +208,7 @@ impl TenantSupervisor {
         runtime.publish(&config.tenants, &tenants);
         for tenant_config in &build_config.tenants {
             let id = tenant_id(tenant_config);
-            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone());
+            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone(), &self.gate);
             running.insert(id, tasks);
         }
         Ok(changes)
@@ -251,31 +256,38 @@ impl TenantRuntime {
     }
 
     /// Starts the tenant's poller, subscription manager and (when enabled) risk detection
-    /// collector under a token of its own.
+    /// collector under a token of its own; its polls and checks pass `gate`.
     fn spawn_tenant(
         &self,
         tenant_config: &TenantConfig,
         tenant: Arc<Tenant>,
+        gate: &Arc<RequestGate>,
     ) -> (TenantTasks, Arc<TenantPoller>, Option<Arc<RiskCollector>>) {
         let registration = self.registration(&tenant.tenant_id);
         let stop = self.shutdown.child_token();
         let tracker = TaskTracker::new();
-        let manager = Arc::new(SubscriptionManager::new(
-            tenant.clone(),
-            registration.clone(),
-            self.subscriptions.clone(),
-        ));
-        let poller = Arc::new(TenantPoller::new(
-            PollTarget {
-                name: tenant.name.clone(),
-                client: tenant.client.clone(),
-                content_types: tenant.content_types.clone(),
-                webhook: registration,
-                subscriptions_changed: Some(manager.check_soon_handle()),
-            },
-            self.config.poller.clone(),
-            self.poller.clone(),
-        ));
+        let manager = Arc::new(
+            SubscriptionManager::new(
+                tenant.clone(),
+                registration.clone(),
+                self.subscriptions.clone(),
+            )
+            .with_gate(gate.clone()),
+        );
+        let poller = Arc::new(
+            TenantPoller::new(
+                PollTarget {
+                    name: tenant.name.clone(),
+                    client: tenant.client.clone(),
+                    content_types: tenant.content_types.clone(),
+                    webhook: registration,
+                    subscriptions_changed: Some(manager.check_soon_handle()),
+                },
+                self.config.poller.clone(),
+                self.poller.clone(),
+            )
+            .with_gate(gate.clone()),
+        );
         let risk = tenant.graph.as_ref().map(|graph| {
             Arc::new(RiskCollector::new(
                 RiskTarget {

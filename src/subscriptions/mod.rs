@@ -4,6 +4,10 @@
 //! One [`SubscriptionManager`] per tenant checks `/subscriptions/list` on an interval
 //! (`subscriptions.check_interval_secs`, default 15 minutes; sooner when a grace period,
 //! the spacing or a deferred retry ends) and calls `/start` only where [`decide`] says so.
+//! The first check runs at start; the regular checks of each tenant then fall at a phase
+//! of the interval fixed by its tenant id ([`check_phase`]), so thousands of tenants
+//! started together check spread over the interval, not all at once; every check passes
+//! the gate shared with the pollers ([`crate::api::gate`]).
 //! Guarantees (spec §2.1–2.3, §3, §7.8–7.10):
 //!
 //! - `/start` only for a subscription that is missing or disabled, or whose webhook is
@@ -49,6 +53,7 @@ pub use board::{SubscriptionBoard, SubscriptionEntry, SubscriptionState, Webhook
 pub use decide::{Action, Assessment, DecisionSettings, START_SPACING, assess};
 pub use record::{StartRecord, claim_start, release_start};
 
+use crate::api::gate::RequestGate;
 use crate::api::types::{SubscriptionStatus, WebhookRegistration};
 use crate::api::{ApiError, ErrorKind, StartOutcome};
 use crate::clock::Clock;
@@ -135,6 +140,8 @@ pub struct SubscriptionManager {
     wake: Arc<Notify>,
     /// Content types reported as "still subscribed, no longer configured" (logged once).
     reported_removed: Mutex<HashSet<String>>,
+    /// Shared with every tenant's poller and manager: bounds the checks that run at once.
+    gate: Option<Arc<RequestGate>>,
 }
 
 impl SubscriptionManager {
@@ -150,7 +157,15 @@ impl SubscriptionManager {
             context,
             wake: Arc::new(Notify::new()),
             reported_removed: Mutex::new(HashSet::new()),
+            gate: None,
         }
+    }
+
+    /// Each check by [`SubscriptionManager::run`] first passes `gate`, shared by all
+    /// tenants (see [`crate::api::gate`]).
+    pub fn with_gate(mut self, gate: Arc<RequestGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Asks the running loop for a check now (the poller calls it on AF20022/AF20023).
@@ -168,18 +183,40 @@ impl SubscriptionManager {
     /// Checks until `shutdown`: at once, then when [`CheckReport::next_check`] is due; a
     /// failed `/subscriptions/list` is retried with `retry`'s backoff when transient, at the
     /// regular interval otherwise.
+    ///
+    /// Spread: the first regular wait is `check_interval × (0.5 + phase)`, `phase` in
+    /// `[0, 1)` fixed by the tenant id ([`check_phase`]), and each later one the interval;
+    /// so the checks of many tenants started together spread over the interval instead
+    /// of firing together every interval, and no wait is longer than 1.5 intervals.
     pub async fn run(self: Arc<Self>, retry: RetryPolicy, shutdown: CancellationToken) {
         let mut backoff = retry.backoff();
+        let interval = self.context.settings.check_interval;
+        let mut spread = true;
         loop {
-            let delay = match self.check_once().await {
+            let checked = {
+                let _pass = match &self.gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
+                // Boxed: only a tenant checking now holds a check's state, not every
+                // sleeping one.
+                Box::pin(self.check_once()).await
+            };
+            let delay = match checked {
                 Ok(report) => {
                     backoff = retry.backoff();
-                    self.delay_until(report.next_check)
+                    let delay = self.delay_until(report.next_check);
+                    if spread && delay >= interval {
+                        spread = false;
+                        interval.mul_f64(0.5 + check_phase(&self.tenant.tenant_id))
+                    } else {
+                        delay
+                    }
                 }
                 Err(error) if error.is_retryable() => backoff
                     .next_delay(error.retry_after())
                     .unwrap_or(retry.max_delay),
-                Err(_) => self.context.settings.check_interval,
+                Err(_) => interval,
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -620,4 +657,45 @@ fn find<'a>(
     listed
         .iter()
         .find(|status| status.content_type.eq_ignore_ascii_case(content_type))
+}
+
+/// Where in the check interval a tenant's regular checks fall, in `[0, 1)`: a fixed
+/// function of its id (FNV-1a, then splitmix64's finalizer so ids that differ in one digit
+/// land far apart), the same at every start and spread evenly over many tenants.
+pub fn check_phase(tenant_id: &str) -> f64 {
+    let mut hash = tenant_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_phases_of_sequential_tenant_ids_spread_evenly_over_the_interval() {
+        let mut tenths = [0usize; 10];
+        for n in 0..10_000 {
+            let phase = check_phase(&format!("00000000-0000-4000-8000-{n:012}"));
+            assert!((0.0..1.0).contains(&phase));
+            tenths[(phase * 10.0) as usize] += 1;
+        }
+        for (tenth, count) in tenths.iter().enumerate() {
+            assert!(
+                (850..=1150).contains(count),
+                "tenth {tenth} of the interval holds {count} of 10,000 tenants' checks"
+            );
+        }
+        assert_eq!(
+            check_phase("contoso"),
+            check_phase("contoso"),
+            "fixed per id"
+        );
+    }
 }
