@@ -41,6 +41,7 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::gate::RequestGate;
 use crate::clock::Clock;
 use crate::config::PollerConfig;
 use crate::forward::log::LogContext;
@@ -153,6 +154,8 @@ pub struct RiskCollector {
     interval: Duration,
     initial_lookback: chrono::Duration,
     streak: tokio::sync::Mutex<Streak>,
+    /// Bounds the scheduled requests of every tenant at once ([`RiskCollector::with_gate`]).
+    gate: Option<Arc<RequestGate>>,
 }
 
 impl RiskCollector {
@@ -168,7 +171,17 @@ impl RiskCollector {
                 i64::try_from(poller.initial_lookback_secs).unwrap_or(86_400),
             ),
             streak: tokio::sync::Mutex::new(Streak::default()),
+            gate: None,
         }
+    }
+
+    /// Each page request first passes `gate`, shared with every tenant's poller and
+    /// subscription manager, so thousands of tenants due together open a bounded number of
+    /// connections (see [`crate::api::gate`]). The pass is held for the request only, never
+    /// while the engine acknowledges.
+    pub fn with_gate(mut self, gate: Arc<RequestGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The tenant's name.
@@ -273,7 +286,13 @@ impl RiskCollector {
         let graph = &self.target.graph;
         let mut url = graph.first_page_url(&since);
         loop {
-            let page = graph.page(url).await?;
+            let page = {
+                let _pass = match &self.gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
+                graph.page(url).await?
+            };
             report.pages += 1;
             report.listed += page.detections.len() as u64;
             let collected_at = self.deps.clock.now();

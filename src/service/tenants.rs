@@ -289,16 +289,19 @@ impl TenantRuntime {
             .with_gate(gate.clone()),
         );
         let risk = tenant.graph.as_ref().map(|graph| {
-            Arc::new(RiskCollector::new(
-                RiskTarget {
-                    name: tenant.name.clone(),
-                    tenant_id: tenant.tenant_id.clone(),
-                    graph: graph.clone(),
-                    log_context: tenant.log_context.clone(),
-                },
-                &self.config.poller,
-                self.risk.clone(),
-            ))
+            Arc::new(
+                RiskCollector::new(
+                    RiskTarget {
+                        name: tenant.name.clone(),
+                        tenant_id: tenant.tenant_id.clone(),
+                        graph: graph.clone(),
+                        log_context: tenant.log_context.clone(),
+                    },
+                    &self.config.poller,
+                    self.risk.clone(),
+                )
+                .with_gate(gate.clone()),
+            )
         });
         // Polling, subscription management and risk detections run on the leading
         // replica only.
