@@ -22,11 +22,15 @@
 //! field. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
 //! is treated as having neither (index as record id, collection time).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use prost::encoding;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::wire::EncodedLog;
 use crate::api::types::parse_api_time;
 use crate::config::TimestampSource;
 use crate::proto::Log;
@@ -66,6 +70,75 @@ pub fn build_log(
     content_uri: &str,
     collected_at: DateTime<Utc>,
 ) -> Log {
+    let (id, timestamp) = id_and_timestamp(context, record, index, content_uri, collected_at);
+    Log {
+        id,
+        data_type: DATA_TYPE.to_owned(),
+        data_source: context.group_name.clone(),
+        timestamp,
+        tenant_id: context.utm_tenant_id.clone(),
+        raw: raw_text(record).into_owned(),
+    }
+}
+
+/// The Log of [`build_log`], protobuf-encoded straight from the record's bytes: the same
+/// bytes as prost's encoding of that Log, without building it (no copy of `raw` or of the
+/// context's strings before the one into the message).
+pub fn encode_log(
+    context: &LogContext,
+    record: &[u8],
+    index: u64,
+    content_uri: &str,
+    collected_at: DateTime<Utc>,
+) -> EncodedLog {
+    let (id, timestamp) = id_and_timestamp(context, record, index, content_uri, collected_at);
+    let raw = raw_text(record);
+    // Log's fields in tag order, as prost writes them; proto3 leaves empty strings out.
+    let fields: [(u32, &str); 6] = [
+        (1, &id),
+        (2, DATA_TYPE),
+        (3, &context.group_name),
+        (4, &timestamp),
+        (5, &context.utm_tenant_id),
+        (6, &raw),
+    ];
+    let length = fields
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(tag, value)| {
+            encoding::key_len(*tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(length);
+    for (tag, value) in fields {
+        if !value.is_empty() {
+            encoding::encode_key(tag, encoding::WireType::LengthDelimited, &mut bytes);
+            encoding::encode_varint(value.len() as u64, &mut bytes);
+            bytes.extend_from_slice(value.as_bytes());
+        }
+    }
+    EncodedLog {
+        id,
+        bytes: bytes.into(),
+    }
+}
+
+/// `raw`: the record's text, replaced only where it is not UTF-8 (never, from the splitter).
+fn raw_text(record: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(record) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(record),
+    }
+}
+
+/// `Log.id` and `Log.timestamp` of the record, read in one serde pass over it.
+fn id_and_timestamp(
+    context: &LogContext,
+    record: &[u8],
+    index: u64,
+    content_uri: &str,
+    collected_at: DateTime<Utc>,
+) -> (String, String) {
     let head = serde_json::from_slice::<RecordHead<'_>>(record).ok();
     let record_id = head
         .as_ref()
@@ -82,17 +155,7 @@ pub fn build_log(
     let timestamp = event_time
         .unwrap_or(collected_at)
         .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    Log {
-        id: log_id(context, content_uri, &record_id),
-        data_type: DATA_TYPE.to_owned(),
-        data_source: context.group_name.clone(),
-        timestamp,
-        tenant_id: context.utm_tenant_id.clone(),
-        raw: match std::str::from_utf8(record) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(record).into_owned(),
-        },
-    }
+    (log_id(context, content_uri, &record_id), timestamp)
 }
 
 /// The longest record (`Log.raw`, in bytes) whose Log of this context fits in
@@ -189,6 +252,34 @@ mod tests {
 
     fn timestamp_of(record: &str, source: TimestampSource) -> String {
         build_log(&context(source), record.as_bytes(), 0, URI, collected()).timestamp
+    }
+
+    #[test]
+    fn encode_log_writes_exactly_prosts_encoding_of_build_log() {
+        let empty_group = LogContext {
+            utm_tenant_id: "a".into(),
+            group_name: String::new(),
+            timestamp: TimestampSource::Event,
+        };
+        let long_raw = format!(r#"{{"Id":"x","P":"{}"}}"#, "é".repeat(300));
+        for (context, record) in [
+            (
+                context(TimestampSource::Event),
+                r#"{"Id":"x","CreationTime":"2015-06-29T20:03:19"}"#,
+            ),
+            (context(TimestampSource::Collection), r#"{"Operation":"y"}"#),
+            (empty_group, r#"{}"#),
+            (context(TimestampSource::Event), long_raw.as_str()),
+        ] {
+            let log = build_log(&context, record.as_bytes(), 5, URI, collected());
+            let encoded = encode_log(&context, record.as_bytes(), 5, URI, collected());
+            assert_eq!(
+                encoded.bytes.as_ref(),
+                log.encode_to_vec().as_slice(),
+                "{record}"
+            );
+            assert_eq!(encoded.id, log.id);
+        }
     }
 
     #[test]
