@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use o365_connector::emulator::api::feed::ContentEntry;
 use o365_connector::forward::DEFAULT_MAX_MESSAGE_BYTES;
-use o365_connector::forward::log::{build_log, max_raw_bytes};
-use o365_connector::forward::wire::{EncodedLog, open_input};
+use o365_connector::forward::build_log;
+use o365_connector::forward::log::{encode_log, max_raw_bytes};
+use o365_connector::forward::wire::open_input;
 use o365_connector::proto::{EngineClient, unix_channel};
 use o365_connector::worker::splitter::{SplitEvent, SplitStream, Splitter};
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,9 +62,21 @@ async fn honest_drain(base: &str, entries: &[ContentEntry], socket: &Path, total
                     let mut split = SplitStream::new(response.bytes_stream(), splitter);
                     while let Some(event) = split.next_event().await {
                         match event.unwrap() {
-                            SplitEvent::Record { index, bytes, .. } => {
-                                let log = build_log(&context, &bytes, index, uri, collected_at);
-                                logs.send(EncodedLog::new(log).bytes).await.unwrap();
+                            SplitEvent::Record {
+                                index,
+                                bytes,
+                                fields,
+                                ..
+                            } => {
+                                let log = encode_log(
+                                    &context,
+                                    &bytes,
+                                    fields.as_ref(),
+                                    index,
+                                    uri,
+                                    collected_at,
+                                );
+                                logs.send(log.bytes).await.unwrap();
                             }
                             SplitEvent::Complete { .. } => break,
                             other => panic!("the bench's blobs are well formed: {other:?}"),

@@ -54,7 +54,7 @@ use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
-use crate::forward::log::{encode_log, max_raw_bytes};
+use crate::forward::log::{RecordFields, encode_log, max_raw_bytes};
 use crate::forward::{BatchOutcome, BatchReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::events::{Console, Telemetry, problem_kind};
@@ -206,8 +206,9 @@ fn paused_tenants(tenants: &Tenants) -> HashSet<String> {
 /// records than one message, as it would holding one record of the largest size.
 #[derive(Default)]
 struct Batch {
-    /// Each record's index, bytes (a slice of the received body) and byte range.
-    records: Vec<(u64, bytes::Bytes, Range<u64>)>,
+    /// Each record's index, bytes (a slice of the received body), byte range and the
+    /// fields the splitter read.
+    records: Vec<(u64, bytes::Bytes, Range<u64>, Option<RecordFields>)>,
     /// The encoded size reserved for them: each record's length plus a Log's overhead.
     bytes: usize,
 }
@@ -546,13 +547,22 @@ impl Forwarding<'_> {
         let context = &self.tenant.log_context;
         let logs = records
             .iter()
-            .map(|(index, record, _)| encode_log(context, record, *index, uri, self.collected_at))
+            .map(|(index, record, _, fields)| {
+                encode_log(
+                    context,
+                    record,
+                    fields.as_ref(),
+                    *index,
+                    uri,
+                    self.collected_at,
+                )
+            })
             .collect();
         let receipt = reservation.send(logs).await.map_err(failed)?;
         self.records_forwarded.inc_by(records.len() as u64);
         let records = records
             .into_iter()
-            .map(|(index, _, byte_range)| (index, byte_range))
+            .map(|(index, _, byte_range, _)| (index, byte_range))
             .collect();
         progress
             .waiting
@@ -625,6 +635,7 @@ async fn forward_blob(
                 index,
                 bytes,
                 byte_range,
+                fields,
             })) => {
                 next_index = index + 1;
                 if !item.already_settled(index) {
@@ -635,7 +646,7 @@ async fn forward_blob(
                         }
                     }
                     batch.bytes += bytes.len() + forwarding.log_overhead;
-                    batch.records.push((index, bytes, byte_range));
+                    batch.records.push((index, bytes, byte_range, fields));
                 }
                 // The settling and lease bookkeeping below runs once per batch sent.
                 if !sent {
