@@ -749,11 +749,20 @@ impl Splitter {
         self.next_index += 1;
         self.state = State::AfterElement;
         let byte_range = self.element_start..self.element_start + bytes.len() as u64;
-        let verdict = match validation {
-            Validation::Full => validate_record(&bytes),
-            Validation::Utf8AndObject => {
-                validate_utf8(&bytes).and_then(|()| require_object(&bytes))
-            }
+        // The fields are read whichever path delimited the element, so events do not
+        // depend on where the body's chunks end.
+        let (verdict, fields) = match validation {
+            Validation::Full => match validate_utf8(&bytes)
+                .ok()
+                .and_then(|()| whole_fields(&bytes))
+            {
+                Some(fields) => (require_object(&bytes), Some(fields)),
+                None => (validate_record(&bytes), None),
+            },
+            Validation::Utf8AndObject => (
+                validate_utf8(&bytes).and_then(|()| require_object(&bytes)),
+                fields,
+            ),
         };
         match verdict {
             Ok(()) => SplitEvent::Record {
@@ -770,6 +779,14 @@ impl Splitter {
             },
         }
     }
+}
+
+/// The record fields of an element that is one JSON value (UTF-8 checked first: serde_json
+/// does not check it inside strings); `None` when serde_json refuses it as a record head.
+fn whole_fields(bytes: &[u8]) -> Option<RecordFields> {
+    let (fields, end) = read_record_fields(bytes)?;
+    let rest_is_whitespace = bytes[end..].iter().all(|&byte| is_whitespace(byte));
+    rest_is_whitespace.then_some(fields)
 }
 
 /// How much of [`validate_record`] an element still needs.
