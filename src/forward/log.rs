@@ -19,7 +19,9 @@
 //!   beyond the nanosecond.
 //!
 //! `Id` and `CreationTime` are read in one serde pass over the record that skips every other
-//! field. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
+//! field: the splitter's, which validates the record ([`read_record_fields`]), or else the
+//! builder's own. [`encode_log`] writes the protobuf message straight from the record's
+//! bytes, the same bytes as prost's encoding of [`build_log`]'s Log. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
 //! is treated as having neither (index as record id, collection time).
 
 use std::borrow::Cow;
@@ -66,6 +68,18 @@ struct RecordHead<'a> {
 pub struct RecordFields {
     id: Option<Range<usize>>,
     creation_time: Option<Range<usize>>,
+    /// The splitter also checked that the record is UTF-8, so `raw` needs no second check.
+    utf8_checked: bool,
+}
+
+impl RecordFields {
+    /// The same fields, of a record the caller checked to be UTF-8 (the splitter's records).
+    pub(crate) fn of_utf8_record(self) -> Self {
+        Self {
+            utf8_checked: true,
+            ..self
+        }
+    }
 }
 
 /// Parses the first JSON value of `json` as a record's head, skipping every other field:
@@ -82,6 +96,7 @@ pub fn read_record_fields(json: &[u8]) -> Option<(RecordFields, usize)> {
     let fields = RecordFields {
         id: head.id.map(span),
         creation_time: head.creation_time.map(span),
+        utf8_checked: false,
     };
     Some((fields, values.byte_offset()))
 }
@@ -123,14 +138,20 @@ pub fn encode_log(
 ) -> EncodedLog {
     let (id, timestamp) =
         id_and_timestamp(context, record, fields, index, content_uri, collected_at);
-    let raw = raw_text(record);
+    let raw = match fields.is_some_and(|fields| fields.utf8_checked) {
+        true => Cow::Borrowed(record),
+        false => match raw_text(record) {
+            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+        },
+    };
     // Log's fields in tag order, as prost writes them; proto3 leaves empty strings out.
-    let fields: [(u32, &str); 6] = [
-        (1, &id),
-        (2, DATA_TYPE),
-        (3, &context.group_name),
-        (4, &timestamp),
-        (5, &context.utm_tenant_id),
+    let fields: [(u32, &[u8]); 6] = [
+        (1, id.as_bytes()),
+        (2, DATA_TYPE.as_bytes()),
+        (3, context.group_name.as_bytes()),
+        (4, timestamp.as_bytes()),
+        (5, context.utm_tenant_id.as_bytes()),
         (6, &raw),
     ];
     let length = fields
@@ -145,7 +166,7 @@ pub fn encode_log(
         if !value.is_empty() {
             encoding::encode_key(tag, encoding::WireType::LengthDelimited, &mut bytes);
             encoding::encode_varint(value.len() as u64, &mut bytes);
-            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(value);
         }
     }
     EncodedLog {

@@ -19,6 +19,13 @@
 //!   one caller that is the order of its `send` calls. A worker forwarding records
 //!   `0..n` of a blob therefore knows, when receipt `i` resolves, that records `0..=i` are
 //!   acked (`queue.record_acked(i + 1)`), and when the last one resolves, the blob is done.
+//! - **Batches.** [`Forwarder::reserve_batch`] takes room for several Logs at once and
+//!   [`BatchReservation::send`] accepts them as one submission with one [`BatchReceipt`]:
+//!   each Log is in the window, on the stream, acked and resent exactly as a lone one, and
+//!   the receipt resolves once all of them left the window, naming those refused as poison
+//!   by position ([`BatchOutcome`]). The batch's room is freed when it settles, so the
+//!   bounds hold with batches as with lone Logs. This is what the workers use: one wait,
+//!   one hand-off and one wake-up per batch instead of per record.
 //! - **Nothing dropped.** When the stream fails (error status, end of stream, transport
 //!   error, refused connection) the forwarder reconnects with backoff and first resends
 //!   every unacknowledged Log in the original order, then goes on. It never gives up and

@@ -340,7 +340,22 @@ impl StreamTask {
 
     /// Handles `first` and every Ack already received (up to [`BATCH`]); returns how the
     /// stream ended, if it did.
+    /// The window's size is published once for all of them, not per Ack.
     fn handle_acks(
+        &mut self,
+        first: Result<Option<Ack>, tonic::Status>,
+        acks: &mut Streaming<Ack>,
+        outbound: &mpsc::Sender<Bytes>,
+    ) -> Option<StreamEnd> {
+        let window_before = self.window.len();
+        let end = self.take_acks(first, acks, outbound);
+        if self.window.len() != window_before {
+            self.publish_window_size(true);
+        }
+        end
+    }
+
+    fn take_acks(
         &mut self,
         first: Result<Option<Ack>, tonic::Status>,
         acks: &mut Streaming<Ack>,
@@ -373,7 +388,6 @@ impl StreamTask {
         match acknowledge(&mut self.window, searched, &ack.last_id) {
             Some(confirmed) => {
                 Counters::add(&self.counters.logs_acked, confirmed as u64);
-                self.publish_window_size(true);
                 if self.isolating.is_some() {
                     return self.end_isolation(outbound);
                 }

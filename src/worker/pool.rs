@@ -3,8 +3,9 @@
 //!
 //! One item, one pass: fetch the blob (with the tenant's token, budget and
 //! `PublisherIdentifier`), split the body as it streams in, skip the records the engine
-//! already acked in an earlier pass, forward the rest, and record progress as acks come
-//! back in order. The item is completed only when every record is settled — acked by the
+//! already acked in an earlier pass, forward the rest in batches (one reservation,
+//! submission and receipt per batch; design.md says when a batch goes), and record
+//! progress as acks come back in order. The item is completed only when every record is settled — acked by the
 //! engine, or (for an element that is not a valid record) dead-lettered by reference.
 //! That is the connector's one rule of acknowledgement: upstream (the queue) is told
 //! "done" only after downstream (the engine) confirmed everything.

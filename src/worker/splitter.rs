@@ -769,7 +769,8 @@ impl Splitter {
                 index,
                 bytes,
                 byte_range,
-                fields,
+                // A record passed `validate_utf8` on either path.
+                fields: fields.map(RecordFields::of_utf8_record),
             },
             Err(reason) => SplitEvent::BadRecord {
                 index,
