@@ -112,6 +112,7 @@ fn check_split_events(body: &[u8], events: &[SplitEvent], max_element_bytes: usi
                 index,
                 bytes,
                 byte_range,
+                ..
             } => {
                 assert_eq!(*index, next_index, "indices count every element");
                 next_index += 1;

@@ -16,6 +16,7 @@ use common::{DEADLINE, wait_until};
 use futures_util::{FutureExt, Stream, StreamExt};
 use o365_connector::config::TimestampSource;
 use o365_connector::emulator::engine::{EngineEmulator, EngineEmulatorConfig, EngineFaults};
+use o365_connector::forward::wire::EncodedLog;
 use o365_connector::forward::{
     AckReceipt, ForwardError, Forwarder, ForwarderConfig, LogContext, build_log,
 };
@@ -567,13 +568,7 @@ fn log_with(n: usize, marker: &str) -> Log {
 #[tokio::test]
 async fn a_poison_log_is_refused_after_three_lone_attempts_and_the_rest_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("engine.sock");
-    let faults = EngineFaults {
-        refuse_marker: Some("POISON".into()),
-        ..EngineFaults::default()
-    };
-    let emulator = start_emulator(&socket, faults).await;
-    let forwarder = start_forwarder(&socket, 64);
+    let (emulator, forwarder) = start_refusing_poison(dir.path()).await;
     let mut sent = logs(0..5);
     let poison = log_with(5, "POISON");
     sent.insert(2, poison.clone());
@@ -613,6 +608,24 @@ async fn a_poison_log_is_refused_after_three_lone_attempts_and_the_rest_goes_on(
         1 + o365_connector::forward::POISON_ATTEMPTS as usize,
         "once with the others, then alone three times"
     );
+    assert_all_acked_but(&emulator, &sent, &poison);
+}
+
+/// An engine that refuses every stream carrying a Log marked `POISON`, under `dir`, and a
+/// forwarder to it with a window of 64.
+async fn start_refusing_poison(dir: &Path) -> (EngineEmulator, Forwarder) {
+    let socket = dir.join("engine.sock");
+    let faults = EngineFaults {
+        refuse_marker: Some("POISON".into()),
+        ..EngineFaults::default()
+    };
+    let emulator = start_emulator(&socket, faults).await;
+    (emulator, start_forwarder(&socket, 64))
+}
+
+/// Every Log of `sent` but `poison` was acked by the engine.
+fn assert_all_acked_but(emulator: &EngineEmulator, sent: &[Log], poison: &Log) {
+    let received = emulator.logs();
     let acked: HashSet<&str> = received
         .iter()
         .filter(|log| log.acked)
@@ -621,6 +634,39 @@ async fn a_poison_log_is_refused_after_three_lone_attempts_and_the_rest_goes_on(
     for log in sent.iter().filter(|log| log.id != poison.id) {
         assert!(acked.contains(log.id.as_str()), "{} acked", log.id);
     }
+}
+
+#[tokio::test]
+async fn a_batch_resolves_once_with_its_poison_log_named_by_position_and_the_rest_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emulator, forwarder) = start_refusing_poison(dir.path()).await;
+    let mut sent = logs(0..5);
+    let poison = log_with(5, "POISON");
+    sent.insert(3, poison.clone());
+    let encoded: Vec<EncodedLog> = sent.iter().cloned().map(EncodedLog::new).collect();
+    let bytes = encoded.iter().map(|log| log.bytes.len()).sum();
+    let reservation = tokio::time::timeout(DEADLINE, forwarder.reserve_batch(sent.len(), bytes))
+        .await
+        .expect("room in time")
+        .expect("room");
+    let receipt = reservation.send(encoded).await.expect("accepted");
+    let outcome = tokio::time::timeout(DEADLINE, receipt)
+        .await
+        .expect("the batch settles in time")
+        .expect("acked but the poison");
+    let expected_sha: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(poison.raw.as_bytes()).into()
+    };
+    assert_eq!(outcome.refused.len(), 1, "{outcome:?}");
+    assert_eq!(outcome.refused[0].position, 3);
+    assert_eq!(outcome.refused[0].raw_sha256, expected_sha);
+    assert_all_acked_but(&emulator, &sent, &poison);
+    assert_eq!(
+        forwarder.stats().in_flight_bytes,
+        0,
+        "the batch's room is freed once it settled"
+    );
 }
 
 #[tokio::test]

@@ -56,6 +56,7 @@ fn element_bytes<'a>(body: &'a [u8], event: &SplitEvent) -> Option<(u64, &'a [u8
             index,
             bytes,
             byte_range,
+            ..
         } => {
             let slice = &body[byte_range.start as usize..byte_range.end as usize];
             assert_eq!(

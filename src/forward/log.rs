@@ -19,14 +19,21 @@
 //!   beyond the nanosecond.
 //!
 //! `Id` and `CreationTime` are read in one serde pass over the record that skips every other
-//! field. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
+//! field: the splitter's, which validates the record ([`read_record_fields`]), or else the
+//! builder's own. [`encode_log`] writes the protobuf message straight from the record's
+//! bytes, the same bytes as prost's encoding of [`build_log`]'s Log. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
 //! is treated as having neither (index as record id, collection time).
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use prost::encoding;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::wire::EncodedLog;
 use crate::api::types::parse_api_time;
 use crate::config::TimestampSource;
 use crate::proto::Log;
@@ -54,6 +61,46 @@ struct RecordHead<'a> {
     creation_time: Option<&'a RawValue>,
 }
 
+/// Where a record's `Id` and `CreationTime` values are in its bytes (`[start, end)`, the
+/// values' exact JSON text), as read by the serde pass that validated the record, so
+/// building its Log does not parse it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordFields {
+    id: Option<Range<usize>>,
+    creation_time: Option<Range<usize>>,
+    /// The splitter also checked that the record is UTF-8, so `raw` needs no second check.
+    utf8_checked: bool,
+}
+
+impl RecordFields {
+    /// The same fields, of a record the caller checked to be UTF-8 (the splitter's records).
+    pub(crate) fn of_utf8_record(self) -> Self {
+        Self {
+            utf8_checked: true,
+            ..self
+        }
+    }
+}
+
+/// Parses the first JSON value of `json` as a record's head, skipping every other field:
+/// its [`RecordFields`] and the offset where the value ends. `None` when serde_json
+/// refuses it there (invalid, cut short, or naming `Id` or `CreationTime` twice): the
+/// caller then validates it otherwise, and the Log's builder reads it again.
+pub fn read_record_fields(json: &[u8]) -> Option<(RecordFields, usize)> {
+    let mut values = serde_json::Deserializer::from_slice(json).into_iter::<RecordHead<'_>>();
+    let head = values.next()?.ok()?;
+    let span = |raw: &RawValue| {
+        let start = raw.get().as_ptr() as usize - json.as_ptr() as usize;
+        start..start + raw.get().len()
+    };
+    let fields = RecordFields {
+        id: head.id.map(span),
+        creation_time: head.creation_time.map(span),
+        utf8_checked: false,
+    };
+    Some((fields, values.byte_offset()))
+}
+
 /// Builds the Log of the record at zero-based `index` of the blob at `content_uri`.
 ///
 /// `record` is one top-level element of the blob, exact bytes, valid UTF-8 JSON (the
@@ -66,33 +113,119 @@ pub fn build_log(
     content_uri: &str,
     collected_at: DateTime<Utc>,
 ) -> Log {
-    let head = serde_json::from_slice::<RecordHead<'_>>(record).ok();
-    let record_id = head
-        .as_ref()
-        .and_then(|head| head.id)
+    let (id, timestamp) = id_and_timestamp(context, record, None, index, content_uri, collected_at);
+    Log {
+        id,
+        data_type: DATA_TYPE.to_owned(),
+        data_source: context.group_name.clone(),
+        timestamp,
+        tenant_id: context.utm_tenant_id.clone(),
+        raw: raw_text(record).into_owned(),
+    }
+}
+
+/// The Log of [`build_log`], protobuf-encoded straight from the record's bytes: the same
+/// bytes as prost's encoding of that Log, without building it (no copy of `raw` or of the
+/// context's strings before the one into the message). `fields`, when the splitter read
+/// them ([`read_record_fields`] over exactly `record`), spare a second parse.
+pub fn encode_log(
+    context: &LogContext,
+    record: &[u8],
+    fields: Option<&RecordFields>,
+    index: u64,
+    content_uri: &str,
+    collected_at: DateTime<Utc>,
+) -> EncodedLog {
+    let (id, timestamp) =
+        id_and_timestamp(context, record, fields, index, content_uri, collected_at);
+    let raw = match fields.is_some_and(|fields| fields.utf8_checked) {
+        true => Cow::Borrowed(record),
+        false => match raw_text(record) {
+            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+        },
+    };
+    // Log's fields in tag order, as prost writes them; proto3 leaves empty strings out.
+    let fields: [(u32, &[u8]); 6] = [
+        (1, id.as_bytes()),
+        (2, DATA_TYPE.as_bytes()),
+        (3, context.group_name.as_bytes()),
+        (4, timestamp.as_bytes()),
+        (5, context.utm_tenant_id.as_bytes()),
+        (6, &raw),
+    ];
+    let length = fields
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(tag, value)| {
+            encoding::key_len(*tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(length);
+    for (tag, value) in fields {
+        if !value.is_empty() {
+            encoding::encode_key(tag, encoding::WireType::LengthDelimited, &mut bytes);
+            encoding::encode_varint(value.len() as u64, &mut bytes);
+            bytes.extend_from_slice(value);
+        }
+    }
+    EncodedLog {
+        id,
+        bytes: bytes.into(),
+    }
+}
+
+/// `raw`: the record's text, replaced only where it is not UTF-8 (never, from the splitter).
+fn raw_text(record: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(record) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(record),
+    }
+}
+
+/// `Log.id` and `Log.timestamp` of the record, from `fields` or else one serde pass over it.
+fn id_and_timestamp(
+    context: &LogContext,
+    record: &[u8],
+    fields: Option<&RecordFields>,
+    index: u64,
+    content_uri: &str,
+    collected_at: DateTime<Utc>,
+) -> (String, String) {
+    let read;
+    let fields = match fields {
+        Some(fields) => Some(fields),
+        None => {
+            read = read_record_fields(record)
+                .filter(|(_, end)| {
+                    record[*end..]
+                        .iter()
+                        .all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+                })
+                .map(|(fields, _)| fields);
+            read.as_ref()
+        }
+    };
+    let text = |range: &Option<Range<usize>>| {
+        range
+            .clone()
+            .and_then(|range| record.get(range))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    };
+    let record_id = fields
+        .and_then(|fields| text(&fields.id))
         .map(json_text_or_string)
-        .unwrap_or_else(|| index.to_string());
+        .unwrap_or_else(|| Cow::Owned(index.to_string()));
     let event_time = match context.timestamp {
-        TimestampSource::Event => head
-            .as_ref()
-            .and_then(|head| head.creation_time)
+        TimestampSource::Event => fields
+            .and_then(|fields| text(&fields.creation_time))
             .and_then(|raw| parse_api_time(&json_text_or_string(raw))),
         TimestampSource::Collection => None,
     };
     let timestamp = event_time
         .unwrap_or(collected_at)
         .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    Log {
-        id: log_id(context, content_uri, &record_id),
-        data_type: DATA_TYPE.to_owned(),
-        data_source: context.group_name.clone(),
-        timestamp,
-        tenant_id: context.utm_tenant_id.clone(),
-        raw: match std::str::from_utf8(record) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(record).into_owned(),
-        },
-    }
+    (log_id(context, content_uri, &record_id), timestamp)
 }
 
 /// The longest record (`Log.raw`, in bytes) whose Log of this context fits in
@@ -137,15 +270,22 @@ pub fn log_id(context: &LogContext, content_uri: &str, record_id: &str) -> Strin
     }
 }
 
-/// A JSON string's value (escapes resolved), or any other value's exact JSON text.
-fn json_text_or_string(raw: &RawValue) -> String {
-    let text = raw.get();
+/// A JSON string's value (escapes resolved), or any other value's exact JSON text; borrowed
+/// when it is a string without escapes (the usual `Id` and `CreationTime`).
+fn json_text_or_string(text: &str) -> Cow<'_, str> {
+    if let Some(inner) = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        && !inner.contains('\\')
+    {
+        return Cow::Borrowed(inner);
+    }
     if text.starts_with('"')
         && let Ok(value) = serde_json::from_str::<String>(text)
     {
-        return value;
+        return Cow::Owned(value);
     }
-    text.to_owned()
+    Cow::Borrowed(text)
 }
 
 #[cfg(test)]
@@ -189,6 +329,53 @@ mod tests {
 
     fn timestamp_of(record: &str, source: TimestampSource) -> String {
         build_log(&context(source), record.as_bytes(), 0, URI, collected()).timestamp
+    }
+
+    #[test]
+    fn encode_log_writes_exactly_prosts_encoding_of_build_log() {
+        let empty_group = LogContext {
+            utm_tenant_id: "a".into(),
+            group_name: String::new(),
+            timestamp: TimestampSource::Event,
+        };
+        let long_raw = format!(r#"{{"Id":"x","P":"{}"}}"#, "é".repeat(300));
+        for (context, record) in [
+            (
+                context(TimestampSource::Event),
+                r#"{"Id":"x","CreationTime":"2015-06-29T20:03:19"}"#,
+            ),
+            (context(TimestampSource::Collection), r#"{"Operation":"y"}"#),
+            (empty_group, r#"{}"#),
+            (context(TimestampSource::Event), long_raw.as_str()),
+            (
+                context(TimestampSource::Event),
+                r#"{"Id":"a\u0062","CreationTime":"2015-06-29T20:03:19.12Z","Id2":7}"#,
+            ),
+            (context(TimestampSource::Event), r#"{"Id":12.50}"#),
+        ] {
+            let log = build_log(&context, record.as_bytes(), 5, URI, collected());
+            let encoded = encode_log(&context, record.as_bytes(), None, 5, URI, collected());
+            assert_eq!(
+                encoded.bytes.as_ref(),
+                log.encode_to_vec().as_slice(),
+                "{record}"
+            );
+            assert_eq!(encoded.id, log.id);
+            let (fields, end) = read_record_fields(record.as_bytes()).unwrap();
+            assert_eq!(end, record.len());
+            let read = encode_log(
+                &context,
+                record.as_bytes(),
+                Some(&fields),
+                5,
+                URI,
+                collected(),
+            );
+            assert_eq!(
+                read.bytes, encoded.bytes,
+                "fields read by the splitter: {record}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,13 @@
 //!   one caller that is the order of its `send` calls. A worker forwarding records
 //!   `0..n` of a blob therefore knows, when receipt `i` resolves, that records `0..=i` are
 //!   acked (`queue.record_acked(i + 1)`), and when the last one resolves, the blob is done.
+//! - **Batches.** [`Forwarder::reserve_batch`] takes room for several Logs at once and
+//!   [`BatchReservation::send`] accepts them as one submission with one [`BatchReceipt`]:
+//!   each Log is in the window, on the stream, acked and resent exactly as a lone one, and
+//!   the receipt resolves once all of them left the window, naming those refused as poison
+//!   by position ([`BatchOutcome`]). The batch's room is freed when it settles, so the
+//!   bounds hold with batches as with lone Logs. This is what the workers use: one wait,
+//!   one hand-off and one wake-up per batch instead of per record.
 //! - **Nothing dropped.** When the stream fails (error status, end of stream, transport
 //!   error, refused connection) the forwarder reconnects with backoff and first resends
 //!   every unacknowledged Log in the original order, then goes on. It never gives up and
@@ -85,7 +92,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::log::{DATA_TYPE, LogContext, build_log, log_id};
+pub use self::log::{DATA_TYPE, LogContext, build_log, encode_log, log_id};
 use crate::clock::Clock;
 use crate::proto::{EngineClient, Log, Message, unix_channel};
 use crate::retry::RetryPolicy;
@@ -362,11 +369,187 @@ impl Counters {
     }
 }
 
-/// A Log on its way into the window, with its slot and the receipt's sender.
-struct Submission {
-    log: wire::EncodedLog,
-    acked: oneshot::Sender<Result<(), ForwardError>>,
+/// Logs on their way into the window: one with its room and its receipt's sender, or a
+/// batch whose room and receipt its members share.
+enum Submission {
+    One {
+        log: wire::EncodedLog,
+        acked: oneshot::Sender<Result<(), ForwardError>>,
+        room: Room,
+    },
+    Batch {
+        logs: Vec<wire::EncodedLog>,
+        shared: Arc<BatchShared>,
+    },
+}
+
+impl Submission {
+    /// How many Logs it carries.
+    fn len(&self) -> usize {
+        match self {
+            Self::One { .. } => 1,
+            Self::Batch { logs, .. } => logs.len(),
+        }
+    }
+}
+
+/// How a Log in the window tells its sender that it left: its own receipt, or its share of
+/// a batch's.
+enum Completion {
+    One {
+        acked: oneshot::Sender<Result<(), ForwardError>>,
+        /// Frees the window slot and bytes when the entry is dropped.
+        _room: Room,
+    },
+    Member {
+        shared: Arc<BatchShared>,
+        /// Its position in the batch.
+        position: usize,
+    },
+}
+
+impl Completion {
+    /// The engine acked the Log (`Ok`) or it was given up as poison (`Refused`).
+    fn resolve(self, result: Result<(), ForwardError>) {
+        match self {
+            // The caller may have stopped waiting; the Log is settled either way.
+            Self::One { acked, .. } => drop(acked.send(result)),
+            Self::Member { shared, position } => shared.settle(position, result),
+        }
+    }
+}
+
+/// What the members of one batch share: how many are still in the window, those refused,
+/// the receipt's sender and the batch's room (freed once every member is settled). Dropped
+/// with the last member: an unsettled batch's receipt then resolves to
+/// [`ForwardError::NotAcknowledged`].
+struct BatchShared {
+    state: Mutex<BatchState>,
+}
+
+struct BatchState {
+    unsettled: usize,
+    refused: Vec<RefusedLog>,
+    acked: Option<oneshot::Sender<Result<BatchOutcome, ForwardError>>>,
+    room: Option<Room>,
+}
+
+impl BatchShared {
+    fn settle(&self, position: usize, result: Result<(), ForwardError>) {
+        let mut state = lock(&self.state);
+        if let Err(ForwardError::Refused { status, raw_sha256 }) = result {
+            state.refused.push(RefusedLog {
+                position,
+                status,
+                raw_sha256,
+            });
+        }
+        state.unsettled = state.unsettled.saturating_sub(1);
+        if state.unsettled == 0 {
+            state.room = None;
+            let refused = std::mem::take(&mut state.refused);
+            if let Some(acked) = state.acked.take() {
+                let _ = acked.send(Ok(BatchOutcome { refused }));
+            }
+        }
+    }
+}
+
+/// How a batch left the window: every Log acked but those the engine refused as poison.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The Logs given up as poison ([`ForwardError::Refused`]), in the order they left.
+    pub refused: Vec<RefusedLog>,
+}
+
+/// One Log of a batch refused by the engine as poison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedLog {
+    /// Its position in the batch.
+    pub position: usize,
+    /// The engine's last status, as `Code: message`.
+    pub status: String,
+    /// SHA-256 of the record (`Log.raw`), so the dead letter can name it.
+    pub raw_sha256: [u8; 32],
+}
+
+/// Resolves once every Log of a batch left the window: `Ok` with those refused as poison,
+/// or [`ForwardError::NotAcknowledged`] when the forwarder stopped first (some of them may
+/// have been acked: the caller sends the batch again, at most a batch of duplicates).
+/// Receipts resolve in the order their batches were accepted, as [`AckReceipt`]s do, and
+/// polling one is exempt from tokio's cooperative budget too.
+#[must_use = "a batch is only safe once its receipt resolves"]
+pub struct BatchReceipt {
+    acked: tokio::task::Unconstrained<oneshot::Receiver<Result<BatchOutcome, ForwardError>>>,
+}
+
+impl std::fmt::Debug for BatchReceipt {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("BatchReceipt")
+    }
+}
+
+impl Future for BatchReceipt {
+    type Output = Result<BatchOutcome, ForwardError>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.acked)
+            .poll(context)
+            .map(|result| result.unwrap_or(Err(ForwardError::NotAcknowledged)))
+    }
+}
+
+/// Room in the window for a batch of Logs, taken by [`Forwarder::reserve_batch`] before
+/// they are built. Dropping it frees the room.
+#[must_use = "the room is freed when the reservation is dropped"]
+#[derive(Debug)]
+pub struct BatchReservation {
+    forwarder: Forwarder,
     room: Room,
+    logs: usize,
+    bytes: usize,
+}
+
+impl BatchReservation {
+    /// Accepts `logs` (at most the reserved count, of at most the reserved bytes in all)
+    /// into the window as one submission; returns the batch's receipt. Fails with
+    /// [`ForwardError::TooLarge`] when they are over the reservation (nothing is sent),
+    /// and with [`ForwardError::Closed`] once a shutdown has begun.
+    pub async fn send(self, logs: Vec<wire::EncodedLog>) -> Result<BatchReceipt, ForwardError> {
+        let size: usize = logs.iter().map(|log| log.bytes.len()).sum();
+        let limit = self.forwarder.inner.max_message_bytes;
+        let too_large = logs.iter().any(|log| log.bytes.len() > limit);
+        if too_large || size > self.bytes || logs.len() > self.logs {
+            Counters::add(&self.forwarder.inner.counters.too_large, 1);
+            return Err(ForwardError::TooLarge {
+                size,
+                limit: self.bytes,
+            });
+        }
+        let (acked, receipt) = oneshot::channel();
+        let receipt = BatchReceipt {
+            acked: tokio::task::unconstrained(receipt),
+        };
+        if logs.is_empty() {
+            let _ = acked.send(Ok(BatchOutcome::default()));
+            return Ok(receipt);
+        }
+        let shared = Arc::new(BatchShared {
+            state: Mutex::new(BatchState {
+                unsettled: logs.len(),
+                refused: Vec::new(),
+                acked: Some(acked),
+                room: Some(self.room),
+            }),
+        });
+        self.forwarder
+            .inner
+            .submissions
+            .send(Submission::Batch { logs, shared })
+            .await
+            .map_err(|_| ForwardError::Closed)?;
+        Ok(receipt)
+    }
 }
 
 /// A Log's room in the window: one slot and its bytes, freed when dropped.
@@ -415,6 +598,7 @@ pub struct Forwarder {
 
 struct Inner {
     window: Arc<Semaphore>,
+    max_in_flight: usize,
     window_bytes: Arc<Semaphore>,
     max_message_bytes: usize,
     max_in_flight_bytes: usize,
@@ -475,6 +659,7 @@ impl Forwarder {
         Self {
             inner: Arc::new(Inner {
                 window: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
                 window_bytes: Arc::new(Semaphore::new(max_in_flight_bytes)),
                 max_message_bytes: config.max_message_bytes,
                 max_in_flight_bytes,
@@ -515,25 +700,57 @@ impl Forwarder {
         })
     }
 
+    /// Waits for room in the window for a batch of `logs` Logs of at most `bytes` encoded
+    /// bytes in all (`logs` slots, at most the window's, and `bytes` of the byte bound):
+    /// one wait, one submission and one receipt for the batch instead of one per Log.
+    /// Fails with [`ForwardError::TooLarge`] at once when `bytes` is over the message
+    /// limit (a batch holds at most one message's worth, so it always fits the byte
+    /// bound), and with [`ForwardError::Closed`] once a shutdown has begun.
+    pub async fn reserve_batch(
+        &self,
+        logs: usize,
+        bytes: usize,
+    ) -> Result<BatchReservation, ForwardError> {
+        let room = self
+            .take_room_for(logs.min(self.max_batch_logs()), bytes)
+            .await?;
+        Ok(BatchReservation {
+            forwarder: self.clone(),
+            room,
+            logs: logs.min(self.max_batch_logs()),
+            bytes,
+        })
+    }
+
+    /// The most Logs one batch may reserve: the window's size.
+    pub fn max_batch_logs(&self) -> usize {
+        self.inner.max_in_flight
+    }
+
     /// The largest encoded Log the engine accepts (`max_message_bytes`).
     pub fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes
     }
 
     async fn take_room(&self, bytes: usize) -> Result<Room, ForwardError> {
+        self.take_room_for(1, bytes).await
+    }
+
+    async fn take_room_for(&self, logs: usize, bytes: usize) -> Result<Room, ForwardError> {
         let limit = self.inner.max_message_bytes;
         if bytes > limit {
             Counters::add(&self.inner.counters.too_large, 1);
             return Err(ForwardError::TooLarge { size: bytes, limit });
         }
-        // Never more than the bound (which is at least the limit), so this cannot wait
-        // forever; at most u32::MAX at a time, as the semaphore takes it.
+        // Never more than the bounds (the byte bound is at least the limit), so this
+        // cannot wait forever; at most u32::MAX at a time, as the semaphore takes it.
         let byte_permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        let slot_permits = u32::try_from(logs.clamp(1, self.inner.max_in_flight)).unwrap_or(1);
         let slot = self
             .inner
             .window
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(slot_permits)
             .await
             .map_err(|_| ForwardError::Closed)?;
         let bytes = self
@@ -551,7 +768,7 @@ impl Forwarder {
 
     async fn submit(&self, log: wire::EncodedLog, room: Room) -> Result<AckReceipt, ForwardError> {
         let (acked, receipt) = oneshot::channel();
-        let submission = Submission { log, acked, room };
+        let submission = Submission::One { log, acked, room };
         self.inner
             .submissions
             .send(submission)

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -41,7 +41,7 @@ use super::events::{
     StreamRefused, UnmatchedAck,
 };
 use super::wire::{EncodedLog, open_input};
-use super::{Counters, ForwardError, POISON_ATTEMPTS, Room, ShutdownReport, Submission};
+use super::{Completion, Counters, ForwardError, POISON_ATTEMPTS, ShutdownReport, Submission};
 use crate::proto::{Ack, Log};
 use crate::retry::{Backoff, RetryPolicy};
 
@@ -51,9 +51,8 @@ const BATCH: usize = 256;
 /// A Log in the window.
 struct InFlight {
     log: EncodedLog,
-    acked: oneshot::Sender<Result<(), ForwardError>>,
-    /// Frees the window slot and bytes when the entry is dropped.
-    _room: Room,
+    /// Its receipt (and room), or its share of its batch's.
+    completion: Completion,
     /// Whether this Log was put on a stream that opened (so it may have reached the
     /// engine): putting it on a later stream counts as a resend.
     on_opened_stream: bool,
@@ -286,37 +285,77 @@ impl StreamTask {
         Ok(())
     }
 
-    /// Adds a Log to the window and, with a stream, puts it on the stream.
+    /// Adds a submission's Logs to the window and, with a stream, puts them on the stream.
     fn accept(
         &mut self,
         submission: Submission,
         outbound: Option<&mpsc::Sender<Bytes>>,
     ) -> Result<(), String> {
+        let mut result = Ok(());
+        match submission {
+            Submission::One { log, acked, room } => {
+                let completion = Completion::One { acked, _room: room };
+                self.accept_log(log, completion, outbound, &mut result);
+            }
+            Submission::Batch { logs, shared } => {
+                for (position, log) in logs.into_iter().enumerate() {
+                    let completion = Completion::Member {
+                        shared: shared.clone(),
+                        position,
+                    };
+                    self.accept_log(log, completion, outbound, &mut result);
+                }
+            }
+        }
+        self.publish_window_size(false);
+        result
+    }
+
+    /// Adds one Log to the window, and to the stream while `result` is still `Ok` (once a
+    /// Log cannot be put on a stream, nothing later is).
+    fn accept_log(
+        &mut self,
+        log: EncodedLog,
+        completion: Completion,
+        outbound: Option<&mpsc::Sender<Bytes>>,
+        result: &mut Result<(), String>,
+    ) {
         let mut entry = InFlight {
-            log: submission.log,
-            acked: submission.acked,
-            _room: submission.room,
+            log,
+            completion,
             on_opened_stream: false,
         };
-        let mut result = Ok(());
-        if let Some(outbound) = outbound {
+        if let (Some(outbound), Ok(())) = (outbound, &*result) {
             match outbound.try_send(entry.log.bytes.clone()) {
                 Ok(()) if self.stream_open => {
                     entry.on_opened_stream = true;
                     Counters::add(&self.counters.logs_sent, 1);
                 }
                 Ok(()) => {}
-                Err(_) => result = Err("the request stream closed".to_owned()),
+                Err(_) => *result = Err("the request stream closed".to_owned()),
             }
         }
         self.window.push_back(entry);
-        self.publish_window_size(false);
-        result
     }
 
     /// Handles `first` and every Ack already received (up to [`BATCH`]); returns how the
     /// stream ended, if it did.
+    /// The window's size is published once for all of them, not per Ack.
     fn handle_acks(
+        &mut self,
+        first: Result<Option<Ack>, tonic::Status>,
+        acks: &mut Streaming<Ack>,
+        outbound: &mpsc::Sender<Bytes>,
+    ) -> Option<StreamEnd> {
+        let window_before = self.window.len();
+        let end = self.take_acks(first, acks, outbound);
+        if self.window.len() != window_before {
+            self.publish_window_size(true);
+        }
+        end
+    }
+
+    fn take_acks(
         &mut self,
         first: Result<Option<Ack>, tonic::Status>,
         acks: &mut Streaming<Ack>,
@@ -349,7 +388,6 @@ impl StreamTask {
         match acknowledge(&mut self.window, searched, &ack.last_id) {
             Some(confirmed) => {
                 Counters::add(&self.counters.logs_acked, confirmed as u64);
-                self.publish_window_size(true);
                 if self.isolating.is_some() {
                     return self.end_isolation(outbound);
                 }
@@ -397,7 +435,7 @@ impl StreamTask {
             reason,
         }
         .emit(&self.counters);
-        let _ = entry.acked.send(Err(ForwardError::Refused {
+        entry.completion.resolve(Err(ForwardError::Refused {
             status: reason.to_owned(),
             raw_sha256,
         }));
@@ -493,8 +531,8 @@ impl StreamTask {
     fn finish(mut self) -> ShutdownReport {
         self.submissions.close();
         let mut unacked = self.window.len() as u64;
-        while self.submissions.try_recv().is_ok() {
-            unacked += 1;
+        while let Ok(submission) = self.submissions.try_recv() {
+            unacked += submission.len() as u64;
         }
         self.window.clear();
         self.publish_window_size(false);
@@ -519,8 +557,7 @@ fn acknowledge(window: &mut VecDeque<InFlight>, searched: usize, id: &str) -> Op
         .take(searched)
         .position(|entry| entry.log.id == id)?;
     for entry in window.drain(..=position) {
-        // The caller may have stopped waiting; the Log is acked either way.
-        let _ = entry.acked.send(Ok(()));
+        entry.completion.resolve(Ok(()));
     }
     Some(position + 1)
 }
@@ -576,7 +613,7 @@ fn describe(status: &tonic::Status) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::Semaphore;
+    use tokio::sync::{Semaphore, oneshot};
 
     use super::*;
 
@@ -598,10 +635,12 @@ mod tests {
                         id: (*id).to_owned(),
                         bytes: Bytes::new(),
                     },
-                    acked,
-                    _room: Room {
-                        _slot: slots.clone().try_acquire_owned().unwrap(),
-                        _bytes: slots.clone().try_acquire_owned().unwrap(),
+                    completion: Completion::One {
+                        acked,
+                        _room: super::super::Room {
+                            _slot: slots.clone().try_acquire_owned().unwrap(),
+                            _bytes: slots.clone().try_acquire_owned().unwrap(),
+                        },
                     },
                     on_opened_stream: true,
                 }

@@ -3,8 +3,9 @@
 //!
 //! One item, one pass: fetch the blob (with the tenant's token, budget and
 //! `PublisherIdentifier`), split the body as it streams in, skip the records the engine
-//! already acked in an earlier pass, forward the rest, and record progress as acks come
-//! back in order. The item is completed only when every record is settled — acked by the
+//! already acked in an earlier pass, forward the rest in batches (one reservation,
+//! submission and receipt per batch; design.md says when a batch goes), and record
+//! progress as acks come back in order. The item is completed only when every record is settled — acked by the
 //! engine, or (for an element that is not a valid record) dead-lettered by reference.
 //! That is the connector's one rule of acknowledgement: upstream (the queue) is told
 //! "done" only after downstream (the engine) confirmed everything.
@@ -54,8 +55,8 @@ use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
-use crate::forward::log::{build_log, max_raw_bytes};
-use crate::forward::{AckReceipt, ForwardError, Forwarder};
+use crate::forward::log::{RecordFields, encode_log, max_raw_bytes};
+use crate::forward::{BatchOutcome, BatchReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::events::{Console, Telemetry, problem_kind};
 use crate::ops::health::ProblemBoard;
@@ -63,13 +64,16 @@ use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
 use prometheus_client::metrics::counter::Counter;
-use sha2::{Digest, Sha256};
 
 /// The console reporter of counted losses (kept under its old name for the service).
 pub use crate::ops::events::ConsoleReporter as FailureReporter;
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
+
+/// The most records a worker sends as one batch (one reservation, one submission, one
+/// receipt); fewer when the forwarder's window is smaller.
+const BATCH_RECORDS: usize = 256;
 
 /// What the workers share.
 pub struct WorkerContext {
@@ -198,19 +202,41 @@ fn paused_tenants(tenants: &Tenants) -> HashSet<String> {
         .collect()
 }
 
-/// A record on its way to the engine: its receipt, and where it is in the blob (for its
-/// dead letter, should the engine refuse it).
-struct Forwarded {
-    receipt: AckReceipt,
-    byte_range: Range<u64>,
+/// Records of one blob gathered for one batch: at most [`BATCH_RECORDS`] records and one
+/// message's worth of bytes, so a worker waiting for room in the window holds no more
+/// records than one message, as it would holding one record of the largest size.
+#[derive(Default)]
+struct Batch {
+    /// Each record's index, bytes (a slice of the received body), byte range and the
+    /// fields the splitter read.
+    records: Vec<(u64, bytes::Bytes, Range<u64>, Option<RecordFields>)>,
+    /// The encoded size reserved for them: each record's length plus a Log's overhead.
+    bytes: usize,
 }
 
-/// Receipts of forwarded records in order, and the length of the settled prefix.
+/// One entry of the settling queue, in blob order.
+enum Waiting {
+    /// A batch on its way to the engine: its receipt, and each record's index and byte
+    /// range (for the dead letter of a record the engine refuses).
+    Sent {
+        receipt: BatchReceipt,
+        records: Vec<(u64, Range<u64>)>,
+    },
+    /// Records up to and including `through` acked, `count` of them.
+    Acked { through: u64, count: u64 },
+    /// A record the engine refused as poison: its dead letter is not stored yet.
+    Refused(Refused),
+    /// A record whose dead letter is stored.
+    DeadLettered(u64),
+    /// A batch whose receipt failed (the forwarder stopped): nothing settles past it.
+    Lost,
+}
+
+/// Receipts of forwarded batches in order, and the length of the settled prefix.
 struct Progress {
     settled: u64,
-    /// Records not yet settled, in blob order; `None`: settled already (dead-lettered),
-    /// waiting only for the records before it.
-    waiting: VecDeque<(u64, Option<Forwarded>)>,
+    /// What is not yet settled, in blob order.
+    waiting: VecDeque<Waiting>,
     /// Acks received and not yet added to the `records_acked` metric.
     acks_unmetered: u64,
 }
@@ -251,60 +277,99 @@ impl Progress {
         }
     }
 
-    /// Settles every record at the front whose receipt resolved, without waiting; `None`
-    /// when it reached one not yet resolved (or the end).
+    /// Settles every entry at the front that resolved, without waiting; `None` when it
+    /// reached a batch not yet resolved (or the end).
     fn poll_ready(&mut self) -> Option<Stop> {
         loop {
-            let (index, forwarded) = self.waiting.front_mut()?;
-            let index = *index;
-            if let Some(forwarded) = forwarded {
-                let outcome = (&mut forwarded.receipt).now_or_never()?;
-                if let Some(stop) = self.take_outcome(index, outcome) {
-                    return Some(stop);
-                }
+            if let Waiting::Sent { receipt, .. } = self.waiting.front_mut()? {
+                let outcome = receipt.now_or_never()?;
+                self.open_front(outcome);
             }
-            self.settled = index + 1;
-            self.waiting.pop_front();
+            if let Some(stop) = self.settle_front() {
+                return Some(stop);
+            }
         }
     }
 
     /// Waits for the receipts in order, settling each; `None` once all are settled.
     async fn wait_ready(&mut self) -> Option<Stop> {
         loop {
-            let (index, forwarded) = self.waiting.front_mut()?;
-            let index = *index;
-            if let Some(forwarded) = forwarded {
-                let outcome = (&mut forwarded.receipt).await;
-                if let Some(stop) = self.take_outcome(index, outcome) {
-                    return Some(stop);
-                }
+            if let Waiting::Sent { receipt, .. } = self.waiting.front_mut()? {
+                let outcome = receipt.await;
+                self.open_front(outcome);
             }
-            self.settled = index + 1;
-            self.waiting.pop_front();
+            if let Some(stop) = self.settle_front() {
+                return Some(stop);
+            }
         }
     }
 
-    /// Applies the resolved receipt of the front record: an ack is counted, a refusal
-    /// taken off the front and returned, any other error ends what can settle.
-    fn take_outcome(&mut self, index: u64, outcome: Result<(), ForwardError>) -> Option<Stop> {
-        match outcome {
-            Ok(()) => {
-                self.acks_unmetered += 1;
+    /// Replaces the resolved batch at the front by what became of its records, in order:
+    /// runs of acked records and each refused one. A failed receipt (the forwarder stopped)
+    /// drops everything waiting: nothing after the settled prefix settles in this pass.
+    fn open_front(&mut self, outcome: Result<BatchOutcome, ForwardError>) {
+        let Some(Waiting::Sent { records, .. }) = self.waiting.pop_front() else {
+            return;
+        };
+        let Ok(outcome) = outcome else {
+            self.waiting.clear();
+            self.waiting.push_front(Waiting::Lost);
+            return;
+        };
+        let mut refused = outcome.refused;
+        refused.sort_by_key(|log| log.position);
+        let mut refused = refused.into_iter().peekable();
+        let mut pieces = Vec::new();
+        let mut acked: Option<(u64, u64)> = None;
+        for (position, (index, byte_range)) in records.into_iter().enumerate() {
+            match refused.next_if(|log| log.position == position) {
+                Some(log) => {
+                    if let Some((through, count)) = acked.take() {
+                        pieces.push(Waiting::Acked { through, count });
+                    }
+                    pieces.push(Waiting::Refused(Refused {
+                        index,
+                        byte_range,
+                        status: log.status,
+                        raw_sha256: log.raw_sha256,
+                    }));
+                }
+                None => {
+                    let count = acked.map_or(0, |(_, count)| count);
+                    acked = Some((index, count + 1));
+                }
+            }
+        }
+        if let Some((through, count)) = acked {
+            pieces.push(Waiting::Acked { through, count });
+        }
+        for piece in pieces.into_iter().rev() {
+            self.waiting.push_front(piece);
+        }
+    }
+
+    /// Settles the resolved entry at the front: an ack run or a stored dead letter moves
+    /// the prefix; a refused record is taken off and returned; a failed batch stops it.
+    fn settle_front(&mut self) -> Option<Stop> {
+        match self.waiting.pop_front()? {
+            Waiting::Acked { through, count } => {
+                self.acks_unmetered += count;
+                self.settled = through + 1;
                 None
             }
-            Err(ForwardError::Refused { status, raw_sha256 }) => {
-                let (_, forwarded) = self.waiting.pop_front()?;
-                let byte_range = forwarded.map_or(0..0, |forwarded| forwarded.byte_range);
-                Some(Stop::Refused(Refused {
-                    index,
-                    byte_range,
-                    status,
-                    raw_sha256,
-                }))
+            Waiting::DeadLettered(index) => {
+                self.settled = index + 1;
+                None
             }
-            Err(_) => {
+            Waiting::Refused(refused) => Some(Stop::Refused(refused)),
+            Waiting::Lost => {
                 self.waiting.clear();
                 Some(Stop::Lost)
+            }
+            // Not resolved yet: the callers resolve a batch before settling it.
+            sent @ Waiting::Sent { .. } => {
+                self.waiting.push_front(sent);
+                None
             }
         }
     }
@@ -434,7 +499,83 @@ async fn end_pass(
     }
 }
 
-/// Streams the blob through the splitter into the forwarder.
+/// What one pass forwards with: the metric series of the item's tenant and content type,
+/// the collection time, and the batch limits.
+struct Forwarding<'a> {
+    context: &'a WorkerContext,
+    tenant: &'a Tenant,
+    item: &'a LeasedItem,
+    records_forwarded: Counter,
+    collected_at: DateTime<Utc>,
+    /// What a Log adds to its record at most.
+    log_overhead: usize,
+    /// The most records of one batch.
+    batch_records: usize,
+}
+
+impl Forwarding<'_> {
+    /// Whether `record` joins `batch` only after the batch is sent: it is full by count,
+    /// or the record's Log would take it over one message's worth of bytes.
+    fn must_flush_before(&self, batch: &Batch, record: &[u8]) -> bool {
+        batch.records.len() >= self.batch_records
+            || batch.bytes + record.len() + self.log_overhead
+                > self.context.forwarder.max_message_bytes()
+    }
+
+    /// Sends the gathered records as one batch: room for all of them first (so a worker
+    /// waiting for the engine holds only the records, never encoded Logs), then each Log
+    /// built and encoded, then one submission; queues its receipt for settling.
+    /// `Ok(true)` when a batch was sent, `Ok(false)` when there was nothing to send.
+    async fn flush(&self, batch: &mut Batch, progress: &mut Progress) -> Result<bool, PassOutcome> {
+        if batch.records.is_empty() {
+            return Ok(false);
+        }
+        let records = std::mem::take(&mut batch.records);
+        let bytes = std::mem::take(&mut batch.bytes);
+        let failed = |error: ForwardError| match error {
+            ForwardError::Closed | ForwardError::NotAcknowledged => PassOutcome::Interrupted,
+            // Cannot happen: a batch holds at most one message's worth, each Log within
+            // its record's length plus the overhead. Retried rather than lost.
+            other => PassOutcome::Retry(format!("a batch of records was not accepted: {other}")),
+        };
+        let reservation = self
+            .context
+            .forwarder
+            .reserve_batch(records.len(), bytes)
+            .await
+            .map_err(failed)?;
+        let uri = &self.item.content.content_uri;
+        let context = &self.tenant.log_context;
+        let logs = records
+            .iter()
+            .map(|(index, record, _, fields)| {
+                encode_log(
+                    context,
+                    record,
+                    fields.as_ref(),
+                    *index,
+                    uri,
+                    self.collected_at,
+                )
+            })
+            .collect();
+        let receipt = reservation.send(logs).await.map_err(failed)?;
+        self.records_forwarded.inc_by(records.len() as u64);
+        let records = records
+            .into_iter()
+            .map(|(index, _, byte_range, _)| (index, byte_range))
+            .collect();
+        progress
+            .waiting
+            .push_back(Waiting::Sent { receipt, records });
+        Ok(true)
+    }
+}
+
+/// Streams the blob through the splitter into the forwarder, in batches: records are
+/// gathered while the body's next ones are already received, and sent as one batch when
+/// it is full, when the body must be waited for, and before any other event (so the
+/// settling queue stays in blob order).
 async fn forward_blob(
     context: &WorkerContext,
     tenant: &Tenant,
@@ -452,128 +593,90 @@ async fn forward_blob(
         .get_or_create(&labels)
         .clone();
     let records_acked = context.metrics.records_acked.get_or_create(&labels).clone();
-    let collected_at = context.clock.now();
     // What a Log adds to its record at most: a record longer than the limit less this can
     // never be sent.
     let max_message_bytes = context.forwarder.max_message_bytes();
-    let log_overhead = max_message_bytes - max_raw_bytes(&tenant.log_context, max_message_bytes);
+    let max_record_bytes = max_raw_bytes(&tenant.log_context, max_message_bytes);
+    let forwarding = Forwarding {
+        context,
+        tenant,
+        item,
+        records_forwarded,
+        collected_at: context.clock.now(),
+        log_overhead: max_message_bytes - max_record_bytes,
+        batch_records: BATCH_RECORDS.min(context.forwarder.max_batch_logs()),
+    };
     let mut lease_until = item.lease_until;
     let mut recorded = progress.settled;
     let mut next_index = 0u64;
-    let max_record_bytes = max_raw_bytes(&tenant.log_context, max_message_bytes);
+    let mut batch = Batch::default();
     let mut split = SplitStream::new(response.bytes_stream(), Splitter::new(max_record_bytes));
     loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return PassOutcome::Interrupted,
-            event = split.next_event() => event,
+        // Records already received join the batch; before waiting for the body, it goes.
+        let ready = match batch.records.is_empty() {
+            true => None,
+            false => split.next_event().now_or_never(),
         };
-        let event = match event {
-            None => return PassOutcome::Retry("the blob body ended without a verdict".into()),
-            Some(Err(error)) => {
-                return PassOutcome::Retry(format!("blob transfer failed: {error}"));
+        let mut sent = false;
+        let event = match ready {
+            Some(event) => event,
+            None => {
+                match forwarding.flush(&mut batch, progress).await {
+                    Ok(flushed) => sent = flushed,
+                    Err(outcome) => return outcome,
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return PassOutcome::Interrupted,
+                    event = split.next_event() => event,
+                }
             }
-            Some(Ok(event)) => event,
         };
-        if let Some(index) = event.index() {
-            next_index = index + 1;
-            if item.already_settled(index) {
-                continue;
-            }
-        }
-        match event {
-            SplitEvent::Record {
+        let other = match event {
+            Some(Ok(SplitEvent::Record {
                 index,
                 bytes,
                 byte_range,
-            } => {
-                // Room for the Log first, so a worker waiting for the engine holds only the
-                // record's bytes, never an encoded Log as well.
-                let reserved = context.forwarder.reserve(bytes.len() + log_overhead).await;
-                let sent = match reserved {
-                    Ok(room) => {
-                        let uri = &item.content.content_uri;
-                        let log = build_log(&tenant.log_context, &bytes, index, uri, collected_at);
-                        room.send(log).await
-                    }
-                    Err(error) => Err(error),
-                };
-                match sent {
-                    Ok(receipt) => {
-                        records_forwarded.inc();
-                        let forwarded = Forwarded {
-                            receipt,
-                            byte_range,
-                        };
-                        progress.waiting.push_back((index, Some(forwarded)));
-                    }
-                    Err(ForwardError::TooLarge { size, limit }) => {
-                        let record = DeadRecord {
-                            index,
-                            byte_range: (byte_range.start, byte_range.end),
-                            sha256: Sha256::digest(&bytes).into(),
-                            reason: oversized_reason(size, limit),
-                        };
-                        let fault = RecordFault::Oversized;
-                        if let Err(reason) =
-                            set_aside(context, tenant, item, progress, record, fault).await
-                        {
-                            return PassOutcome::Retry(reason);
+                fields,
+            })) => {
+                next_index = index + 1;
+                if !item.already_settled(index) {
+                    if forwarding.must_flush_before(&batch, &bytes) {
+                        match forwarding.flush(&mut batch, progress).await {
+                            Ok(flushed) => sent |= flushed,
+                            Err(outcome) => return outcome,
                         }
                     }
-                    Err(_) => return PassOutcome::Interrupted,
+                    batch.bytes += bytes.len() + forwarding.log_overhead;
+                    batch.records.push((index, bytes, byte_range, fields));
+                }
+                // The settling and lease bookkeeping below runs once per batch sent.
+                if !sent {
+                    continue;
+                }
+                None
+            }
+            other => Some(other),
+        };
+        if let Some(event) = other {
+            // Any other event ends the batch first: what came before it goes before it.
+            if let Err(outcome) = forwarding.flush(&mut batch, progress).await {
+                return outcome;
+            }
+            let event = match event {
+                None => return PassOutcome::Retry("the blob body ended without a verdict".into()),
+                Some(Err(error)) => {
+                    return PassOutcome::Retry(format!("blob transfer failed: {error}"));
+                }
+                Some(Ok(event)) => event,
+            };
+            if let Some(index) = event.index() {
+                next_index = index + 1;
+                if item.already_settled(index) {
+                    continue;
                 }
             }
-            SplitEvent::BadRecord {
-                index,
-                byte_range,
-                sha256,
-                reason,
-            } => {
-                let record = DeadRecord {
-                    index,
-                    byte_range: (byte_range.start, byte_range.end),
-                    sha256,
-                    reason,
-                };
-                let fault = RecordFault::Invalid;
-                if let Err(reason) = set_aside(context, tenant, item, progress, record, fault).await
-                {
-                    return PassOutcome::Retry(reason);
-                }
-            }
-            SplitEvent::Oversized {
-                index,
-                byte_range,
-                sha256,
-                size,
-            } => {
-                let record = DeadRecord {
-                    index,
-                    byte_range: (byte_range.start, byte_range.end),
-                    sha256,
-                    reason: oversized_reason(
-                        usize::try_from(size).unwrap_or(usize::MAX),
-                        max_message_bytes,
-                    ),
-                };
-                let fault = RecordFault::Oversized;
-                if let Err(reason) = set_aside(context, tenant, item, progress, record, fault).await
-                {
-                    return PassOutcome::Retry(reason);
-                }
-            }
-            SplitEvent::Unrecoverable { offset, reason } => {
-                return PassOutcome::Unrecoverable {
-                    index: next_index,
-                    offset,
-                    reason,
-                };
-            }
-            SplitEvent::Complete { .. } => return PassOutcome::Complete,
-            SplitEvent::Truncated { offset } => {
-                return PassOutcome::Retry(format!(
-                    "the blob body ended at byte {offset} before the array's closing bracket"
-                ));
+            if let Some(outcome) = handle_event(&forwarding, progress, event, next_index).await {
+                return outcome;
             }
         }
         if let Err(outcome) = settle(context, tenant, item, progress, false).await {
@@ -583,6 +686,74 @@ async fn forward_blob(
         save_progress(context, progress, &mut recorded, item).await;
         lease_until = keep_lease(context, item, lease_until).await;
     }
+}
+
+/// Handles an event other than a record: dead-letters a bad or oversized element by
+/// reference, or ends the pass (`Some`) at the body's end or a broken structure.
+async fn handle_event(
+    forwarding: &Forwarding<'_>,
+    progress: &mut Progress,
+    event: SplitEvent,
+    next_index: u64,
+) -> Option<PassOutcome> {
+    let Forwarding {
+        context,
+        tenant,
+        item,
+        ..
+    } = *forwarding;
+    let (record, fault) = match event {
+        // Records go into batches; none reaches here.
+        SplitEvent::Record { .. } => return None,
+        SplitEvent::BadRecord {
+            index,
+            byte_range,
+            sha256,
+            reason,
+        } => {
+            let record = DeadRecord {
+                index,
+                byte_range: (byte_range.start, byte_range.end),
+                sha256,
+                reason,
+            };
+            (record, RecordFault::Invalid)
+        }
+        SplitEvent::Oversized {
+            index,
+            byte_range,
+            sha256,
+            size,
+        } => {
+            let record = DeadRecord {
+                index,
+                byte_range: (byte_range.start, byte_range.end),
+                sha256,
+                reason: oversized_reason(
+                    usize::try_from(size).unwrap_or(usize::MAX),
+                    context.forwarder.max_message_bytes(),
+                ),
+            };
+            (record, RecordFault::Oversized)
+        }
+        SplitEvent::Unrecoverable { offset, reason } => {
+            return Some(PassOutcome::Unrecoverable {
+                index: next_index,
+                offset,
+                reason,
+            });
+        }
+        SplitEvent::Complete { .. } => return Some(PassOutcome::Complete),
+        SplitEvent::Truncated { offset } => {
+            return Some(PassOutcome::Retry(format!(
+                "the blob body ended at byte {offset} before the array's closing bracket"
+            )));
+        }
+    };
+    set_aside(context, tenant, item, progress, record, fault)
+        .await
+        .err()
+        .map(PassOutcome::Retry)
 }
 
 /// The dead-letter reason of a record whose Log would be `size` bytes (or, for a record
@@ -606,7 +777,7 @@ async fn set_aside(
 ) -> Result<(), String> {
     let index = record.index;
     dead_letter_record(context, tenant, item, record, fault).await?;
-    progress.waiting.push_back((index, None));
+    progress.waiting.push_back(Waiting::DeadLettered(index));
     Ok(())
 }
 

@@ -80,6 +80,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+
+use crate::forward::log::{RecordFields, read_record_fields};
 use futures_util::Stream;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
@@ -99,6 +101,9 @@ pub enum SplitEvent {
         bytes: Bytes,
         /// Where those bytes are in the body, `[start, end)`.
         byte_range: Range<u64>,
+        /// Its `Id` and `CreationTime`, when the pass that validated it read them (the
+        /// fast path), so its Log is built without parsing it again.
+        fields: Option<RecordFields>,
     },
     /// An element that is delimited fine but is not valid UTF-8, not valid JSON, or not an
     /// object: dead-letter it by reference and go on with the next one.
@@ -164,6 +169,7 @@ impl fmt::Debug for SplitEvent {
                 index,
                 bytes,
                 byte_range,
+                ..
             } => formatter
                 .debug_struct("Record")
                 .field("index", index)
@@ -689,7 +695,7 @@ impl Splitter {
             self.buffer_piece(piece);
             self.element_buffer.split().freeze()
         };
-        self.take_element(bytes, Validation::Full)
+        self.take_element(bytes, Validation::Full, None)
     }
 
     /// Gives the oversized element ending at absolute offset `end` the next index.
@@ -709,11 +715,13 @@ impl Splitter {
     /// in place, which both validates it and finds its end in one pass. `None` when it does
     /// not parse there (it goes on in the next chunk, or it is invalid, or a number reaches
     /// the chunk's end): the byte scanner then delimits it.
+    ///
+    /// The pass reads the record's `Id` and `CreationTime` as it goes (skipping every other
+    /// field, as `IgnoredAny` would); an element it refuses for naming either twice is
+    /// valid JSON all the same, and the byte scanner takes it.
     fn split_whole_element(&mut self, chunk: &Bytes, start: usize) -> Option<SplitEvent> {
-        let mut values =
-            serde_json::Deserializer::from_slice(&chunk[start..]).into_iter::<IgnoredAny>();
-        values.next()?.ok()?;
-        let end = start + values.byte_offset();
+        let (fields, length) = read_record_fields(&chunk[start..])?;
+        let end = start + length;
         // A bare value must end where the scanner would end it (serde_json also stops at
         // `"`, `{`, `:`…), and one that reaches the chunk's end may go on in the next.
         let bare_value_ends_like_the_scanner = match chunk.get(end) {
@@ -726,26 +734,43 @@ impl Splitter {
         if end - start > self.max_element_bytes {
             return None;
         }
-        Some(self.take_element(chunk.slice(start..end), Validation::Utf8AndObject))
+        let bytes = chunk.slice(start..end);
+        Some(self.take_element(bytes, Validation::Utf8AndObject, Some(fields)))
     }
 
     /// Gives the element the next index and classifies it as a record or a bad record.
-    fn take_element(&mut self, bytes: Bytes, validation: Validation) -> SplitEvent {
+    fn take_element(
+        &mut self,
+        bytes: Bytes,
+        validation: Validation,
+        fields: Option<RecordFields>,
+    ) -> SplitEvent {
         let index = self.next_index;
         self.next_index += 1;
         self.state = State::AfterElement;
         let byte_range = self.element_start..self.element_start + bytes.len() as u64;
-        let verdict = match validation {
-            Validation::Full => validate_record(&bytes),
-            Validation::Utf8AndObject => {
-                validate_utf8(&bytes).and_then(|()| require_object(&bytes))
-            }
+        // The fields are read whichever path delimited the element, so events do not
+        // depend on where the body's chunks end.
+        let (verdict, fields) = match validation {
+            Validation::Full => match validate_utf8(&bytes)
+                .ok()
+                .and_then(|()| whole_fields(&bytes))
+            {
+                Some(fields) => (require_object(&bytes), Some(fields)),
+                None => (validate_record(&bytes), None),
+            },
+            Validation::Utf8AndObject => (
+                validate_utf8(&bytes).and_then(|()| require_object(&bytes)),
+                fields,
+            ),
         };
         match verdict {
             Ok(()) => SplitEvent::Record {
                 index,
                 bytes,
                 byte_range,
+                // A record passed `validate_utf8` on either path.
+                fields: fields.map(RecordFields::of_utf8_record),
             },
             Err(reason) => SplitEvent::BadRecord {
                 index,
@@ -755,6 +780,14 @@ impl Splitter {
             },
         }
     }
+}
+
+/// The record fields of an element that is one JSON value (UTF-8 checked first: serde_json
+/// does not check it inside strings); `None` when serde_json refuses it as a record head.
+fn whole_fields(bytes: &[u8]) -> Option<RecordFields> {
+    let (fields, end) = read_record_fields(bytes)?;
+    let rest_is_whitespace = bytes[end..].iter().all(|&byte| is_whitespace(byte));
+    rest_is_whitespace.then_some(fields)
 }
 
 /// How much of [`validate_record`] an element still needs.
