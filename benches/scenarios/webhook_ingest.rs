@@ -4,6 +4,8 @@
 //! (target ≥ 0.5) and NATS JetStream (Debian's nats-server, its store on the measured disk)
 //! against the embedded store (target ≥ 0.8). Also the connector's CPU per item and the
 //! disk's fsyncs per second, which bound the embedded store's group commits.
+//! `BENCH_BASELINE_BIN=/path/to/other/o365-connector` loads that build too, on both stores,
+//! in the same run, and prints this build's rates against it (`*_vs_baseline`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,6 +136,46 @@ pub async fn webhook_ingest(dir: &Path) {
             None,
             None,
         );
+    }
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
+        let baseline = std::path::PathBuf::from(baseline);
+        for (store, keys, run) in [
+            ("embedded", ("", ""), &embedded),
+            (
+                "nats",
+                ("backend = \"nats\"", nats_store.as_str()),
+                &on_nats,
+            ),
+        ] {
+            // A stream prefix of its own on NATS, so none of its items is a duplicate.
+            let keys_owned = keys.1.replace("\"ingest\"", "\"baseline\"");
+            let before = ingest_binary(
+                &baseline,
+                &dir.join(format!("baseline-{store}")),
+                api.base_url(),
+                &socket,
+                posts,
+                CONNECTIONS,
+                (keys.0, &keys_owned),
+            )
+            .await;
+            figure(
+                scenario,
+                &format!("{store}_items_per_s_vs_baseline"),
+                run.load.posts_per_s,
+                "items/s",
+                Some(before.load.posts_per_s),
+                None,
+            );
+            figure(
+                scenario,
+                &format!("{store}_cpu_per_item_vs_baseline"),
+                run.cpu_seconds * 1e6 / posts as f64,
+                "µs",
+                Some(before.cpu_seconds * 1e6 / posts as f64),
+                None,
+            );
+        }
     }
     drop(nats);
     figure(

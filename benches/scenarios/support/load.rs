@@ -100,8 +100,22 @@ pub async fn ingest(
     connections: usize,
     store: (&str, &str),
 ) -> IngestRun {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_o365-connector"));
+    ingest_binary(binary, dir, api_base, socket, posts, connections, store).await
+}
+
+/// [`ingest`] with `binary` (another build of the connector, for a before/after run).
+pub async fn ingest_binary(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    api_base: &str,
+    socket: &std::path::Path,
+    posts: usize,
+    connections: usize,
+    store: (&str, &str),
+) -> IngestRun {
     std::fs::create_dir_all(dir).unwrap();
-    let connector = Connector::start(ConnectorSetup {
+    let setup = ConnectorSetup {
         dir,
         socket,
         api_base,
@@ -110,8 +124,8 @@ pub async fn ingest(
         webhook: true,
         poller: IDLE_POLLER,
         store,
-    })
-    .await;
+    };
+    let connector = Connector::start_binary(setup, binary).await;
     let auth_id =
         o365_connector::webhook::WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None)
             .auth_id(TENANT);
