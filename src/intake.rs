@@ -8,7 +8,10 @@
 //! - the enqueue is the queue's ([`ContentQueue::enqueue`]): durable when it returns;
 //! - its outcomes are counted by source, exactly: `enqueued_total{source}` for new
 //!   references, `deduplicated_total{source}` for references the queue already knew;
-//! - the workers are woken when something new was enqueued (and only then).
+//! - the workers are woken when something new was enqueued (and only then): one idle
+//!   worker per new reference ([`Notify::notify_one`]), not every idle worker, so a
+//!   single-item notification costs one lease, not one per idle worker (a worker that
+//!   finds work leases again before it waits, so the rest is taken by busy ones).
 //!
 //! A listed item the poller refuses to enqueue (its contentUri is not in the tenant's
 //! feed on its API host, or its content type is not the one listed) is counted once per
@@ -30,6 +33,9 @@ use crate::queue::{ContentKey, ContentQueue, ContentRef, EnqueueOutcome, QueueEr
 /// Skipped listed items remembered so that each is counted once; beyond, the oldest is
 /// forgotten (and would be counted again if it came back).
 const REMEMBERED_SKIPS: usize = 10_000;
+
+/// Workers woken by one enqueue, at most (more than any worker pool).
+const MAX_WAKES_PER_ENQUEUE: u64 = 1024;
 
 /// Warnings about skipped listed items logged per minute, at most.
 const SKIP_WARNINGS_PER_MINUTE: u32 = 10;
@@ -145,6 +151,15 @@ impl Intake {
         self.work_available.notify_waiters();
     }
 
+    /// Wakes one idle worker per new reference, at most [`MAX_WAKES_PER_ENQUEUE`]: a worker
+    /// that leased an item leases again before it waits, so it takes what the others do not.
+    /// A wake that finds no worker waiting is kept for the next one that arms its wait.
+    fn wake_for(&self, new_references: u64) {
+        for _ in 0..new_references.min(MAX_WAKES_PER_ENQUEUE) {
+            self.work_available.notify_one();
+        }
+    }
+
     /// Accounts for a listed item that is not enqueued: counted the first time this item
     /// is skipped (`listed_skipped_total{reason}`), warned about at most
     /// [`SKIP_WARNINGS_PER_MINUTE`] times a minute. Returns true when it was counted now.
@@ -220,9 +235,7 @@ impl IntakePermit<'_> {
             .deduplicated
             .get_or_create(&source)
             .inc_by(admitted.duplicates);
-        if admitted.enqueued > 0 {
-            intake.wake_workers();
-        }
+        intake.wake_for(admitted.enqueued);
         Ok(admitted)
     }
 }

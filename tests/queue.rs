@@ -922,3 +922,29 @@ async fn a_requeued_dead_item_redoes_its_dead_records_below_the_acked_prefix_and
     );
     queue.close().await.expect("close");
 }
+
+/// The open-items count the hard limit reads is kept by the writer at each commit: after a
+/// restart it must already count what the file holds, before any write.
+#[tokio::test]
+async fn open_items_counts_what_the_store_holds_right_after_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let (queue, clock) = open_manual(dir.path()).await;
+        let refs = ["a", "b", "c"].map(|id| content(TENANT, id, clock.now()));
+        queue.enqueue(refs.to_vec()).await.expect("enqueue");
+        let leased = queue.lease(1, LEASE, &no_skip()).await.expect("lease");
+        queue
+            .complete(&leased[0].key(), leased[0].lease)
+            .await
+            .expect("complete");
+        assert_eq!(queue.open_items().await.expect("count"), 2);
+        queue.close().await.expect("close");
+    }
+    let (queue, _) = open_manual(dir.path()).await;
+    assert_eq!(queue.open_items().await.expect("count"), 2);
+    queue.close().await.expect("close");
+    assert!(
+        queue.open_items().await.is_err(),
+        "a closed store counts nothing"
+    );
+}

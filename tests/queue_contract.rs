@@ -126,6 +126,7 @@ contract_tests!(
     acked_progress_never_moves_backwards_across_leases(LONG),
     dead_letters_round_trip_through_an_operator_requeue(LONG),
     an_item_is_not_handed_out_again_before_its_lease_until(Duration::from_secs(1)),
+    open_items_counts_what_is_pending_or_leased(LONG),
 );
 
 fn content(content_id: &str) -> ContentRef {
@@ -234,6 +235,42 @@ async fn a_batch_reports_each_reference_and_every_enqueued_one_is_stored(queue: 
     );
     let stats = queue.a.stats().await.unwrap();
     assert_eq!((stats.pending, stats.leased, stats.done), (3, 0, 0));
+}
+
+/// Waits until `queue.open_items()` is `expected`: NATS may reuse a count for a moment.
+async fn wait_for_open_items(queue: &dyn ContentQueue, expected: u64, after: &str) {
+    let started = Instant::now();
+    loop {
+        let open = queue.open_items().await.unwrap();
+        if open == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "after {after}: {open} open items, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The hard limit and `/readyz` read `open_items` on every notification: it must follow
+/// enqueues, leases and completions (the embedded store counts at each commit).
+async fn open_items_counts_what_is_pending_or_leased(queue: Harness) {
+    wait_for_open_items(queue.a.as_ref(), 0, "opening").await;
+    let batch = vec![content("o1"), content("o2"), content("o3"), content("o1")];
+    queue.a.enqueue(batch).await.unwrap();
+    wait_for_open_items(queue.a.as_ref(), 3, "three new references").await;
+    let leased = lease_one(queue.a.as_ref(), LONG).await;
+    wait_for_open_items(queue.b.as_ref(), 3, "a lease").await;
+    queue.a.complete(&leased.key(), leased.lease).await.unwrap();
+    wait_for_open_items(queue.a.as_ref(), 2, "a completion").await;
+    let leased = lease_one(queue.a.as_ref(), LONG).await;
+    queue
+        .a
+        .dead_letter(&leased.key(), leased.lease, "refused")
+        .await
+        .unwrap();
+    wait_for_open_items(queue.b.as_ref(), 1, "a dead letter").await;
 }
 
 async fn acked_progress_never_moves_backwards_across_leases(queue: Harness) {

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use o365_connector::emulator::api::ApiEmulator;
-use o365_connector::webhook::WebhookSecrets;
 
 use crate::support::*;
 
@@ -56,16 +55,26 @@ pub async fn scale_out(dir: &Path) {
         "[store.nats]\nurls = [\"{}\"]\nprefix = \"ingest\"\nreplica_id = \"ingest\"\n",
         nats.url
     );
-    let embedded_ingest =
-        ingest(&dir.join("ingest-embedded"), &api, &socket, posts, ("", "")).await;
-    let nats_ingest = ingest(
-        &dir.join("ingest-nats"),
-        &api,
+    let embedded_ingest = ingest(
+        &dir.join("ingest-embedded"),
+        api.base_url(),
         &socket,
         posts,
+        64,
+        ("", ""),
+    )
+    .await
+    .load;
+    let nats_ingest = ingest(
+        &dir.join("ingest-nats"),
+        api.base_url(),
+        &socket,
+        posts,
+        64,
         ("backend = \"nats\"", &nats_store),
     )
-    .await;
+    .await
+    .load;
     figure(
         "scale_out",
         "embedded_webhook_items_per_s",
@@ -121,34 +130,6 @@ pub async fn scale_out(dir: &Path) {
         );
     }
     api.shutdown().await;
-}
-
-/// One instance with `store`, loaded with `posts` single-item notifications over 64
-/// connections.
-async fn ingest(
-    dir: &Path,
-    api: &ApiEmulator,
-    socket: &Path,
-    posts: usize,
-    store: (&str, &str),
-) -> LoadRun {
-    std::fs::create_dir_all(dir).unwrap();
-    let connector = Connector::start(ConnectorSetup {
-        dir,
-        socket,
-        api_base: api.base_url(),
-        requests_per_minute: 1_000_000,
-        tenants: &[TENANT.to_string()],
-        webhook: true,
-        poller: IDLE_POLLER,
-        store,
-    })
-    .await;
-    let auth_id = WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None).auth_id(TENANT);
-    let url = format!("{}/hook/{TENANT}", connector.listen);
-    let run = load(&url, &auth_id, api.base_url(), posts, 64).await;
-    connector.stop();
-    run
 }
 
 /// Starts `count` replicas on NATS (stream prefix of their own), waits until the engine

@@ -1,13 +1,21 @@
-//! `webhook_ingest`: notifications answered 200 after the durable enqueue, against the
-//! disk's fsync rate.
+//! `webhook_ingest`: notifications answered 200 after the durable enqueue, on each store,
+//! in one run: the limit is a bare axum handler answering 200 under the same generator
+//! (64 connections, single-item notifications); the embedded store is measured against it
+//! (target ≥ 0.5) and NATS JetStream (Debian's nats-server, its store on the measured disk)
+//! against the embedded store (target ≥ 0.8). Also the connector's CPU per item and the
+//! disk's fsyncs per second, which bound the embedded store's group commits.
+//! `BENCH_BASELINE_BIN=/path/to/other/o365-connector` loads that build too, on both stores,
+//! in the same run, and prints this build's rates against it (`*_vs_baseline`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use o365_connector::emulator::api::scenario::Scenario;
-use o365_connector::webhook::WebhookSecrets;
 
 use crate::support::*;
+
+/// Concurrent connections of the load generator.
+const CONNECTIONS: usize = 64;
 
 /// 4 KiB writes each followed by fdatasync, for one second.
 fn fsyncs_per_second(dir: &Path) -> f64 {
@@ -24,85 +32,156 @@ fn fsyncs_per_second(dir: &Path) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The limit: a bare handler answering 200 under the same load.
+async fn bare_limit(api_base: &str, posts: usize) -> LoadRun {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare = format!("http://{}/hook/{TENANT}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/hook/{tenant}", axum::routing::post(|| async { "" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let limit = load(&bare, "", api_base, posts, CONNECTIONS).await;
+    server.abort();
+    limit
+}
+
 pub async fn webhook_ingest(dir: &Path) {
     let posts = env_number("WEBHOOK_BENCH_POSTS", 20_000);
-    let connections = 64;
     let records = records_file(dir);
     let mut scenario = Scenario::single_tenant(tenant_scenario(TENANT, &records, 1));
     scenario.throttle.requests_per_window = 0;
     let api = start_api(scenario).await;
     let socket = dir.join("engine.sock");
     let _engine = start_engine(&socket).await;
+    let nats = Nats::start(dir).await;
+    let nats_store = format!(
+        "[store.nats]\nurls = [\"{}\"]\nprefix = \"ingest\"\nreplica_id = \"ingest\"\n",
+        nats.url
+    );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bare = format!("http://{}/hook/{TENANT}", listener.local_addr().unwrap());
-    let app = axum::Router::new().route("/hook/{tenant}", axum::routing::post(|| async { "" }));
-    let bare_server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let limit = load(&bare, "", api.base_url(), posts, connections).await;
-    bare_server.abort();
-
-    let connector = Connector::start(ConnectorSetup {
-        dir,
-        socket: &socket,
-        api_base: api.base_url(),
-        requests_per_minute: 1_000_000,
-        tenants: &[TENANT.to_string()],
-        webhook: true,
-        poller: IDLE_POLLER,
-        store: ("", ""),
-    })
+    let limit = bare_limit(api.base_url(), posts).await;
+    let embedded = ingest(
+        &dir.join("embedded"),
+        api.base_url(),
+        &socket,
+        posts,
+        CONNECTIONS,
+        ("", ""),
+    )
     .await;
-    let auth_id = WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None).auth_id(TENANT);
-    let url = format!("{}/hook/{TENANT}", connector.listen);
-    let run = load(&url, &auth_id, api.base_url(), posts, connections).await;
+    let on_nats = ingest(
+        &dir.join("nats"),
+        api.base_url(),
+        &socket,
+        posts,
+        CONNECTIONS,
+        ("backend = \"nats\"", &nats_store),
+    )
+    .await;
+
     let scenario = "webhook_ingest";
-    let limit_rate = Some(limit.posts_per_s);
+    let embedded_rate = embedded.load.posts_per_s;
     figure(
         scenario,
         "items_per_s",
-        run.posts_per_s,
+        embedded_rate,
         "items/s",
-        limit_rate,
+        Some(limit.posts_per_s),
         Some((0.5, "ge")),
     );
     figure(
         scenario,
-        "posts_per_s",
-        run.posts_per_s,
-        "posts/s",
-        limit_rate,
-        None,
+        "nats_items_per_s",
+        on_nats.load.posts_per_s,
+        "items/s",
+        Some(embedded_rate),
+        Some((0.8, "ge")),
     );
     figure(
         scenario,
-        "latency_p50",
-        run.p50_ms,
-        "ms",
-        Some(limit.p50_ms),
-        None,
-    );
-    figure(
-        scenario,
-        "latency_p99",
-        run.p99_ms,
-        "ms",
-        Some(limit.p99_ms),
-        None,
-    );
-    figure(
-        scenario,
-        "peak_rss",
-        connector.peak_rss() / MIB,
-        "MiB",
+        "bare_items_per_s",
+        limit.posts_per_s,
+        "items/s",
         None,
         None,
     );
-    connector.stop();
-    let fsyncs = fsyncs_per_second(dir);
+    for (store, run) in [("embedded", &embedded), ("nats", &on_nats)] {
+        figure(
+            scenario,
+            &format!("{store}_latency_p50"),
+            run.load.p50_ms,
+            "ms",
+            Some(limit.p50_ms),
+            None,
+        );
+        figure(
+            scenario,
+            &format!("{store}_latency_p99"),
+            run.load.p99_ms,
+            "ms",
+            Some(limit.p99_ms),
+            None,
+        );
+        figure(
+            scenario,
+            &format!("{store}_cpu_per_item"),
+            run.cpu_seconds * 1e6 / posts as f64,
+            "µs",
+            None,
+            None,
+        );
+        figure(
+            scenario,
+            &format!("{store}_peak_rss"),
+            run.peak_rss / MIB,
+            "MiB",
+            None,
+            None,
+        );
+    }
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
+        let baseline = std::path::PathBuf::from(baseline);
+        for (store, keys, run) in [
+            ("embedded", ("", ""), &embedded),
+            (
+                "nats",
+                ("backend = \"nats\"", nats_store.as_str()),
+                &on_nats,
+            ),
+        ] {
+            // A stream prefix of its own on NATS, so none of its items is a duplicate.
+            let keys_owned = keys.1.replace("\"ingest\"", "\"baseline\"");
+            let before = ingest_binary(
+                &baseline,
+                &dir.join(format!("baseline-{store}")),
+                api.base_url(),
+                &socket,
+                posts,
+                CONNECTIONS,
+                (keys.0, &keys_owned),
+            )
+            .await;
+            figure(
+                scenario,
+                &format!("{store}_items_per_s_vs_baseline"),
+                run.load.posts_per_s,
+                "items/s",
+                Some(before.load.posts_per_s),
+                None,
+            );
+            figure(
+                scenario,
+                &format!("{store}_cpu_per_item_vs_baseline"),
+                run.cpu_seconds * 1e6 / posts as f64,
+                "µs",
+                Some(before.cpu_seconds * 1e6 / posts as f64),
+                None,
+            );
+        }
+    }
+    drop(nats);
     figure(
         scenario,
         "disk_fsyncs_per_s",
-        fsyncs,
+        fsyncs_per_second(dir),
         "fsyncs/s",
         None,
         None,

@@ -437,7 +437,9 @@ pub trait ContentQueue: Send + Sync {
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
     /// Items pending or leased (`/readyz` compares it with the high-water mark on every
-    /// probe); a backend with a cheaper count than [`Self::stats`] overrides it.
+    /// probe, the hard limit on every enqueue); a backend with a cheaper count than
+    /// [`Self::stats`] overrides it. The embedded store's is exact as of its last commit;
+    /// NATS reuses one count for up to 250 ms (`OPEN_ITEMS_MAX_AGE`), shared by replicas' writes.
     async fn open_items(&self) -> Result<u64, QueueError> {
         let stats = self.stats().await?;
         Ok(stats.pending + stats.leased)

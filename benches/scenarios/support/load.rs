@@ -1,5 +1,6 @@
 //! The webhook load generator: single-item notifications POSTed over concurrent connections,
-//! with their latencies.
+//! with their latencies; and one connector instance measured under it ([`ingest`]), on
+//! whichever store, for `webhook_ingest` and `scale_out`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,6 +78,67 @@ pub async fn load(
         p50_ms: percentile_ms(&mut latencies, 0.50),
         p99_ms: percentile_ms(&mut latencies, 0.99),
     }
+}
+
+/// What one connector instance did under the webhook load.
+pub struct IngestRun {
+    pub load: LoadRun,
+    /// The connector's CPU time (user + system) over the load, in seconds.
+    pub cpu_seconds: f64,
+    /// Its peak resident set, in bytes.
+    pub peak_rss: f64,
+}
+
+/// Starts one connector in `dir` with `store` (the `[store]` keys and appended TOML of
+/// [`ConnectorSetup::store`]), loads it with `posts` single-item notifications over
+/// `connections` connections (every one answered 200, i.e. durably enqueued), stops it.
+pub async fn ingest(
+    dir: &std::path::Path,
+    api_base: &str,
+    socket: &std::path::Path,
+    posts: usize,
+    connections: usize,
+    store: (&str, &str),
+) -> IngestRun {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_o365-connector"));
+    ingest_binary(binary, dir, api_base, socket, posts, connections, store).await
+}
+
+/// [`ingest`] with `binary` (another build of the connector, for a before/after run).
+pub async fn ingest_binary(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    api_base: &str,
+    socket: &std::path::Path,
+    posts: usize,
+    connections: usize,
+    store: (&str, &str),
+) -> IngestRun {
+    std::fs::create_dir_all(dir).unwrap();
+    let setup = ConnectorSetup {
+        dir,
+        socket,
+        api_base,
+        requests_per_minute: 1_000_000,
+        tenants: &[TENANT.to_string()],
+        webhook: true,
+        poller: IDLE_POLLER,
+        store,
+    };
+    let connector = Connector::start_binary(setup, binary).await;
+    let auth_id =
+        o365_connector::webhook::WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None)
+            .auth_id(TENANT);
+    let url = format!("{}/hook/{TENANT}", connector.listen);
+    let cpu_before = connector.cpu_seconds();
+    let load = load(&url, &auth_id, api_base, posts, connections).await;
+    let run = IngestRun {
+        load,
+        cpu_seconds: connector.cpu_seconds() - cpu_before,
+        peak_rss: connector.peak_rss(),
+    };
+    connector.stop();
+    run
 }
 
 pub fn percentile_ms(values: &mut [Duration], p: f64) -> f64 {

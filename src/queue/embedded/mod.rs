@@ -117,11 +117,18 @@ impl EmbeddedQueue {
             })??;
         let store = Arc::new(store);
         let writer = Writer::spawn(Arc::clone(&store), clock.clone(), options.reopen_retry)?;
-        Ok(Self {
+        let queue = Self {
             store,
             writer,
             clock,
-        })
+        };
+        let stats = queue.read(read_stats).await?;
+        queue
+            .writer
+            .counters
+            .open_items
+            .store(stats.pending + stats.leased, Ordering::Relaxed);
+        Ok(queue)
     }
 
     /// The store file.
@@ -812,6 +819,14 @@ impl ContentQueue for EmbeddedQueue {
 
     async fn purge_expired_tombstones(&self) -> Result<u64, QueueError> {
         self.writer.write(purge_tombstones).await
+    }
+
+    /// As of the last commit, kept by the writer: no read transaction, so the hard-limit
+    /// check of each notification costs an atomic load. While the store is down, its failure;
+    /// once closed, [`QueueError::Closed`], as a read would.
+    async fn open_items(&self) -> Result<u64, QueueError> {
+        self.store.database()?;
+        Ok(self.writer.counters.open_items.load(Ordering::Relaxed))
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

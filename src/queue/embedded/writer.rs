@@ -158,6 +158,10 @@ where
 pub(super) struct WriteCounters {
     pub(super) commits: AtomicU64,
     pub(super) requests: AtomicU64,
+    /// Open items (pending + leased) as of the last commit, read inside its transaction
+    /// (two O(1) table lengths), so the hard-limit check of every notification reads an
+    /// atomic instead of opening a read transaction on the blocking pool. Seeded at open.
+    pub(super) open_items: AtomicU64,
 }
 
 /// The handle on the writer thread held by the queue.
@@ -297,6 +301,11 @@ impl WriterThread<'_> {
                 // Down for good (the reopen policy gave up): the failure is the answer.
                 Err(failure) => Err(failure),
             };
+            let outcome = outcome.map(|open_items| {
+                self.counters
+                    .open_items
+                    .store(open_items, Ordering::Relaxed);
+            });
             let failed_on_storage = self.store.failure().is_none()
                 && matches!(&outcome, Err(QueueError::Io { .. } | QueueError::Full));
             if failed_on_storage && let Err(error) = &outcome {
@@ -381,11 +390,12 @@ impl WriterThread<'_> {
     }
 }
 
+/// Applies and commits `batch`; the open items (pending + leased) the commit leaves.
 fn commit_batch(
     database: &Database,
     batch: &mut [Box<dyn WriteRequest>],
     now: DateTime<Utc>,
-) -> Result<(), QueueError> {
+) -> Result<u64, QueueError> {
     let mut txn = database.begin_write().map_err(storage_error)?;
     // A batch of volatile writes alone skips the fsync; one durable request syncs them all.
     let durability = if batch.iter().any(|request| request.durable()) {
@@ -397,7 +407,7 @@ fn commit_batch(
         .map_err(|error| QueueError::Io {
             message: format!("cannot make the commit durable: {error}"),
         })?;
-    let spoiled = {
+    let applied = {
         let mut tables = Tables::open(&txn)?;
         let mut first_spoiling_error = None;
         for request in batch.iter_mut() {
@@ -405,12 +415,28 @@ fn commit_batch(
                 first_spoiling_error.get_or_insert(error);
             }
         }
-        first_spoiling_error
+        match first_spoiling_error {
+            Some(error) => Err(error),
+            None => open_items(&tables),
+        }
     };
-    if let Some(error) = spoiled {
-        // Nothing of this batch may reach the disk; the abort's own failure changes nothing.
-        let _ = txn.abort();
-        return Err(error);
-    }
-    txn.commit().map_err(storage_error)
+    let open_items = match applied {
+        Ok(open_items) => open_items,
+        Err(error) => {
+            // Nothing of this batch may reach the disk; the abort's own failure changes
+            // nothing.
+            let _ = txn.abort();
+            return Err(error);
+        }
+    };
+    txn.commit().map_err(storage_error)?;
+    Ok(open_items)
+}
+
+/// Pending plus leased items: what `ContentQueue::open_items` counts.
+pub(super) fn open_items(tables: &Tables<'_>) -> Result<u64, QueueError> {
+    use redb::ReadableTableMetadata;
+    let pending = tables.pending.len().map_err(storage_error)?;
+    let leased = tables.leased.len().map_err(storage_error)?;
+    Ok(pending + leased)
 }

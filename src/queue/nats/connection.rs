@@ -255,6 +255,7 @@ impl NatsQueue {
             closed: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            open_items: tokio::sync::Mutex::new(None),
         })
     }
 

@@ -406,10 +406,19 @@ impl ContentQueue for NatsQueue {
         Ok(0)
     }
 
-    /// Every queued reference is a message of the work stream until it is acked: one request.
+    /// Every queued reference is a message of the work stream until it is acked: one request,
+    /// whose answer is reused for [`OPEN_ITEMS_MAX_AGE`](super::OPEN_ITEMS_MAX_AGE).
     async fn open_items(&self) -> Result<u64, QueueError> {
         self.check_open()?;
-        Ok(self.work_stream().await?.cached_info().state.messages)
+        let mut cached = self.open_items.lock().await;
+        if let Some((read_at, count)) = *cached
+            && read_at.elapsed() < super::OPEN_ITEMS_MAX_AGE
+        {
+            return Ok(count);
+        }
+        let count = self.work_stream().await?.cached_info().state.messages;
+        *cached = Some((std::time::Instant::now(), count));
+        Ok(count)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -37,6 +37,12 @@ pub(crate) use connection::open_bucket;
 pub use connection::{NatsSettings, SEEN_MAX_AGE, probe};
 use leases::Held;
 
+/// How long a count of the open items (one stream-info request to the server) is reused.
+/// The hard-limit check of every notification asks for it: one request each was a quarter of
+/// a notification's round trips, and the heaviest for the server. The limit is a bound on
+/// a backlog of thousands, so a count a quarter of a second old serves it as well.
+pub(crate) const OPEN_ITEMS_MAX_AGE: Duration = Duration::from_millis(250);
+
 /// The queue and metadata store on NATS JetStream (see the module doc).
 pub struct NatsQueue {
     client: async_nats::Client,
@@ -55,6 +61,9 @@ pub struct NatsQueue {
     closed: AtomicBool,
     failures: AtomicU64,
     writes: AtomicU64,
+    /// The last count of open items and when it was read ([`OPEN_ITEMS_MAX_AGE`]); the
+    /// lock makes concurrent callers share one request.
+    open_items: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl NatsQueue {
