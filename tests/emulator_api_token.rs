@@ -611,7 +611,10 @@ fn error_cases() -> Vec<ErrorCase> {
             "unknown v2 resource",
             TENANT,
             true,
-            with(&[("scope", Some("https://api.unknown-resource.example/.default"))]),
+            with(&[(
+                "scope",
+                Some("https://api.unknown-resource.example/.default"),
+            )]),
             (bad, "invalid_resource", 500011),
             "unknown_resource",
         ),

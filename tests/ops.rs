@@ -64,9 +64,11 @@ fn readme_metric_names() -> Vec<String> {
 #[tokio::test]
 async fn metrics_expose_every_name_the_readme_lists() {
     let dir = tempfile::tempdir().unwrap();
-    // A certificate tenant, so the certificate expiry gauge has a series too.
+    // A certificate tenant, so the certificate expiry gauge has a series too, collecting
+    // risk detections, so their two families have series.
     let mut options = RigOptions::synthetic(FaultScenario::default());
     options.certificate = true;
+    options.risk_detections = true;
     let rig = Rig::start(dir, options).await;
     rig.wait_for_webhooks(&ALL).await;
     publish::publish_now(rig.api.state(), TENANT, "Audit.Exchange", 2).await;

@@ -152,6 +152,23 @@ impl DetectionLost<'_> {
     }
 }
 
+/// Creates the tenant's `forwarded` and `ok` series at zero, so dashboards and alerts see
+/// a 0 from the start rather than an absent series.
+pub fn create_series(metrics: &crate::ops::Metrics, tenant: &str) {
+    let tenant = metrics.tenant_label(tenant);
+    for (family, outcome) in [
+        (&metrics.risk_detections, "forwarded"),
+        (&metrics.risk_detection_runs, "ok"),
+    ] {
+        family
+            .get_or_create(&TenantOutcomeLabels {
+                tenant: tenant.clone(),
+                outcome,
+            })
+            .inc_by(0);
+    }
+}
+
 fn count_run(telemetry: &Telemetry, tenant: &str, outcome: &'static str) {
     telemetry
         .metrics

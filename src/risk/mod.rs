@@ -163,6 +163,7 @@ impl RiskCollector {
     /// `initial_lookback_secs`); nothing runs until [`RiskCollector::run`] or
     /// [`RiskCollector::run_once`].
     pub fn new(target: RiskTarget, poller: &PollerConfig, deps: RiskDeps) -> Self {
+        events::create_series(&deps.metrics, &target.name);
         Self {
             target,
             deps,
