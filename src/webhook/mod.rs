@@ -43,6 +43,7 @@
 pub mod auth_id;
 pub mod events;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -57,6 +58,7 @@ use axum::routing::post;
 use chrono::Duration;
 use reqwest::Url;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::api::json;
 use crate::api::types::parse_api_time;
@@ -431,17 +433,23 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     })
 }
 
+/// One notification item, read straight from its bytes: the fields that are only compared
+/// borrow the body unless they hold escapes.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NotificationItem {
-    tenant_id: String,
-    client_id: String,
-    content_type: String,
+struct NotificationItem<'body> {
+    #[serde(borrow)]
+    tenant_id: Cow<'body, str>,
+    #[serde(borrow)]
+    client_id: Cow<'body, str>,
+    #[serde(borrow)]
+    content_type: Cow<'body, str>,
     content_id: String,
     content_uri: String,
-    content_created: String,
-    #[serde(default)]
-    content_expiration: Option<String>,
+    #[serde(borrow)]
+    content_created: Cow<'body, str>,
+    #[serde(default, borrow)]
+    content_expiration: Option<Cow<'body, str>>,
 }
 
 /// Parses a notification body (a JSON array of objects, with or without a leading UTF-8
@@ -452,22 +460,30 @@ pub fn parse_notifications(
     tenant: &WebhookTenant,
     body: &[u8],
 ) -> Result<Vec<Result<ContentRef, String>>, WebhookError> {
-    let notifications: Vec<serde_json::Map<String, serde_json::Value>> =
+    // One pass over the body checks it is an array and delimits its elements; each element
+    // is then read once, straight into its fields (no intermediate map of values).
+    let notifications: Vec<Box<RawValue>> =
         json::from_slice(body).map_err(|error| WebhookError::Malformed(error.to_string()))?;
+    if notifications
+        .iter()
+        .any(|notification| !notification.get().starts_with('{'))
+    {
+        return Err(WebhookError::Malformed(
+            "an element of the array is not an object".to_string(),
+        ));
+    }
     Ok(notifications
-        .into_iter()
+        .iter()
         .map(|notification| validate_item(tenant, notification))
         .collect())
 }
 
-/// Checks one notification item against the tenant and turns it into a content reference.
-/// The error says which rule it broke (it may quote the item's own fields, never ours).
-pub fn validate_item(
-    tenant: &WebhookTenant,
-    item: serde_json::Map<String, serde_json::Value>,
-) -> Result<ContentRef, String> {
-    let item: NotificationItem = serde_json::from_value(serde_json::Value::Object(item))
-        .map_err(|error| format!("malformed item: {error}"))?;
+/// Checks one notification item (a JSON object) against the tenant and turns it into a
+/// content reference. The error says which rule it broke (it may quote the item's own
+/// fields, never ours).
+pub fn validate_item(tenant: &WebhookTenant, item: &RawValue) -> Result<ContentRef, String> {
+    let item: NotificationItem<'_> =
+        serde_json::from_str(item.get()).map_err(|error| format!("malformed item: {error}"))?;
     if !item.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id) {
         return Err(format!(
             "tenantId {:?} is not this webhook's tenant",
@@ -558,6 +574,49 @@ mod tests {
             plain[0].as_ref().unwrap(),
             marked[0].as_ref().expect("the marked item is valid")
         );
+    }
+
+    fn commercial_tenant() -> WebhookTenant {
+        WebhookTenant {
+            tenant_id: "41463f53-8812-40f4-890f-865bf6e35190".into(),
+            client_id: "a1b2c3d4-0000-4000-8000-00000000c11e".into(),
+            content_types: HashSet::from([ContentType::AuditExchange]),
+            api_base: Url::parse("https://manage.office.com").unwrap(),
+        }
+    }
+
+    #[test]
+    fn escaped_fields_parse_like_plain_ones_and_a_bad_item_is_skipped_alone() {
+        let tenant = commercial_tenant();
+        // `\u0034` is "4" and `\/` is "/": the same item, written with escapes.
+        let escaped = r#"{"tenantId":"\u00341463f53-8812-40f4-890f-865bf6e35190","clientId":"a1b2c3d4-0000-4000-8000-00000000c11e","contentType":"Audit.Exchange","contentId":"20260101$1","contentUri":"https:\/\/manage.office.com\/api\/v1.0\/41463f53-8812-40f4-890f-865bf6e35190\/activity\/feed\/audit\/20260101$1","contentCreated":"2026-01-01T00:00:00.000Z","contentExpiration":"2026-01-08T00:00:00.000Z"}"#;
+        let body = format!(
+            r#"[{escaped}, {{"tenantId":"41463f53-8812-40f4-890f-865bf6e35190"}}, {escaped}]"#
+        );
+        let items = parse_notifications(&tenant, body.as_bytes()).unwrap();
+        assert_eq!(items.len(), 3);
+        let first = items[0].as_ref().expect("the escaped item is valid");
+        assert_eq!(
+            first.content_uri,
+            "https://manage.office.com/api/v1.0/41463f53-8812-40f4-890f-865bf6e35190/activity/feed/audit/20260101$1"
+        );
+        assert!(items[1].as_ref().unwrap_err().starts_with("malformed item"));
+        assert_eq!(items[2].as_ref().unwrap(), first);
+    }
+
+    #[test]
+    fn a_body_whose_elements_are_not_all_objects_is_malformed() {
+        let tenant = commercial_tenant();
+        for body in [r#"[{}, 1]"#, r#"["x"]"#, r#"{"tenantId":"x"}"#, "[{}"] {
+            assert!(
+                matches!(
+                    parse_notifications(&tenant, body.as_bytes()),
+                    Err(WebhookError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+        assert!(parse_notifications(&tenant, b" [ ] ").unwrap().is_empty());
     }
 
     #[test]

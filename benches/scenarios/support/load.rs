@@ -119,7 +119,12 @@ pub async fn ingest_binary(
         dir,
         socket,
         api_base,
-        requests_per_minute: 1_000_000,
+        // Microsoft's documented quota (the connector's default): what the workers may fetch
+        // while the notifications arrive. An unlimited budget would have them lease, fetch
+        // (the generated contentIds are not served: 404) and reschedule every item as it
+        // lands, three extra store writes and an API round trip per item on the same two
+        // cores, which no deployment does at this rate; their cost is `drain`'s measure.
+        requests_per_minute: 2000,
         tenants: &[TENANT.to_string()],
         webhook: true,
         poller: IDLE_POLLER,
