@@ -8,7 +8,8 @@
 //! progress as acks come back in order. The item is completed only when every record is settled — acked by the
 //! engine, or (for an element that is not a valid record) dead-lettered by reference.
 //! That is the connector's one rule of acknowledgement: upstream (the queue) is told
-//! "done" only after downstream (the engine) confirmed everything.
+//! "done" only after downstream (the engine) confirmed everything. "Done" goes with the
+//! worker's next lease, in one queue write ([`ContentQueue::complete_and_lease`]).
 //!
 //! Otherwise the item goes back to the queue, never away: a transport error, a truncated
 //! body or a retryable API answer → `retry_later` with backoff (progress kept, so the next
@@ -55,12 +56,12 @@ use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
-use crate::forward::log::{RecordFields, encode_log, max_raw_bytes};
+use crate::forward::log::{LogEncoder, RecordFields, max_raw_bytes};
 use crate::forward::{BatchOutcome, BatchReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::events::{Console, Telemetry, problem_kind};
 use crate::ops::health::ProblemBoard;
-use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
+use crate::queue::{ContentKey, ContentQueue, DeadRecord, LeaseId, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
 use prometheus_client::metrics::counter::Counter;
@@ -158,13 +159,17 @@ async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: 
 
 async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
     let mut errors = context.retry.backoff();
+    // The item this worker finished last, not yet marked done: its completion is stored with
+    // the next lease, in one queue write instead of two.
+    let mut finished: Option<(ContentKey, LeaseId)> = None;
     while !shutdown.is_cancelled() {
         // Armed before the lease, so an enqueue between the lease and the wait wakes us.
         let woken = context.work_available.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let skip = paused_tenants(&context.tenants.current());
-        match context.queue.lease(1, context.lease_duration, &skip).await {
+        let leased = complete_and_lease(&context, finished.take(), &skip).await;
+        match leased {
             Ok(items) if items.is_empty() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -175,7 +180,10 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
             Ok(items) => {
                 errors = context.retry.backoff();
                 for item in items {
-                    process_item(&context, item, &shutdown).await;
+                    if let Some(done) = finished.take() {
+                        complete(&context, done).await;
+                    }
+                    finished = process_item(&context, item, &shutdown).await;
                 }
             }
             Err(error) => {
@@ -191,6 +199,47 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
                 }
             }
         }
+    }
+    // Shutdown after a finished item: it is done, whatever comes next.
+    if let Some(done) = finished {
+        complete(&context, done).await;
+    }
+}
+
+/// Marks the item `finished` done (when there is one) and leases the next, in one queue
+/// call; a completion that fails is reported (the item comes back when its lease expires:
+/// a duplicate, never a loss).
+async fn complete_and_lease(
+    context: &WorkerContext,
+    finished: Option<(ContentKey, LeaseId)>,
+    skip: &HashSet<String>,
+) -> Result<Vec<LeasedItem>, QueueError> {
+    let Some((key, lease)) = finished else {
+        return context.queue.lease(1, context.lease_duration, skip).await;
+    };
+    let outcome = context
+        .queue
+        .complete_and_lease(vec![(key.clone(), lease)], 1, context.lease_duration, skip)
+        .await;
+    for completed in outcome.completed {
+        report_completion(&key, completed);
+    }
+    outcome.leased
+}
+
+/// Marks the item `finished` done.
+async fn complete(context: &WorkerContext, (key, lease): (ContentKey, LeaseId)) {
+    report_completion(&key, context.queue.complete(&key, lease).await);
+}
+
+fn report_completion(key: &ContentKey, completed: Result<(), QueueError>) {
+    if let Err(error) = completed {
+        QueueUpdateFailed {
+            key,
+            update: QueueUpdate::Complete,
+            error: &error,
+        }
+        .emit();
     }
 }
 
@@ -413,7 +462,13 @@ async fn settle(
     }
 }
 
-async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &CancellationToken) {
+/// Takes the item through one pass; returns it when every record is settled, for the
+/// caller to mark done ([`ContentQueue::complete`], or with the next lease).
+async fn process_item(
+    context: &WorkerContext,
+    item: LeasedItem,
+    shutdown: &CancellationToken,
+) -> Option<(ContentKey, LeaseId)> {
     let Some(tenant) = context
         .tenants
         .get(&item.content.tenant_id.to_ascii_lowercase())
@@ -426,11 +481,14 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
             "tenant no longer configured",
         )
         .await;
-        return;
+        return None;
     };
     let response = match tenant.client.fetch_blob(&item.content.content_uri).await {
         Ok(response) => response,
-        Err(error) => return handle_fetch_error(context, &tenant, &item, error).await,
+        Err(error) => {
+            handle_fetch_error(context, &tenant, &item, error).await;
+            return None;
+        }
     };
     let mut progress = Progress::new(item.acked_records);
     let streamed = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
@@ -455,16 +513,17 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         }
         .emit();
     }
-    end_pass(context, &tenant, &item, outcome).await;
+    end_pass(context, &tenant, &item, outcome).await
 }
 
-/// Does what `outcome` says to the item, and says it.
+/// Does what `outcome` says to the item, and says it; a complete item is returned for the
+/// caller to mark done.
 async fn end_pass(
     context: &WorkerContext,
     tenant: &Tenant,
     item: &LeasedItem,
     outcome: PassOutcome,
-) {
+) -> Option<(ContentKey, LeaseId)> {
     let telemetry = context.telemetry();
     match outcome {
         PassOutcome::Complete => {
@@ -472,14 +531,7 @@ async fn end_pass(
                 blob: blob(tenant, item),
             }
             .emit(&telemetry);
-            if let Err(error) = context.queue.complete(&item.key(), item.lease).await {
-                QueueUpdateFailed {
-                    key: &item.key(),
-                    update: QueueUpdate::Complete,
-                    error: &error,
-                }
-                .emit();
-            }
+            Some((item.key(), item.lease))
         }
         PassOutcome::Retry(reason) => {
             BlobRetried {
@@ -487,14 +539,19 @@ async fn end_pass(
             }
             .emit(&telemetry);
             retry_later(context, item, next_backoff(context, item), &reason).await;
+            None
         }
-        PassOutcome::Interrupted => release(context, item).await,
+        PassOutcome::Interrupted => {
+            release(context, item).await;
+            None
+        }
         PassOutcome::Unrecoverable {
             index,
             offset,
             reason,
         } => {
             give_up_unrecoverable(context, tenant, item, index, offset, &reason).await;
+            None
         }
     }
 }
@@ -544,20 +601,16 @@ impl Forwarding<'_> {
             .reserve_batch(records.len(), bytes)
             .await
             .map_err(failed)?;
-        let uri = &self.item.content.content_uri;
-        let context = &self.tenant.log_context;
+        // One buffer for the batch's Logs, of the size reserved for them.
+        let mut encoder = LogEncoder::new(
+            &self.tenant.log_context,
+            &self.item.content.content_uri,
+            self.collected_at,
+            bytes,
+        );
         let logs = records
             .iter()
-            .map(|(index, record, _, fields)| {
-                encode_log(
-                    context,
-                    record,
-                    fields.as_ref(),
-                    *index,
-                    uri,
-                    self.collected_at,
-                )
-            })
+            .map(|(index, record, _, fields)| encoder.push(record, fields.as_ref(), *index))
             .collect();
         let receipt = reservation.send(logs).await.map_err(failed)?;
         self.records_forwarded.inc_by(records.len() as u64);
