@@ -370,7 +370,7 @@ async fn completing_with_the_next_lease_completes_first_and_reports_each_complet
     );
     let second = &leased[0];
     let last = queue
-        .b
+        .a
         .complete_and_lease(vec![(second.key(), second.lease)], 1, LONG, &none())
         .await;
     assert!(last.completed[0].is_ok(), "{:?}", last.completed[0]);
