@@ -412,9 +412,13 @@ pub trait ContentQueue: Send + Sync {
         for (key, lease) in &completed {
             outcomes.push(self.complete(key, *lease).await);
         }
+        let leased = match max {
+            0 => Ok(Vec::new()),
+            _ => self.lease(max, duration, skip_tenants).await,
+        };
         CompletedAndLeased {
             completed: outcomes,
-            leased: self.lease(max, duration, skip_tenants).await,
+            leased,
         }
     }
 

@@ -8,8 +8,9 @@
 //! progress as acks come back in order. The item is completed only when every record is settled — acked by the
 //! engine, or (for an element that is not a valid record) dead-lettered by reference.
 //! That is the connector's one rule of acknowledgement: upstream (the queue) is told
-//! "done" only after downstream (the engine) confirmed everything. "Done" goes with the
-//! worker's next lease, in one queue write ([`ContentQueue::complete_and_lease`]).
+//! "done" only after downstream (the engine) confirmed everything. The worker hands "done"
+//! to one task that stores the completions of all workers together, several per write
+//! (`store_completions`), and goes on with its next item.
 //!
 //! Otherwise the item goes back to the queue, never away: a transport error, a truncated
 //! body or a retryable API answer → `retry_later` with backoff (progress kept, so the next
@@ -42,7 +43,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,6 +72,15 @@ pub use crate::ops::events::ConsoleReporter as FailureReporter;
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
+
+/// How long a completion waits for others to be stored with it, at most. The store's
+/// durable commit (an fsync) is its main cost per blob; a drain completes thousands of
+/// blobs a second, so this makes one commit of many. A crash in between sends those blobs
+/// again (duplicates of at most this long's blobs, never a loss).
+const COMPLETION_LINGER: Duration = Duration::from_millis(5);
+
+/// The most completions stored in one write, and waiting to be (the hand-over's bound).
+const COMPLETIONS_PER_WRITE: usize = 256;
 
 /// The most records a worker sends as one batch (one reservation, one submission, one
 /// receipt); fewer when the forwarder's window is smaller.
@@ -129,23 +139,41 @@ fn blob<'a>(tenant: &'a Tenant, item: &'a LeasedItem) -> Blob<'a> {
     }
 }
 
-/// Spawns `count` workers on `tracker`; they stop at `shutdown`, releasing what they hold.
+/// Spawns `count` workers on `tracker`, and the task that stores their completions; they
+/// stop at `shutdown`, releasing what they hold (the completions handed over are stored).
 pub fn spawn_workers(
     context: Arc<WorkerContext>,
     count: usize,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
+    tracker.spawn(store_completions(context.clone(), finished));
     for worker in 0..count {
-        tracker.spawn(supervise_worker(context.clone(), worker, shutdown.clone()));
+        tracker.spawn(supervise_worker(
+            context.clone(),
+            worker,
+            completions.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
 /// Runs a worker and starts it again if it panics: a bug met on one item must not take a
 /// worker away for good. The item it held comes back when its lease expires.
-async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
+async fn supervise_worker(
+    context: Arc<WorkerContext>,
+    worker: usize,
+    completions: mpsc::Sender<Completion>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let run = tokio::spawn(run_worker(context.clone(), worker, shutdown.clone()));
+        let run = tokio::spawn(run_worker(
+            context.clone(),
+            worker,
+            completions.clone(),
+            shutdown.clone(),
+        ));
         match run.await {
             Ok(()) => return,
             Err(error) if error.is_panic() => WorkerPanicked { worker }.emit(),
@@ -157,19 +185,20 @@ async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: 
     }
 }
 
-async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
+async fn run_worker(
+    context: Arc<WorkerContext>,
+    worker: usize,
+    completions: mpsc::Sender<Completion>,
+    shutdown: CancellationToken,
+) {
     let mut errors = context.retry.backoff();
-    // The item this worker finished last, not yet marked done: its completion is stored with
-    // the next lease, in one queue write instead of two.
-    let mut finished: Option<(ContentKey, LeaseId)> = None;
     while !shutdown.is_cancelled() {
         // Armed before the lease, so an enqueue between the lease and the wait wakes us.
         let woken = context.work_available.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let skip = paused_tenants(&context.tenants.current());
-        let leased = complete_and_lease(&context, finished.take(), &skip).await;
-        match leased {
+        match context.queue.lease(1, context.lease_duration, &skip).await {
             Ok(items) if items.is_empty() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -180,10 +209,15 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
             Ok(items) => {
                 errors = context.retry.backoff();
                 for item in items {
-                    if let Some(done) = finished.take() {
-                        complete(&context, done).await;
+                    let Some(done) = process_item(&context, item, &shutdown).await else {
+                        continue;
+                    };
+                    // The task that stores completions outlives every worker; were it gone,
+                    // the item is marked done here.
+                    if let Err(mpsc::error::SendError(done)) = completions.send(done).await {
+                        let outcome = context.queue.complete(&done.0, done.1).await;
+                        report_completion(&done.0, outcome);
                     }
-                    finished = process_item(&context, item, &shutdown).await;
                 }
             }
             Err(error) => {
@@ -200,36 +234,44 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
             }
         }
     }
-    // Shutdown after a finished item: it is done, whatever comes next.
-    if let Some(done) = finished {
-        complete(&context, done).await;
-    }
 }
 
-/// Marks the item `finished` done (when there is one) and leases the next, in one queue
-/// call; a completion that fails is reported (the item comes back when its lease expires:
-/// a duplicate, never a loss).
-async fn complete_and_lease(
-    context: &WorkerContext,
-    finished: Option<(ContentKey, LeaseId)>,
-    skip: &HashSet<String>,
-) -> Result<Vec<LeasedItem>, QueueError> {
-    let Some((key, lease)) = finished else {
-        return context.queue.lease(1, context.lease_duration, skip).await;
-    };
-    let outcome = context
-        .queue
-        .complete_and_lease(vec![(key.clone(), lease)], 1, context.lease_duration, skip)
-        .await;
-    for completed in outcome.completed {
-        report_completion(&key, completed);
-    }
-    outcome.leased
-}
+/// An item every record of which is settled, to be marked done: its key and lease.
+type Completion = (ContentKey, LeaseId);
 
-/// Marks the item `finished` done.
-async fn complete(context: &WorkerContext, (key, lease): (ContentKey, LeaseId)) {
-    report_completion(&key, context.queue.complete(&key, lease).await);
+/// Marks done the items the workers hand over, several in one queue write (one commit,
+/// one fsync): the first waits at most [`COMPLETION_LINGER`] for others. Ends once every
+/// worker is gone and what they handed over is stored.
+async fn store_completions(context: Arc<WorkerContext>, mut finished: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::with_capacity(COMPLETIONS_PER_WRITE);
+    while let Some(first) = finished.recv().await {
+        batch.push(first);
+        let linger = tokio::time::sleep(COMPLETION_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < COMPLETIONS_PER_WRITE {
+            tokio::select! {
+                biased;
+                next = finished.recv() => match next {
+                    Some(done) => batch.push(done),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+        }
+        let keys: Vec<ContentKey> = batch.iter().map(|(key, _)| key.clone()).collect();
+        let outcome = context
+            .queue
+            .complete_and_lease(
+                std::mem::take(&mut batch),
+                0,
+                context.lease_duration,
+                &HashSet::new(),
+            )
+            .await;
+        for (key, completed) in keys.iter().zip(outcome.completed) {
+            report_completion(key, completed);
+        }
+    }
 }
 
 fn report_completion(key: &ContentKey, completed: Result<(), QueueError>) {
@@ -463,7 +505,7 @@ async fn settle(
 }
 
 /// Takes the item through one pass; returns it when every record is settled, for the
-/// caller to mark done ([`ContentQueue::complete`], or with the next lease).
+/// caller to mark done.
 async fn process_item(
     context: &WorkerContext,
     item: LeasedItem,
