@@ -148,7 +148,11 @@ pub fn spawn_workers(
     shutdown: CancellationToken,
 ) {
     let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
-    tracker.spawn(store_completions(context.clone(), finished));
+    tracker.spawn(store_completions(
+        context.queue.clone(),
+        context.lease_duration,
+        finished,
+    ));
     for worker in 0..count {
         tracker.spawn(supervise_worker(
             context.clone(),
@@ -242,7 +246,11 @@ type Completion = (ContentKey, LeaseId);
 /// Marks done the items the workers hand over, several in one queue write (one commit,
 /// one fsync): the first waits at most [`COMPLETION_LINGER`] for others. Ends once every
 /// worker is gone and what they handed over is stored.
-async fn store_completions(context: Arc<WorkerContext>, mut finished: mpsc::Receiver<Completion>) {
+async fn store_completions(
+    queue: Arc<dyn ContentQueue>,
+    lease_duration: Duration,
+    mut finished: mpsc::Receiver<Completion>,
+) {
     let mut batch = Vec::with_capacity(COMPLETIONS_PER_WRITE);
     while let Some(first) = finished.recv().await {
         batch.push(first);
@@ -259,12 +267,11 @@ async fn store_completions(context: Arc<WorkerContext>, mut finished: mpsc::Rece
             }
         }
         let keys: Vec<ContentKey> = batch.iter().map(|(key, _)| key.clone()).collect();
-        let outcome = context
-            .queue
+        let outcome = queue
             .complete_and_lease(
                 std::mem::take(&mut batch),
                 0,
-                context.lease_duration,
+                lease_duration,
                 &HashSet::new(),
             )
             .await;
@@ -1189,5 +1196,62 @@ fn log_queue_error(item: &LeasedItem, result: Result<(), QueueError>) {
             error: &error,
         }
         .emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::queue::{ContentRef, EmbeddedQueue, ItemState, Source};
+
+    fn content(index: usize) -> ContentRef {
+        let created = Utc::now();
+        ContentRef {
+            tenant_id: "tenant".to_owned(),
+            content_type: "Audit.General".to_owned(),
+            content_id: format!("blob{index}"),
+            content_uri: format!("https://manage.office.com/blob{index}"),
+            content_created: created,
+            content_expiration: created + chrono::TimeDelta::days(7),
+            source: Source::Poll,
+        }
+    }
+
+    #[tokio::test]
+    async fn completions_handed_over_together_are_stored_in_one_commit_and_every_item_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(
+            EmbeddedQueue::open(dir.path(), Clock::system())
+                .await
+                .unwrap(),
+        );
+        let blobs = 40;
+        queue
+            .enqueue((0..blobs).map(content).collect())
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let leased = queue.lease(blobs, lease, &HashSet::new()).await.unwrap();
+        assert_eq!(leased.len(), blobs);
+        let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
+        for item in &leased {
+            completions.send((item.key(), item.lease)).await.unwrap();
+        }
+        drop(completions);
+        let commits_before = queue.stats().await.unwrap().commits;
+        // Returns once every completion handed over is stored (the hand-over closed).
+        store_completions(queue.clone(), lease, finished).await;
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(
+            stats.commits - commits_before,
+            1,
+            "{blobs} completions handed over together share one commit"
+        );
+        for item in &leased {
+            let stored = queue.get(&item.key()).await.unwrap().unwrap();
+            assert!(matches!(stored.state, ItemState::Done { .. }), "{stored:?}");
+        }
+        queue.close().await.unwrap();
     }
 }
