@@ -27,7 +27,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
 use prost::encoding;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -115,10 +116,10 @@ pub fn build_log(
 ) -> Log {
     let (id, timestamp) = id_and_timestamp(context, record, None, index, content_uri, collected_at);
     Log {
-        id,
+        id: id.as_str().to_owned(),
         data_type: DATA_TYPE.to_owned(),
         data_source: context.group_name.clone(),
-        timestamp,
+        timestamp: timestamp.as_str().to_owned(),
         tenant_id: context.utm_tenant_id.clone(),
         raw: raw_text(record).into_owned(),
     }
@@ -136,42 +137,85 @@ pub fn encode_log(
     content_uri: &str,
     collected_at: DateTime<Utc>,
 ) -> EncodedLog {
-    let (id, timestamp) =
-        id_and_timestamp(context, record, fields, index, content_uri, collected_at);
-    let raw = match fields.is_some_and(|fields| fields.utf8_checked) {
-        true => Cow::Borrowed(record),
-        false => match raw_text(record) {
-            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-        },
-    };
-    // Log's fields in tag order, as prost writes them; proto3 leaves empty strings out.
-    let fields: [(u32, &[u8]); 6] = [
-        (1, id.as_bytes()),
-        (2, DATA_TYPE.as_bytes()),
-        (3, context.group_name.as_bytes()),
-        (4, timestamp.as_bytes()),
-        (5, context.utm_tenant_id.as_bytes()),
-        (6, &raw),
-    ];
-    let length = fields
-        .iter()
-        .filter(|(_, value)| !value.is_empty())
-        .map(|(tag, value)| {
-            encoding::key_len(*tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
-        })
-        .sum();
-    let mut bytes = Vec::with_capacity(length);
-    for (tag, value) in fields {
-        if !value.is_empty() {
-            encoding::encode_key(tag, encoding::WireType::LengthDelimited, &mut bytes);
-            encoding::encode_varint(value.len() as u64, &mut bytes);
-            bytes.extend_from_slice(value);
+    let mut encoder = LogEncoder::new(context, content_uri, collected_at, 0);
+    encoder.push(record, fields, index)
+}
+
+/// Encodes Logs of the records of one blob (each as [`encode_log`] does, byte for byte)
+/// into one buffer: each Log is a slice of it, so a batch costs one allocation instead of
+/// one per Log (and no id or timestamp string), and the buffer is freed when the batch's
+/// last Log leaves the window.
+pub struct LogEncoder<'a> {
+    context: &'a LogContext,
+    content_uri: &'a str,
+    collected_at: DateTime<Utc>,
+    buffer: BytesMut,
+}
+
+impl<'a> LogEncoder<'a> {
+    /// An encoder for Logs of the blob at `content_uri`, with room for `capacity` bytes of
+    /// them (the caller's reservation; more is allocated if they need it).
+    pub fn new(
+        context: &'a LogContext,
+        content_uri: &'a str,
+        collected_at: DateTime<Utc>,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            context,
+            content_uri,
+            collected_at,
+            buffer: BytesMut::with_capacity(capacity),
         }
     }
-    EncodedLog {
-        id,
-        bytes: bytes.into(),
+
+    /// The Log of the record at zero-based `index` (see [`encode_log`]).
+    pub fn push(&mut self, record: &[u8], fields: Option<&RecordFields>, index: u64) -> EncodedLog {
+        let context = self.context;
+        let (id, timestamp) = id_and_timestamp(
+            context,
+            record,
+            fields,
+            index,
+            self.content_uri,
+            self.collected_at,
+        );
+        let raw = match fields.is_some_and(|fields| fields.utf8_checked) {
+            true => Cow::Borrowed(record),
+            false => match raw_text(record) {
+                Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+            },
+        };
+        // Log's fields in tag order, as prost writes them; proto3 leaves empty strings out.
+        let fields: [(u32, &[u8]); 6] = [
+            (1, id.as_str().as_bytes()),
+            (2, DATA_TYPE.as_bytes()),
+            (3, context.group_name.as_bytes()),
+            (4, timestamp.as_str().as_bytes()),
+            (5, context.utm_tenant_id.as_bytes()),
+            (6, &raw),
+        ];
+        let length = fields
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(tag, value)| {
+                encoding::key_len(*tag)
+                    + encoding::encoded_len_varint(value.len() as u64)
+                    + value.len()
+            })
+            .sum();
+        self.buffer.reserve(length);
+        for (tag, value) in fields {
+            if !value.is_empty() {
+                encoding::encode_key(tag, encoding::WireType::LengthDelimited, &mut self.buffer);
+                encoding::encode_varint(value.len() as u64, &mut self.buffer);
+                self.buffer.put_slice(value);
+            }
+        }
+        EncodedLog {
+            bytes: self.buffer.split_to(self.buffer.len()).freeze(),
+        }
     }
 }
 
@@ -191,7 +235,7 @@ fn id_and_timestamp(
     index: u64,
     content_uri: &str,
     collected_at: DateTime<Utc>,
-) -> (String, String) {
+) -> (LogIdText, TimestampText) {
     let read;
     let fields = match fields {
         Some(fields) => Some(fields),
@@ -212,20 +256,163 @@ fn id_and_timestamp(
             .and_then(|range| record.get(range))
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
     };
+    let mut index_digits = [0u8; 20];
     let record_id = fields
         .and_then(|fields| text(&fields.id))
         .map(json_text_or_string)
-        .unwrap_or_else(|| Cow::Owned(index.to_string()));
+        .unwrap_or_else(|| Cow::Borrowed(decimal(index, &mut index_digits)));
     let event_time = match context.timestamp {
         TimestampSource::Event => fields
             .and_then(|fields| text(&fields.creation_time))
-            .and_then(|raw| parse_api_time(&json_text_or_string(raw))),
+            .and_then(|raw| parse_creation_time(&json_text_or_string(raw))),
         TimestampSource::Collection => None,
     };
-    let timestamp = event_time
-        .unwrap_or(collected_at)
-        .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    (log_id(context, content_uri, &record_id), timestamp)
+    (
+        LogIdText::of(context, content_uri, &record_id),
+        TimestampText::of(event_time.unwrap_or(collected_at)),
+    )
+}
+
+/// `CreationTime` as [`parse_api_time`] reads it, with its usual form
+/// (`2015-06-29T20:03:19`, optionally `Z`) read without chrono's general parser.
+fn parse_creation_time(text: &str) -> Option<DateTime<Utc>> {
+    let bytes = text.as_bytes();
+    let plain = match bytes {
+        [head @ .., b'Z'] if head.len() == 19 => head,
+        _ if bytes.len() == 19 => bytes,
+        _ => return parse_api_time(text),
+    };
+    let number = |range: Range<usize>| {
+        plain[range].iter().try_fold(0u32, |value, &byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + u32::from(byte - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    let time = separators
+        .iter()
+        .all(|&(at, separator)| plain[at] == separator)
+        .then(|| {
+            let date = NaiveDate::from_ymd_opt(
+                i32::try_from(number(0..4)?).ok()?,
+                number(5..7)?,
+                number(8..10)?,
+            )?;
+            date.and_hms_opt(number(11..13)?, number(14..16)?, number(17..19)?)
+        })
+        .flatten();
+    // Anything else (a leap second, an invalid date) goes the general way, as before.
+    match time {
+        Some(time) => Some(time.and_utc()),
+        None => parse_api_time(text),
+    }
+}
+
+/// `value` in decimal, written at the end of `digits` (a u64 has at most 20).
+fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
+}
+
+/// `Log.id` as text, on the stack: 64 lowercase hex digits ([`log_id`]).
+struct LogIdText([u8; 64]);
+
+impl LogIdText {
+    fn of(context: &LogContext, content_uri: &str, record_id: &str) -> Self {
+        let uri_without_query = content_uri.split('?').next().unwrap_or(content_uri);
+        let mut hasher = Sha256::new();
+        hasher.update(context.utm_tenant_id.as_bytes());
+        hasher.update(b"|");
+        hasher.update(context.utm_tenant_id.as_bytes());
+        hasher.update(b"/");
+        hasher.update(context.group_name.as_bytes());
+        hasher.update(b"|");
+        hasher.update(uri_without_query.as_bytes());
+        hasher.update(b"|");
+        hasher.update(record_id.as_bytes());
+        let mut text = [b'0'; 64];
+        // 32 bytes are exactly 64 hex digits: the slice always fits.
+        let _ = hex::encode_to_slice(hasher.finalize(), &mut text);
+        Self(text)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// `Log.timestamp` as text, on the stack: exactly what chrono's
+/// `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes (`2015-06-29T20:03:19Z`,
+/// fractions in 3, 6 or 9 digits when not zero), without its allocation; chrono's own text
+/// outside the years 0 to 9999 and for a leap second.
+struct TimestampText {
+    bytes: [u8; 48],
+    length: usize,
+}
+
+impl TimestampText {
+    fn of(time: DateTime<Utc>) -> Self {
+        let mut text = Self {
+            bytes: [0; 48],
+            length: 0,
+        };
+        let nanos = time.nanosecond();
+        let year = time.year();
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            text.put(time.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+            return text;
+        }
+        text.digits(year.unsigned_abs(), 4);
+        text.put(b"-");
+        text.digits(time.month(), 2);
+        text.put(b"-");
+        text.digits(time.day(), 2);
+        text.put(b"T");
+        text.digits(time.hour(), 2);
+        text.put(b":");
+        text.digits(time.minute(), 2);
+        text.put(b":");
+        text.digits(time.second(), 2);
+        if nanos != 0 {
+            text.put(b".");
+            match (nanos % 1_000_000, nanos % 1_000) {
+                (0, _) => text.digits(nanos / 1_000_000, 3),
+                (_, 0) => text.digits(nanos / 1_000, 6),
+                _ => text.digits(nanos, 9),
+            }
+        }
+        text.put(b"Z");
+        text
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let end = (self.length + bytes.len()).min(self.bytes.len());
+        let taken = end - self.length;
+        self.bytes[self.length..end].copy_from_slice(&bytes[..taken]);
+        self.length = end;
+    }
+
+    /// `value` in `width` (at most 9) decimal digits, zero-padded.
+    fn digits(&mut self, mut value: u32, width: usize) {
+        let mut digits = [b'0'; 9];
+        for slot in digits[..width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.put(&digits[..width]);
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.length]).unwrap_or_default()
+    }
 }
 
 /// The longest record (`Log.raw`, in bytes) whose Log of this context fits in
@@ -250,24 +437,9 @@ pub fn max_raw_bytes(context: &LogContext, max_message_bytes: usize) -> usize {
 /// `Log.id` per spec §4: hex SHA-256 of `utmTenantId|utmTenantId/groupName|uri|recordId`,
 /// with the URI's query string dropped.
 pub fn log_id(context: &LogContext, content_uri: &str, record_id: &str) -> String {
-    let uri_without_query = content_uri.split('?').next().unwrap_or(content_uri);
-    let mut hasher = Sha256::new();
-    hasher.update(context.utm_tenant_id.as_bytes());
-    hasher.update(b"|");
-    hasher.update(context.utm_tenant_id.as_bytes());
-    hasher.update(b"/");
-    hasher.update(context.group_name.as_bytes());
-    hasher.update(b"|");
-    hasher.update(uri_without_query.as_bytes());
-    hasher.update(b"|");
-    hasher.update(record_id.as_bytes());
-    let digest = hasher.finalize();
-    // Into a stack buffer: `hex::encode` collects chars one by one.
-    let mut text = [0u8; 64];
-    match hex::encode_to_slice(digest, &mut text) {
-        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
-        Err(_) => hex::encode(digest),
-    }
+    LogIdText::of(context, content_uri, record_id)
+        .as_str()
+        .to_owned()
 }
 
 /// A JSON string's value (escapes resolved), or any other value's exact JSON text; borrowed
@@ -360,7 +532,7 @@ mod tests {
                 log.encode_to_vec().as_slice(),
                 "{record}"
             );
-            assert_eq!(encoded.id, log.id);
+            assert_eq!(encoded.id(), log.id.as_bytes());
             let (fields, end) = read_record_fields(record.as_bytes()).unwrap();
             assert_eq!(end, record.len());
             let read = encode_log(
@@ -374,6 +546,121 @@ mod tests {
             assert_eq!(
                 read.bytes, encoded.bytes,
                 "fields read by the splitter: {record}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_encoded_into_one_buffer_is_each_records_encode_log_back_to_back() {
+        let context = context(TimestampSource::Event);
+        let records = [
+            r#"{"Id":"x","CreationTime":"2015-06-29T20:03:19"}"#.to_owned(),
+            r#"{"Operation":"no id"}"#.to_owned(),
+            format!(r#"{{"Id":"y","P":"{}"}}"#, "é".repeat(300)),
+        ];
+        let alone: Vec<EncodedLog> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| {
+                encode_log(
+                    &context,
+                    record.as_bytes(),
+                    None,
+                    index as u64,
+                    URI,
+                    collected(),
+                )
+            })
+            .collect();
+        let room = alone.iter().map(|log| log.bytes.len()).sum();
+        let mut encoder = LogEncoder::new(&context, URI, collected(), room);
+        let batch: Vec<EncodedLog> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| encoder.push(record.as_bytes(), None, index as u64))
+            .collect();
+        for (one, alone) in batch.iter().zip(&alone) {
+            assert_eq!(one.bytes, alone.bytes);
+            assert_eq!(one.id(), alone.id());
+        }
+        // One buffer: each Log starts where the one before it ends.
+        for pair in batch.windows(2) {
+            let end = pair[0].bytes.as_ptr() as usize + pair[0].bytes.len();
+            assert_eq!(pair[1].bytes.as_ptr() as usize, end);
+        }
+        // Past the room given, the encoder allocates more and stays exact.
+        let mut small = LogEncoder::new(&context, URI, collected(), 3);
+        let logs: Vec<EncodedLog> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| small.push(record.as_bytes(), None, index as u64))
+            .collect();
+        for (one, alone) in logs.iter().zip(&alone) {
+            assert_eq!(one.bytes, alone.bytes);
+        }
+    }
+
+    #[test]
+    fn creation_times_read_the_short_way_are_what_parse_api_time_reads() {
+        for text in [
+            "2015-06-29T20:03:19",
+            "2015-06-29T20:03:19Z",
+            "2016-02-29T00:00:00",
+            "2015-02-29T00:00:00",
+            "2015-06-29T24:00:00",
+            "2015-06-29T23:59:60",
+            "2015-13-01T00:00:00",
+            "2015-06-29 20:03:19",
+            "2015-06-29T20:03:1x",
+            "0000-01-01T00:00:00Z",
+            "2015-06-29T20:03:19.5",
+            "2015-06-29T20:03:19+02:00",
+            "+2015-06-29T20:03:1",
+        ] {
+            assert_eq!(parse_creation_time(text), parse_api_time(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_chronos_rfc3339_text_to_the_byte() {
+        let mut times: Vec<DateTime<Utc>> = [
+            "2015-06-29T20:03:19Z",
+            "2015-06-29T20:03:19.120Z",
+            "2015-06-29T20:03:19.000120Z",
+            "2015-06-29T20:03:19.000000120Z",
+            "2015-06-29T20:03:19.123456789Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2016-12-31T23:59:60.5Z",
+        ]
+        .iter()
+        .map(|text| DateTime::parse_from_rfc3339(text).unwrap().to_utc())
+        .collect();
+        // Years chrono writes otherwise (sign, five digits).
+        for year in [-1, 10000] {
+            let day = chrono::NaiveDate::from_ymd_opt(year, 1, 1).unwrap();
+            times.push(day.and_hms_opt(0, 0, 0).unwrap().and_utc());
+        }
+        // A spread of instants from 1970 to 9999, with each kind of fraction.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let seconds = (state >> 11) as i64 % 253_402_300_800;
+            let nanos = match state % 4 {
+                0 => 0,
+                1 => (state >> 7) as u32 % 1000 * 1_000_000,
+                2 => (state >> 7) as u32 % 1_000_000 * 1000,
+                _ => (state >> 7) as u32 % 1_000_000_000,
+            };
+            times.push(DateTime::from_timestamp(seconds, nanos).unwrap());
+        }
+        for time in times {
+            assert_eq!(
+                TimestampText::of(time).as_str(),
+                time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                "{time:?}"
             );
         }
     }

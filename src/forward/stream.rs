@@ -431,7 +431,7 @@ impl StreamTask {
             Err(_) => [0; 32],
         };
         PoisonLogGivenUp {
-            log_id: &entry.log.id,
+            log_id: &String::from_utf8_lossy(entry.log.id()),
             reason,
         }
         .emit(&self.counters);
@@ -555,7 +555,7 @@ fn acknowledge(window: &mut VecDeque<InFlight>, searched: usize, id: &str) -> Op
     let position = window
         .iter()
         .take(searched)
-        .position(|entry| entry.log.id == id)?;
+        .position(|entry| entry.log.id() == id.as_bytes())?;
     for entry in window.drain(..=position) {
         entry.completion.resolve(Ok(()));
     }
@@ -631,10 +631,10 @@ mod tests {
                 let (acked, receipt) = oneshot::channel();
                 receipts.push(receipt);
                 InFlight {
-                    log: EncodedLog {
+                    log: EncodedLog::new(Log {
                         id: (*id).to_owned(),
-                        bytes: Bytes::new(),
-                    },
+                        ..Log::default()
+                    }),
                     completion: Completion::One {
                         acked,
                         _room: super::super::Room {
@@ -650,7 +650,10 @@ mod tests {
     }
 
     fn ids(window: &VecDeque<InFlight>) -> Vec<&str> {
-        window.iter().map(|entry| entry.log.id.as_str()).collect()
+        window
+            .iter()
+            .map(|entry| std::str::from_utf8(entry.log.id()).unwrap())
+            .collect()
     }
 
     #[test]

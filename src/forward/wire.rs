@@ -17,11 +17,10 @@ use tonic_prost::ProstCodec;
 
 use crate::proto::{Ack, Log};
 
-/// A Log as its protobuf message, with its id (what acks name).
+/// A Log as its protobuf message; its id (what acks name) is read from the message itself,
+/// so a Log costs no allocation besides its bytes (and those of a batch share one buffer).
 #[derive(Clone, Debug)]
 pub struct EncodedLog {
-    /// `Log.id`.
-    pub id: String,
     /// The whole Log, protobuf-encoded.
     pub bytes: Bytes,
 }
@@ -29,10 +28,31 @@ pub struct EncodedLog {
 impl EncodedLog {
     /// Encodes `log`.
     pub fn new(log: Log) -> Self {
-        let bytes = Bytes::from(log.encode_to_vec());
-        Self { id: log.id, bytes }
+        Self {
+            bytes: Bytes::from(log.encode_to_vec()),
+        }
+    }
+
+    /// `Log.id`: field 1, which prost (and [`encode_log`](super::log::encode_log)) write
+    /// first; empty when the Log has none (proto3 leaves an empty string out).
+    pub fn id(&self) -> &[u8] {
+        let bytes = &self.bytes[..];
+        if bytes.first() != Some(&ID_KEY) {
+            return &[];
+        }
+        let mut rest = &bytes[1..];
+        let Ok(length) = prost::encoding::decode_varint(&mut rest) else {
+            return &[];
+        };
+        usize::try_from(length)
+            .ok()
+            .and_then(|length| rest.get(..length))
+            .unwrap_or(&[])
     }
 }
+
+/// The key of `Log.id`: field 1, length-delimited.
+const ID_KEY: u8 = (1 << 3) | 2;
 
 /// Opens `Engine/Input` on `grpc`, sending `logs` (each one encoded Log).
 pub async fn open_input(
@@ -91,7 +111,12 @@ mod tests {
             raw: "{\"Id\":\"1\"}".into(),
         };
         let encoded = EncodedLog::new(log.clone());
-        assert_eq!(encoded.id, "abc");
+        assert_eq!(encoded.id(), b"abc");
+        let without_id = EncodedLog::new(Log {
+            id: String::new(),
+            ..log.clone()
+        });
+        assert_eq!(without_id.id(), b"");
         assert_eq!(encoded.bytes, Bytes::from(log.encode_to_vec()));
         assert_eq!(Log::decode(encoded.bytes).unwrap(), log);
     }

@@ -8,7 +8,9 @@
 //! progress as acks come back in order. The item is completed only when every record is settled — acked by the
 //! engine, or (for an element that is not a valid record) dead-lettered by reference.
 //! That is the connector's one rule of acknowledgement: upstream (the queue) is told
-//! "done" only after downstream (the engine) confirmed everything.
+//! "done" only after downstream (the engine) confirmed everything. The worker hands "done"
+//! to one task that stores the completions of all workers together, several per write
+//! (`store_completions`), and goes on with its next item.
 //!
 //! Otherwise the item goes back to the queue, never away: a transport error, a truncated
 //! body or a retryable API answer → `retry_later` with backoff (progress kept, so the next
@@ -41,7 +43,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,12 +57,12 @@ use super::outcome::{PassOutcome, delay};
 use super::splitter::{SplitEvent, SplitStream, Splitter};
 use crate::api::{ApiError, ErrorKind};
 use crate::clock::Clock;
-use crate::forward::log::{RecordFields, encode_log, max_raw_bytes};
+use crate::forward::log::{LogEncoder, RecordFields, max_raw_bytes};
 use crate::forward::{BatchOutcome, BatchReceipt, ForwardError, Forwarder};
 use crate::ops::Metrics;
 use crate::ops::events::{Console, Telemetry, problem_kind};
 use crate::ops::health::ProblemBoard;
-use crate::queue::{ContentQueue, DeadRecord, LeasedItem, QueueError};
+use crate::queue::{ContentKey, ContentQueue, DeadRecord, LeaseId, LeasedItem, QueueError};
 use crate::retry::RetryPolicy;
 use crate::tenant::{Tenant, TenantSet, Tenants};
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +72,15 @@ pub use crate::ops::events::ConsoleReporter as FailureReporter;
 
 /// Progress is written to the queue at least every this many settled records.
 const PROGRESS_EVERY: u64 = 1000;
+
+/// How long a completion waits for others to be stored with it, at most. The store's
+/// durable commit (an fsync) is its main cost per blob; a drain completes thousands of
+/// blobs a second, so this makes one commit of many. A crash in between sends those blobs
+/// again (duplicates of at most this long's blobs, never a loss).
+const COMPLETION_LINGER: Duration = Duration::from_millis(5);
+
+/// The most completions stored in one write, and waiting to be (the hand-over's bound).
+const COMPLETIONS_PER_WRITE: usize = 256;
 
 /// The most records a worker sends as one batch (one reservation, one submission, one
 /// receipt); fewer when the forwarder's window is smaller.
@@ -128,23 +139,45 @@ fn blob<'a>(tenant: &'a Tenant, item: &'a LeasedItem) -> Blob<'a> {
     }
 }
 
-/// Spawns `count` workers on `tracker`; they stop at `shutdown`, releasing what they hold.
+/// Spawns `count` workers on `tracker`, and the task that stores their completions; they
+/// stop at `shutdown`, releasing what they hold (the completions handed over are stored).
 pub fn spawn_workers(
     context: Arc<WorkerContext>,
     count: usize,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
+    tracker.spawn(store_completions(
+        context.queue.clone(),
+        context.lease_duration,
+        finished,
+    ));
     for worker in 0..count {
-        tracker.spawn(supervise_worker(context.clone(), worker, shutdown.clone()));
+        tracker.spawn(supervise_worker(
+            context.clone(),
+            worker,
+            completions.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
 /// Runs a worker and starts it again if it panics: a bug met on one item must not take a
 /// worker away for good. The item it held comes back when its lease expires.
-async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
+async fn supervise_worker(
+    context: Arc<WorkerContext>,
+    worker: usize,
+    completions: mpsc::Sender<Completion>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let run = tokio::spawn(run_worker(context.clone(), worker, shutdown.clone()));
+        let run = tokio::spawn(run_worker(
+            context.clone(),
+            worker,
+            completions.clone(),
+            shutdown.clone(),
+        ));
         match run.await {
             Ok(()) => return,
             Err(error) if error.is_panic() => WorkerPanicked { worker }.emit(),
@@ -156,7 +189,12 @@ async fn supervise_worker(context: Arc<WorkerContext>, worker: usize, shutdown: 
     }
 }
 
-async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: CancellationToken) {
+async fn run_worker(
+    context: Arc<WorkerContext>,
+    worker: usize,
+    completions: mpsc::Sender<Completion>,
+    shutdown: CancellationToken,
+) {
     let mut errors = context.retry.backoff();
     while !shutdown.is_cancelled() {
         // Armed before the lease, so an enqueue between the lease and the wait wakes us.
@@ -175,7 +213,15 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
             Ok(items) => {
                 errors = context.retry.backoff();
                 for item in items {
-                    process_item(&context, item, &shutdown).await;
+                    let Some(done) = process_item(&context, item, &shutdown).await else {
+                        continue;
+                    };
+                    // The task that stores completions outlives every worker; were it gone,
+                    // the item is marked done here.
+                    if let Err(mpsc::error::SendError(done)) = completions.send(done).await {
+                        let outcome = context.queue.complete(&done.0, done.1).await;
+                        report_completion(&done.0, outcome);
+                    }
                 }
             }
             Err(error) => {
@@ -191,6 +237,58 @@ async fn run_worker(context: Arc<WorkerContext>, worker: usize, shutdown: Cancel
                 }
             }
         }
+    }
+}
+
+/// An item every record of which is settled, to be marked done: its key and lease.
+type Completion = (ContentKey, LeaseId);
+
+/// Marks done the items the workers hand over, several in one queue write (one commit,
+/// one fsync): the first waits at most [`COMPLETION_LINGER`] for others. Ends once every
+/// worker is gone and what they handed over is stored.
+async fn store_completions(
+    queue: Arc<dyn ContentQueue>,
+    lease_duration: Duration,
+    mut finished: mpsc::Receiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(COMPLETIONS_PER_WRITE);
+    while let Some(first) = finished.recv().await {
+        batch.push(first);
+        let linger = tokio::time::sleep(COMPLETION_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < COMPLETIONS_PER_WRITE {
+            tokio::select! {
+                biased;
+                next = finished.recv() => match next {
+                    Some(done) => batch.push(done),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+        }
+        let keys: Vec<ContentKey> = batch.iter().map(|(key, _)| key.clone()).collect();
+        let outcome = queue
+            .complete_and_lease(
+                std::mem::take(&mut batch),
+                0,
+                lease_duration,
+                &HashSet::new(),
+            )
+            .await;
+        for (key, completed) in keys.iter().zip(outcome.completed) {
+            report_completion(key, completed);
+        }
+    }
+}
+
+fn report_completion(key: &ContentKey, completed: Result<(), QueueError>) {
+    if let Err(error) = completed {
+        QueueUpdateFailed {
+            key,
+            update: QueueUpdate::Complete,
+            error: &error,
+        }
+        .emit();
     }
 }
 
@@ -413,7 +511,13 @@ async fn settle(
     }
 }
 
-async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &CancellationToken) {
+/// Takes the item through one pass; returns it when every record is settled, for the
+/// caller to mark done.
+async fn process_item(
+    context: &WorkerContext,
+    item: LeasedItem,
+    shutdown: &CancellationToken,
+) -> Option<(ContentKey, LeaseId)> {
     let Some(tenant) = context
         .tenants
         .get(&item.content.tenant_id.to_ascii_lowercase())
@@ -426,11 +530,14 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
             "tenant no longer configured",
         )
         .await;
-        return;
+        return None;
     };
     let response = match tenant.client.fetch_blob(&item.content.content_uri).await {
         Ok(response) => response,
-        Err(error) => return handle_fetch_error(context, &tenant, &item, error).await,
+        Err(error) => {
+            handle_fetch_error(context, &tenant, &item, error).await;
+            return None;
+        }
     };
     let mut progress = Progress::new(item.acked_records);
     let streamed = forward_blob(context, &tenant, &item, response, &mut progress, shutdown).await;
@@ -455,16 +562,17 @@ async fn process_item(context: &WorkerContext, item: LeasedItem, shutdown: &Canc
         }
         .emit();
     }
-    end_pass(context, &tenant, &item, outcome).await;
+    end_pass(context, &tenant, &item, outcome).await
 }
 
-/// Does what `outcome` says to the item, and says it.
+/// Does what `outcome` says to the item, and says it; a complete item is returned for the
+/// caller to mark done.
 async fn end_pass(
     context: &WorkerContext,
     tenant: &Tenant,
     item: &LeasedItem,
     outcome: PassOutcome,
-) {
+) -> Option<(ContentKey, LeaseId)> {
     let telemetry = context.telemetry();
     match outcome {
         PassOutcome::Complete => {
@@ -472,14 +580,7 @@ async fn end_pass(
                 blob: blob(tenant, item),
             }
             .emit(&telemetry);
-            if let Err(error) = context.queue.complete(&item.key(), item.lease).await {
-                QueueUpdateFailed {
-                    key: &item.key(),
-                    update: QueueUpdate::Complete,
-                    error: &error,
-                }
-                .emit();
-            }
+            Some((item.key(), item.lease))
         }
         PassOutcome::Retry(reason) => {
             BlobRetried {
@@ -487,14 +588,19 @@ async fn end_pass(
             }
             .emit(&telemetry);
             retry_later(context, item, next_backoff(context, item), &reason).await;
+            None
         }
-        PassOutcome::Interrupted => release(context, item).await,
+        PassOutcome::Interrupted => {
+            release(context, item).await;
+            None
+        }
         PassOutcome::Unrecoverable {
             index,
             offset,
             reason,
         } => {
             give_up_unrecoverable(context, tenant, item, index, offset, &reason).await;
+            None
         }
     }
 }
@@ -544,20 +650,16 @@ impl Forwarding<'_> {
             .reserve_batch(records.len(), bytes)
             .await
             .map_err(failed)?;
-        let uri = &self.item.content.content_uri;
-        let context = &self.tenant.log_context;
+        // One buffer for the batch's Logs, of the size reserved for them.
+        let mut encoder = LogEncoder::new(
+            &self.tenant.log_context,
+            &self.item.content.content_uri,
+            self.collected_at,
+            bytes,
+        );
         let logs = records
             .iter()
-            .map(|(index, record, _, fields)| {
-                encode_log(
-                    context,
-                    record,
-                    fields.as_ref(),
-                    *index,
-                    uri,
-                    self.collected_at,
-                )
-            })
+            .map(|(index, record, _, fields)| encoder.push(record, fields.as_ref(), *index))
             .collect();
         let receipt = reservation.send(logs).await.map_err(failed)?;
         self.records_forwarded.inc_by(records.len() as u64);
@@ -1094,5 +1196,62 @@ fn log_queue_error(item: &LeasedItem, result: Result<(), QueueError>) {
             error: &error,
         }
         .emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::queue::{ContentRef, EmbeddedQueue, ItemState, Source};
+
+    fn content(index: usize) -> ContentRef {
+        let created = Utc::now();
+        ContentRef {
+            tenant_id: "tenant".to_owned(),
+            content_type: "Audit.General".to_owned(),
+            content_id: format!("blob{index}"),
+            content_uri: format!("https://manage.office.com/blob{index}"),
+            content_created: created,
+            content_expiration: created + chrono::TimeDelta::days(7),
+            source: Source::Poll,
+        }
+    }
+
+    #[tokio::test]
+    async fn completions_handed_over_together_are_stored_in_one_commit_and_every_item_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(
+            EmbeddedQueue::open(dir.path(), Clock::system())
+                .await
+                .unwrap(),
+        );
+        let blobs = 40;
+        queue
+            .enqueue((0..blobs).map(content).collect())
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let leased = queue.lease(blobs, lease, &HashSet::new()).await.unwrap();
+        assert_eq!(leased.len(), blobs);
+        let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
+        for item in &leased {
+            completions.send((item.key(), item.lease)).await.unwrap();
+        }
+        drop(completions);
+        let commits_before = queue.stats().await.unwrap().commits;
+        // Returns once every completion handed over is stored (the hand-over closed).
+        store_completions(queue.clone(), lease, finished).await;
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(
+            stats.commits - commits_before,
+            1,
+            "{blobs} completions handed over together share one commit"
+        );
+        for item in &leased {
+            let stored = queue.get(&item.key()).await.unwrap().unwrap();
+            assert!(matches!(stored.state, ItemState::Done { .. }), "{stored:?}");
+        }
+        queue.close().await.unwrap();
     }
 }

@@ -50,8 +50,9 @@ pub use self::permissions::create_private_dir;
 use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
-    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
-    LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
+    CompletedAndLeased, ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD,
+    EnqueueOutcome, ItemState, LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats,
+    Transition,
 };
 use crate::retry::RetryPolicy;
 
@@ -567,6 +568,15 @@ fn requeue_dead_item(
     Ok(true)
 }
 
+/// Whether `error` aborts the write transaction it happened in (the writer's rule: a
+/// storage failure spoils the batch; an item's own error has written nothing).
+fn spoils_transaction(error: &QueueError) -> bool {
+    matches!(
+        error,
+        QueueError::Io { .. } | QueueError::Full | QueueError::Corrupt { .. }
+    )
+}
+
 /// Leased → done; the dead records the item was requeued for were sent: removed.
 fn complete_item(
     tables: &mut Tables<'_>,
@@ -753,6 +763,51 @@ impl ContentQueue for EmbeddedQueue {
         self.writer
             .write(move |tables, now| complete_item(tables, &key, lease, now))
             .await
+    }
+
+    /// One write: the completions, then the lease, in one transaction, durable (one fsync)
+    /// when there is a completion and volatile otherwise, as `lease` alone.
+    async fn complete_and_lease(
+        &self,
+        completed: Vec<(ContentKey, LeaseId)>,
+        max: usize,
+        duration: Duration,
+        skip_tenants: &HashSet<String>,
+    ) -> CompletedAndLeased {
+        let count = completed.len();
+        let commit = match completed.is_empty() {
+            true => Commit::Volatile,
+            false => Commit::Durable,
+        };
+        let skip_tenants = skip_tenants.clone();
+        let written = self
+            .writer
+            .write_with(commit, move |tables, now| {
+                let mut outcomes = Vec::with_capacity(completed.len());
+                for (key, lease) in &completed {
+                    match complete_item(tables, key, *lease, now) {
+                        // The whole transaction is lost: nothing of this call is stored.
+                        Err(error) if spoils_transaction(&error) => return Err(error),
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+                let leased = match max {
+                    0 => Vec::new(),
+                    _ => lease_due(tables, now, max, duration, &skip_tenants)?,
+                };
+                Ok((outcomes, leased))
+            })
+            .await;
+        match written {
+            Ok((completed, leased)) => CompletedAndLeased {
+                completed,
+                leased: Ok(leased),
+            },
+            Err(error) => CompletedAndLeased {
+                completed: vec![Err(error.clone()); count],
+                leased: Err(error),
+            },
+        }
     }
 
     async fn retry_later(
