@@ -155,6 +155,10 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         config.tenants.iter().map(|tenant| tenant.name.as_str()),
         config.ops.max_tenant_series,
     ));
+    events::OrphanedLeasesReleased {
+        orphaned: opened.orphaned,
+    }
+    .emit(&metrics);
     let http = http_client(&config.api, opened.replica_id.as_deref())?;
     let tenants = Arc::new(TenantSet::new(
         build_tenants(&config, &http, &clock, &metrics).await?,
@@ -312,6 +316,8 @@ struct OpenedStore {
     leadership: Leadership,
     /// The leader lease to run (NATS only).
     lease: Option<LeaderLease>,
+    /// Items a previous run held when it died (embedded store only), released at open.
+    orphaned: u64,
 }
 
 /// Opens the configured store. Embedded: creates its directory (0700) and releases the leases of
@@ -347,20 +353,19 @@ async fn open_store(
             replica_id: Some(replica_id),
             leadership,
             lease: Some(lease),
+            orphaned: 0,
         });
     }
     let queue = EmbeddedQueue::open(path, clock.clone())
         .await
         .with_context(|| format!("store.path {}: cannot open the store", path.display()))?;
     let orphaned = queue.release_orphaned_leases().await?;
-    if orphaned > 0 {
-        events::OrphanedLeasesReleased { orphaned }.emit();
-    }
     Ok(OpenedStore {
         queue: Arc::new(queue),
         replica_id,
         leadership: Leadership::sole(),
         lease: None,
+        orphaned,
     })
 }
 

@@ -163,6 +163,9 @@ pub struct Metrics {
     pub throttled: Family<TenantLabels, Counter>,
     /// Token requests by tenant and outcome.
     pub token_requests: Family<TenantOutcomeLabels, Counter>,
+    /// Content items a previous run held when it died, released at start: their records
+    /// acknowledged since their last stored progress are sent again (bounded duplicates).
+    pub items_recovered: Counter,
     /// Entra ID risk detections by tenant and outcome (`forwarded`, `oversized`,
     /// `refused`).
     pub risk_detections: Family<TenantOutcomeLabels, Counter>,
@@ -255,6 +258,7 @@ impl Metrics {
             api_requests: Family::default(),
             throttled: Family::default(),
             token_requests: Family::default(),
+            items_recovered: Counter::default(),
             risk_detections: Family::default(),
             risk_detection_runs: Family::default(),
             queue_items: Family::default(),
@@ -500,6 +504,11 @@ impl Metrics {
             "token_requests",
             "Token requests by tenant and outcome",
             self.token_requests.clone(),
+        );
+        registry.register(
+            "items_recovered",
+            "Content items a previous run held when it died, released at start (their records since the last stored progress are sent again)",
+            self.items_recovered.clone(),
         );
         registry.register(
             "risk_detections",

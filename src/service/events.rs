@@ -8,7 +8,7 @@
 //! |----------------------------|-------|--------|-------|-----------------------------|
 //! | [`EngineStalled`]          | ERROR with the advice | — | — (shown by `/status`) | once per stall |
 //! | [`EngineStallEnded`]       | INFO  | —      | —     | —                           |
-//! | [`OrphanedLeasesReleased`] | WARN  | —      | —     | —                           |
+//! | [`OrphanedLeasesReleased`] | WARN  | `items_recovered_total` | — | —                   |
 //! | [`TombstonesPurged`]       | DEBUG | —      | —     | —                           |
 //! | [`TombstonePurgeFailed`]   | WARN  | —      | —     | —                           |
 //! | [`StoreCloseFailed`]       | WARN  | —      | —     | —                           |
@@ -56,12 +56,19 @@ pub struct OrphanedLeasesReleased {
 }
 
 impl OrphanedLeasesReleased {
-    /// Logs a WARN (nothing is lost; work may repeat).
-    pub fn emit(self) {
-        tracing::warn!(
-            orphaned = self.orphaned,
-            "released the leases of a previous run that did not stop cleanly"
-        );
+    /// Counts them (`items_recovered_total`, at zero too, so the series exists) and, when
+    /// there are any, logs a WARN: nothing is lost, but each item's records acknowledged
+    /// after its last stored progress (at most one progress interval, or the whole blob
+    /// when its completion was still in the grouped commit) are sent again: duplicates the
+    /// engine receives, bounded by these items.
+    pub fn emit(self, metrics: &crate::ops::Metrics) {
+        metrics.items_recovered.inc_by(self.orphaned);
+        if self.orphaned > 0 {
+            tracing::warn!(
+                orphaned = self.orphaned,
+                "released the leases of a previous run that did not stop cleanly: their records acknowledged since their last stored progress are sent again (duplicates, bounded by these items)"
+            );
+        }
     }
 }
 
