@@ -81,8 +81,9 @@ async fn sigkill_at_several_points_of_a_drain_loses_nothing() {
         );
         running = start_binary_with_env(&args, &env).await;
     }
-    // The run after the last kill counted the items the killed one held: their records since
-    // the last stored progress are the duplicates.
+    // The run after the last kill reports the leases the killed one left in the store (a
+    // lease made since the last durable commit is undone by the kill instead, its item
+    // simply pending again).
     let port = rig.config().server.listen.port();
     let metrics = common::client_trusting(&rig.certs.ca)
         .get(format!("https://localhost:{port}/metrics"))
@@ -92,12 +93,12 @@ async fn sigkill_at_several_points_of_a_drain_loses_nothing() {
         .text()
         .await
         .unwrap();
-    let recovered: u64 = metrics
+    let recovered: Option<u64> = metrics
         .lines()
         .find_map(|line| line.strip_prefix("o365_connector_items_recovered_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no items_recovered_total in {metrics}"));
-    assert!(recovered >= 1, "{metrics}");
+        .and_then(|value| value.trim().parse().ok());
+    println!("items recovered at the last start: {recovered:?}");
+    assert!(recovered.is_some(), "no items_recovered_total in {metrics}");
     rig.engine.set_faults(EngineFaults::default());
     rig.wait_for_every_published_record().await;
     let received = rig.engine.counts().logs_received;

@@ -59,8 +59,9 @@ impl OrphanedLeasesReleased {
     /// Counts them (`items_recovered_total`, at zero too, so the series exists) and, when
     /// there are any, logs a WARN: nothing is lost, but each item's records acknowledged
     /// after its last stored progress (at most one progress interval, or the whole blob
-    /// when its completion was still in the grouped commit) are sent again: duplicates the
-    /// engine receives, bounded by these items.
+    /// when its completion was still in the grouped commit) are sent again. A lease made
+    /// after the last durable commit is undone by the crash instead (its item is simply
+    /// pending again), so this counts the items known to repeat work, not every one.
     pub fn emit(self, metrics: &crate::ops::Metrics) {
         metrics.items_recovered.inc_by(self.orphaned);
         if self.orphaned > 0 {
