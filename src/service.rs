@@ -133,6 +133,8 @@ pub struct RunningService {
     /// The admin listener (operator commands), when its socket could be bound.
     admin: Option<AdminServer>,
     deadline: Duration,
+    /// This replica's run marker in the store (see [`run_marker_key`]).
+    run_marker: String,
 }
 
 /// Starts the service. Returns once the listener answers and the workers run.
@@ -159,6 +161,20 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         orphaned: opened.orphaned,
     }
     .emit(&metrics);
+    let run_marker = run_marker_key(opened.replica_id.as_deref());
+    let previous = queue
+        .get_meta(&run_marker)
+        .await
+        .context("cannot read the store's run marker")?;
+    events::PreviousRunEnded {
+        unclean: previous.as_deref() == Some(RUNNING.as_bytes()),
+        workers: config.workers.count.get(),
+    }
+    .emit(&metrics);
+    queue
+        .put_meta(&run_marker, RUNNING.as_bytes().to_vec())
+        .await
+        .context("cannot write the store's run marker")?;
     let http = http_client(&config.api, opened.replica_id.as_deref())?;
     let tenants = Arc::new(TenantSet::new(
         build_tenants(&config, &http, &clock, &metrics).await?,
@@ -278,7 +294,19 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         ops_server: listeners.ops,
         admin,
         deadline: Duration::from_secs(config.ops.shutdown_secs.get()),
+        run_marker,
     })
+}
+
+/// The run marker's value while a run is going on; a clean stop writes [`STOPPED`].
+const RUNNING: &str = "running";
+/// The run marker's value after a clean stop.
+const STOPPED: &str = "stopped";
+
+/// The metadata key of this replica's run marker: `running` from start to a clean stop, so a
+/// start that finds `running` knows the previous run died (its in-flight work repeats).
+fn run_marker_key(replica_id: Option<&str>) -> String {
+    format!("ops/run/{}", replica_id.unwrap_or("local"))
 }
 
 /// What the components of one service share.
@@ -867,6 +895,16 @@ impl RunningService {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.server).await;
         if let Some((_, _, ops_server)) = self.ops_server {
             let _ = tokio::time::timeout(Duration::from_secs(3), ops_server).await;
+        }
+        // Every task has stopped and its completions are stored: the next start need not
+        // expect repeated work.
+        if within_deadline
+            && let Err(error) = self
+                .queue
+                .put_meta(&self.run_marker, STOPPED.as_bytes().to_vec())
+                .await
+        {
+            events::StoreCloseFailed { error: &error }.emit();
         }
         if let Err(error) = self.queue.close().await {
             events::StoreCloseFailed { error: &error }.emit();

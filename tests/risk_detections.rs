@@ -198,6 +198,12 @@ async fn a_restart_resumes_from_the_watermark_without_a_gap_or_a_repeat() {
         (new_ids, updated)
     };
     rig.start_service(None).await;
+    // The previous run stopped cleanly: no work is expected to repeat.
+    let metrics = rig.service.as_ref().unwrap().metrics.encode();
+    assert!(
+        metrics.contains("o365_connector_unclean_restarts_total 0"),
+        "{metrics}"
+    );
     wait_for_detections(&rig).await;
 
     // Every later collection finds nothing new.

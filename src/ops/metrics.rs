@@ -166,6 +166,9 @@ pub struct Metrics {
     /// Content items a previous run held when it died, released at start: their records
     /// acknowledged since their last stored progress are sent again (bounded duplicates).
     pub items_recovered: Counter,
+    /// 1 when this run started after one that did not stop cleanly (its in-flight work
+    /// repeats), else 0.
+    pub unclean_restarts: Counter,
     /// Entra ID risk detections by tenant and outcome (`forwarded`, `oversized`,
     /// `refused`).
     pub risk_detections: Family<TenantOutcomeLabels, Counter>,
@@ -259,6 +262,7 @@ impl Metrics {
             throttled: Family::default(),
             token_requests: Family::default(),
             items_recovered: Counter::default(),
+            unclean_restarts: Counter::default(),
             risk_detections: Family::default(),
             risk_detection_runs: Family::default(),
             queue_items: Family::default(),
@@ -509,6 +513,11 @@ impl Metrics {
             "items_recovered",
             "Content items a previous run held when it died, released at start (their records since the last stored progress are sent again)",
             self.items_recovered.clone(),
+        );
+        registry.register(
+            "unclean_restarts",
+            "1 when this run started after one that did not stop cleanly (records of the blobs it had in flight are sent again)",
+            self.unclean_restarts.clone(),
         );
         registry.register(
             "risk_detections",

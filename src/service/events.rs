@@ -9,6 +9,7 @@
 //! | [`EngineStalled`]          | ERROR with the advice | — | — (shown by `/status`) | once per stall |
 //! | [`EngineStallEnded`]       | INFO  | —      | —     | —                           |
 //! | [`OrphanedLeasesReleased`] | WARN  | `items_recovered_total` | — | —                   |
+//! | [`PreviousRunEnded`]       | WARN when unclean | `unclean_restarts_total` | — | —     |
 //! | [`TombstonesPurged`]       | DEBUG | —      | —     | —                           |
 //! | [`TombstonePurgeFailed`]   | WARN  | —      | —     | —                           |
 //! | [`StoreCloseFailed`]       | WARN  | —      | —     | —                           |
@@ -68,6 +69,30 @@ impl OrphanedLeasesReleased {
             tracing::warn!(
                 orphaned = self.orphaned,
                 "released the leases of a previous run that did not stop cleanly: their records acknowledged since their last stored progress are sent again (duplicates, bounded by these items)"
+            );
+        }
+    }
+}
+
+/// What the store says of the previous run of this replica.
+pub struct PreviousRunEnded {
+    /// It did not stop cleanly (killed, crashed, or stopped past its deadline).
+    pub unclean: bool,
+    /// `workers.count`: how many blobs were in flight at most.
+    pub workers: usize,
+}
+
+impl PreviousRunEnded {
+    /// Counts an unclean end (`unclean_restarts_total`, at zero too) and logs a WARN with the
+    /// bound on the work that repeats: nothing is lost, but the records of the blobs in
+    /// flight (at most `workers.count`, and the blobs whose completion was in the grouped
+    /// commit, at most 256) acknowledged since their last stored progress are sent again.
+    pub fn emit(self, metrics: &crate::ops::Metrics) {
+        metrics.unclean_restarts.inc_by(u64::from(self.unclean));
+        if self.unclean {
+            tracing::warn!(
+                workers = self.workers,
+                "the previous run did not stop cleanly: records of the blobs it had in flight (at most workers.count, plus at most 256 whose completion was being grouped), acknowledged since each blob's last stored progress, are sent again; the engine receives them twice"
             );
         }
     }
