@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
 use crate::config::ApiConfig;
@@ -88,6 +88,19 @@ pub fn http_client(
     builder
         .build()
         .map_err(|error| HttpClientError::Build(error.to_string()))
+}
+
+/// `Retry-After` in seconds, as the Management API and Microsoft Graph send it (their
+/// answers do not use the HTTP-date form).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// For a redirect answer (3xx) to a request for `requested`: the host its `Location` names

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::time::Instant;
 
@@ -362,7 +362,7 @@ impl ApiClient {
 
     async fn service_error(&self, operation: &'static str, response: Response) -> ApiError {
         let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let retry_after = http::retry_after(response.headers());
         let server_date = server_date(response.headers());
         if let Some(target) = http::redirect_target(status, response.headers(), response.url()) {
             return ApiError::Service {
@@ -552,16 +552,4 @@ fn next_page(headers: &HeaderMap) -> Option<String> {
         .and_then(|value| value.to_str().ok())
         .map(|value| value.trim().to_string())
         .filter(|value| !value.is_empty())
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not used by this API).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }

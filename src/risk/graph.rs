@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
@@ -255,12 +255,7 @@ impl GraphClient {
                     target,
                 });
             }
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = http::retry_after(response.headers());
             let body = response
                 .bytes()
                 .await
