@@ -51,7 +51,7 @@ struct Head<'a> {
     detected: Option<Cow<'a, str>>,
 }
 
-/// One detection of a page, read.
+/// One detection of a page, read in one pass over its JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detection {
     /// Its `id`; when Graph gave none, the hex SHA-256 of its JSON.
@@ -60,6 +60,9 @@ pub struct Detection {
     pub last_updated: Option<String>,
     /// That time, parsed.
     pub last_updated_at: Option<DateTime<Utc>>,
+    /// When it happened: its `activityDateTime`, else its `detectedDateTime`, when one
+    /// parses.
+    pub event_time: Option<DateTime<Utc>>,
 }
 
 impl Detection {
@@ -74,30 +77,28 @@ impl Detection {
                 .unwrap_or_else(|| hex::encode(Sha256::digest(raw.as_bytes()))),
             last_updated: last_updated_at.and(head.last_updated).map(Cow::into_owned),
             last_updated_at,
+            event_time: head
+                .activity
+                .as_deref()
+                .and_then(parse_api_time)
+                .or_else(|| head.detected.as_deref().and_then(parse_api_time)),
         }
     }
 }
 
-/// The Log of the detection `raw` (whose id is `detection_id`), collected at
-/// `collected_at`.
+/// The Log of `detection`, whose JSON is `raw`, collected at `collected_at`.
 pub fn build_log(
     context: &LogContext,
     raw: &str,
-    detection_id: &str,
+    detection: &Detection,
     collected_at: DateTime<Utc>,
 ) -> Log {
     let event_time = match context.timestamp {
-        TimestampSource::Event => {
-            let head: Head<'_> = serde_json::from_str(raw).unwrap_or_default();
-            head.activity
-                .as_deref()
-                .and_then(parse_api_time)
-                .or_else(|| head.detected.as_deref().and_then(parse_api_time))
-        }
+        TimestampSource::Event => detection.event_time,
         TimestampSource::Collection => None,
     };
     Log {
-        id: log_id(context, CONTENT_URI, detection_id),
+        id: log_id(context, CONTENT_URI, &detection.id),
         data_type: DATA_TYPE.to_owned(),
         data_source: context.group_name.clone(),
         timestamp: event_time
@@ -194,7 +195,7 @@ mod tests {
         let log = build_log(
             &context(TimestampSource::Event),
             DETECTION,
-            &detection.id,
+            &detection,
             collected,
         );
         let expected_id = hex::encode(Sha256::digest(
@@ -210,7 +211,7 @@ mod tests {
         let collection = build_log(
             &context(TimestampSource::Collection),
             DETECTION,
-            &detection.id,
+            &detection,
             collected,
         );
         assert_eq!(collection.timestamp, "2026-12-06T00:00:00Z");
@@ -218,11 +219,16 @@ mod tests {
         let log = build_log(
             &context(TimestampSource::Event),
             detected_only,
-            "x",
+            &Detection::read(detected_only),
             collected,
         );
         assert_eq!(log.timestamp, "2026-12-01T08:07:00Z");
-        let neither = build_log(&context(TimestampSource::Event), "{}", "x", collected);
+        let neither = build_log(
+            &context(TimestampSource::Event),
+            "{}",
+            &Detection::read("{}"),
+            collected,
+        );
         assert_eq!(neither.timestamp, "2026-12-06T00:00:00Z");
     }
 

@@ -141,19 +141,14 @@ pub struct RiskReport {
     pub retry_in: Option<Duration>,
 }
 
-/// Failure streak of one collector.
-#[derive(Default)]
-struct Streak {
-    backoff: Option<Backoff>,
-}
-
 /// The risk detection collector of one tenant.
 pub struct RiskCollector {
     target: RiskTarget,
     deps: RiskDeps,
     interval: Duration,
     initial_lookback: chrono::Duration,
-    streak: tokio::sync::Mutex<Streak>,
+    /// The backoff of the current failure streak; `None` after a success.
+    streak: tokio::sync::Mutex<Option<Backoff>>,
     /// Bounds the scheduled requests of every tenant at once ([`RiskCollector::with_gate`]).
     gate: Option<Arc<RequestGate>>,
 }
@@ -171,7 +166,7 @@ impl RiskCollector {
             initial_lookback: chrono::Duration::seconds(
                 i64::try_from(poller.initial_lookback_secs).unwrap_or(86_400),
             ),
-            streak: tokio::sync::Mutex::new(Streak::default()),
+            streak: tokio::sync::Mutex::new(None),
             gate: None,
         }
     }
@@ -217,17 +212,15 @@ impl RiskCollector {
             Ok(()) => {
                 events::RunSucceeded {
                     tenant: &self.target.name,
-                    recovered: streak.backoff.take().is_some(),
+                    recovered: streak.take().is_some(),
                     forwarded: report.forwarded,
                 }
                 .emit(&self.telemetry());
                 report.retry_in = Some(self.interval);
             }
             Err(error) => {
-                let first_failure = streak.backoff.is_none();
-                let backoff = streak
-                    .backoff
-                    .get_or_insert_with(|| self.deps.retry.backoff());
+                let first_failure = streak.is_none();
+                let backoff = streak.get_or_insert_with(|| self.deps.retry.backoff());
                 let forbidden = matches!(&error, RiskError::Graph(graph) if graph.is_forbidden());
                 let retry_after = match &error {
                     RiskError::Graph(graph) => graph.retry_after(),
@@ -310,7 +303,7 @@ impl RiskCollector {
                 let log = build_log(
                     &self.target.log_context,
                     raw.get(),
-                    &detection.id,
+                    &detection,
                     collected_at,
                 );
                 let sent = self.deps.forwarder.send(log).await;
