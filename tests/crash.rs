@@ -85,27 +85,20 @@ async fn sigkill_at_several_points_of_a_drain_loses_nothing() {
     // lease made since the last durable commit is undone by the kill instead, its item
     // simply pending again).
     let port = rig.config().server.listen.port();
-    let metrics = common::client_trusting(&rig.certs.ca)
-        .get(format!("https://localhost:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> Option<u64> {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("o365_connector_{name}_total ")))
-            .and_then(|value| value.trim().parse().ok())
-    };
-    println!(
-        "items recovered at the last start: {:?}",
-        counter("items_recovered")
-    );
-    assert!(counter("items_recovered").is_some(), "{metrics}");
+    let metrics = common::get_text(
+        &common::client_trusting(&rig.certs.ca),
+        format!("https://localhost:{port}/metrics"),
+    )
+    .await;
+    let recovered = common::metric_value(&metrics, "o365_connector_items_recovered_total");
+    println!("items recovered at the last start: {recovered:?}");
+    assert!(recovered.is_some(), "{metrics}");
     // Every kill is counted: the run after it knows its predecessor died.
-    assert_eq!(counter("unclean_restarts"), Some(1), "{metrics}");
+    assert_eq!(
+        common::metric_value(&metrics, "o365_connector_unclean_restarts_total"),
+        Some(1.0),
+        "{metrics}"
+    );
     rig.engine.set_faults(EngineFaults::default());
     rig.wait_for_every_published_record().await;
     let received = rig.engine.counts().logs_received;

@@ -166,10 +166,11 @@ async fn risk_detections_reach_the_engine_with_utmstacks_fields_across_pages() {
         "{risk:?}"
     );
     let metrics = rig.service.as_ref().unwrap().metrics.encode();
-    assert!(
-        metrics.contains(&format!(
-            "o365_connector_risk_detections_total{{tenant=\"{GROUP}\",outcome=\"forwarded\"}} 1100"
-        )),
+    let forwarded =
+        format!("o365_connector_risk_detections_total{{tenant=\"{GROUP}\",outcome=\"forwarded\"}}");
+    assert_eq!(
+        common::metric_value(&metrics, &forwarded),
+        Some(1100.0),
         "{metrics}"
     );
     rig.shutdown().await;
@@ -200,8 +201,9 @@ async fn a_restart_resumes_from_the_watermark_without_a_gap_or_a_repeat() {
     rig.start_service(None).await;
     // The previous run stopped cleanly: no work is expected to repeat.
     let metrics = rig.service.as_ref().unwrap().metrics.encode();
-    assert!(
-        metrics.contains("o365_connector_unclean_restarts_total 0"),
+    assert_eq!(
+        common::metric_value(&metrics, "o365_connector_unclean_restarts_total"),
+        Some(0.0),
         "{metrics}"
     );
     wait_for_detections(&rig).await;
@@ -295,10 +297,12 @@ async fn a_403_stops_only_the_risk_detections_and_the_audit_feed_goes_on() {
     let published = detections(&rig);
     assert!(risk_logs(&rig, &published).is_empty());
     let metrics = service.metrics.encode();
-    assert!(
-        metrics.contains(&format!(
-            "o365_connector_risk_detection_runs_total{{tenant=\"{GROUP}\",outcome=\"forbidden\"}} 1"
-        )),
+    let forbidden = format!(
+        "o365_connector_risk_detection_runs_total{{tenant=\"{GROUP}\",outcome=\"forbidden\"}}"
+    );
+    assert_eq!(
+        common::metric_value(&metrics, &forbidden),
+        Some(1.0),
         "{metrics}"
     );
 
@@ -346,10 +350,12 @@ async fn a_429_is_honoured_for_its_retry_after_and_the_detections_follow() {
         (next_at - throttled_at).num_milliseconds()
     );
     let metrics = rig.service.as_ref().unwrap().metrics.encode();
-    assert!(
-        metrics.contains(&format!(
-            "o365_connector_risk_detection_runs_total{{tenant=\"{GROUP}\",outcome=\"failed\"}} 1"
-        )),
+    let failed = format!(
+        "o365_connector_risk_detection_runs_total{{tenant=\"{GROUP}\",outcome=\"failed\"}}"
+    );
+    assert_eq!(
+        common::metric_value(&metrics, &failed),
+        Some(1.0),
         "{metrics}"
     );
     rig.shutdown().await;

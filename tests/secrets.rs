@@ -49,14 +49,7 @@ async fn no_secret_token_or_auth_id_appears_in_logs_metrics_status_or_json_outpu
     let http = common::client_trusting(&rig.certs.ca);
     let mut captured = Vec::new();
     for path in ["/metrics", "/status", "/status.html", "/readyz"] {
-        let body = http
-            .get(format!("https://localhost:{port}{path}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = common::get_text(&http, format!("https://localhost:{port}{path}")).await;
         captured.push((path.to_string(), body));
     }
     // A refused webhook call's error body.

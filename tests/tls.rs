@@ -292,11 +292,11 @@ async fn webhook_status(rig: &Rig, forwarded_for: Option<&str>) -> u16 {
 
 fn forbidden_count(rig: &Rig) -> u64 {
     let text = rig.service.as_ref().unwrap().metrics.encode();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix("o365_connector_notifications_total{outcome=\"forbidden_source\"} ")
-        })
-        .map_or(0, |value| value.trim().parse().unwrap())
+    common::metric_value(
+        &text,
+        "o365_connector_notifications_total{outcome=\"forbidden_source\"}",
+    )
+    .map_or(0, |value| value as u64)
 }
 
 #[tokio::test]

@@ -1150,14 +1150,7 @@ async fn two_copies_with_the_same_nats_url_share_the_queue_and_only_one_polls_an
     let http = common::client_trusting(&rig.certs.ca);
     let mut statuses = Vec::new();
     for port in [first_port, second_port] {
-        let status = http
-            .get(format!("https://localhost:{port}/status"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let status = common::get_text(&http, format!("https://localhost:{port}/status")).await;
         statuses.push(status);
     }
     let leaders: Vec<String> = statuses

@@ -63,6 +63,24 @@ pub fn client_trusting(ca: &Path) -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a GET of `url` with `client`, as text.
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The value of one series in a Prometheus exposition `text`; `series` is its name with its
+/// labels as exposed (`o365_connector_unclean_restarts_total`,
+/// `o365_connector_notifications_total{outcome="accepted"}`).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The `o365-connector` binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_o365-connector"))
