@@ -20,7 +20,7 @@ use std::time::Instant;
 use o365_connector::emulator::api::feed::ContentEntry;
 use o365_connector::forward::DEFAULT_MAX_MESSAGE_BYTES;
 use o365_connector::forward::build_log;
-use o365_connector::forward::log::{encode_log, max_raw_bytes};
+use o365_connector::forward::log::{LogEncoder, max_raw_bytes};
 use o365_connector::forward::wire::open_input;
 use o365_connector::proto::{EngineClient, unix_channel};
 use o365_connector::worker::splitter::{SplitEvent, SplitStream, Splitter};
@@ -58,6 +58,10 @@ async fn honest_drain(base: &str, entries: &[ContentEntry], socket: &Path, total
                 while let Some(uri) = uris.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let response = http.get(uri).bearer_auth(&token).send().await.unwrap();
                     let collected_at = chrono::Utc::now();
+                    // One buffer per blob, as a worker encodes a batch (its Logs are about
+                    // the blob's size).
+                    let room = response.content_length().unwrap_or(0) as usize;
+                    let mut encoder = LogEncoder::new(&context, uri, collected_at, room);
                     let splitter = Splitter::new(max_record_bytes);
                     let mut split = SplitStream::new(response.bytes_stream(), splitter);
                     while let Some(event) = split.next_event().await {
@@ -68,14 +72,7 @@ async fn honest_drain(base: &str, entries: &[ContentEntry], socket: &Path, total
                                 fields,
                                 ..
                             } => {
-                                let log = encode_log(
-                                    &context,
-                                    &bytes,
-                                    fields.as_ref(),
-                                    index,
-                                    uri,
-                                    collected_at,
-                                );
+                                let log = encoder.push(&bytes, fields.as_ref(), index);
                                 logs.send(log.bytes).await.unwrap();
                             }
                             SplitEvent::Complete { .. } => break,
