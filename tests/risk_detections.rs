@@ -360,3 +360,25 @@ async fn a_429_is_honoured_for_its_retry_after_and_the_detections_follow() {
     );
     rig.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_watermark_starts_over_from_the_lookback_and_is_replaced() {
+    use o365_connector::queue::MetaStore;
+    use o365_connector::risk::detection::{Watermark, watermark_key};
+    let rig = risk_rig(3, |_| {}).await;
+    wait_for_detections(&rig).await;
+    let service = rig.service.as_ref().unwrap();
+    let key = watermark_key(TENANT);
+    service
+        .queue
+        .put_meta(&key, b"not json".to_vec())
+        .await
+        .unwrap();
+    let report = service.risk_collectors[0].run_once().await;
+    // Collected again (repeats, never a gap), not stuck on the bad record.
+    assert_eq!(report.error, None);
+    assert_eq!(report.forwarded, 3, "{report:?}");
+    let stored = service.queue.get_meta(&key).await.unwrap().unwrap();
+    assert!(serde_json::from_slice::<Watermark>(&stored).is_ok());
+    rig.shutdown().await;
+}

@@ -169,6 +169,24 @@ pub fn create_series(metrics: &crate::ops::Metrics, tenant: &str) {
     }
 }
 
+/// The stored watermark is not the documented JSON: the collection starts over from
+/// `poller.initial_lookback_secs` (detections since then are sent again, none is skipped)
+/// and the next acknowledged page replaces it.
+pub struct WatermarkUnreadable<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The parse error.
+    pub error: &'a serde_json::Error,
+}
+
+impl WatermarkUnreadable<'_> {
+    /// Logs an ERROR.
+    pub fn emit(self) {
+        let (tenant, error) = (self.tenant, self.error);
+        tracing::error!(%tenant, %error, "the stored risk detection watermark is unreadable: collecting again from poller.initial_lookback_secs; it is replaced at the next acknowledged page");
+    }
+}
+
 fn count_run(telemetry: &Telemetry, tenant: &str, outcome: &'static str) {
     telemetry
         .metrics

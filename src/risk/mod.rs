@@ -108,11 +108,6 @@ pub enum RiskError {
     /// The watermark could not be read or stored.
     #[error("the risk detection watermark cannot be read or stored: {0}")]
     Store(#[from] QueueError),
-    /// The stored watermark is not the documented JSON.
-    #[error(
-        "the stored risk detection watermark is unreadable ({0}); it is replaced at the next acknowledged page"
-    )]
-    Watermark(String),
     /// The forwarder is stopping: the page in flight is listed again next time.
     #[error("{0}")]
     Forward(ForwardError),
@@ -265,10 +260,18 @@ impl RiskCollector {
     async fn collect(&self, report: &mut RiskReport) -> Result<(), RiskError> {
         let key = watermark_key(&self.target.tenant_id);
         let mut watermark = match self.deps.meta.get_meta(&key).await? {
-            Some(bytes) => Some(
-                serde_json::from_slice::<Watermark>(&bytes)
-                    .map_err(|error| RiskError::Watermark(error.to_string()))?,
-            ),
+            Some(bytes) => match serde_json::from_slice::<Watermark>(&bytes) {
+                Ok(mark) => Some(mark),
+                // Started over from the lookback (repeats, never a gap) rather than stuck.
+                Err(error) => {
+                    events::WatermarkUnreadable {
+                        tenant: &self.target.name,
+                        error: &error,
+                    }
+                    .emit();
+                    None
+                }
+            },
             None => None,
         };
         let since = match watermark.as_ref().and_then(Watermark::filter_value) {
