@@ -519,13 +519,16 @@ async fn tally_detections(
     use crate::risk::detection::{Detection, Watermark, watermark_key};
     let mut watermarks = HashMap::new();
     let mut lost = 0;
-    for (index, tenant) in tenants.iter().enumerate() {
+    for tenant in tenants {
         let stored = service.queue.get_meta(&watermark_key(tenant)).await?;
         let mark = stored
             .map(|bytes| serde_json::from_slice::<Watermark>(&bytes))
             .transpose()?;
         watermarks.insert(tenant.as_str(), mark);
-        let label = service.metrics.tenant_label(&format!("demo-{index}"));
+        let Some(configured) = service.tenants.get(tenant) else {
+            continue;
+        };
+        let label = service.metrics.tenant_label(&configured.name);
         for outcome in ["oversized", "refused"] {
             lost += service
                 .metrics
