@@ -363,7 +363,6 @@ async fn a_429_is_honoured_for_its_retry_after_and_the_detections_follow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_watermark_starts_over_from_the_lookback_and_is_replaced() {
-    use o365_connector::queue::MetaStore;
     use o365_connector::risk::detection::{Watermark, watermark_key};
     let rig = risk_rig(3, |_| {}).await;
     wait_for_detections(&rig).await;
