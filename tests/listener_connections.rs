@@ -18,7 +18,6 @@ use o365_connector::ops::metrics::{ListenerLabels, ListenerReasonLabels};
 use o365_connector::server::dev_certs::{DevCertPaths, write_dev_certs};
 use o365_connector::service::{self, RunningService, ServiceOptions};
 
-const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113, 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -29,31 +28,12 @@ const HTTP2_EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// A service over TLS (dev certificates in `dir`) with `server_lines` added to `[server]`.
 async fn start(dir: &Path, server_lines: &str) -> (RunningService, DevCertPaths) {
     let (certs, _) = write_dev_certs(&dir.join("certs"), false).unwrap();
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-tls_cert = "{cert}"
-tls_key = "{key}"
-{server_lines}
-[store]
-path = "{store}"
-[engine]
-socket = "{socket}"
-[api]
-login_url = "http://127.0.0.1:9"
-api_url = "http://127.0.0.1:9"
-[[tenants]]
-name = "contoso"
-tenant_id = "{TENANT}"
-client_id = "a1b2c3d4-0000-4000-8000-00000000c11e"
-client_secret = {{ env = "IDLE_SECRET" }}
-"#,
+    let server = format!(
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n{server_lines}",
         cert = certs.server_cert.display(),
         key = certs.server_key.display(),
-        store = dir.join("store").display(),
-        socket = dir.join("engine.sock").display(),
     );
+    let text = common::listener_config(dir, &server, "http://127.0.0.1:9", "IDLE_SECRET");
     let config =
         Config::from_toml_with_env(&text, [("IDLE_SECRET".to_string(), "s".to_string())]).unwrap();
     let service = service::start(config, ServiceOptions::default())

@@ -378,27 +378,14 @@ async fn two_thousand_unauthenticated_slow_bodies_keep_the_connector_small_and_a
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-path = "/hook"
-webhook_secret = {{ env = "SOAK_WEBHOOK_SECRET" }}
-[store]
-path = "{store}"
-[engine]
-socket = "{socket}"
-[api]
-login_url = "http://127.0.0.1:9"
-api_url = "{API_BASE}"
-[[tenants]]
-name = "contoso"
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ env = "SOAK_CLIENT_SECRET" }}
-"#,
-            store = dir.path().join("store").display(),
-            socket = dir.path().join("engine.sock").display(),
+        common::listener_config(
+            dir.path(),
+            &format!(
+                "listen = \"127.0.0.1:{port}\"\npath = \"/hook\"\n\
+                 webhook_secret = {{ env = \"SOAK_WEBHOOK_SECRET\" }}"
+            ),
+            API_BASE,
+            "SOAK_CLIENT_SECRET",
         ),
     )
     .unwrap();

@@ -16,28 +16,12 @@ const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
 const WEBHOOK_SECRET: &str = "slow-clients-webhook-secret";
 
 async fn start(dir: &std::path::Path) -> service::RunningService {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-header_read_timeout_secs = 1
-request_timeout_secs = 1
-webhook_secret = {{ env = "SLOW_WEBHOOK_SECRET" }}
-[store]
-path = "{store}"
-[engine]
-socket = "{socket}"
-[api]
-login_url = "http://127.0.0.1:9"
-api_url = "http://127.0.0.1:9"
-[[tenants]]
-name = "contoso"
-tenant_id = "{TENANT}"
-client_id = "a1b2c3d4-0000-4000-8000-00000000c11e"
-client_secret = {{ env = "SLOW_SECRET" }}
-"#,
-        store = dir.join("store").display(),
-        socket = dir.join("engine.sock").display(),
+    let text = common::listener_config(
+        dir,
+        "listen = \"127.0.0.1:0\"\nheader_read_timeout_secs = 1\nrequest_timeout_secs = 1\n\
+         webhook_secret = { env = \"SLOW_WEBHOOK_SECRET\" }",
+        "http://127.0.0.1:9",
+        "SLOW_SECRET",
     );
     let config = Config::from_toml_with_env(
         &text,

@@ -81,6 +81,35 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A configuration for tests of the listener alone: `server_lines` are the whole
+/// `[server]` section's keys, the store and the engine socket are in `dir`, the API base is
+/// `api_url` (the login authority is never reached), and one tenant `contoso`
+/// ([`rig::TENANT`], [`rig::CLIENT`]) reads its secret from the variable `secret_env`.
+pub fn listener_config(dir: &Path, server_lines: &str, api_url: &str, secret_env: &str) -> String {
+    format!(
+        r#"
+[server]
+{server_lines}
+[store]
+path = "{store}"
+[engine]
+socket = "{socket}"
+[api]
+login_url = "http://127.0.0.1:9"
+api_url = "{api_url}"
+[[tenants]]
+name = "contoso"
+tenant_id = "{tenant}"
+client_id = "{client}"
+client_secret = {{ env = "{secret_env}" }}
+"#,
+        store = dir.join("store").display(),
+        socket = dir.join("engine.sock").display(),
+        tenant = rig::TENANT,
+        client = rig::CLIENT,
+    )
+}
+
 /// The `o365-connector` binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_o365-connector"))
