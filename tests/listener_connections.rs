@@ -18,7 +18,6 @@ use o365_connector::ops::metrics::{ListenerLabels, ListenerReasonLabels};
 use o365_connector::server::dev_certs::{DevCertPaths, write_dev_certs};
 use o365_connector::service::{self, RunningService, ServiceOptions};
 
-
 /// The HTTP/2 connection preface a client sends first (RFC 9113, 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -11,6 +11,7 @@ use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use common::nats::NatsServer;
+use common::queue::{content_ref, dead_record, no_skip, record_counts};
 use common::{DEADLINE, wait_until};
 use o365_connector::clock::Clock;
 use o365_connector::cluster::Leadership;
@@ -61,22 +62,13 @@ async fn connect_error(settings: &NatsSettings) -> String {
 
 /// A contentId with the characters Microsoft's have (`$`, `.`), which NATS keys may not.
 fn content(content_id: &str) -> ContentRef {
-    let created = Utc::now();
-    ContentRef {
-        tenant_id: TENANT.to_owned(),
-        content_type: "Audit.Exchange".to_owned(),
-        content_id: format!("20261126230000.{content_id}$audit_exchange$Audit_Exchange$emea0023"),
-        content_uri: format!(
-            "https://manage.office.com/api/v1.0/{TENANT}/activity/feed/audit/{content_id}"
-        ),
-        content_created: created,
-        content_expiration: created + TimeDelta::days(7),
-        source: Source::Webhook,
-    }
-}
-
-fn none() -> HashSet<String> {
-    HashSet::new()
+    content_ref(
+        TENANT,
+        "Audit.Exchange",
+        format!("20261126230000.{content_id}$audit_exchange$Audit_Exchange$emea0023"),
+        Utc::now(),
+        Source::Webhook,
+    )
 }
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -85,7 +77,7 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn lease_when_back(queue: &NatsQueue) -> LeasedItem {
     let started = std::time::Instant::now();
     loop {
-        let mut leased = queue.lease(1, LEASE, &none()).await.unwrap();
+        let mut leased = queue.lease(1, LEASE, &no_skip()).await.unwrap();
         if let Some(item) = leased.pop() {
             return item;
         }
@@ -140,12 +132,12 @@ async fn a_leased_item_is_held_by_one_replica_and_done_becomes_a_tombstone() {
         .await
         .unwrap();
 
-    let first = a.lease(1, LEASE, &none()).await.unwrap();
+    let first = a.lease(1, LEASE, &no_skip()).await.unwrap();
     assert_eq!(first.len(), 1);
-    let second = b.lease(5, LEASE, &none()).await.unwrap();
+    let second = b.lease(5, LEASE, &no_skip()).await.unwrap();
     assert_eq!(second.len(), 1, "the other item only");
     assert_ne!(first[0].key(), second[0].key());
-    assert!(b.lease(5, LEASE, &none()).await.unwrap().is_empty());
+    assert!(b.lease(5, LEASE, &no_skip()).await.unwrap().is_empty());
 
     let item = &first[0];
     assert!(matches!(
@@ -173,7 +165,7 @@ async fn a_dead_replicas_item_comes_back_after_the_ack_wait_with_its_acked_offse
     let a = replica(&server, "a", lease).await;
     let b = replica(&server, "b", lease).await;
     a.enqueue(vec![content("resume")]).await.unwrap();
-    let held = a.lease(1, lease, &none()).await.unwrap().remove(0);
+    let held = a.lease(1, lease, &no_skip()).await.unwrap().remove(0);
     a.record_acked(&held.key(), held.lease, 7).await.unwrap();
     drop(a); // dies: no ack, no nak
 
@@ -193,12 +185,12 @@ async fn retry_later_holds_an_item_back_and_release_gives_it_back_at_once() {
     let server = NatsServer::start().await;
     let a = replica(&server, "a", LEASE).await;
     a.enqueue(vec![content("later")]).await.unwrap();
-    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let item = a.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     let not_before = Utc::now() + TimeDelta::seconds(2);
     a.retry_later(&item.key(), item.lease, not_before, "HTTP 503")
         .await
         .unwrap();
-    assert!(a.lease(1, LEASE, &none()).await.unwrap().is_empty());
+    assert!(a.lease(1, LEASE, &no_skip()).await.unwrap().is_empty());
     let item = lease_when_back(&a).await;
     assert!(Utc::now() >= not_before - TimeDelta::milliseconds(100));
     assert_eq!(item.attempts, 1);
@@ -206,7 +198,7 @@ async fn retry_later_holds_an_item_back_and_release_gives_it_back_at_once() {
     assert_eq!(stored.last_retry_reason.as_deref(), Some("HTTP 503"));
 
     a.release(&item.key(), item.lease).await.unwrap();
-    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let item = a.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     assert_eq!(item.attempts, 1, "a release is not an attempt");
 }
 
@@ -226,7 +218,7 @@ async fn dead_items_are_listed_and_an_operator_requeue_keeps_the_acked_offset() 
     let a = replica(&server, "a", LEASE).await;
     let b = replica(&server, "b", LEASE).await;
     a.enqueue(vec![content("dead")]).await.unwrap();
-    let item = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let item = a.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     a.record_acked(&item.key(), item.lease, 3).await.unwrap();
     let record = DeadRecord {
         index: 3,
@@ -262,30 +254,11 @@ async fn dead_items_are_listed_and_an_operator_requeue_keeps_the_acked_offset() 
 
     assert!(b.requeue_dead(&item.key()).await.unwrap());
     assert!(!b.requeue_dead(&item.key()).await.unwrap());
-    let again = b.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let again = b.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     assert_eq!(again.key(), item.key());
     assert_eq!(again.acked_records, 3);
     assert_eq!(again.attempts, 0);
     assert!(b.dead_items(10).await.unwrap().is_empty());
-}
-
-fn dead_record(index: u64, reason: &str) -> DeadRecord {
-    DeadRecord {
-        index,
-        byte_range: (index * 100, index * 100 + 60),
-        sha256: [index as u8; 32],
-        reason: reason.to_owned(),
-    }
-}
-
-/// (dead records, requeued, lost) from the queue's counts.
-async fn record_counts(queue: &NatsQueue) -> (u64, u64, u64) {
-    let stats = queue.stats().await.unwrap();
-    (
-        stats.dead_records,
-        stats.requeued_records,
-        stats.lost_records(),
-    )
 }
 
 #[tokio::test]
@@ -294,7 +267,7 @@ async fn a_done_items_requeued_dead_records_are_redone_alone_by_any_replica_and_
     let a = replica(&server, "a", LEASE).await;
     let b = replica(&server, "b", LEASE).await;
     a.enqueue(vec![content("redo")]).await.unwrap();
-    let first = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let first = a.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     let key = first.key();
     for index in [1, 4] {
         a.add_dead_record(&key, first.lease, dead_record(index, "invalid JSON"))
@@ -362,7 +335,7 @@ async fn a_requeued_dead_item_redoes_its_dead_records_below_the_acked_offset_unt
     let server = NatsServer::start().await;
     let a = replica(&server, "a", LEASE).await;
     a.enqueue(vec![content("dead-redo")]).await.unwrap();
-    let first = a.lease(1, LEASE, &none()).await.unwrap().remove(0);
+    let first = a.lease(1, LEASE, &no_skip()).await.unwrap().remove(0);
     let key = first.key();
     a.add_dead_record(&key, first.lease, dead_record(2, "invalid JSON"))
         .await

@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use chrono::{DateTime, TimeDelta, Utc};
+use common::queue::{content_ref, dead_record, no_skip, record_counts};
 use o365_connector::clock::Clock;
 use o365_connector::queue::{
     ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EmbeddedQueue, EnqueueOutcome,
@@ -25,17 +28,13 @@ fn start_time() -> DateTime<Utc> {
 }
 
 fn content(tenant_id: &str, content_id: &str, created: DateTime<Utc>) -> ContentRef {
-    ContentRef {
-        tenant_id: tenant_id.to_owned(),
-        content_type: "Audit.Exchange".to_owned(),
-        content_id: content_id.to_owned(),
-        content_uri: format!(
-            "https://manage.office.com/api/v1.0/{tenant_id}/activity/feed/audit/{content_id}"
-        ),
-        content_created: created,
-        content_expiration: created + TimeDelta::days(7),
-        source: Source::Webhook,
-    }
+    content_ref(
+        tenant_id,
+        "Audit.Exchange",
+        content_id.to_owned(),
+        created,
+        Source::Webhook,
+    )
 }
 
 async fn open_manual(dir: &std::path::Path) -> (EmbeddedQueue, Clock) {
@@ -44,10 +43,6 @@ async fn open_manual(dir: &std::path::Path) -> (EmbeddedQueue, Clock) {
         .await
         .expect("store opens");
     (queue, clock)
-}
-
-fn no_skip() -> HashSet<String> {
-    HashSet::new()
 }
 
 #[tokio::test]
@@ -704,25 +699,6 @@ async fn leases_of_a_process_that_died_are_released_at_the_next_open() {
         1,
         "leasable at once, not after the old lease expires"
     );
-}
-
-fn dead_record(index: u64, reason: &str) -> DeadRecord {
-    DeadRecord {
-        index,
-        byte_range: (index * 100, index * 100 + 60),
-        sha256: Sha256::digest(format!("record {index}").as_bytes()).into(),
-        reason: reason.to_owned(),
-    }
-}
-
-/// (dead records, requeued, lost) from the store's counts.
-async fn record_counts(queue: &EmbeddedQueue) -> (u64, u64, u64) {
-    let stats = queue.stats().await.expect("stats");
-    (
-        stats.dead_records,
-        stats.requeued_records,
-        stats.lost_records(),
-    )
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use proptest::prelude::*;
 
 use common::DEADLINE;
 use common::nats::NatsServer;
+use common::queue::{content_ref, no_skip};
 use o365_connector::clock::Clock;
 use o365_connector::config::NatsConfig;
 use o365_connector::queue::nats::NatsSettings;
@@ -131,29 +132,20 @@ contract_tests!(
 );
 
 fn content(content_id: &str) -> ContentRef {
-    let created = Utc::now();
-    ContentRef {
-        tenant_id: TENANT.to_owned(),
-        content_type: "Audit.SharePoint".to_owned(),
-        content_id: format!("20260301120000.{content_id}$audit_sharepoint$emea0031"),
-        content_uri: format!(
-            "https://manage.office.com/api/v1.0/{TENANT}/activity/feed/audit/{content_id}"
-        ),
-        content_created: created,
-        content_expiration: created + TimeDelta::days(7),
-        source: Source::Poll,
-    }
-}
-
-fn none() -> HashSet<String> {
-    HashSet::new()
+    content_ref(
+        TENANT,
+        "Audit.SharePoint",
+        format!("20260301120000.{content_id}$audit_sharepoint$emea0031"),
+        Utc::now(),
+        Source::Poll,
+    )
 }
 
 /// Leases one item from `queue` with `duration`, trying until one is handed out.
 async fn lease_one(queue: &dyn ContentQueue, duration: Duration) -> LeasedItem {
     let started = Instant::now();
     loop {
-        if let Some(item) = queue.lease(1, duration, &none()).await.unwrap().pop() {
+        if let Some(item) = queue.lease(1, duration, &no_skip()).await.unwrap().pop() {
             return item;
         }
         assert!(started.elapsed() < DEADLINE, "no item was handed out");
@@ -300,12 +292,7 @@ async fn acked_progress_never_moves_backwards_across_leases(queue: Harness) {
 }
 
 fn dead_record(index: u64) -> DeadRecord {
-    DeadRecord {
-        index,
-        byte_range: (index * 100, index * 100 + 42),
-        sha256: [index as u8; 32],
-        reason: format!("record {index} is not a JSON object"),
-    }
+    common::queue::dead_record(index, &format!("record {index} is not a JSON object"))
 }
 
 async fn dead_letters_round_trip_through_an_operator_requeue(queue: Harness) {
@@ -382,7 +369,7 @@ async fn completing_with_the_next_lease_completes_first_and_reports_each_complet
             vec![(first.key(), first.lease), (first.key(), stale)],
             2,
             LONG,
-            &none(),
+            &no_skip(),
         )
         .await;
     assert_eq!(done.completed.len(), 2, "one result per completion");
@@ -408,7 +395,7 @@ async fn completing_with_the_next_lease_completes_first_and_reports_each_complet
     let second = &leased[0];
     let last = queue
         .a
-        .complete_and_lease(vec![(second.key(), second.lease)], 1, LONG, &none())
+        .complete_and_lease(vec![(second.key(), second.lease)], 1, LONG, &no_skip())
         .await;
     assert!(last.completed[0].is_ok(), "{:?}", last.completed[0]);
     assert!(last.leased.unwrap().is_empty(), "nothing left to lease");
@@ -489,7 +476,7 @@ async fn run_against_model(queue: &dyn ContentQueue, operations: &[Operation]) {
                 }
             }
             Operation::Lease(max) => {
-                let leased = queue.lease(*max, LONG, &none()).await.unwrap();
+                let leased = queue.lease(*max, LONG, &no_skip()).await.unwrap();
                 assert!(leased.len() <= *max, "{at}");
                 for item in leased {
                     let index = keys.iter().position(|key| key.key() == item.key()).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod logs;
 pub mod nats;
+pub mod queue;
 pub mod rig;
 
 use std::net::SocketAddr;
