@@ -1090,12 +1090,10 @@ async fn two_more_polls(bench: &Bench) {
 
 /// Waits until the stored Audit.Exchange cursor is `want`.
 async fn stored_becomes(bench: &Bench, want: DateTime<Utc>) {
-    let started = std::time::Instant::now();
-    while bench.cursor(ContentType::AuditExchange).await != Some(want) {
-        assert!(
-            started.elapsed() < LOOP_DEADLINE,
-            "the cursor {want} is not stored"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    common::wait_until_async(
+        &format!("the cursor {want} stored"),
+        LOOP_DEADLINE,
+        || async { bench.cursor(ContentType::AuditExchange).await == Some(want) },
+    )
+    .await;
 }

@@ -232,18 +232,11 @@ async fn a_batch_reports_each_reference_and_every_enqueued_one_is_stored(queue: 
 
 /// Waits until `queue.open_items()` is `expected`: NATS may reuse a count for a moment.
 async fn wait_for_open_items(queue: &dyn ContentQueue, expected: u64, after: &str) {
-    let started = Instant::now();
-    loop {
-        let open = queue.open_items().await.unwrap();
-        if open == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "after {after}: {open} open items, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{expected} open items after {after}");
+    common::wait_until_async(&what, DEADLINE, || async {
+        queue.open_items().await.unwrap() == expected
+    })
+    .await;
 }
 
 /// The hard limit and `/readyz` read `open_items` on every notification: it must follow

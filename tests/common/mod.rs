@@ -38,6 +38,19 @@ pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMu
     }
 }
 
+/// [`wait_until`] for a condition that must be awaited (a store read, a request).
+pub async fn wait_until_async<Check, Checked>(what: &str, deadline: Duration, mut condition: Check)
+where
+    Check: FnMut() -> Checked,
+    Checked: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A loopback port free at the time of the call (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
