@@ -128,7 +128,7 @@ contract_tests!(
     dead_letters_round_trip_through_an_operator_requeue(LONG),
     an_item_is_not_handed_out_again_before_its_lease_until(Duration::from_secs(1)),
     open_items_counts_what_is_pending_or_leased(LONG),
-    completing_with_the_next_lease_completes_first_and_reports_each_completion(LONG),
+    completing_together_reports_each_completion_and_a_stale_one_fails_alone(LONG),
 );
 
 fn content(content_id: &str) -> ContentRef {
@@ -346,9 +346,7 @@ async fn an_item_is_not_handed_out_again_before_its_lease_until(queue: Harness) 
     assert_eq!(again.attempts, 1, "the expired lease counts as an attempt");
 }
 
-async fn completing_with_the_next_lease_completes_first_and_reports_each_completion(
-    queue: Harness,
-) {
+async fn completing_together_reports_each_completion_and_a_stale_one_fails_alone(queue: Harness) {
     queue
         .a
         .enqueue(vec![content("first"), content("second")])
@@ -358,40 +356,38 @@ async fn completing_with_the_next_lease_completes_first_and_reports_each_complet
     let stale = LeaseId(first.lease.0.wrapping_add(1_000_000));
     let done = queue
         .a
-        .complete_and_lease(
-            vec![(first.key(), first.lease), (first.key(), stale)],
-            2,
-            LONG,
-            &no_skip(),
-        )
+        .complete_all(vec![(first.key(), first.lease), (first.key(), stale)])
         .await;
-    assert_eq!(done.completed.len(), 2, "one result per completion");
-    assert!(done.completed[0].is_ok(), "{:?}", done.completed[0]);
+    assert_eq!(done.len(), 2, "one result per completion");
+    assert!(done[0].is_ok(), "{:?}", done[0]);
     assert!(
-        is_stale(done.completed[1].clone()),
+        is_stale(done[1].clone()),
         "a completion under a lease not held fails alone: {:?}",
-        done.completed[1]
+        done[1]
     );
-    let leased = done.leased.expect("the lease went on");
-    assert_eq!(
-        leased.len(),
-        1,
-        "the completed item is not handed out again"
-    );
-    assert_eq!(leased[0].content.content_id, content("second").content_id);
     let first_now = queue.b.get(&first.key()).await.unwrap().unwrap();
     assert!(
         matches!(first_now.state, ItemState::Done { .. }),
         "{:?}",
         first_now.state
     );
+    let leased = queue.a.lease(2, LONG, &no_skip()).await.unwrap();
+    assert_eq!(
+        leased.len(),
+        1,
+        "the completed item is not handed out again"
+    );
+    assert_eq!(leased[0].content.content_id, content("second").content_id);
     let second = &leased[0];
     let last = queue
         .a
-        .complete_and_lease(vec![(second.key(), second.lease)], 1, LONG, &no_skip())
+        .complete_all(vec![(second.key(), second.lease)])
         .await;
-    assert!(last.completed[0].is_ok(), "{:?}", last.completed[0]);
-    assert!(last.leased.unwrap().is_empty(), "nothing left to lease");
+    assert!(last[0].is_ok(), "{:?}", last[0]);
+    assert!(
+        queue.a.lease(1, LONG, &no_skip()).await.unwrap().is_empty(),
+        "nothing left to lease"
+    );
     let stats = queue.a.stats().await.unwrap();
     assert_eq!((stats.done, stats.pending, stats.leased), (2, 0, 0));
 }

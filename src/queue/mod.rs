@@ -166,16 +166,6 @@ impl LeasedItem {
     }
 }
 
-/// What [`ContentQueue::complete_and_lease`] did: each completion's result, in the order
-/// asked, and the lease's.
-#[derive(Debug)]
-pub struct CompletedAndLeased {
-    /// One result per completion asked for.
-    pub completed: Vec<Result<(), QueueError>>,
-    /// The items leased.
-    pub leased: Result<Vec<LeasedItem>, QueueError>,
-}
-
 /// One record of a blob that could not be forwarded, kept by reference only: where it is
 /// and what it hashes to, never its content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,33 +383,22 @@ pub trait ContentQueue: Send + Sync {
     /// and the dead records it was requeued for (and did not dead-letter again) are removed.
     async fn complete(&self, key: &ContentKey, lease: LeaseId) -> Result<(), QueueError>;
 
-    /// Completes each of `completed` (as [`Self::complete`], in order), then leases up to
-    /// `max` items (as [`Self::lease`]): what a worker does between two blobs, in one call,
-    /// so a backend can store both in one write. Each completion has its own result (a
-    /// stale lease fails alone); [`CompletedAndLeased::leased`] is the lease's. A completion
-    /// reported `Ok` is durable, as `complete`'s; when a write fails, every completion
-    /// reported with its error may or may not be stored (the caller's lease then expires and
-    /// the item is redelivered: a duplicate, never a loss). The default makes the calls one
-    /// by one; the embedded store makes it one transaction.
-    async fn complete_and_lease(
+    /// Completes each of `completed` (as [`Self::complete`], in order): what the workers
+    /// finished together, in one call, so a backend can store them in one write. Each has
+    /// its own result (a stale lease fails alone). A completion reported `Ok` is durable,
+    /// as `complete`'s; when the write fails, every completion reported with its error may
+    /// or may not be stored (the lease then expires and the item is redelivered: a
+    /// duplicate, never a loss). The default makes the calls one by one; the embedded store
+    /// makes it one transaction.
+    async fn complete_all(
         &self,
         completed: Vec<(ContentKey, LeaseId)>,
-        max: usize,
-        duration: Duration,
-        skip_tenants: &HashSet<String>,
-    ) -> CompletedAndLeased {
+    ) -> Vec<Result<(), QueueError>> {
         let mut outcomes = Vec::with_capacity(completed.len());
         for (key, lease) in &completed {
             outcomes.push(self.complete(key, *lease).await);
         }
-        let leased = match max {
-            0 => Ok(Vec::new()),
-            _ => self.lease(max, duration, skip_tenants).await,
-        };
-        CompletedAndLeased {
-            completed: outcomes,
-            leased,
-        }
+        outcomes
     }
 
     /// The attempt failed: the item is pending again from `not_before`, one attempt counted,

@@ -148,11 +148,7 @@ pub fn spawn_workers(
     shutdown: CancellationToken,
 ) {
     let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
-    tracker.spawn(store_completions(
-        context.queue.clone(),
-        context.lease_duration,
-        finished,
-    ));
+    tracker.spawn(store_completions(context.queue.clone(), finished));
     for worker in 0..count {
         tracker.spawn(supervise_worker(
             context.clone(),
@@ -246,11 +242,7 @@ type Completion = (ContentKey, LeaseId);
 /// Marks done the items the workers hand over, several in one queue write (one commit,
 /// one fsync): the first waits at most [`COMPLETION_LINGER`] for others. Ends once every
 /// worker is gone and what they handed over is stored.
-async fn store_completions(
-    queue: Arc<dyn ContentQueue>,
-    lease_duration: Duration,
-    mut finished: mpsc::Receiver<Completion>,
-) {
+async fn store_completions(queue: Arc<dyn ContentQueue>, mut finished: mpsc::Receiver<Completion>) {
     let mut batch = Vec::with_capacity(COMPLETIONS_PER_WRITE);
     while let Some(first) = finished.recv().await {
         batch.push(first);
@@ -267,15 +259,8 @@ async fn store_completions(
             }
         }
         let keys: Vec<ContentKey> = batch.iter().map(|(key, _)| key.clone()).collect();
-        let outcome = queue
-            .complete_and_lease(
-                std::mem::take(&mut batch),
-                0,
-                lease_duration,
-                &HashSet::new(),
-            )
-            .await;
-        for (key, completed) in keys.iter().zip(outcome.completed) {
+        let outcomes = queue.complete_all(std::mem::take(&mut batch)).await;
+        for (key, completed) in keys.iter().zip(outcomes) {
             report_completion(key, completed);
         }
     }
@@ -1241,7 +1226,7 @@ mod tests {
         drop(completions);
         let commits_before = queue.stats().await.unwrap().commits;
         // Returns once every completion handed over is stored (the hand-over closed).
-        store_completions(queue.clone(), lease, finished).await;
+        store_completions(queue.clone(), finished).await;
         let stats = queue.stats().await.unwrap();
         assert_eq!(
             stats.commits - commits_before,

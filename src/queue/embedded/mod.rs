@@ -50,9 +50,8 @@ pub use self::permissions::create_private_dir;
 use self::writer::{Commit, Tables, Writer};
 use crate::clock::Clock;
 use crate::queue::{
-    CompletedAndLeased, ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD,
-    EnqueueOutcome, ItemState, LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats,
-    Transition,
+    ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
+    LeaseId, LeasedItem, MetaStore, QueueError, QueueItem, QueueStats, Transition,
 };
 use crate::retry::RetryPolicy;
 
@@ -765,24 +764,15 @@ impl ContentQueue for EmbeddedQueue {
             .await
     }
 
-    /// One write: the completions, then the lease, in one transaction, durable (one fsync)
-    /// when there is a completion and volatile otherwise, as `lease` alone.
-    async fn complete_and_lease(
+    /// One durable write (one fsync) for all the completions.
+    async fn complete_all(
         &self,
         completed: Vec<(ContentKey, LeaseId)>,
-        max: usize,
-        duration: Duration,
-        skip_tenants: &HashSet<String>,
-    ) -> CompletedAndLeased {
+    ) -> Vec<Result<(), QueueError>> {
         let count = completed.len();
-        let commit = match completed.is_empty() {
-            true => Commit::Volatile,
-            false => Commit::Durable,
-        };
-        let skip_tenants = skip_tenants.clone();
         let written = self
             .writer
-            .write_with(commit, move |tables, now| {
+            .write(move |tables, now| {
                 let mut outcomes = Vec::with_capacity(completed.len());
                 for (key, lease) in &completed {
                     match complete_item(tables, key, *lease, now) {
@@ -791,23 +781,10 @@ impl ContentQueue for EmbeddedQueue {
                         outcome => outcomes.push(outcome),
                     }
                 }
-                let leased = match max {
-                    0 => Vec::new(),
-                    _ => lease_due(tables, now, max, duration, &skip_tenants)?,
-                };
-                Ok((outcomes, leased))
+                Ok(outcomes)
             })
             .await;
-        match written {
-            Ok((completed, leased)) => CompletedAndLeased {
-                completed,
-                leased: Ok(leased),
-            },
-            Err(error) => CompletedAndLeased {
-                completed: vec![Err(error.clone()); count],
-                leased: Err(error),
-            },
-        }
+        written.unwrap_or_else(|error| vec![Err(error); count])
     }
 
     async fn retry_later(
