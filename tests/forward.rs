@@ -706,7 +706,7 @@ async fn a_log_over_the_message_limit_is_never_sent_and_the_stream_goes_on() {
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let reserved = forwarder.reserve(4 * 1024 * 1024 + 1).await;
+    let reserved = forwarder.reserve_batch(1, 4 * 1024 * 1024 + 1).await;
     assert!(matches!(reserved, Err(ForwardError::TooLarge { .. })));
     let receipts = send_all(&forwarder, &logs(0..5)).await;
     all_acked(receipts).await;

@@ -50,7 +50,7 @@
 //!   10 s with [`RetryPolicy::aggressive`], so 40 s) plus as many round trips.
 //! - **Memory bounded in bytes.** Besides `max_in_flight` Logs, the window holds at most
 //!   `max_in_flight_bytes` of encoded Logs; a caller waits for room in both before its Log
-//!   is built ([`Forwarder::reserve`]), so the submission queue, the window and the
+//!   is built ([`Forwarder::reserve_batch`]), so the submission queue, the window and the
 //!   request stream (which share each Log's one buffer) never hold more.
 //! - **Stalls are visible.** While Logs are in flight and none is acknowledged for
 //!   `stall_after`, [`Forwarder::stall`] describes it (how many, how long, the last stream
@@ -177,7 +177,7 @@ pub enum ForwardError {
         "the log is {size} bytes encoded, over the engine's message limit of {limit} bytes (engine.max_message_bytes)"
     )]
     TooLarge {
-        /// The encoded size (or, from [`Forwarder::reserve`], the size asked for).
+        /// The encoded size (or, from [`Forwarder::reserve_batch`], the size asked for).
         size: usize,
         /// `max_message_bytes`.
         limit: usize,
@@ -559,37 +559,6 @@ struct Room {
     _bytes: OwnedSemaphorePermit,
 }
 
-/// Room in the window for one Log of at most `bytes` encoded bytes, taken by
-/// [`Forwarder::reserve`] before the Log is built, so a worker waiting for room holds
-/// no encoded Log. Dropping it frees the room.
-#[must_use = "the room is freed when the reservation is dropped"]
-#[derive(Debug)]
-pub struct Reservation {
-    forwarder: Forwarder,
-    room: Room,
-    bytes: usize,
-}
-
-impl Reservation {
-    /// Encodes `log` and accepts it into the window; returns the receipt that resolves
-    /// when the engine acknowledged it. Fails with [`ForwardError::TooLarge`] when the
-    /// encoding is over the message limit or over the reserved size (the Log is not
-    /// sent), and with [`ForwardError::Closed`] once a shutdown has begun.
-    pub async fn send(self, log: Log) -> Result<AckReceipt, ForwardError> {
-        let encoded = wire::EncodedLog::new(log);
-        let size = encoded.bytes.len();
-        let limit = self.forwarder.inner.max_message_bytes;
-        if size > limit || size > self.bytes {
-            Counters::add(&self.forwarder.inner.counters.too_large, 1);
-            return Err(ForwardError::TooLarge {
-                size,
-                limit: limit.min(self.bytes),
-            });
-        }
-        self.forwarder.submit(encoded, self.room).await
-    }
-}
-
 /// Handle on the forwarder; cheap to clone, shared by all workers.
 #[derive(Clone)]
 pub struct Forwarder {
@@ -685,19 +654,6 @@ impl Forwarder {
         let size = encoded.bytes.len();
         let room = self.take_room(size).await?;
         self.submit(encoded, room).await
-    }
-
-    /// Waits for room in the window for one Log of at most `bytes` encoded bytes (one
-    /// slot and `bytes` of the byte bound). Fails with [`ForwardError::TooLarge`] at once
-    /// when `bytes` is over the message limit, and with [`ForwardError::Closed`] once a
-    /// shutdown has begun.
-    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ForwardError> {
-        let room = self.take_room(bytes).await?;
-        Ok(Reservation {
-            forwarder: self.clone(),
-            room,
-            bytes,
-        })
     }
 
     /// Waits for room in the window for a batch of `logs` Logs of at most `bytes` encoded
