@@ -652,7 +652,7 @@ impl Forwarder {
     pub async fn send(&self, log: Log) -> Result<AckReceipt, ForwardError> {
         let encoded = wire::EncodedLog::new(log);
         let size = encoded.bytes.len();
-        let room = self.take_room(size).await?;
+        let room = self.take_room(1, size).await?;
         self.submit(encoded, room).await
     }
 
@@ -668,7 +668,7 @@ impl Forwarder {
         bytes: usize,
     ) -> Result<BatchReservation, ForwardError> {
         let room = self
-            .take_room_for(logs.min(self.max_batch_logs()), bytes)
+            .take_room(logs.min(self.max_batch_logs()), bytes)
             .await?;
         Ok(BatchReservation {
             forwarder: self.clone(),
@@ -688,11 +688,9 @@ impl Forwarder {
         self.inner.max_message_bytes
     }
 
-    async fn take_room(&self, bytes: usize) -> Result<Room, ForwardError> {
-        self.take_room_for(1, bytes).await
-    }
-
-    async fn take_room_for(&self, logs: usize, bytes: usize) -> Result<Room, ForwardError> {
+    /// Waits for `logs` slots (at least one, at most the window's) and `bytes` of the byte
+    /// bound; refuses at once, counted, what no message could carry.
+    async fn take_room(&self, logs: usize, bytes: usize) -> Result<Room, ForwardError> {
         let limit = self.inner.max_message_bytes;
         if bytes > limit {
             Counters::add(&self.inner.counters.too_large, 1);
