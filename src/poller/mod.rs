@@ -338,24 +338,7 @@ impl TenantPoller {
     async fn store_cursors(&self) {
         let mut types = self.types.lock().await;
         for (content_type, state) in types.iter_mut() {
-            let Some(times) = &mut state.times else {
-                continue;
-            };
-            let Some(cursor) = times
-                .cursor
-                .filter(|cursor| times.stored_cursor < Some(*cursor))
-            else {
-                continue;
-            };
-            match self
-                .store_time(&cursor_key(self.tenant_id(), *content_type), cursor)
-                .await
-            {
-                Ok(()) => times.stored_cursor = Some(cursor),
-                Err(error) => {
-                    tracing::debug!(tenant = %self.target.name, %content_type, %error, "the cursor was not stored at shutdown; the next start lists again from the stored one");
-                }
-            }
+            self.store_cursor_behind(*content_type, state).await;
         }
     }
 
@@ -448,20 +431,26 @@ impl TenantPoller {
     }
 
     /// Writes the cursor kept in memory when it ran ahead of the stored one (after
-    /// [`TenantPoller::run_once`], whose callers read the store).
+    /// [`TenantPoller::run_once`], whose callers read the store, and at shutdown). A failure
+    /// only means the next start lists again from the stored one.
     async fn store_cursor_behind(&self, content_type: ContentType, state: &mut TypeState) {
         let Some(times) = &mut state.times else {
             return;
         };
-        if let Some(cursor) = times
+        let Some(cursor) = times
             .cursor
             .filter(|cursor| times.stored_cursor < Some(*cursor))
-            && self
-                .store_time(&cursor_key(self.tenant_id(), content_type), cursor)
-                .await
-                .is_ok()
+        else {
+            return;
+        };
+        match self
+            .store_time(&cursor_key(self.tenant_id(), content_type), cursor)
+            .await
         {
-            times.stored_cursor = Some(cursor);
+            Ok(()) => times.stored_cursor = Some(cursor),
+            Err(error) => {
+                tracing::debug!(tenant = %self.target.name, %content_type, %error, "the cursor was not stored; the next start lists again from the stored one");
+            }
         }
     }
 
