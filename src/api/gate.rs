@@ -50,6 +50,15 @@ impl RequestGate {
         }
     }
 
+    /// A pass from `gate` when there is one; an open way (no wait) when there is none, for
+    /// components run without a gate (tests, single operations).
+    pub async fn enter_if(gate: Option<&RequestGate>) -> GatePass<'_> {
+        match gate {
+            Some(gate) => gate.enter().await,
+            None => GatePass { _permit: None },
+        }
+    }
+
     /// Passes free now.
     pub fn available(&self) -> usize {
         self.permits.available_permits()

@@ -366,10 +366,7 @@ impl TenantPoller {
                 .get(&content_type)
                 .is_some_and(|state| state.due <= Instant::now())
             {
-                let _pass = match &self.gate {
-                    Some(gate) => Some(gate.enter().await),
-                    None => None,
-                };
+                let _pass = RequestGate::enter_if(self.gate.as_deref()).await;
                 self.poll_and_schedule(content_type, &mut types).await;
             }
         }

@@ -284,10 +284,7 @@ impl RiskCollector {
         let mut url = graph.first_page_url(&since);
         loop {
             let page = {
-                let _pass = match &self.gate {
-                    Some(gate) => Some(gate.enter().await),
-                    None => None,
-                };
+                let _pass = RequestGate::enter_if(self.gate.as_deref()).await;
                 graph.page(url).await?
             };
             report.pages += 1;

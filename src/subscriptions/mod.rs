@@ -194,10 +194,7 @@ impl SubscriptionManager {
         let mut spread = true;
         loop {
             let checked = {
-                let _pass = match &self.gate {
-                    Some(gate) => Some(gate.enter().await),
-                    None => None,
-                };
+                let _pass = RequestGate::enter_if(self.gate.as_deref()).await;
                 // Boxed: only a tenant checking now holds a check's state, not every
                 // sleeping one.
                 Box::pin(self.check_once()).await
