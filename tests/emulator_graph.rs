@@ -66,6 +66,23 @@ impl Graph {
         }
     }
 
+    /// The JSON lines an `/_emulator/…` inspection endpoint answers at `path`.
+    async fn inspect(&self, path: &str) -> Vec<Value> {
+        let url = format!("{}{path}", self.emulator.base_url());
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .collect()
+    }
+
     async fn default() -> Self {
         Self::start(TenantScenario::with_secret(TENANT, CLIENT, SECRET)).await
     }
@@ -289,19 +306,10 @@ async fn paging_returns_every_detection_once_in_order_even_while_new_ones_arrive
         )
         .await;
     assert_eq!(all.len(), 9);
-    let url = format!("{}/_emulator/requests", graph.emulator.base_url());
-    let log = graph
-        .http
-        .get(url)
-        .send()
+    let polls = graph
+        .inspect("/_emulator/requests")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let polls = log
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .into_iter()
         .filter(|record| record["endpoint"] == DETECTIONS && record["tenant"] == TENANT)
         .count();
     assert_eq!(polls, 4);
@@ -403,22 +411,10 @@ async fn a_detection_updated_after_the_watermark_reappears_byte_for_byte() {
     assert_eq!(value[0]["id"], oldest.as_str());
     assert_eq!(value[0]["riskState"], "remediated");
     // The element is served byte for byte as the inspection shows it.
-    let url = format!(
-        "{}/_emulator/risk_detections?tenant_id={TENANT}",
-        graph.emulator.base_url()
-    );
-    let inspection = graph
-        .http
-        .get(url)
-        .send()
+    let record = graph
+        .inspect(&format!("/_emulator/risk_detections?tenant_id={TENANT}"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let record = inspection
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .into_iter()
         .find(|record| record["id"] == oldest.as_str())
         .unwrap();
     let exact = record["json"].as_str().unwrap();
