@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -46,13 +46,13 @@ fn detection_log_id(rig: &Rig, detection_id: &str) -> String {
 
 /// The acked Logs of risk detections, by Log id (every copy, in arrival order).
 fn risk_logs(rig: &Rig, published: &[PublishedDetection]) -> HashMap<String, Vec<ReceivedLog>> {
-    let ids: HashMap<String, ()> = published
+    let ids: HashSet<String> = published
         .iter()
-        .map(|detection| (detection_log_id(rig, &detection.id), ()))
+        .map(|detection| detection_log_id(rig, &detection.id))
         .collect();
     let mut logs: HashMap<String, Vec<ReceivedLog>> = HashMap::new();
     for log in rig.all_logs() {
-        if log.acked && ids.contains_key(&log.id) {
+        if log.acked && ids.contains(&log.id) {
             logs.entry(log.id.clone()).or_default().push(log);
         }
     }
