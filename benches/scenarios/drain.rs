@@ -10,11 +10,12 @@
 //!   the Logs built outside the timed span, then pushed (kept so runs stay comparable).
 //!
 //! The connector's CPU per record is its process CPU time (`/proc/<pid>/stat`) over the
-//! records the engine acked.
+//! records the engine acked; the limit's (`cpu_us_per_record_vs_limit`) is the CPU time of
+//! the threads of the runtime it runs on alone (the emulators run on the bench's own).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use o365_connector::emulator::api::feed::ContentEntry;
@@ -161,7 +162,10 @@ pub async fn drain(dir: &Path) {
     let per_blob = env_number("DRAIN_RECORDS", 100);
     let (api, socket, engine, entries) = backlog(dir, blobs, per_blob).await;
     let total = (blobs * per_blob) as u64;
-    let limit_secs = honest_drain(api.base_url(), &entries, &socket, total).await;
+    let (limit_secs, limit_cpu) = {
+        let (base, entries, socket) = (api.base_url().to_owned(), entries.clone(), socket.clone());
+        on_own_runtime(async move { honest_drain(&base, &entries, &socket, total).await }).await
+    };
     let (old_limit_secs, bytes) = bare_drain(api.base_url(), &entries, &socket).await;
     let run = connector_drain(&dir.join("connector"), &api, &engine, &socket, total, None).await;
     let megabytes = bytes as f64 / 1e6;
@@ -198,6 +202,15 @@ pub async fn drain(dir: &Path) {
         "µs",
         None,
         Some((1.5, "le")),
+    );
+    // The limit's own CPU per record: what the necessary work costs, for scale.
+    figure(
+        "drain",
+        "cpu_us_per_record_vs_limit",
+        cpu_micros_per_record(run.cpu, total),
+        "µs",
+        Some(cpu_micros_per_record(limit_cpu, total)),
+        None,
     );
     figure("drain", "peak_rss", run.peak_rss / MIB, "MiB", None, None);
     figure("drain", "startup_s", run.startup, "s", None, None);
@@ -251,6 +264,46 @@ pub async fn drain(dir: &Path) {
         );
     }
     api.shutdown().await;
+}
+
+/// Runs `work` on a runtime of its own (as many workers as the connector's, one per core),
+/// in a thread of its own: its output, and the CPU seconds its threads spent (the limit's
+/// cost apart from the emulators', which share this process).
+async fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> (T, f64) {
+    tokio::task::spawn_blocking(move || {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let started = threads.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_start(move || started.lock().unwrap().push(this_thread_stat()))
+            .build()
+            .unwrap();
+        let caller = this_thread_stat();
+        let caller_before = stat_cpu_seconds(&caller);
+        let output = runtime.block_on(work);
+        // A blocking-pool thread that already exited has no stat file left; its CPU is
+        // lost (the limit runs none but the resolver's, briefly).
+        let threads_cpu: f64 = threads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|stat| Path::new(stat.as_str()).exists())
+            .map(|stat| stat_cpu_seconds(stat))
+            .sum();
+        let cpu = threads_cpu + stat_cpu_seconds(&caller) - caller_before;
+        drop(runtime);
+        (output, cpu)
+    })
+    .await
+    .unwrap()
+}
+
+/// This thread's `stat` file (`/proc/<pid>/task/<tid>/stat`).
+fn this_thread_stat() -> String {
+    let task = std::fs::read_link("/proc/thread-self").unwrap();
+    format!("/proc/{}/stat", task.display())
 }
 
 /// Process CPU seconds over `records`, in microseconds per record.

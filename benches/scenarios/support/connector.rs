@@ -131,12 +131,7 @@ impl Connector {
 
     /// utime + stime in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after_name.split(' ').collect();
-        // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / clock_ticks_per_second()
+        stat_cpu_seconds(&format!("/proc/{}/stat", self.pid()))
     }
 
     /// SIGTERM, then waits for a graceful exit (SIGKILL after 30 s, by `Drop`).
@@ -152,6 +147,17 @@ impl Connector {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// utime + stime in seconds of the process or thread whose `stat` file (proc(5)) is `path`
+/// (`/proc/<pid>/stat`, `/proc/self/task/<tid>/stat`).
+pub fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks_per_second()
 }
 
 impl Drop for Connector {
