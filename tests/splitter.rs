@@ -612,6 +612,42 @@ fn invalid_utf8_inside_a_string_is_a_bad_record_and_the_next_record_comes_out() 
 }
 
 #[test]
+fn records_around_invalid_utf8_in_one_chunk_keep_their_fields_and_exact_bytes() {
+    // The chunk's text is checked for UTF-8 once; the check stops at the bad byte and starts
+    // again after it, so the records on both sides take the one-pass path (fields read).
+    let mut body = "[{\"Id\":\"é\"},{\"x\":\"\"},{\"Id\":\"c\"}]"
+        .as_bytes()
+        .to_vec();
+    // Inside the second record's empty string.
+    let bad = body.iter().position(|&byte| byte == b'x').unwrap() + 4;
+    body.insert(bad, 0xff);
+    let events = split(&body, &[usize::MAX]);
+    let records: Vec<(u64, &[u8], bool)> = events
+        .iter()
+        .filter_map(|event| match event {
+            SplitEvent::Record {
+                index,
+                bytes,
+                fields,
+                ..
+            } => Some((*index, bytes.as_ref(), fields.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            (0, "{\"Id\":\"é\"}".as_bytes(), true),
+            (2, br#"{"Id":"c"}"#.as_slice(), true)
+        ]
+    );
+    assert!(
+        matches!(&events[1], SplitEvent::BadRecord { index: 1, reason, .. } if reason.starts_with("invalid UTF-8")),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn invalid_json_inside_well_delimited_braces_is_a_bad_record() {
     let events = split(br#"[{"a" 1},{"b":01},{"c":"\q"},{"d":[1,]}]"#, &[5]);
     let reasons: Vec<&str> = events
