@@ -277,6 +277,8 @@ async fn on_own_runtime<T: Send + 'static>(
         let started = threads.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            // Named, so a profile of the bench tells the limit's threads apart.
+            .thread_name("drain-limit")
             .on_thread_start(move || started.lock().unwrap().push(this_thread_stat()))
             .build()
             .unwrap();

@@ -35,7 +35,7 @@ pub mod writer;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +84,44 @@ pub struct EmbeddedQueue {
     store: Arc<StoreHandle>,
     writer: Writer,
     clock: Clock,
+    lease_ids: Arc<LeaseIds>,
+}
+
+/// Lease ids are handed out from memory, so a lease writes no counter: the store persists
+/// only the end of the block of [`LEASE_ID_BLOCK`] ids being handed out, and a later run
+/// starts after it. Ids are unique within a run and rise across runs (with gaps); a lease
+/// never outlives its run anyway, as every lease is released when the store opens.
+struct LeaseIds {
+    next: AtomicU64,
+    /// The persisted mark: ids below it are this run's to hand out.
+    reserved: AtomicU64,
+}
+
+/// Lease ids persisted as taken at a time (one counter write per this many leases).
+const LEASE_ID_BLOCK: u64 = 1 << 16;
+
+impl LeaseIds {
+    /// Ids from the persisted mark `first` on.
+    fn from(first: u64) -> Self {
+        Self {
+            next: AtomicU64::new(first),
+            reserved: AtomicU64::new(first),
+        }
+    }
+
+    /// The next lease id; when it starts a new block, persists the block's end in the
+    /// caller's transaction (only the writer thread runs transactions, one at a time).
+    fn take(&self, counters: &mut Table<'_, &'static str, u64>) -> Result<LeaseId, QueueError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if id >= self.reserved.load(Ordering::Relaxed) {
+            let end = id + LEASE_ID_BLOCK;
+            counters
+                .insert(format::COUNTER_NEXT_LEASE, end)
+                .map_err(storage_error)?;
+            self.reserved.store(end, Ordering::Relaxed);
+        }
+        Ok(LeaseId(id))
+    }
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -117,11 +155,22 @@ impl EmbeddedQueue {
             })??;
         let store = Arc::new(store);
         let writer = Writer::spawn(Arc::clone(&store), clock.clone(), options.reopen_retry)?;
-        let queue = Self {
+        let mut queue = Self {
             store,
             writer,
             clock,
+            lease_ids: Arc::new(LeaseIds::from(1)),
         };
+        let first_lease = queue
+            .read(|txn| {
+                let counters = open_read_table(txn, format::COUNTERS)?;
+                let next = counters
+                    .get(format::COUNTER_NEXT_LEASE)
+                    .map_err(storage_error)?;
+                Ok(next.map_or(1, |value| value.value()))
+            })
+            .await?;
+        queue.lease_ids = Arc::new(LeaseIds::from(first_lease));
         let stats = queue.read(read_stats).await?;
         queue
             .writer
@@ -277,10 +326,15 @@ fn store_item(
     item: &QueueItem,
 ) -> Result<(), QueueError> {
     let bytes = StoredItem::encode_item(item, seq)?;
-    if let Some(previous) = previous {
-        remove_index_entry(tables, IndexEntry::of(previous, seq), seq)?;
-    }
     let new_entry = IndexEntry::of(&item.state, seq);
+    // An item that stays open keeps its `open` entry (the same seq and key).
+    let stays_open = new_entry.is_open();
+    if let Some(previous) = previous {
+        let entry = IndexEntry::of(previous, seq);
+        let keeps_open_entry = entry.is_open() && stays_open;
+        remove_index_entry(tables, entry, seq, !keeps_open_entry)?;
+    }
+    let was_open = previous.is_some_and(|previous| IndexEntry::of(previous, seq).is_open());
     let key_pair = pair(key);
     match new_entry {
         IndexEntry::Pending(index_key) => tables.pending.insert(index_key, key_pair),
@@ -289,7 +343,7 @@ fn store_item(
         IndexEntry::Dead(index_key) => tables.dead.insert(index_key, key_pair),
     }
     .map_err(storage_error)?;
-    if new_entry.is_open() {
+    if stays_open && !was_open {
         tables.open.insert(seq, key_pair).map_err(storage_error)?;
     }
     tables
@@ -299,10 +353,13 @@ fn store_item(
     Ok(())
 }
 
+/// Removes the item's entry from its state's index, and from `open` when `from_open` and
+/// the state is open.
 fn remove_index_entry(
     tables: &mut Tables<'_>,
     entry: IndexEntry,
     seq: u64,
+    from_open: bool,
 ) -> Result<(), QueueError> {
     match entry {
         IndexEntry::Pending(index_key) => tables.pending.remove(index_key).map(drop),
@@ -311,7 +368,7 @@ fn remove_index_entry(
         IndexEntry::Dead(index_key) => tables.dead.remove(index_key).map(drop),
     }
     .map_err(storage_error)?;
-    if entry.is_open() {
+    if from_open && entry.is_open() {
         tables.open.remove(seq).map_err(storage_error)?;
     }
     Ok(())
@@ -392,6 +449,7 @@ fn lease_due(
     max: usize,
     duration: Duration,
     skip_tenants: &HashSet<String>,
+    lease_ids: &LeaseIds,
 ) -> Result<Vec<LeasedItem>, QueueError> {
     let due = (format::micros(now), u64::MAX);
     let mut keys = Vec::new();
@@ -400,10 +458,7 @@ fn lease_due(
     let until = lease_until(now, duration);
     let mut leased = Vec::with_capacity(keys.len());
     for key in keys {
-        let lease = LeaseId(next_counter(
-            &mut tables.counters,
-            format::COUNTER_NEXT_LEASE,
-        )?);
+        let lease = lease_ids.take(&mut tables.counters)?;
         let item = match transition_item(
             tables,
             &key,
@@ -720,11 +775,12 @@ impl ContentQueue for EmbeddedQueue {
             return Ok(Vec::new());
         }
         let skip_tenants = skip_tenants.clone();
+        let lease_ids = Arc::clone(&self.lease_ids);
         // Volatile: a crash undoes nothing that matters, as every lease is released when the
         // store opens; this saves an fsync per blob.
         self.writer
             .write_with(Commit::Volatile, move |tables, now| {
-                lease_due(tables, now, max, duration, &skip_tenants)
+                lease_due(tables, now, max, duration, &skip_tenants, &lease_ids)
             })
             .await
     }
@@ -959,6 +1015,53 @@ mod tests {
             content_expiration: now + TimeDelta::days(7),
             source: crate::queue::Source::Webhook,
         }
+    }
+
+    #[tokio::test]
+    async fn lease_ids_are_unique_in_a_run_and_a_reopened_store_hands_out_higher_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let none = HashSet::new();
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store opens");
+        queue
+            .enqueue(vec![reference("a"), reference("b"), reference("c")])
+            .await
+            .expect("enqueued");
+        let first = queue
+            .lease(2, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        let second = queue
+            .lease(1, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        let mut ids: Vec<u64> = first
+            .iter()
+            .chain(&second)
+            .map(|item| item.lease.0)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        let highest = ids.iter().copied().max().unwrap();
+        queue.close().await.expect("closed");
+        drop(queue);
+
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store reopens");
+        assert_eq!(queue.release_orphaned_leases().await.expect("released"), 3);
+        let again = queue
+            .lease(3, Duration::from_secs(60), &none)
+            .await
+            .expect("leased");
+        assert_eq!(again.len(), 3);
+        assert!(
+            again.iter().all(|item| item.lease.0 > highest),
+            "{highest} then {:?}",
+            again.iter().map(|item| item.lease.0).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
