@@ -108,6 +108,56 @@ async fn a_content_id_is_queued_once_whichever_replica_is_told() {
     assert!(matches!(item.state, ItemState::Pending { attempts: 0, .. }));
 }
 
+/// Concurrent callers are committed together in groups: each still gets the outcomes of its
+/// own references, in order, and a contentId given by several callers is queued once.
+#[tokio::test]
+async fn concurrent_enqueues_each_get_their_own_outcomes_and_a_content_id_is_queued_once() {
+    let server = NatsServer::start().await;
+    let queue = std::sync::Arc::new(replica(&server, "a", LEASE).await);
+    let callers = 64;
+    // Caller n gives "own-n" and "shared-(n % 8)": every shared contentId has 8 callers.
+    let calls: Vec<_> = (0..callers)
+        .map(|n| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let refs = vec![
+                    content(&format!("own-{n}")),
+                    content(&format!("shared-{}", n % 8)),
+                ];
+                (n, queue.enqueue(refs).await.unwrap())
+            })
+        })
+        .collect();
+    let mut shared_enqueued = vec![0; 8];
+    for call in calls {
+        let (n, outcomes) = call.await.unwrap();
+        assert_eq!(outcomes.len(), 2, "caller {n}: one outcome per reference");
+        assert_eq!(
+            outcomes[0],
+            EnqueueOutcome::Enqueued,
+            "caller {n}: its own contentId"
+        );
+        if outcomes[1] == EnqueueOutcome::Enqueued {
+            shared_enqueued[n % 8] += 1;
+        }
+    }
+    assert_eq!(
+        shared_enqueued,
+        vec![1; 8],
+        "each shared contentId is queued by one caller"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.pending, callers as u64 + 8);
+    let again = queue
+        .enqueue(vec![content("own-3"), content("shared-3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [EnqueueOutcome::Duplicate, EnqueueOutcome::Duplicate]
+    );
+}
+
 /// Compares what matters of a reference (times are the test's own).
 trait KeyContent {
     fn key_content(&self, stored: &ContentRef) -> ContentRef;

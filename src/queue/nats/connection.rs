@@ -9,13 +9,14 @@
 //! applied); every failure names the setting or the server feature to fix.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
 use super::NatsQueue;
+use super::enqueue::{Committer, EnqueueGroups};
 use crate::clock::Clock;
 use crate::config::{Config, NatsConfig, NatsUrlCredentials};
 use crate::secret::ExposeSecret;
@@ -238,6 +239,16 @@ impl NatsQueue {
         let dead = bucket("dead", Duration::ZERO).await?;
         let dead_records = bucket("dead_records", Duration::ZERO).await?;
         let meta = bucket("meta", Duration::ZERO).await?;
+        let failures = Arc::new(AtomicU64::new(0));
+        let writes = Arc::new(AtomicU64::new(0));
+        let enqueue_groups = EnqueueGroups::new(Committer {
+            jetstream: jetstream.clone(),
+            subject: async_nats::Subject::from(subject.as_str()),
+            seen: seen.clone(),
+            clock: clock.clone(),
+            failures: failures.clone(),
+            writes: writes.clone(),
+        });
         Ok(Self {
             client,
             jetstream,
@@ -253,8 +264,9 @@ impl NatsQueue {
             held: Mutex::new(HashMap::new()),
             clock,
             closed: AtomicBool::new(false),
-            failures: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
+            failures,
+            writes,
+            enqueue_groups,
             open_items: tokio::sync::Mutex::new(None),
         })
     }

@@ -1,12 +1,9 @@
 //! The queue contract on NATS: [`ContentQueue`], [`MetaStore`] and [`QueueStore`] for
 //! [`NatsQueue`], and the order of the writes each operation makes.
 //!
-//! **Enqueue** publishes each new reference with `Nats-Msg-Id` = `tenant/contentId` (the
-//! server drops a repeat within its two-minute duplicate window), waits for the stream's
-//! acknowledgement, and only then writes the contentId into the seen bucket. A crash between
-//! the two leaves a queued reference that is not marked seen: a later notification of it
-//! queues it again (a duplicate delivery, never a loss). Nothing is marked seen before it is
-//! queued.
+//! **Enqueue** publishes each new reference, waits for the stream's acknowledgement, and
+//! only then marks its contentId seen; concurrent callers are committed together in groups
+//! ([`enqueue`](super::enqueue) has the order and the guarantees).
 //!
 //! **Requeued dead records.** `requeue_dead` writes the item's progress first (attempts
 //! reset, `redo_records` = the indices of its dead records, and for a done item
@@ -21,18 +18,16 @@
 //! `purge_expired_tombstones` has nothing to do: the seen bucket's max age removes them.
 
 use std::collections::{BTreeSet, HashSet};
-use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, kv};
+use async_nats::jetstream::{AckKind, kv};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use futures_util::future::join_all;
 
 use super::NatsQueue;
 use super::connection::CONSUMER;
@@ -47,75 +42,10 @@ use crate::queue::{
 
 #[async_trait]
 impl ContentQueue for NatsQueue {
+    /// Committed with concurrent callers' references, in groups ([`super::enqueue`]).
     async fn enqueue(&self, refs: Vec<ContentRef>) -> Result<Vec<EnqueueOutcome>, QueueError> {
         self.check_open()?;
-        let mut outcomes = vec![EnqueueOutcome::Duplicate; refs.len()];
-        let keys: Vec<String> = refs
-            .iter()
-            .map(|content| item_key(&content.tenant_id, &content.content_id))
-            .collect();
-        let found = join_all(keys.iter().map(|key| self.seen.get(key.as_str()))).await;
-        let mut in_batch = HashSet::new();
-        let mut fresh = Vec::new();
-        for (index, found) in found.into_iter().enumerate() {
-            let found = found.map_err(|error| self.failed("read the seen contentIds", error))?;
-            if found.is_none() && in_batch.insert(keys[index].clone()) {
-                fresh.push(index);
-            }
-        }
-        let now = self.clock.now();
-        let mut pending = Vec::with_capacity(fresh.len());
-        for &index in &fresh {
-            let content = &refs[index];
-            let item = WorkItem::new(content, now);
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(json(&item))
-                .message_id(format!("{}/{}", content.tenant_id, content.content_id));
-            let ack = self
-                .jetstream
-                .send_publish(self.subject.clone(), publish)
-                .await
-                .map_err(|error| self.failed("queue a content reference", error))?;
-            pending.push((index, item, ack));
-        }
-        let (published, acks): (Vec<_>, Vec<_>) = pending
-            .into_iter()
-            .map(|(index, item, ack)| ((index, item), ack.into_future()))
-            .unzip();
-        let acks = join_all(acks).await;
-        let mut marks = Vec::new();
-        let mut duplicates = Vec::new();
-        for ((index, item), ack) in published.into_iter().zip(acks) {
-            let ack = ack.map_err(|error| self.failed("queue a content reference", error))?;
-            let entry = SeenEntry {
-                item,
-                done_at: None,
-                acked_records: 0,
-                dead_records: 0,
-            };
-            if ack.duplicate {
-                // Queued within the duplicate window by another replica, or by an earlier
-                // call that failed before marking it seen: marked here unless already
-                // marked (a tombstone is never overwritten).
-                duplicates.push(self.seen.create(keys[index].as_str(), json(&entry)));
-                continue;
-            }
-            outcomes[index] = EnqueueOutcome::Enqueued;
-            marks.push(self.seen.put(keys[index].as_str(), json(&entry)));
-        }
-        let written = marks.len() as u64;
-        for mark in join_all(marks).await {
-            mark.map_err(|error| self.failed("mark a contentId as seen", error))?;
-        }
-        for mark in join_all(duplicates).await {
-            match mark {
-                Ok(_) => self.wrote(1),
-                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(error) => return Err(self.failed("mark a contentId as seen", error)),
-            }
-        }
-        self.wrote(fresh.len() as u64 + written);
-        Ok(outcomes)
+        self.enqueue_groups.enqueue(refs).await
     }
 
     async fn lease(

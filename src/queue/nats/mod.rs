@@ -20,13 +20,14 @@
 
 mod connection;
 mod contract;
+mod enqueue;
 pub mod leader;
 mod leases;
 mod records;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
@@ -59,8 +60,10 @@ pub struct NatsQueue {
     held: Mutex<HashMap<ContentKey, Held>>,
     clock: Clock,
     closed: AtomicBool,
-    failures: AtomicU64,
-    writes: AtomicU64,
+    failures: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
+    /// Concurrent enqueues, committed in groups ([`enqueue`]).
+    enqueue_groups: enqueue::EnqueueGroups,
     /// The last count of open items and when it was read ([`OPEN_ITEMS_MAX_AGE`]); the
     /// lock makes concurrent callers share one request.
     open_items: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
@@ -76,13 +79,23 @@ impl NatsQueue {
 
     /// A NATS failure, counted for `store_errors_total`.
     fn failed(&self, what: &str, error: impl std::fmt::Display) -> QueueError {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        QueueError::Io {
-            message: format!("NATS: cannot {what}: {error}"),
-        }
+        store_failure(&self.failures, what, error)
     }
 
     fn wrote(&self, count: u64) {
-        self.writes.fetch_add(count, Ordering::Relaxed);
+        count_write(&self.writes, count);
     }
+}
+
+/// A NATS failure, counted in `failures` for `store_errors_total`.
+fn store_failure(failures: &AtomicU64, what: &str, error: impl std::fmt::Display) -> QueueError {
+    failures.fetch_add(1, Ordering::Relaxed);
+    QueueError::Io {
+        message: format!("NATS: cannot {what}: {error}"),
+    }
+}
+
+/// Counts `count` writes in `writes`.
+fn count_write(writes: &AtomicU64, count: u64) {
+    writes.fetch_add(count, Ordering::Relaxed);
 }
