@@ -1,5 +1,13 @@
-//! The worker pool: each worker leases one content reference at a time and takes it from
-//! fetch to completion.
+//! The worker pool: each worker takes one content reference at a time from fetch to
+//! completion.
+//!
+//! Leases are taken a few at a time: a worker that finds nothing leased ahead asks the
+//! queue for its item and up to [`LEASE_AHEAD`] more, which wait (leased) for the next
+//! workers to ask. One store write then serves several blobs, which is most of the store's
+//! cost per blob in a drain. An item that waited is checked when taken: its lease is
+//! extended like any other once a third of it is left, an item whose lease ran out meanwhile
+//! is left to be leased again (its lease is gone, the item is not), and one of a tenant paused
+//! meanwhile is released. Workers that stop release what waits.
 //!
 //! One item, one pass: fetch the blob (with the tenant's token, budget and
 //! `PublisherIdentifier`), split the body as it streams in, skip the records the engine
@@ -82,6 +90,58 @@ const COMPLETION_LINGER: Duration = Duration::from_millis(5);
 /// The most completions stored in one write, and waiting to be (the hand-over's bound).
 const COMPLETIONS_PER_WRITE: usize = 256;
 
+/// The most items leased ahead of the workers that will take them (see the module doc):
+/// a lease request asks for one more than the room left under it.
+const LEASE_AHEAD: usize = 4;
+
+/// Items leased ahead of the workers, in lease order.
+#[derive(Default)]
+struct LeasedAhead(std::sync::Mutex<VecDeque<LeasedItem>>);
+
+impl LeasedAhead {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<LeasedItem>> {
+        // A VecDeque of plain items has no invariant a panic could break.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The first waiting item still leased (an item whose lease ran out is dropped: the
+    /// queue leases it again), and the waiting items of paused tenants, to release.
+    fn take(
+        &self,
+        now: DateTime<Utc>,
+        paused: &HashSet<String>,
+    ) -> (Option<LeasedItem>, Vec<LeasedItem>) {
+        let mut waiting = self.lock();
+        let mut to_release = Vec::new();
+        while let Some(item) = waiting.pop_front() {
+            if paused.contains(&item.content.tenant_id) {
+                to_release.push(item);
+            } else if item.lease_until > now {
+                return (Some(item), to_release);
+            }
+        }
+        (None, to_release)
+    }
+
+    /// Room for more, under [`LEASE_AHEAD`].
+    fn room(&self) -> usize {
+        LEASE_AHEAD.saturating_sub(self.lock().len())
+    }
+
+    fn put(&self, items: impl IntoIterator<Item = LeasedItem>) -> usize {
+        let mut waiting = self.lock();
+        let before = waiting.len();
+        waiting.extend(items);
+        waiting.len() - before
+    }
+
+    fn drain(&self) -> Vec<LeasedItem> {
+        self.lock().drain(..).collect()
+    }
+}
+
 /// The most records a worker sends as one batch (one reservation, one submission, one
 /// receipt); fewer when the forwarder's window is smaller.
 const BATCH_RECORDS: usize = 256;
@@ -149,10 +209,12 @@ pub fn spawn_workers(
 ) {
     let (completions, finished) = mpsc::channel(COMPLETIONS_PER_WRITE);
     tracker.spawn(store_completions(context.queue.clone(), finished));
+    let ahead = Arc::new(LeasedAhead::default());
     for worker in 0..count {
         tracker.spawn(supervise_worker(
             context.clone(),
             worker,
+            ahead.clone(),
             completions.clone(),
             shutdown.clone(),
         ));
@@ -164,6 +226,7 @@ pub fn spawn_workers(
 async fn supervise_worker(
     context: Arc<WorkerContext>,
     worker: usize,
+    ahead: Arc<LeasedAhead>,
     completions: mpsc::Sender<Completion>,
     shutdown: CancellationToken,
 ) {
@@ -171,6 +234,7 @@ async fn supervise_worker(
         let run = tokio::spawn(run_worker(
             context.clone(),
             worker,
+            ahead.clone(),
             completions.clone(),
             shutdown.clone(),
         ));
@@ -188,6 +252,7 @@ async fn supervise_worker(
 async fn run_worker(
     context: Arc<WorkerContext>,
     worker: usize,
+    ahead: Arc<LeasedAhead>,
     completions: mpsc::Sender<Completion>,
     shutdown: CancellationToken,
 ) {
@@ -198,7 +263,15 @@ async fn run_worker(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let skip = paused_tenants(&context.tenants.current());
-        match context.queue.lease(1, context.lease_duration, &skip).await {
+        let (waiting, paused) = ahead.take(context.clock.now(), &skip);
+        for item in &paused {
+            release(&context, item).await;
+        }
+        let leased = match waiting {
+            Some(item) => Ok(vec![item]),
+            None => lease_with_ahead(&context, &ahead, &skip).await,
+        };
+        match leased {
             Ok(items) if items.is_empty() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -234,6 +307,32 @@ async fn run_worker(
             }
         }
     }
+    // What this worker leased ahead went in before it got here: released now, or by the
+    // worker that stops last.
+    for item in ahead.drain() {
+        release(&context, &item).await;
+    }
+}
+
+/// Leases an item for this worker and up to the room left for others; the others wait in
+/// `ahead`, and as many idle workers are woken to take them.
+async fn lease_with_ahead(
+    context: &WorkerContext,
+    ahead: &LeasedAhead,
+    skip: &HashSet<String>,
+) -> Result<Vec<LeasedItem>, QueueError> {
+    let wanted = 1 + ahead.room();
+    let mut items = context
+        .queue
+        .lease(wanted, context.lease_duration, skip)
+        .await?;
+    if items.len() > 1 {
+        let added = ahead.put(items.drain(1..));
+        for _ in 0..added {
+            context.work_available.notify_one();
+        }
+    }
+    Ok(items)
 }
 
 /// An item every record of which is settled, to be marked done: its key and lease.
@@ -1201,6 +1300,42 @@ mod tests {
             content_expiration: created + chrono::TimeDelta::days(7),
             source: Source::Poll,
         }
+    }
+
+    #[tokio::test]
+    async fn an_item_leased_ahead_is_taken_only_while_leased_and_a_paused_tenants_is_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .unwrap();
+        let mut paused_content = content(1);
+        paused_content.tenant_id = "paused".to_owned();
+        queue
+            .enqueue(vec![content(0), paused_content, content(2)])
+            .await
+            .unwrap();
+        let mut leased = queue
+            .lease(3, Duration::from_secs(60), &HashSet::new())
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 3);
+        let now = Utc::now();
+        // The first one's lease ran out while it waited.
+        leased[0].lease_until = now - chrono::TimeDelta::seconds(1);
+        let ahead = LeasedAhead::default();
+        assert_eq!(ahead.put(leased.clone()), 3);
+        assert_eq!(ahead.room(), LEASE_AHEAD - 3);
+        let paused = HashSet::from(["paused".to_owned()]);
+        let (taken, to_release) = ahead.take(now, &paused);
+        assert_eq!(taken.map(|item| item.key()), Some(leased[2].key()));
+        assert_eq!(
+            to_release.iter().map(LeasedItem::key).collect::<Vec<_>>(),
+            vec![leased[1].key()]
+        );
+        let (taken, to_release) = ahead.take(now, &paused);
+        assert!(taken.is_none() && to_release.is_empty());
+        assert_eq!(ahead.room(), LEASE_AHEAD);
+        queue.close().await.unwrap();
     }
 
     #[tokio::test]
