@@ -26,9 +26,9 @@ use super::WebhookError;
 use crate::intake::Admitted;
 use crate::ops::Metrics;
 use crate::ops::metrics::OutcomeLabels;
-use prometheus_client::metrics::counter::Counter;
 use crate::ops::status::StatusSource;
 use crate::queue::QueueError;
+use prometheus_client::metrics::counter::Counter;
 
 /// Why a refusal was logged: each reason has its own log rate limiter.
 const LOGGED_REASONS: [&str; 11] = [

@@ -491,9 +491,7 @@ fn commit_batch(
         }
         match first_spoiling_error {
             Some(error) => Err(error),
-            None => tables
-                .store_next_seq()
-                .and_then(|()| open_items(&tables)),
+            None => tables.store_next_seq().and_then(|()| open_items(&tables)),
         }
     };
     let open_items = match applied {
