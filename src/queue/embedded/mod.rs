@@ -391,7 +391,7 @@ fn enqueue_refs(
             outcomes.push(EnqueueOutcome::Duplicate);
             continue;
         }
-        let seq = next_counter(&mut tables.counters, format::COUNTER_NEXT_SEQ)?;
+        let seq = tables.take_seq()?;
         let item = QueueItem {
             content,
             state: ItemState::Pending {
@@ -1015,6 +1015,52 @@ mod tests {
             content_expiration: now + TimeDelta::days(7),
             source: crate::queue::Source::Webhook,
         }
+    }
+
+    /// Every stored item's `seq`, read from `items`.
+    async fn stored_seqs(queue: &EmbeddedQueue) -> Vec<u64> {
+        queue
+            .read(|txn| {
+                let items = txn.open_table(format::ITEMS).map_err(storage_error)?;
+                let mut seqs = Vec::new();
+                for entry in items.iter().map_err(storage_error)? {
+                    let (key, value) = entry.map_err(storage_error)?;
+                    let (tenant_id, content_id) = key.value();
+                    let key = ContentKey::new(tenant_id, content_id);
+                    seqs.push(StoredItem::decode_item(&key, value.value())?.1);
+                }
+                Ok(seqs)
+            })
+            .await
+            .expect("items read")
+    }
+
+    #[tokio::test]
+    async fn seqs_taken_in_one_group_commit_stay_unique_across_commits_and_reopens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store opens");
+        // Concurrent enqueues share commits; then one request of several items.
+        let concurrent = (0..32).map(|n| queue.enqueue(vec![reference(&format!("a{n}"))]));
+        for outcome in futures_util::future::join_all(concurrent).await {
+            outcome.expect("enqueued");
+        }
+        let several = (0..8).map(|n| reference(&format!("b{n}"))).collect();
+        queue.enqueue(several).await.expect("enqueued");
+        queue.close().await.expect("closed");
+        drop(queue);
+        let queue = EmbeddedQueue::open(dir.path(), Clock::system())
+            .await
+            .expect("store reopens");
+        queue
+            .enqueue(vec![reference("c0"), reference("c1")])
+            .await
+            .expect("enqueued");
+        let mut seqs = stored_seqs(&queue).await;
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 42, "every item has a seq of its own: {seqs:?}");
     }
 
     #[tokio::test]
