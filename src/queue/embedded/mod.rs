@@ -294,18 +294,6 @@ fn lease_until(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
 
 // ---- operations inside a write transaction -------------------------------------------------
 
-fn next_counter(
-    counters: &mut Table<'_, &'static str, u64>,
-    name: &str,
-) -> Result<u64, QueueError> {
-    let current = counters
-        .get(name)
-        .map_err(storage_error)?
-        .map_or(1, |value| value.value());
-    counters.insert(name, current + 1).map_err(storage_error)?;
-    Ok(current)
-}
-
 fn load_item(
     items: &impl ReadableTable<KeyPair, &'static [u8]>,
     key: &ContentKey,
