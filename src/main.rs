@@ -12,12 +12,6 @@ use o365_connector::server::tls_reload::{ReloadTrigger, reload_channel};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a webhook notification costs about 70 small
-/// allocations (hyper, axum, serde, redb), and glibc's free-list consolidation was a sixth
-/// of the connector's CPU under webhook load; mimalloc took 12 % off the CPU per item there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let as_plugin = plugin::invoked_as_plugin(std::env::args_os().next().as_deref());
