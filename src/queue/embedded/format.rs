@@ -18,6 +18,9 @@
 //! | `meta`         | name (`&str`)                         | bytes (service metadata, may be secret)|
 //! | `counters`     | name (`&str`)                         | `u64`: `format_version`, `next_seq`, `next_lease` |
 //!
+//! `next_lease` is the end of the block of lease ids a run hands out from memory (a later run
+//! starts after it); `next_seq` is advanced once per commit that enqueues.
+//!
 //! `items` is the truth; every other table but `meta` and `counters` is an index derived
 //! from it and written in the same transaction: an item is in exactly one of `pending`,
 //! `leased`, `done`, `dead` (the one its state names), and in `open` while pending or leased.
