@@ -62,6 +62,7 @@ pub async fn scale_out(dir: &Path) {
         posts,
         64,
         ("", ""),
+        None,
     )
     .await
     .load;
@@ -72,6 +73,7 @@ pub async fn scale_out(dir: &Path) {
         posts,
         64,
         ("backend = \"nats\"", &nats_store),
+        None,
     )
     .await
     .load;

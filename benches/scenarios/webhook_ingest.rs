@@ -65,6 +65,7 @@ pub async fn webhook_ingest(dir: &Path) {
         posts,
         CONNECTIONS,
         ("", ""),
+        None,
     )
     .await;
     let on_nats = ingest(
@@ -74,6 +75,7 @@ pub async fn webhook_ingest(dir: &Path) {
         posts,
         CONNECTIONS,
         ("backend = \"nats\"", &nats_store),
+        None,
     )
     .await;
 
@@ -149,14 +151,14 @@ pub async fn webhook_ingest(dir: &Path) {
         ] {
             // A stream prefix of its own on NATS, so none of its items is a duplicate.
             let keys_owned = keys.1.replace("\"ingest\"", "\"baseline\"");
-            let before = ingest_binary(
-                &baseline,
+            let before = ingest(
                 &dir.join(format!("baseline-{store}")),
                 api.base_url(),
                 &socket,
                 posts,
                 CONNECTIONS,
                 (keys.0, &keys_owned),
+                Some(&baseline),
             )
             .await;
             figure(

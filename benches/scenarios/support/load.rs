@@ -91,7 +91,8 @@ pub struct IngestRun {
 
 /// Starts one connector in `dir` with `store` (the `[store]` keys and appended TOML of
 /// [`ConnectorSetup::store`]), loads it with `posts` single-item notifications over
-/// `connections` connections (every one answered 200, i.e. durably enqueued), stops it.
+/// `connections` connections (every one answered 200, i.e. durably enqueued), stops it. The
+/// bench's build, or `binary` (another build, for a before/after run).
 pub async fn ingest(
     dir: &std::path::Path,
     api_base: &str,
@@ -99,20 +100,7 @@ pub async fn ingest(
     posts: usize,
     connections: usize,
     store: (&str, &str),
-) -> IngestRun {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_o365-connector"));
-    ingest_binary(binary, dir, api_base, socket, posts, connections, store).await
-}
-
-/// [`ingest`] with `binary` (another build of the connector, for a before/after run).
-pub async fn ingest_binary(
-    binary: &std::path::Path,
-    dir: &std::path::Path,
-    api_base: &str,
-    socket: &std::path::Path,
-    posts: usize,
-    connections: usize,
-    store: (&str, &str),
+    binary: Option<&std::path::Path>,
 ) -> IngestRun {
     std::fs::create_dir_all(dir).unwrap();
     let setup = ConnectorSetup {
@@ -130,7 +118,10 @@ pub async fn ingest_binary(
         poller: IDLE_POLLER,
         store,
     };
-    let connector = Connector::start_binary(setup, binary).await;
+    let connector = match binary {
+        Some(binary) => Connector::start_binary(setup, binary).await,
+        None => Connector::start(setup).await,
+    };
     let auth_id =
         o365_connector::webhook::WebhookSecrets::new(WEBHOOK_SECRET.as_bytes().to_vec(), None)
             .auth_id(TENANT);
