@@ -91,6 +91,7 @@ pub struct EmbeddedQueue {
 /// only the end of the block of [`LEASE_ID_BLOCK`] ids being handed out, and a later run
 /// starts after it. Ids are unique within a run and rise across runs (with gaps); a lease
 /// never outlives its run anyway, as every lease is released when the store opens.
+#[derive(Default)]
 struct LeaseIds {
     next: AtomicU64,
     /// The persisted mark: ids below it are this run's to hand out.
@@ -101,12 +102,10 @@ struct LeaseIds {
 const LEASE_ID_BLOCK: u64 = 1 << 16;
 
 impl LeaseIds {
-    /// Ids from the persisted mark `first` on.
-    fn from(first: u64) -> Self {
-        Self {
-            next: AtomicU64::new(first),
-            reserved: AtomicU64::new(first),
-        }
+    /// Hands out ids from the persisted mark `first` on (set once, at open).
+    fn start_at(&self, first: u64) {
+        self.next.store(first, Ordering::Relaxed);
+        self.reserved.store(first, Ordering::Relaxed);
     }
 
     /// The next lease id; when it starts a new block, persists the block's end in the
@@ -155,23 +154,23 @@ impl EmbeddedQueue {
             })??;
         let store = Arc::new(store);
         let writer = Writer::spawn(Arc::clone(&store), clock.clone(), options.reopen_retry)?;
-        let mut queue = Self {
+        let queue = Self {
             store,
             writer,
             clock,
-            lease_ids: Arc::new(LeaseIds::from(1)),
+            lease_ids: Arc::default(),
         };
-        let first_lease = queue
+        let (stats, first_lease) = queue
             .read(|txn| {
                 let counters = open_read_table(txn, format::COUNTERS)?;
-                let next = counters
+                let next_lease = counters
                     .get(format::COUNTER_NEXT_LEASE)
-                    .map_err(storage_error)?;
-                Ok(next.map_or(1, |value| value.value()))
+                    .map_err(storage_error)?
+                    .map_or(1, |value| value.value());
+                Ok((read_stats(txn)?, next_lease))
             })
             .await?;
-        queue.lease_ids = Arc::new(LeaseIds::from(first_lease));
-        let stats = queue.read(read_stats).await?;
+        queue.lease_ids.start_at(first_lease);
         queue
             .writer
             .counters
