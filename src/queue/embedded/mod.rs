@@ -314,14 +314,13 @@ fn store_item(
 ) -> Result<(), QueueError> {
     let bytes = StoredItem::encode_item(item, seq)?;
     let new_entry = IndexEntry::of(&item.state, seq);
-    // An item that stays open keeps its `open` entry (the same seq and key).
-    let stays_open = new_entry.is_open();
-    if let Some(previous) = previous {
-        let entry = IndexEntry::of(previous, seq);
-        let keeps_open_entry = entry.is_open() && stays_open;
-        remove_index_entry(tables, entry, seq, !keeps_open_entry)?;
+    let previous_entry = previous.map(|previous| IndexEntry::of(previous, seq));
+    let was_open = previous_entry.as_ref().is_some_and(IndexEntry::is_open);
+    let is_open = new_entry.is_open();
+    if let Some(entry) = previous_entry {
+        // An item open before and after keeps its `open` entry (the same seq and key).
+        remove_index_entry(tables, entry, seq, !is_open)?;
     }
-    let was_open = previous.is_some_and(|previous| IndexEntry::of(previous, seq).is_open());
     let key_pair = pair(key);
     match new_entry {
         IndexEntry::Pending(index_key) => tables.pending.insert(index_key, key_pair),
@@ -330,7 +329,7 @@ fn store_item(
         IndexEntry::Dead(index_key) => tables.dead.insert(index_key, key_pair),
     }
     .map_err(storage_error)?;
-    if stays_open && !was_open {
+    if is_open && !was_open {
         tables.open.insert(seq, key_pair).map_err(storage_error)?;
     }
     tables
