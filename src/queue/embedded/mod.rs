@@ -47,7 +47,7 @@ pub use self::backend::DiskFaults;
 use self::format::{IndexEntry, KeyPair, StoredDeadRecord, StoredItem};
 use self::handle::StoreHandle;
 pub use self::permissions::create_private_dir;
-use self::writer::{Commit, Tables, Writer};
+use self::writer::{Commit, Tables, Writer, spoils_transaction};
 use crate::clock::Clock;
 use crate::queue::{
     ContentKey, ContentQueue, ContentRef, DeadRecord, EVERY_RECORD, EnqueueOutcome, ItemState,
@@ -606,15 +606,6 @@ fn requeue_dead_item(
             .map_err(storage_error)?;
     }
     Ok(true)
-}
-
-/// Whether `error` aborts the write transaction it happened in (the writer's rule: a
-/// storage failure spoils the batch; an item's own error has written nothing).
-fn spoils_transaction(error: &QueueError) -> bool {
-    matches!(
-        error,
-        QueueError::Io { .. } | QueueError::Full | QueueError::Corrupt { .. }
-    )
 }
 
 /// Leased → done; the dead records the item was requeued for were sent: removed.

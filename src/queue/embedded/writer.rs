@@ -131,6 +131,15 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// Whether `error` aborts the write transaction it happened in: a storage failure spoils
+/// the batch; an operation's own error (a stale lease, an unknown item) has written nothing.
+pub(super) fn spoils_transaction(error: &QueueError) -> bool {
+    matches!(
+        error,
+        QueueError::Io { .. } | QueueError::Full | QueueError::Corrupt { .. }
+    )
+}
+
 /// One request waiting for the writer, with its reply channel.
 trait WriteRequest: Send {
     /// Runs the operation in the batch's transaction; returns the error that must abort the
@@ -170,12 +179,11 @@ where
     fn apply(&mut self, tables: &mut Tables<'_>, now: DateTime<Utc>) -> Option<QueueError> {
         let operation = self.operation.take()?;
         let outcome = operation(tables, now);
-        let spoils_batch = match &outcome {
-            Err(
-                error @ (QueueError::Io { .. } | QueueError::Full | QueueError::Corrupt { .. }),
-            ) => Some(error.clone()),
-            _ => None,
-        };
+        let spoils_batch = outcome
+            .as_ref()
+            .err()
+            .filter(|error| spoils_transaction(error))
+            .cloned();
         self.outcome = Some(outcome);
         spoils_batch
     }
