@@ -410,8 +410,6 @@ enum Waiting {
     Refused(Refused),
     /// A record whose dead letter is stored.
     DeadLettered(u64),
-    /// A batch whose receipt failed (the forwarder stopped): nothing settles past it.
-    Lost,
 }
 
 /// Receipts of forwarded batches in order, and the length of the settled prefix.
@@ -465,7 +463,9 @@ impl Progress {
         loop {
             if let Waiting::Sent { receipt, .. } = self.waiting.front_mut()? {
                 let outcome = receipt.now_or_never()?;
-                self.open_front(outcome);
+                if let Some(lost) = self.open_front(outcome) {
+                    return Some(lost);
+                }
             }
             if let Some(stop) = self.settle_front() {
                 return Some(stop);
@@ -478,7 +478,9 @@ impl Progress {
         loop {
             if let Waiting::Sent { receipt, .. } = self.waiting.front_mut()? {
                 let outcome = receipt.await;
-                self.open_front(outcome);
+                if let Some(lost) = self.open_front(outcome) {
+                    return Some(lost);
+                }
             }
             if let Some(stop) = self.settle_front() {
                 return Some(stop);
@@ -488,15 +490,15 @@ impl Progress {
 
     /// Replaces the resolved batch at the front by what became of its records, in order:
     /// runs of acked records and each refused one. A failed receipt (the forwarder stopped)
-    /// drops everything waiting: nothing after the settled prefix settles in this pass.
-    fn open_front(&mut self, outcome: Result<BatchOutcome, ForwardError>) {
+    /// drops everything waiting, [`Stop::Lost`]: nothing after the settled prefix settles in
+    /// this pass.
+    fn open_front(&mut self, outcome: Result<BatchOutcome, ForwardError>) -> Option<Stop> {
         let Some(Waiting::Sent { records, .. }) = self.waiting.pop_front() else {
-            return;
+            return None;
         };
         let Ok(outcome) = outcome else {
             self.waiting.clear();
-            self.waiting.push_front(Waiting::Lost);
-            return;
+            return Some(Stop::Lost);
         };
         let mut refused = outcome.refused;
         refused.sort_by_key(|log| log.position);
@@ -528,10 +530,11 @@ impl Progress {
         for piece in pieces.into_iter().rev() {
             self.waiting.push_front(piece);
         }
+        None
     }
 
     /// Settles the resolved entry at the front: an ack run or a stored dead letter moves
-    /// the prefix; a refused record is taken off and returned; a failed batch stops it.
+    /// the prefix; a refused record is taken off and returned.
     fn settle_front(&mut self) -> Option<Stop> {
         match self.waiting.pop_front()? {
             Waiting::Acked { through, count } => {
@@ -544,10 +547,6 @@ impl Progress {
                 None
             }
             Waiting::Refused(refused) => Some(Stop::Refused(refused)),
-            Waiting::Lost => {
-                self.waiting.clear();
-                Some(Stop::Lost)
-            }
             // Not resolved yet: the callers resolve a batch before settling it.
             sent @ Waiting::Sent { .. } => {
                 self.waiting.push_front(sent);
