@@ -91,11 +91,20 @@ pub fn read_record_fields(json: &[u8]) -> Option<(RecordFields, usize)> {
     read_head(json, serde_json::Deserializer::from_slice(json))
 }
 
+/// The [`RecordFields`] of `json` when it is one JSON value and nothing else but JSON
+/// whitespace; `None` when serde_json refuses it as a record head.
+pub fn read_whole_record_fields(json: &[u8]) -> Option<RecordFields> {
+    let (fields, end) = read_record_fields(json)?;
+    let rest_is_whitespace = json[end..]
+        .iter()
+        .all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    rest_is_whitespace.then_some(fields)
+}
+
 /// [`read_record_fields`] over text the caller already checked to be UTF-8 (serde_json
-/// then does not check each key again); the fields say the record is UTF-8.
+/// then does not check each key again).
 pub fn read_record_fields_in_text(json: &str) -> Option<(RecordFields, usize)> {
-    let (fields, end) = read_head(json.as_bytes(), serde_json::Deserializer::from_str(json))?;
-    Some((fields.of_utf8_record(), end))
+    read_head(json.as_bytes(), serde_json::Deserializer::from_str(json))
 }
 
 /// The head of the first JSON value `values` reads from `json`, and where that value ends.
@@ -257,13 +266,7 @@ fn id_and_timestamp(
     let fields = match fields {
         Some(fields) => Some(fields),
         None => {
-            read = read_record_fields(record)
-                .filter(|(_, end)| {
-                    record[*end..]
-                        .iter()
-                        .all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
-                })
-                .map(|(fields, _)| fields);
+            read = read_whole_record_fields(record);
             read.as_ref()
         }
     };

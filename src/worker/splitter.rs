@@ -81,7 +81,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::forward::log::{RecordFields, read_record_fields, read_record_fields_in_text};
+use crate::forward::log::{
+    RecordFields, read_record_fields, read_record_fields_in_text, read_whole_record_fields,
+};
 use futures_util::Stream;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
@@ -773,7 +775,8 @@ impl Splitter {
         let (verdict, fields) = match validation {
             Validation::Full => match validate_utf8(&bytes)
                 .ok()
-                .and_then(|()| whole_fields(&bytes))
+                // UTF-8 first: serde_json does not check it inside strings.
+                .and_then(|()| read_whole_record_fields(&bytes))
             {
                 Some(fields) => (require_object(&bytes), Some(fields)),
                 None => (validate_record(&bytes), None),
@@ -800,14 +803,6 @@ impl Splitter {
             },
         }
     }
-}
-
-/// The record fields of an element that is one JSON value (UTF-8 checked first: serde_json
-/// does not check it inside strings); `None` when serde_json refuses it as a record head.
-fn whole_fields(bytes: &[u8]) -> Option<RecordFields> {
-    let (fields, end) = read_record_fields(bytes)?;
-    let rest_is_whitespace = bytes[end..].iter().all(|&byte| is_whitespace(byte));
-    rest_is_whitespace.then_some(fields)
 }
 
 /// How much of [`validate_record`] an element still needs.
