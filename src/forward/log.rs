@@ -20,7 +20,7 @@
 //!
 //! `Id` and `CreationTime` are read in one serde pass over the record that skips every other
 //! field: the splitter's, which validates the record ([`read_record_fields`]), or else the
-//! builder's own. [`encode_log`] writes the protobuf message straight from the record's
+//! builder's own. [`LogEncoder`] writes the protobuf message straight from the record's
 //! bytes, the same bytes as prost's encoding of [`build_log`]'s Log. A record that is not a JSON object, or that names `Id` or `CreationTime` twice,
 //! is treated as having neither (index as record id, collection time).
 
@@ -150,24 +150,7 @@ pub fn build_log(
     }
 }
 
-/// The Log of [`build_log`], protobuf-encoded straight from the record's bytes: the same
-/// bytes as prost's encoding of that Log, without building it (no copy of `raw` or of the
-/// context's strings before the one into the message). `fields`, when the splitter read
-/// them ([`read_record_fields`] over exactly `record`), spare a second parse.
-pub fn encode_log(
-    context: &LogContext,
-    record: &[u8],
-    fields: Option<&RecordFields>,
-    index: u64,
-    content_uri: &str,
-    collected_at: DateTime<Utc>,
-) -> EncodedLog {
-    let mut encoder = LogEncoder::new(context, content_uri, collected_at, 0);
-    encoder.push(record, fields, index)
-}
-
-/// Encodes Logs of the records of one blob (each as [`encode_log`] does, byte for byte)
-/// into one buffer: each Log is a slice of it, so a batch costs one allocation instead of
+/// Encodes the Logs of the records of one blob into one buffer: each Log is a slice of it, so a batch costs one allocation instead of
 /// one per Log (and no id or timestamp string), and the buffer is freed when the batch's
 /// last Log leaves the window.
 pub struct LogEncoder<'a> {
@@ -195,7 +178,11 @@ impl<'a> LogEncoder<'a> {
         }
     }
 
-    /// The Log of the record at zero-based `index` (see [`encode_log`]).
+    /// The Log of [`build_log`] for the record at zero-based `index`, protobuf-encoded
+    /// straight from the record's bytes: the same bytes as prost's encoding of that Log,
+    /// without building it (no copy of `raw` or of the context's strings before the one into
+    /// the message). `fields`, when the splitter read them ([`read_record_fields`] over
+    /// exactly `record`), spare a second parse.
     pub fn push(&mut self, record: &[u8], fields: Option<&RecordFields>, index: u64) -> EncodedLog {
         let context = self.context;
         let (id, timestamp) = id_and_timestamp(
@@ -500,6 +487,18 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    /// One Log, encoded by an encoder of its own.
+    fn encode_log(
+        context: &LogContext,
+        record: &[u8],
+        fields: Option<&RecordFields>,
+        index: u64,
+        content_uri: &str,
+        collected_at: DateTime<Utc>,
+    ) -> EncodedLog {
+        LogEncoder::new(context, content_uri, collected_at, 0).push(record, fields, index)
+    }
 
     #[test]
     fn a_record_of_max_raw_bytes_fits_the_message_limit_and_one_byte_more_does_not() {

@@ -92,7 +92,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::log::{DATA_TYPE, LogContext, build_log, encode_log, log_id};
+pub use self::log::{DATA_TYPE, LogContext, build_log, log_id};
 use crate::clock::Clock;
 use crate::proto::{EngineClient, Log, Message, unix_channel};
 use crate::retry::RetryPolicy;

@@ -33,7 +33,7 @@ impl EncodedLog {
         }
     }
 
-    /// `Log.id`: field 1, which prost (and [`encode_log`](super::log::encode_log)) write
+    /// `Log.id`: field 1, which prost (and [`LogEncoder`](super::log::LogEncoder)) write
     /// first; empty when the Log has none (proto3 leaves an empty string out).
     pub fn id(&self) -> &[u8] {
         let bytes = &self.bytes[..];
