@@ -115,7 +115,6 @@ async fn sigkill_at_several_points_of_a_drain_loses_nothing() {
     // simply pending again).
     let recovered = metric(&rig, "o365_connector_items_recovered_total").await;
     println!("items recovered at the last start: {recovered:?}");
-    assert!(recovered.is_some());
     // Every kill is counted: the run after it knows its predecessor died.
     assert_eq!(
         metric(&rig, "o365_connector_unclean_restarts_total").await,
