@@ -195,10 +195,11 @@ pub async fn drain(dir: &Path) {
         Some(megabytes / limit_secs),
         None,
     );
+    let cpu_per_record = cpu_micros_per_record(run.cpu, total);
     figure(
         "drain",
         "cpu_us_per_record",
-        cpu_micros_per_record(run.cpu, total),
+        cpu_per_record,
         "µs",
         None,
         Some((1.5, "le")),
@@ -207,7 +208,7 @@ pub async fn drain(dir: &Path) {
     figure(
         "drain",
         "cpu_us_per_record_vs_limit",
-        cpu_micros_per_record(run.cpu, total),
+        cpu_per_record,
         "µs",
         Some(cpu_micros_per_record(limit_cpu, total)),
         None,
@@ -306,9 +307,4 @@ async fn on_own_runtime<T: Send + 'static>(
 fn this_thread_stat() -> String {
     let task = std::fs::read_link("/proc/thread-self").unwrap();
     format!("/proc/{}/stat", task.display())
-}
-
-/// Process CPU seconds over `records`, in microseconds per record.
-fn cpu_micros_per_record(cpu_seconds: f64, records: u64) -> f64 {
-    cpu_seconds * 1e6 / records as f64
 }

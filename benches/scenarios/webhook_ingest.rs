@@ -125,7 +125,7 @@ pub async fn webhook_ingest(dir: &Path) {
         figure(
             scenario,
             &format!("{store}_cpu_per_item"),
-            run.cpu_seconds * 1e6 / posts as f64,
+            cpu_micros_per_record(run.cpu_seconds, posts as u64),
             "µs",
             None,
             None,
@@ -172,9 +172,9 @@ pub async fn webhook_ingest(dir: &Path) {
             figure(
                 scenario,
                 &format!("{store}_cpu_per_item_vs_baseline"),
-                run.cpu_seconds * 1e6 / posts as f64,
+                cpu_micros_per_record(run.cpu_seconds, posts as u64),
                 "µs",
-                Some(before.cpu_seconds * 1e6 / posts as f64),
+                Some(cpu_micros_per_record(before.cpu_seconds, posts as u64)),
                 None,
             );
         }

@@ -89,3 +89,8 @@ pub fn log_context() -> LogContext {
         timestamp: TimestampSource::Event,
     }
 }
+
+/// Process CPU seconds over `records` (or items), in microseconds per record.
+pub fn cpu_micros_per_record(cpu_seconds: f64, records: u64) -> f64 {
+    cpu_seconds * 1e6 / records as f64
+}
