@@ -667,13 +667,12 @@ impl Forwarder {
         logs: usize,
         bytes: usize,
     ) -> Result<BatchReservation, ForwardError> {
-        let room = self
-            .take_room(logs.min(self.max_batch_logs()), bytes)
-            .await?;
+        let logs = logs.clamp(1, self.max_batch_logs());
+        let room = self.take_room(logs, bytes).await?;
         Ok(BatchReservation {
             forwarder: self.clone(),
             room,
-            logs: logs.min(self.max_batch_logs()),
+            logs,
             bytes,
         })
     }
@@ -688,8 +687,8 @@ impl Forwarder {
         self.inner.max_message_bytes
     }
 
-    /// Waits for `logs` slots (at least one, at most the window's) and `bytes` of the byte
-    /// bound; refuses at once, counted, what no message could carry.
+    /// Waits for `logs` slots (the callers keep it between one and the window's size) and
+    /// `bytes` of the byte bound; refuses at once, counted, what no message could carry.
     async fn take_room(&self, logs: usize, bytes: usize) -> Result<Room, ForwardError> {
         let limit = self.inner.max_message_bytes;
         if bytes > limit {
@@ -699,7 +698,7 @@ impl Forwarder {
         // Never more than the bounds (the byte bound is at least the limit), so this
         // cannot wait forever; at most u32::MAX at a time, as the semaphore takes it.
         let byte_permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
-        let slot_permits = u32::try_from(logs.clamp(1, self.inner.max_in_flight)).unwrap_or(1);
+        let slot_permits = u32::try_from(logs).unwrap_or(u32::MAX);
         let slot = self
             .inner
             .window
