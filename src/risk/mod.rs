@@ -52,7 +52,7 @@ use crate::ops::health::ProblemBoard;
 use crate::ops::status::StatusSource;
 use crate::queue::{MetaStore, QueueError};
 use crate::retry::{Backoff, RetryPolicy};
-use detection::{Detection, Watermark, build_log, watermark_key};
+use detection::{Detection, Watermark, WatermarkLoadError, build_log, watermark_key};
 use graph::{GraphClient, GraphError};
 
 /// The problem board's and the console's "content type" for risk detections.
@@ -259,20 +259,18 @@ impl RiskCollector {
     /// moves over it.
     async fn collect(&self, report: &mut RiskReport) -> Result<(), RiskError> {
         let key = watermark_key(&self.target.tenant_id);
-        let mut watermark = match self.deps.meta.get_meta(&key).await? {
-            Some(bytes) => match serde_json::from_slice::<Watermark>(&bytes) {
-                Ok(mark) => Some(mark),
-                // Started over from the lookback (repeats, never a gap) rather than stuck.
-                Err(error) => {
-                    events::WatermarkUnreadable {
-                        tenant: &self.target.name,
-                        error: &error,
-                    }
-                    .emit();
-                    None
+        let mut watermark = match Watermark::load(&*self.deps.meta, &self.target.tenant_id).await {
+            Ok(mark) => mark,
+            Err(WatermarkLoadError::Store(error)) => return Err(error.into()),
+            // Started over from the lookback (repeats, never a gap) rather than stuck.
+            Err(WatermarkLoadError::Unreadable(error)) => {
+                events::WatermarkUnreadable {
+                    tenant: &self.target.name,
+                    error: &error,
                 }
-            },
-            None => None,
+                .emit();
+                None
+            }
         };
         let since = match watermark.as_ref().and_then(Watermark::filter_value) {
             Some(since) => since,
