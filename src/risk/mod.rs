@@ -351,28 +351,26 @@ impl RiskCollector {
                 Ok(receipt) => receipt.await,
                 Err(error) => Err(error),
             };
-            let outcome = match &verdict {
+            let (outcome, error) = match verdict {
                 Ok(()) => {
                     forwarded += 1;
                     moved.push(detection);
                     continue;
                 }
-                Err(ForwardError::TooLarge { .. }) => "oversized",
-                Err(ForwardError::Refused { .. }) => "refused",
-                Err(ForwardError::Closed | ForwardError::NotAcknowledged) => {
-                    stopped = verdict.err();
+                Err(error @ ForwardError::TooLarge { .. }) => ("oversized", error),
+                Err(error @ ForwardError::Refused { .. }) => ("refused", error),
+                Err(error @ (ForwardError::Closed | ForwardError::NotAcknowledged)) => {
+                    stopped = Some(error);
                     break;
                 }
             };
-            if let Err(error) = &verdict {
-                events::DetectionLost {
-                    tenant: &self.target.name,
-                    detection_id: &detection.id,
-                    outcome,
-                    reason: error,
-                }
-                .emit(&self.telemetry());
+            events::DetectionLost {
+                tenant: &self.target.name,
+                detection_id: &detection.id,
+                outcome,
+                reason: &error,
             }
+            .emit(&self.telemetry());
             report.lost += 1;
             moved.push(detection);
         }
