@@ -309,7 +309,7 @@ async fn a_403_stops_only_the_risk_detections_and_the_audit_feed_goes_on() {
     // Retried hourly, not sooner; once granted, the detections arrive and the problem goes.
     let collector = service.risk_collectors[0].clone();
     let again = collector.run_once().await;
-    assert_eq!(again.retry_in, Some(Duration::from_secs(3600)));
+    assert_eq!(again.retry_in, Duration::from_secs(3600));
     rig.api.state().graph.set_access(
         TENANT,
         Some(vec!["IdentityRiskEvent.Read.All".to_string()]),

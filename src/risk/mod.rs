@@ -132,8 +132,8 @@ pub struct RiskReport {
     pub watermark: Option<String>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
-    /// When the next run is due.
-    pub retry_in: Option<Duration>,
+    /// When the next run is due: the interval after a success, the backoff after a failure.
+    pub retry_in: Duration,
 }
 
 /// The risk detection collector of one tenant.
@@ -187,7 +187,7 @@ impl RiskCollector {
                 _ = shutdown.cancelled() => return,
                 report = self.run_once() => report,
             };
-            let next = Instant::now() + report.retry_in.unwrap_or(self.interval);
+            let next = Instant::now() + report.retry_in;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
@@ -211,7 +211,7 @@ impl RiskCollector {
                     forwarded: report.forwarded,
                 }
                 .emit(&self.telemetry());
-                report.retry_in = Some(self.interval);
+                report.retry_in = self.interval;
             }
             Err(error) => {
                 let first_failure = streak.is_none();
@@ -237,7 +237,7 @@ impl RiskCollector {
                 }
                 .emit(&self.telemetry());
                 report.error = Some(error.to_string());
-                report.retry_in = Some(delay);
+                report.retry_in = delay;
             }
         }
         report
