@@ -66,27 +66,15 @@ fn detections(rig: &Rig) -> Vec<PublishedDetection> {
 /// Waits until the engine acked a Log carrying each detection's current JSON.
 async fn wait_for_detections(rig: &Rig) {
     let published = detections(rig);
-    let started = std::time::Instant::now();
-    loop {
+    let what = format!("each of {} risk detections at the engine", published.len());
+    common::wait_until(&what, DEADLINE, || {
         let logs = risk_logs(rig, &published);
-        let missing = published
-            .iter()
-            .filter(|detection| {
-                !logs
-                    .get(&detection_log_id(rig, &detection.id))
-                    .is_some_and(|copies| copies.iter().any(|log| log.raw == detection.json))
-            })
-            .count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{missing} of {} risk detections never reached the engine",
-            published.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        published.iter().all(|detection| {
+            logs.get(&detection_log_id(rig, &detection.id))
+                .is_some_and(|copies| copies.iter().any(|log| log.raw == detection.json))
+        })
+    })
+    .await;
 }
 
 async fn status(rig: &Rig) -> StatusReport {
