@@ -904,7 +904,7 @@ impl RunningService {
                 .put_meta(&self.run_marker, STOPPED.as_bytes().to_vec())
                 .await
         {
-            events::StoreCloseFailed { error: &error }.emit();
+            events::RunMarkerUnwritten { error: &error }.emit();
         }
         if let Err(error) = self.queue.close().await {
             events::StoreCloseFailed { error: &error }.emit();
