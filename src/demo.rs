@@ -516,14 +516,11 @@ async fn tally_detections(
     tenants: &[String],
     service: &RunningService,
 ) -> anyhow::Result<DetectionTally> {
-    use crate::risk::detection::{Detection, Watermark, watermark_key};
+    use crate::risk::detection::{Detection, Watermark};
     let mut watermarks = HashMap::new();
     let mut lost = 0;
     for tenant in tenants {
-        let stored = service.queue.get_meta(&watermark_key(tenant)).await?;
-        let mark = stored
-            .map(|bytes| serde_json::from_slice::<Watermark>(&bytes))
-            .transpose()?;
+        let mark = Watermark::load(&*service.queue, tenant).await?;
         watermarks.insert(tenant.as_str(), mark);
         let Some(configured) = service.tenants.get(tenant) else {
             continue;

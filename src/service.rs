@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminContext, AdminServer};
+use crate::api::gate::RequestGate;
 use crate::api::http::http_client;
 use crate::api::types::WebhookRegistration;
 use crate::clock::Clock;
@@ -248,6 +249,7 @@ pub async fn start(config: Config, mut options: ServiceOptions) -> anyhow::Resul
         clock: shared.clock.clone(),
         metrics: shared.metrics.clone(),
         retry: shared.retry,
+        gate: Arc::new(RequestGate::default()),
         poller: poller_deps(&shared),
         risk: risk_deps(&shared),
         subscriptions: subscription_context(&config, &shared),
@@ -904,7 +906,7 @@ impl RunningService {
                 .put_meta(&self.run_marker, STOPPED.as_bytes().to_vec())
                 .await
         {
-            events::StoreCloseFailed { error: &error }.emit();
+            events::RunMarkerUnwritten { error: &error }.emit();
         }
         if let Err(error) = self.queue.close().await {
             events::StoreCloseFailed { error: &error }.emit();

@@ -66,27 +66,15 @@ fn detections(rig: &Rig) -> Vec<PublishedDetection> {
 /// Waits until the engine acked a Log carrying each detection's current JSON.
 async fn wait_for_detections(rig: &Rig) {
     let published = detections(rig);
-    let started = std::time::Instant::now();
-    loop {
+    let what = format!("each of {} risk detections at the engine", published.len());
+    common::wait_until(&what, DEADLINE, || {
         let logs = risk_logs(rig, &published);
-        let missing = published
-            .iter()
-            .filter(|detection| {
-                !logs
-                    .get(&detection_log_id(rig, &detection.id))
-                    .is_some_and(|copies| copies.iter().any(|log| log.raw == detection.json))
-            })
-            .count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{missing} of {} risk detections never reached the engine",
-            published.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        published.iter().all(|detection| {
+            logs.get(&detection_log_id(rig, &detection.id))
+                .is_some_and(|copies| copies.iter().any(|log| log.raw == detection.json))
+        })
+    })
+    .await;
 }
 
 async fn status(rig: &Rig) -> StatusReport {
@@ -309,7 +297,7 @@ async fn a_403_stops_only_the_risk_detections_and_the_audit_feed_goes_on() {
     // Retried hourly, not sooner; once granted, the detections arrive and the problem goes.
     let collector = service.risk_collectors[0].clone();
     let again = collector.run_once().await;
-    assert_eq!(again.retry_in, Some(Duration::from_secs(3600)));
+    assert_eq!(again.retry_in, Duration::from_secs(3600));
     rig.api.state().graph.set_access(
         TENANT,
         Some(vec!["IdentityRiskEvent.Read.All".to_string()]),
@@ -330,25 +318,45 @@ async fn a_403_stops_only_the_risk_detections_and_the_audit_feed_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_honoured_for_its_retry_after_and_the_detections_follow() {
-    let rig = risk_rig(7, |options| {
-        options.tenant.faults.graph_throttle = Some(GraphFaultScenario {
-            next_requests: 1,
-            rate: 0.0,
-            retry_after_secs: 4,
-        });
-    })
-    .await;
+    let rig = risk_rig(7, |_| {}).await;
     wait_for_detections(&rig).await;
-    let requests = graph_requests(&rig);
-    let (throttled_at, status) = requests[0];
-    assert_eq!(status, 429, "{requests:?}");
-    let (next_at, status) = requests[1];
-    assert_eq!(status, 200, "{requests:?}");
+    // The service's own run delivered; its next is an interval (300 s) away, so the runs
+    // below are the only ones.
+    let mut faults = rig.api.state().feed.faults(TENANT);
+    faults.graph_throttle = Some(GraphFaultScenario {
+        next_requests: 1,
+        rate: 0.0,
+        retry_after_secs: 4,
+    });
+    rig.api.state().feed.set_faults(Some(TENANT), faults);
+    rig.api.state().graph.publish(TENANT, 3).unwrap();
+    let collector = rig.service.as_ref().unwrap().risk_collectors[0].clone();
+
+    let throttled = collector.run_once().await;
     assert!(
-        next_at - throttled_at >= chrono::Duration::seconds(4),
-        "asked again {} ms after a Retry-After of 4 s",
-        (next_at - throttled_at).num_milliseconds()
+        throttled
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("429")),
+        "{throttled:?}"
     );
+    assert!(
+        throttled.retry_in >= Duration::from_secs(4),
+        "asked again in {:?} after a Retry-After of 4 s",
+        throttled.retry_in
+    );
+    assert_eq!(throttled.forwarded, 0, "{throttled:?}");
+    let requests = graph_requests(&rig);
+    assert_eq!(
+        requests.last().map(|(_, status)| *status),
+        Some(429),
+        "{requests:?}"
+    );
+
+    let next = collector.run_once().await;
+    assert_eq!(next.error, None);
+    assert_eq!(next.forwarded, 3, "{next:?}");
+    wait_for_detections(&rig).await;
     let metrics = rig.service.as_ref().unwrap().metrics.encode();
     let failed = format!(
         "o365_connector_risk_detection_runs_total{{tenant=\"{GROUP}\",outcome=\"failed\"}}"

@@ -58,11 +58,6 @@ impl RequestGate {
             None => GatePass { _permit: None },
         }
     }
-
-    /// Passes free now.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
 }
 
 impl Default for RequestGate {
@@ -82,7 +77,7 @@ mod tests {
         let gate = RequestGate::new(NonZeroUsize::new(2).unwrap());
         let first = gate.enter().await;
         let _second = gate.enter().await;
-        assert_eq!(gate.available(), 0);
+        assert_eq!(gate.permits.available_permits(), 0);
         let third = gate.enter();
         tokio::pin!(third);
         assert!(

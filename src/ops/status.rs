@@ -412,15 +412,10 @@ impl StatusSource {
         tenant: &StatusTenant,
         problems: &mut HashMap<(String, String), Vec<StatusError>>,
     ) -> RiskStatus {
-        let watermark = self
-            .meta
-            .get_meta(&crate::risk::detection::watermark_key(&tenant.tenant_id))
+        let watermark = crate::risk::detection::Watermark::load(&*self.meta, &tenant.tenant_id)
             .await
             .ok()
             .flatten()
-            .and_then(|bytes| {
-                serde_json::from_slice::<crate::risk::detection::Watermark>(&bytes).ok()
-            })
             .map(|mark| mark.last_updated);
         let label = self.metrics.tenant_label(&tenant.name);
         let forwarded = (label != OTHER_TENANTS).then(|| {

@@ -29,6 +29,7 @@ use crate::api::types::parse_api_time;
 use crate::config::TimestampSource;
 use crate::forward::log::{DATA_TYPE, LogContext, log_id};
 use crate::proto::Log;
+use crate::queue::{MetaStore, QueueError};
 
 /// What stands for the contentUri in a detection's `Log.id` (UTMStack's formula).
 pub const CONTENT_URI: &str = "riskDetections";
@@ -119,7 +120,29 @@ pub struct Watermark {
     pub ids: Vec<String>,
 }
 
+/// Why a stored watermark could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WatermarkLoadError {
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] QueueError),
+    /// The stored bytes are not a watermark.
+    #[error("the stored risk detection watermark is unreadable: {0}")]
+    Unreadable(#[from] serde_json::Error),
+}
+
 impl Watermark {
+    /// The watermark stored for `tenant_id`, or `None` before the first acknowledged page.
+    pub async fn load(
+        meta: &(impl MetaStore + ?Sized),
+        tenant_id: &str,
+    ) -> Result<Option<Self>, WatermarkLoadError> {
+        match meta.get_meta(&watermark_key(tenant_id)).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The watermark's instant, when it parses.
     pub fn at(&self) -> Option<DateTime<Utc>> {
         parse_api_time(&self.last_updated)

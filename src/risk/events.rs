@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::ops::events::{Telemetry, problem_kind};
 use crate::ops::metrics::TenantOutcomeLabels;
 
@@ -52,7 +55,13 @@ impl RunFailed<'_> {
                 FAILED_ADVICE,
             )
         };
-        count_run(telemetry, tenant, outcome);
+        count(
+            telemetry,
+            &telemetry.metrics.risk_detection_runs,
+            tenant,
+            outcome,
+            1,
+        );
         match (self.first_failure, self.forbidden) {
             (true, true) => {
                 tracing::error!(%tenant, %error, retry_in_secs, advice, "risk detections refused by Microsoft Graph")
@@ -90,7 +99,13 @@ impl RunSucceeded<'_> {
     /// Counts the run, says so once after failures, and clears the problems.
     pub fn emit(self, telemetry: &Telemetry) {
         let tenant = self.tenant;
-        count_run(telemetry, tenant, "ok");
+        count(
+            telemetry,
+            &telemetry.metrics.risk_detection_runs,
+            tenant,
+            "ok",
+            1,
+        );
         if self.recovered {
             tracing::info!(%tenant, "collecting risk detections works again");
         }
@@ -117,7 +132,13 @@ pub struct DetectionsForwarded<'a> {
 impl DetectionsForwarded<'_> {
     /// Counts them (`risk_detections_total{outcome="forwarded"}`).
     pub fn emit(self, telemetry: &Telemetry) {
-        count_detections(telemetry, self.tenant, "forwarded", self.count);
+        count(
+            telemetry,
+            &telemetry.metrics.risk_detections,
+            self.tenant,
+            "forwarded",
+            self.count,
+        );
     }
 }
 
@@ -139,7 +160,13 @@ impl DetectionLost<'_> {
     /// Counts, logs and reports the loss.
     pub fn emit(self, telemetry: &Telemetry) {
         let (tenant, detection_id, reason) = (self.tenant, self.detection_id, self.reason);
-        count_detections(telemetry, tenant, self.outcome, 1);
+        count(
+            telemetry,
+            &telemetry.metrics.risk_detections,
+            tenant,
+            self.outcome,
+            1,
+        );
         tracing::error!(%tenant, %detection_id, outcome = self.outcome, %reason, "a risk detection cannot be delivered to the engine and is skipped");
         telemetry.report(
             tenant,
@@ -187,24 +214,18 @@ impl WatermarkUnreadable<'_> {
     }
 }
 
-fn count_run(telemetry: &Telemetry, tenant: &str, outcome: &'static str) {
-    telemetry
-        .metrics
-        .risk_detection_runs
+/// Adds `amount` to `family` under the tenant's bounded label and `outcome`.
+fn count(
+    telemetry: &Telemetry,
+    family: &Family<TenantOutcomeLabels, Counter>,
+    tenant: &str,
+    outcome: &'static str,
+    amount: u64,
+) {
+    family
         .get_or_create(&TenantOutcomeLabels {
             tenant: telemetry.metrics.tenant_label(tenant),
             outcome,
         })
-        .inc();
-}
-
-fn count_detections(telemetry: &Telemetry, tenant: &str, outcome: &'static str, count: u64) {
-    telemetry
-        .metrics
-        .risk_detections
-        .get_or_create(&TenantOutcomeLabels {
-            tenant: telemetry.metrics.tenant_label(tenant),
-            outcome,
-        })
-        .inc_by(count);
+        .inc_by(amount);
 }

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
+use crate::api::error::parse_error_body;
 use crate::api::{http, json};
 use crate::auth::{AuthError, TokenProvider};
 use crate::cloud::Endpoints;
@@ -155,21 +156,6 @@ struct PageBody<'a> {
     next_link: Option<String>,
 }
 
-/// Graph's error envelope: `{"error": {"code", "message"}}`.
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(default)]
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorDetail {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
 /// One tenant's Microsoft Graph client.
 pub struct GraphClient {
     http: reqwest::Client,
@@ -292,21 +278,18 @@ impl GraphClient {
         retry_after: Option<Duration>,
         body: &[u8],
     ) -> GraphError {
-        let detail = json::from_slice::<ErrorBody>(body)
-            .unwrap_or_default()
-            .error;
-        let code = if detail.code.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", detail.code)
-        };
-        let message = if detail.message.is_empty() {
+        let (code, message) = parse_error_body(body);
+        let code = code
+            .filter(|code| !code.is_empty())
+            .map(|code| format!(", {code}"))
+            .unwrap_or_default();
+        let message = if message.is_empty() {
             status
                 .canonical_reason()
                 .unwrap_or("no message")
                 .to_string()
         } else {
-            detail.message
+            message
         };
         let tenant_id = self.tenant_id.clone();
         match status.as_u16() {

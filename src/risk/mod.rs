@@ -52,7 +52,7 @@ use crate::ops::health::ProblemBoard;
 use crate::ops::status::StatusSource;
 use crate::queue::{MetaStore, QueueError};
 use crate::retry::{Backoff, RetryPolicy};
-use detection::{Detection, Watermark, build_log, watermark_key};
+use detection::{Detection, Watermark, WatermarkLoadError, build_log, watermark_key};
 use graph::{GraphClient, GraphError};
 
 /// The problem board's and the console's "content type" for risk detections.
@@ -132,8 +132,8 @@ pub struct RiskReport {
     pub watermark: Option<String>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
-    /// When the next run is due.
-    pub retry_in: Option<Duration>,
+    /// When the next run is due: the interval after a success, the backoff after a failure.
+    pub retry_in: Duration,
 }
 
 /// The risk detection collector of one tenant.
@@ -187,7 +187,7 @@ impl RiskCollector {
                 _ = shutdown.cancelled() => return,
                 report = self.run_once() => report,
             };
-            let next = Instant::now() + report.retry_in.unwrap_or(self.interval);
+            let next = Instant::now() + report.retry_in;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
@@ -211,7 +211,7 @@ impl RiskCollector {
                     forwarded: report.forwarded,
                 }
                 .emit(&self.telemetry());
-                report.retry_in = Some(self.interval);
+                report.retry_in = self.interval;
             }
             Err(error) => {
                 let first_failure = streak.is_none();
@@ -237,7 +237,7 @@ impl RiskCollector {
                 }
                 .emit(&self.telemetry());
                 report.error = Some(error.to_string());
-                report.retry_in = Some(delay);
+                report.retry_in = delay;
             }
         }
         report
@@ -259,20 +259,18 @@ impl RiskCollector {
     /// moves over it.
     async fn collect(&self, report: &mut RiskReport) -> Result<(), RiskError> {
         let key = watermark_key(&self.target.tenant_id);
-        let mut watermark = match self.deps.meta.get_meta(&key).await? {
-            Some(bytes) => match serde_json::from_slice::<Watermark>(&bytes) {
-                Ok(mark) => Some(mark),
-                // Started over from the lookback (repeats, never a gap) rather than stuck.
-                Err(error) => {
-                    events::WatermarkUnreadable {
-                        tenant: &self.target.name,
-                        error: &error,
-                    }
-                    .emit();
-                    None
+        let mut watermark = match Watermark::load(&*self.deps.meta, &self.target.tenant_id).await {
+            Ok(mark) => mark,
+            Err(WatermarkLoadError::Store(error)) => return Err(error.into()),
+            // Started over from the lookback (repeats, never a gap) rather than stuck.
+            Err(WatermarkLoadError::Unreadable(error)) => {
+                events::WatermarkUnreadable {
+                    tenant: &self.target.name,
+                    error: &error,
                 }
-            },
-            None => None,
+                .emit();
+                None
+            }
         };
         let since = match watermark.as_ref().and_then(Watermark::filter_value) {
             Some(since) => since,
@@ -353,28 +351,26 @@ impl RiskCollector {
                 Ok(receipt) => receipt.await,
                 Err(error) => Err(error),
             };
-            let outcome = match &verdict {
+            let (outcome, error) = match verdict {
                 Ok(()) => {
                     forwarded += 1;
                     moved.push(detection);
                     continue;
                 }
-                Err(ForwardError::TooLarge { .. }) => "oversized",
-                Err(ForwardError::Refused { .. }) => "refused",
-                Err(ForwardError::Closed | ForwardError::NotAcknowledged) => {
-                    stopped = verdict.err();
+                Err(error @ ForwardError::TooLarge { .. }) => ("oversized", error),
+                Err(error @ ForwardError::Refused { .. }) => ("refused", error),
+                Err(error @ (ForwardError::Closed | ForwardError::NotAcknowledged)) => {
+                    stopped = Some(error);
                     break;
                 }
             };
-            if let Err(error) = &verdict {
-                events::DetectionLost {
-                    tenant: &self.target.name,
-                    detection_id: &detection.id,
-                    outcome,
-                    reason: error,
-                }
-                .emit(&self.telemetry());
+            events::DetectionLost {
+                tenant: &self.target.name,
+                detection_id: &detection.id,
+                outcome,
+                reason: &error,
             }
+            .emit(&self.telemetry());
             report.lost += 1;
             moved.push(detection);
         }

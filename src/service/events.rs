@@ -12,6 +12,7 @@
 //! | [`PreviousRunEnded`]       | WARN when unclean | `unclean_restarts_total` | — | —     |
 //! | [`TombstonesPurged`]       | DEBUG | —      | —     | —                           |
 //! | [`TombstonePurgeFailed`]   | WARN  | —      | —     | —                           |
+//! | [`RunMarkerUnwritten`]     | WARN  | —      | —     | —                           |
 //! | [`StoreCloseFailed`]       | WARN  | —      | —     | —                           |
 
 use crate::forward::{DATA_TYPE, Forwarder, Stall};
@@ -122,6 +123,22 @@ impl TombstonePurgeFailed<'_> {
     pub fn emit(self) {
         let error = self.error;
         tracing::warn!(%error, "cannot purge expired tombstones");
+    }
+}
+
+/// The `stopped` run marker could not be written at a clean stop: the next start finds the
+/// run still marked as running and counts an unclean restart ([`PreviousRunEnded`]), though
+/// nothing was left in flight.
+pub struct RunMarkerUnwritten<'a> {
+    /// The failure.
+    pub error: &'a QueueError,
+}
+
+impl RunMarkerUnwritten<'_> {
+    /// Logs a WARN.
+    pub fn emit(self) {
+        let error = self.error;
+        tracing::warn!(%error, "the clean stop could not be recorded: the next start will count an unclean restart");
     }
 }
 

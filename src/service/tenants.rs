@@ -59,6 +59,9 @@ pub(super) struct TenantRuntime {
     pub metrics: Arc<Metrics>,
     /// Backoff of the subscription managers.
     pub retry: RetryPolicy,
+    /// Bounds the polls, subscription checks and risk collections of all tenants that run
+    /// at once.
+    pub gate: Arc<RequestGate>,
     /// What every poller shares.
     pub poller: PollerDeps,
     /// What every risk detection collector shares.
@@ -123,8 +126,6 @@ impl TenantTasks {
 /// Starts, stops and restarts the tenants of a running service (see the module doc).
 pub struct TenantSupervisor {
     runtime: TenantRuntime,
-    /// Bounds the polls and subscription checks of all tenants that run at once.
-    gate: Arc<RequestGate>,
     /// Running tenants by lowercase tenant GUID; the lock serializes applies.
     running: tokio::sync::Mutex<HashMap<String, TenantTasks>>,
 }
@@ -137,17 +138,15 @@ impl TenantSupervisor {
         runtime.publish(&runtime.config.tenants, &tenants);
         let mut running = HashMap::new();
         let mut collectors = Collectors::default();
-        let gate = Arc::new(RequestGate::default());
         for tenant_config in &runtime.config.tenants {
             let tenant = &tenants[&tenant_id(tenant_config)];
-            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone(), &gate);
+            let (tasks, poller, risk) = runtime.spawn_tenant(tenant_config, tenant.clone());
             collectors.pollers.push(poller);
             collectors.risk.extend(risk);
             running.insert(tenant.tenant_id.clone(), tasks);
         }
         let supervisor = Self {
             runtime,
-            gate,
             running: tokio::sync::Mutex::new(running),
         };
         (supervisor, collectors)
@@ -208,7 +207,7 @@ impl TenantSupervisor {
         runtime.publish(&config.tenants, &tenants);
         for tenant_config in &build_config.tenants {
             let id = tenant_id(tenant_config);
-            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone(), &self.gate);
+            let (tasks, _, _) = runtime.spawn_tenant(tenant_config, built[&id].clone());
             running.insert(id, tasks);
         }
         Ok(changes)
@@ -256,12 +255,11 @@ impl TenantRuntime {
     }
 
     /// Starts the tenant's poller, subscription manager and (when enabled) risk detection
-    /// collector under a token of its own; its polls and checks pass `gate`.
+    /// collector under a token of its own; its polls and checks pass the shared `gate`.
     fn spawn_tenant(
         &self,
         tenant_config: &TenantConfig,
         tenant: Arc<Tenant>,
-        gate: &Arc<RequestGate>,
     ) -> (TenantTasks, Arc<TenantPoller>, Option<Arc<RiskCollector>>) {
         let registration = self.registration(&tenant.tenant_id);
         let stop = self.shutdown.child_token();
@@ -272,7 +270,7 @@ impl TenantRuntime {
                 registration.clone(),
                 self.subscriptions.clone(),
             )
-            .with_gate(gate.clone()),
+            .with_gate(self.gate.clone()),
         );
         let poller = Arc::new(
             TenantPoller::new(
@@ -286,7 +284,7 @@ impl TenantRuntime {
                 self.config.poller.clone(),
                 self.poller.clone(),
             )
-            .with_gate(gate.clone()),
+            .with_gate(self.gate.clone()),
         );
         let risk = tenant.graph.as_ref().map(|graph| {
             Arc::new(
@@ -300,7 +298,7 @@ impl TenantRuntime {
                     &self.config.poller,
                     self.risk.clone(),
                 )
-                .with_gate(gate.clone()),
+                .with_gate(self.gate.clone()),
             )
         });
         // Polling, subscription management and risk detections run on the leading
